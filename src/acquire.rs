@@ -1,0 +1,92 @@
+//! The path entry points: each opens with the default [`LockOptions`] and
+//! then takes the lock; thin compositions of [`LockFile`]'s steps.
+
+use std::path::Path;
+
+use crate::error::Error;
+use crate::guard::{AnyGuard, LockGuard};
+use crate::lockfile::LockFile;
+use crate::mode::{FlockMode, Mode};
+use crate::options::LockOptions;
+
+/// Creates the lock file at `path` if it is missing, and takes no lock.
+///
+/// Useful to set up a lock file (and check its filesystem) ahead of time.
+///
+/// # Errors
+/// See [`LockOptions::open`].
+///
+/// # Examples
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("app.lock");
+/// flockguard::materialize(&path)?;
+/// assert!(path.is_file());
+/// # Ok::<(), flockguard::Error>(())
+/// ```
+pub fn materialize(path: impl AsRef<Path>) -> Result<(), Error> {
+    LockOptions::new().open(path).map(drop)
+}
+
+/// Opens (creating if missing) the lock file at `path` and takes the lock in
+/// mode `M` without waiting.
+///
+/// # Errors
+/// [`Error::WouldBlock`] when the lock is held in a conflicting mode (the
+/// descriptor is closed); any error of [`LockOptions::open`];
+/// [`Error::Flock`] for other `flock(2)` failures.
+///
+/// # Examples
+/// ```
+/// use flockguard::{try_flock, Exclusive};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("app.lock");
+/// let guard = try_flock::<Exclusive>(&path)?;
+/// assert!(try_flock::<Exclusive>(&path).unwrap_err().is_would_block());
+/// drop(guard);
+/// # Ok::<(), flockguard::Error>(())
+/// ```
+///
+/// # References
+/// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
+pub fn try_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Error> {
+    Ok(LockFile::open(path)?.try_lock()?)
+}
+
+/// Opens (creating if missing) the lock file at `path` and takes the lock in
+/// mode `M`, waiting in the kernel as long as it takes.
+///
+/// # Errors
+/// Any error of [`LockOptions::open`]; [`Error::Flock`] if `flock(2)` fails.
+///
+/// # Examples
+/// ```
+/// use flockguard::{block_flock, Shared};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("app.lock");
+/// let guard = block_flock::<Shared>(&path)?;
+/// # drop(guard);
+/// # Ok::<(), flockguard::Error>(())
+/// ```
+///
+/// # References
+/// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
+pub fn block_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Error> {
+    LockFile::open(path)?.lock()
+}
+
+/// [`try_flock`] with the mode chosen at run time.
+///
+/// # Errors
+/// As [`try_flock`].
+pub fn try_flock_mode(path: impl AsRef<Path>, mode: FlockMode) -> Result<AnyGuard, Error> {
+    Ok(LockFile::open(path)?.try_lock_mode(mode)?)
+}
+
+/// [`block_flock`] with the mode chosen at run time.
+///
+/// # Errors
+/// As [`block_flock`].
+pub fn block_flock_mode(path: impl AsRef<Path>, mode: FlockMode) -> Result<AnyGuard, Error> {
+    LockFile::open(path)?.lock_mode(mode)
+}

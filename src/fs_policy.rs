@@ -1,0 +1,120 @@
+//! Which filesystems `flock(2)` does not reliably serialize on.
+
+/// A filesystem on which `flock(2)` does not reliably serialize processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UnreliableFs {
+    /// Short name used in messages, such as `"NFS"` or `"FUSE"`.
+    pub name: &'static str,
+    /// The `statfs(2)` `f_type` magic number.
+    pub magic: u64,
+    /// Why `flock(2)` is unreliable there, as a lower-case clause.
+    pub reason: &'static str,
+}
+
+const NETWORK: &str =
+    "locks are emulated or kept by a remote server and may not be seen by other clients";
+const CLUSTER: &str =
+    "locks are coordinated by a cluster lock manager and may hang or be lost when a node fails";
+
+/// The deny-list, with magics from `include/uapi/linux/magic.h` and the
+/// filesystems' own sources.
+pub(crate) const UNRELIABLE: &[UnreliableFs] = &[
+    UnreliableFs { name: "NFS", magic: 0x6969, reason: "the Linux NFS client emulates flock with whole-file POSIX locks held by the server's lock manager, which can hang and conflicts with fcntl locks" },
+    UnreliableFs { name: "SMB", magic: 0x517B, reason: NETWORK },
+    UnreliableFs { name: "CIFS", magic: 0xFF53_4D42, reason: NETWORK },
+    UnreliableFs { name: "SMB2", magic: 0xFE53_4D42, reason: NETWORK },
+    UnreliableFs { name: "CephFS", magic: 0x00C3_6400, reason: NETWORK },
+    UnreliableFs { name: "kAFS", magic: 0x6B41_4653, reason: NETWORK },
+    UnreliableFs { name: "OpenAFS", magic: 0x5346_414F, reason: NETWORK },
+    UnreliableFs { name: "FUSE", magic: 0x6573_5546, reason: "the userspace server decides what a lock means, and servers without a flock handler lock only locally" },
+    UnreliableFs { name: "9p", magic: 0x0102_1997, reason: NETWORK },
+    UnreliableFs { name: "Coda", magic: 0x7375_7245, reason: NETWORK },
+    UnreliableFs { name: "NCP", magic: 0x564C, reason: NETWORK },
+    UnreliableFs { name: "Lustre", magic: 0x0BD0_0BD0, reason: CLUSTER },
+    UnreliableFs { name: "GPFS", magic: 0x4750_4653, reason: CLUSTER },
+    UnreliableFs { name: "OCFS2", magic: 0x7461_636F, reason: CLUSTER },
+    UnreliableFs { name: "GFS2", magic: 0x0116_1970, reason: CLUSTER },
+    UnreliableFs { name: "OrangeFS", magic: 0x2003_0528, reason: NETWORK },
+    UnreliableFs { name: "BeeGFS", magic: 0x1983_0326, reason: NETWORK },
+    UnreliableFs { name: "vboxsf", magic: 0x786F_4256, reason: "the VirtualBox shared-folder driver does not pass locks to the host" },
+];
+
+/// Classifies a filesystem by its `statfs(2)` `f_type` magic.
+///
+/// Returns the deny-list entry when `flock(2)` does not reliably serialize
+/// processes on that filesystem (network, cluster and userspace filesystems),
+/// and `None` for local filesystems such as ext4, xfs, btrfs, tmpfs and
+/// overlay.
+///
+/// # Examples
+/// ```
+/// assert_eq!(flockguard::classify(0x6969).map(|fs| fs.name), Some("NFS"));
+/// assert!(flockguard::classify(0xEF53).is_none()); // ext4
+/// ```
+///
+/// # References
+/// - [statfs(2)](https://man7.org/linux/man-pages/man2/statfs.2.html)
+pub fn classify(magic: u64) -> Option<&'static UnreliableFs> {
+    UNRELIABLE.iter().find(|fs| fs.magic == magic)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_deny_list_entry_is_found_by_its_magic() {
+        let expected: &[(u64, &str)] = &[
+            (0x6969, "NFS"),
+            (0x517B, "SMB"),
+            (0xFF534D42, "CIFS"),
+            (0xFE534D42, "SMB2"),
+            (0x00C36400, "CephFS"),
+            (0x6B414653, "kAFS"),
+            (0x5346414F, "OpenAFS"),
+            (0x65735546, "FUSE"),
+            (0x01021997, "9p"),
+            (0x73757245, "Coda"),
+            (0x564C, "NCP"),
+            (0x0BD00BD0, "Lustre"),
+            (0x47504653, "GPFS"),
+            (0x7461636F, "OCFS2"),
+            (0x01161970, "GFS2"),
+            (0x20030528, "OrangeFS"),
+            (0x19830326, "BeeGFS"),
+            (0x786F4256, "vboxsf"),
+        ];
+        assert_eq!(expected.len(), UNRELIABLE.len());
+        for &(magic, name) in expected {
+            let fs = classify(magic).unwrap_or_else(|| panic!("{name} ({magic:#x}) not refused"));
+            assert_eq!(fs.name, name);
+            assert_eq!(fs.magic, magic);
+            assert!(!fs.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn local_filesystems_are_allowed() {
+        for (magic, name) in [
+            (0xEF53_u64, "ext2/3/4"),
+            (0x5846_5342, "xfs"),
+            (0x9123_683E, "btrfs"),
+            (0x0102_1994, "tmpfs"),
+            (0x794C_7630, "overlay"),
+            (0x2FC1_2FC1, "zfs"),
+            (0xF2F5_2010, "f2fs"),
+        ] {
+            assert!(classify(magic).is_none(), "{name} refused");
+        }
+    }
+
+    #[test]
+    fn magics_are_unique() {
+        for (i, a) in UNRELIABLE.iter().enumerate() {
+            for b in &UNRELIABLE[i + 1..] {
+                assert_ne!(a.magic, b.magic, "{} and {}", a.name, b.name);
+            }
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! [`LockOptions`]: how a lock file is opened, and the checks applied to it.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+use crate::fs_policy::classify;
+use crate::lockfile::LockFile;
+use crate::sys::{self, FileId, Kind, OpenHow};
+
+/// What to do when the lock file is on a filesystem where `flock(2)` does
+/// not reliably serialize processes (see [`classify`](crate::classify)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RemoteFs {
+    /// Refuse with [`Error::RemoteFs`]. The default.
+    #[default]
+    Reject,
+    /// Lock anyway; the caller accepts whatever the filesystem does.
+    Allow,
+}
+
+/// How many times a create race (the file appears or vanishes between two
+/// opens) is retried before the last error is returned.
+const CREATE_RACE_RETRIES: u32 = 16;
+
+/// Options for opening a lock file; a builder in the style of
+/// [`std::fs::OpenOptions`].
+///
+/// The defaults: create the file if missing with permissions `0o666` before
+/// the umask, never truncate, refuse symbolic links, refuse directories,
+/// refuse remote filesystems, do not create parent directories.
+///
+/// # Examples
+/// ```
+/// use flockguard::{Exclusive, LockOptions, RemoteFs};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("app.lock");
+/// let file = LockOptions::new().mode(0o644).remote_fs(RemoteFs::Reject).open(&path)?;
+/// let guard = file.lock::<Exclusive>()?;
+/// # drop(guard);
+/// # Ok::<(), flockguard::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct LockOptions {
+    remote_fs: RemoteFs,
+    perms: u32,
+    follow_symlinks: bool,
+    create: bool,
+    create_dirs: bool,
+    allow_directory: bool,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LockOptions {
+    /// The default options.
+    pub const fn new() -> Self {
+        LockOptions {
+            remote_fs: RemoteFs::Reject,
+            perms: 0o666,
+            follow_symlinks: false,
+            create: true,
+            create_dirs: false,
+            allow_directory: false,
+        }
+    }
+
+    /// Whether to refuse or allow filesystems where `flock(2)` is unreliable.
+    pub fn remote_fs(&mut self, policy: RemoteFs) -> &mut Self {
+        self.remote_fs = policy;
+        self
+    }
+
+    /// Permission bits for a newly created lock file, before the umask.
+    /// Default `0o666`. An existing file keeps its permissions.
+    pub fn mode(&mut self, perms: u32) -> &mut Self {
+        self.perms = perms & 0o7777;
+        self
+    }
+
+    /// Whether a symbolic link as the final path component is followed.
+    /// Default `false`: the open fails with [`Error::Symlink`].
+    pub fn follow_symlinks(&mut self, follow: bool) -> &mut Self {
+        self.follow_symlinks = follow;
+        self
+    }
+
+    /// Whether a missing lock file is created. Default `true`.
+    pub fn create(&mut self, create: bool) -> &mut Self {
+        self.create = create;
+        self
+    }
+
+    /// Whether missing parent directories are created (mode `0o777` before
+    /// the umask). Default `false`.
+    pub fn create_dirs(&mut self, create_dirs: bool) -> &mut Self {
+        self.create_dirs = create_dirs;
+        self
+    }
+
+    /// Whether a directory at the path may be locked (opened read-only), as
+    /// `flock(1)` allows. Default `false`: [`Error::NotRegularFile`].
+    pub fn allow_directory(&mut self, allow: bool) -> &mut Self {
+        self.allow_directory = allow;
+        self
+    }
+
+    /// The current filesystem policy.
+    pub fn remote_fs_policy(&self) -> RemoteFs {
+        self.remote_fs
+    }
+
+    /// Opens (creating if allowed) the lock file at `path`; takes no lock.
+    ///
+    /// The file is opened `O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK |
+    /// O_NOCTTY` and never truncated; when write access is refused (a
+    /// read-only filesystem, or a file owned by someone else without write
+    /// permission) an existing file is opened read-only instead, which
+    /// `flock(2)` accepts. Then the file type and the filesystem are checked
+    /// on the open descriptor. When the open is refused after this call
+    /// created the file, the file is removed again.
+    ///
+    /// # Errors
+    /// [`Error::Open`], [`Error::Symlink`], [`Error::DanglingSymlink`],
+    /// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::Stat`].
+    ///
+    /// # References
+    /// - [open(2)](https://man7.org/linux/man-pages/man2/open.2.html)
+    /// - [statfs(2)](https://man7.org/linux/man-pages/man2/statfs.2.html)
+    pub fn open(&self, path: impl AsRef<Path>) -> Result<LockFile, Error> {
+        let path = path.as_ref();
+        let (fd, created) = self.open_fd(path)?;
+        match self.check(fd.as_fd(), path) {
+            Ok(()) => Ok(LockFile::new(File::from(fd), Some(path.to_path_buf()))),
+            Err(err) => {
+                if created {
+                    remove_if_same(path, fd);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Adopts a file the caller already opened; takes no lock.
+    ///
+    /// The same file-type and filesystem checks as [`open`](Self::open)
+    /// apply, and `FD_CLOEXEC` is set on the descriptor if it was clear.
+    /// The resulting [`LockFile`] has no path.
+    ///
+    /// # Errors
+    /// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::Stat`]; the
+    /// path in the error is the one `/proc/self/fd` reports.
+    pub fn adopt(&self, file: File) -> Result<LockFile, Error> {
+        let stat_err = |source| Error::Stat {
+            path: display_path(&file),
+            source,
+        };
+        if !sys::is_cloexec(file.as_fd()).map_err(stat_err)? {
+            sys::set_cloexec(file.as_fd()).map_err(stat_err)?;
+        }
+        self.check(file.as_fd(), &display_path(&file))?;
+        Ok(LockFile::new(file, None))
+    }
+
+    /// File-type check (`fstat`) and filesystem policy (`fstatfs`).
+    fn check(&self, fd: std::os::fd::BorrowedFd<'_>, path: &Path) -> Result<(), Error> {
+        let id = sys::fstat(fd).map_err(|source| Error::Stat {
+            path: path.into(),
+            source,
+        })?;
+        match id.kind {
+            Kind::RegularFile => {}
+            Kind::Directory if self.allow_directory => {}
+            other => {
+                return Err(Error::NotRegularFile {
+                    path: path.into(),
+                    kind: kind_name(other),
+                })
+            }
+        }
+        if self.remote_fs == RemoteFs::Reject {
+            let magic = sys::fs_magic(fd).map_err(|source| Error::Stat {
+                path: path.into(),
+                source,
+            })?;
+            if let Some(fs) = classify(magic) {
+                return Err(Error::RemoteFs {
+                    path: path.into(),
+                    fs: fs.name,
+                    magic,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the path; reports whether this call created the file.
+    fn open_fd(&self, path: &Path) -> Result<(OwnedFd, bool), Error> {
+        let open_err = |source| Error::Open {
+            path: path.into(),
+            source,
+        };
+        let mut how = OpenHow {
+            create_excl: false,
+            follow_symlinks: self.follow_symlinks,
+            read_only: false,
+            directory: false,
+            perms: self.perms,
+        };
+        let mut last = None;
+        for _ in 0..CREATE_RACE_RETRIES {
+            // Open without O_CREAT first: the common case, and the only way
+            // to know afterwards whether this call created the file.
+            let err = match sys::open(path, how) {
+                Ok(fd) => return Ok((fd, false)),
+                Err(err) => err,
+            };
+            if err.kind() == io::ErrorKind::NotFound && self.create {
+                match sys::open(
+                    path,
+                    OpenHow {
+                        create_excl: true,
+                        ..how
+                    },
+                ) {
+                    Ok(fd) => return Ok((fd, true)),
+                    // Created by someone else meanwhile, or a dangling symlink.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        if sys::lstat(path).is_ok_and(|id| id.kind == Kind::Symlink) {
+                            return Err(if self.follow_symlinks {
+                                Error::DanglingSymlink { path: path.into() }
+                            } else {
+                                Error::Symlink { path: path.into() }
+                            });
+                        }
+                        last = Some(e);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && self.create_dirs => {
+                        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                            std::fs::create_dir_all(parent).map_err(open_err)?;
+                        }
+                        last = Some(e);
+                        continue;
+                    }
+                    Err(e) => return Err(self.explain_open_error(path, e)),
+                }
+            }
+            if sys::is_eisdir(&err) && self.allow_directory {
+                how.directory = true;
+                last = Some(err);
+                continue;
+            }
+            if sys::is_write_refused(&err) && !how.read_only && !how.directory {
+                // flock(2) needs no write access: an existing file that may
+                // not be written is still lockable through a read-only open.
+                match sys::open(
+                    path,
+                    OpenHow {
+                        read_only: true,
+                        ..how
+                    },
+                ) {
+                    Ok(fd) => return Ok((fd, false)),
+                    Err(_) => return Err(self.explain_open_error(path, err)),
+                }
+            }
+            return Err(self.explain_open_error(path, err));
+        }
+        Err(open_err(
+            last.unwrap_or_else(|| io::Error::from(io::ErrorKind::Other)),
+        ))
+    }
+
+    /// Turns a failed `open(2)` into the most specific error.
+    fn explain_open_error(&self, path: &Path, err: io::Error) -> Error {
+        if sys::is_eloop(&err)
+            && !self.follow_symlinks
+            && sys::lstat(path).is_ok_and(|id| id.kind == Kind::Symlink)
+        {
+            return Error::Symlink { path: path.into() };
+        }
+        if sys::is_eisdir(&err) {
+            return Error::NotRegularFile {
+                path: path.into(),
+                kind: "directory",
+            };
+        }
+        if sys::is_enxio(&err) {
+            if let Ok(id) = sys::lstat(path) {
+                return Error::NotRegularFile {
+                    path: path.into(),
+                    kind: kind_name(id.kind),
+                };
+            }
+        }
+        Error::Open {
+            path: path.into(),
+            source: err,
+        }
+    }
+}
+
+/// Removes `path` if it still names the inode behind `fd`, then closes `fd`.
+fn remove_if_same(path: &Path, fd: OwnedFd) {
+    let Ok(ours) = sys::fstat(fd.as_fd()) else {
+        return;
+    };
+    let same = |id: FileId| id.dev == ours.dev && id.ino == ours.ino;
+    if sys::lstat(path).is_ok_and(same) {
+        // Best effort: the refusal is the error the caller sees.
+        let _ = sys::unlink(path);
+    }
+}
+
+/// The path to name in errors for a descriptor without a known path.
+pub(crate) fn display_path(fd: impl AsFd) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    let fd = fd.as_fd();
+    sys::fd_path(fd).unwrap_or_else(|| PathBuf::from(format!("<fd {}>", fd.as_raw_fd())))
+}
+
+pub(crate) fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::RegularFile => "regular file",
+        Kind::Directory => "directory",
+        Kind::Symlink => "symbolic link",
+        Kind::Fifo => "FIFO",
+        Kind::Socket => "socket",
+        Kind::CharacterDevice => "character device",
+        Kind::BlockDevice => "block device",
+        _ => "special file",
+    }
+}
