@@ -1,0 +1,190 @@
+//! Shared plumbing for tests that need real child processes.
+//!
+//! A test binary re-executes itself to run a child: [`child_entry!`] defines
+//! a `#[test]` that does nothing in the parent and, in a child started by
+//! [`Child::spawn`], runs the file's own dispatch function on the child's
+//! arguments and exits. The child talks over stdout lines; closing its stdin
+//! (or [`Child::release`]) tells it to finish.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The environment variable that carries the child's arguments (NUL-separated).
+pub const CHILD_ENV: &str = "FLOCKGUARD_TEST_CHILD";
+
+/// Defines the child entry point of this test binary: `$dispatch` is a
+/// `fn(&[String])` run in the child; the child exits 0 when it returns.
+#[macro_export]
+macro_rules! child_entry {
+    ($dispatch:path) => {
+        #[test]
+        fn __child_entry() {
+            if let Ok(args) = std::env::var($crate::support::CHILD_ENV) {
+                let args: Vec<String> = args.split('\0').map(str::to_owned).collect();
+                $dispatch(&args);
+                std::process::exit(0);
+            }
+        }
+    };
+}
+
+/// A running child process of this test binary.
+pub struct Child {
+    pub child: std::process::Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Child {
+    /// Starts this test binary as a child running the dispatch function on
+    /// `args`.
+    pub fn spawn(args: &[&str]) -> Child {
+        Self::spawn_with(args, |_| {})
+    }
+
+    /// As [`spawn`](Self::spawn), with a hook to adjust the command.
+    pub fn spawn_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Child {
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "__child_entry",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env(CHILD_ENV, args.join("\0"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        adjust(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn child");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Child {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads lines until one starts with `prefix`; returns that line.
+    /// Panics if the child ends first or `timeout` passes.
+    pub fn expect_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut line = String::new();
+            let n = self.stdout.read_line(&mut line).expect("read child stdout");
+            assert!(n > 0, "child exited before printing {prefix:?}");
+            if line.starts_with(prefix) {
+                return line.trim_end().to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {prefix:?} line from child within {timeout:?}"
+            );
+        }
+    }
+
+    /// Sends a line to the child's stdin.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("write child stdin");
+        stdin.flush().expect("flush");
+    }
+
+    /// Closes the child's stdin (the "finish" signal) and waits for it.
+    pub fn release(mut self) -> ExitStatus {
+        drop(self.stdin.take());
+        let mut rest = String::new();
+        let _ = self.stdout.read_to_string(&mut rest);
+        self.child.wait().expect("wait child")
+    }
+
+    /// Kills the child with SIGKILL and reaps it.
+    pub fn kill(mut self) -> ExitStatus {
+        let _ = self.child.kill();
+        self.child.wait().expect("wait child")
+    }
+}
+
+/// In a child: blocks until the parent closes stdin; returns each line read
+/// before that through `on_line`.
+pub fn wait_for_parent(mut on_line: impl FnMut(&str)) {
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        match line {
+            Ok(line) => on_line(&line),
+            Err(_) => break,
+        }
+    }
+}
+
+/// In a child: prints a line to the parent, flushed.
+pub fn tell(line: &str) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").expect("write stdout");
+    out.flush().expect("flush stdout");
+}
+
+/// Number of open descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("read /proc/self/fd")
+        .count()
+}
+
+/// Whether the tests run as root (mounts, other users).
+pub fn is_root() -> bool {
+    rustix_free_euid() == 0
+}
+
+fn rustix_free_euid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
+/// Prints a skip reason in a form that stands out in test output.
+pub fn skip(test: &str, why: &str) {
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+/// A fresh temporary directory and a lock path inside it.
+pub fn lock_path() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("test.lock");
+    (dir, path)
+}
+
+/// Whether `path` is currently lockable exclusively by a fresh open (a second
+/// open file description), which proves nobody else holds any lock on it.
+pub fn is_free(path: &Path) -> bool {
+    flockguard::LockOptions::new()
+        .remote_fs(flockguard::RemoteFs::Allow)
+        .open(path)
+        .expect("open")
+        .try_lock::<flockguard::Exclusive>()
+        .is_ok()
+}
+
+/// Whether a fresh open can take a shared lock on `path`.
+pub fn is_shareable(path: &Path) -> bool {
+    flockguard::LockOptions::new()
+        .remote_fs(flockguard::RemoteFs::Allow)
+        .open(path)
+        .expect("open")
+        .try_lock::<flockguard::Shared>()
+        .is_ok()
+}
