@@ -33,10 +33,13 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(2);
 /// any release, without a close watch) is noticed within this long, and a
 /// waiter wakes at most 1 / this often while the lock stays held.
 const BACKOFF_CAP: Duration = Duration::from_millis(100);
-/// Retry intervals after a close event, covering the gap between the
-/// kernel's close notification and its release of the lock.
-const AFTER_CLOSE: [Duration; 4] = [
-    Duration::from_micros(50),
+/// How long a close event is followed by immediate retries that only yield
+/// the CPU: the kernel reports the close a moment before it releases the
+/// lock (sub-microsecond when the closer keeps running, longer when it is
+/// preempted in between).
+const AFTER_CLOSE_SPIN: Duration = Duration::from_micros(100);
+/// Retry intervals after the spin, before the back-off resumes.
+const AFTER_CLOSE: [Duration; 3] = [
     Duration::from_micros(250),
     Duration::from_millis(1),
     Duration::from_millis(5),
@@ -170,6 +173,10 @@ pub(crate) struct Waiter<'a> {
     cancel_fd: Option<Registration<'a>>,
     deadline: Option<Instant>,
     backoff: Duration,
+    /// Close events are queued and not yet read.
+    unread: bool,
+    /// Until when to retry at once after a close event.
+    spin_until: Option<Instant>,
     /// Index into [`AFTER_CLOSE`] while retrying after a close event.
     after_close: Option<usize>,
 }
@@ -195,6 +202,8 @@ impl<'a> Waiter<'a> {
             cancel_fd: cancel.and_then(CancelToken::register),
             deadline,
             backoff: BACKOFF_FIRST,
+            unread: false,
+            spin_until: None,
             after_close: None,
         }
     }
@@ -240,6 +249,10 @@ impl<'a> Waiter<'a> {
     /// How long to sleep before the next attempt unless an event source
     /// becomes readable first; advances the retry schedule.
     pub(crate) fn next_timeout(&mut self, now: Instant) -> Duration {
+        if self.spin_until.is_some_and(|until| now < until) {
+            return Duration::ZERO;
+        }
+        self.spin_until = None;
         let step = match self.after_close {
             Some(i) if i < AFTER_CLOSE.len() => {
                 self.after_close = Some(i + 1);
@@ -280,6 +293,7 @@ impl<'a> Waiter<'a> {
         match sys::inotify_drain(fd) {
             Ok(drained) => {
                 if drained.closed || drained.lost {
+                    self.spin_until = Some(Instant::now() + AFTER_CLOSE_SPIN);
                     self.after_close = Some(0);
                 }
                 if drained.lost {
@@ -292,14 +306,20 @@ impl<'a> Waiter<'a> {
     }
 
     /// Sleeps until an event source is readable or the next retry is due.
+    ///
+    /// Readable close events are consumed on the next call rather than at
+    /// once, so the attempt that follows a wake-up comes first.
     pub(crate) fn block(&mut self) {
+        if std::mem::take(&mut self.unread) {
+            self.on_ready();
+        }
         let timeout = self.next_timeout(Instant::now());
+        if timeout.is_zero() {
+            std::thread::yield_now();
+            return;
+        }
         match sys::poll_readable([self.event_fd(), self.cancel_fd()], Some(timeout)) {
-            Ok([events_ready, _]) => {
-                if events_ready {
-                    self.on_ready();
-                }
-            }
+            Ok([events_ready, _]) => self.unread = events_ready,
             // ppoll(2) fails only for lack of memory or a bad descriptor:
             // drop the event sources and keep the schedule.
             Err(_) => {
@@ -436,9 +456,12 @@ mod tests {
         let ready =
             sys::poll_readable([w.event_fd(), None], Some(Duration::from_secs(30))).unwrap();
         assert_eq!(ready, [true, false]);
+        let woken = Instant::now();
         w.on_ready();
-        assert_eq!(w.next_timeout(Instant::now()), AFTER_CLOSE[0]);
-        assert_eq!(w.next_timeout(Instant::now()), AFTER_CLOSE[1]);
+        assert_eq!(w.next_timeout(woken), Duration::ZERO, "retry at once");
+        let later = woken + AFTER_CLOSE_SPIN * 2;
+        assert_eq!(w.next_timeout(later), AFTER_CLOSE[0]);
+        assert_eq!(w.next_timeout(later), AFTER_CLOSE[1]);
         // Drained: nothing is readable any more.
         let ready = sys::poll_readable([w.event_fd(), None], Some(Duration::ZERO)).unwrap();
         assert_eq!(ready, [false, false]);
