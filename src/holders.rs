@@ -141,8 +141,8 @@ impl fmt::Display for Holder {
 }
 
 /// Lists the processes that hold or wait for a `flock(2)` lock on the file
-/// at `path` (following symbolic links), holders first, in the kernel's
-/// order.
+/// at `path` (following symbolic links): holders, then waiters, each in
+/// the order of `/proc/locks`.
 ///
 /// Reads `/proc/locks` once and, only for the entries on this file,
 /// `/proc/PID/fdinfo` and `/proc/PID/cmdline`. The answer is a snapshot:
@@ -218,7 +218,10 @@ pub(crate) fn holders_of(id: MountedId, path: &Path) -> Result<Vec<Holder>, Erro
         None => id.dev,
     };
     let target = Target { dev, ino: id.ino };
-    let entries = flock_entries(&read("/proc/locks")?, target);
+    let mut entries = flock_entries(&read("/proc/locks")?, target);
+    // The kernel prints each waiter after the lock blocking it, which may
+    // come before other holders; list every holder first.
+    entries.sort_by_key(|e| e.waiting);
     Ok(entries.into_iter().map(|e| describe(e, target)).collect())
 }
 
