@@ -51,6 +51,7 @@ mod guard;
 mod lockfile;
 mod mode;
 mod options;
+mod removal;
 mod sys;
 
 pub use acquire::{block_flock, block_flock_mode, materialize, try_flock, try_flock_mode};
@@ -60,3 +61,4 @@ pub use guard::{AnyGuard, LockGuard, TryUpgradeError};
 pub use lockfile::{LockFile, TryLockError};
 pub use mode::{Exclusive, FlockMode, Mode, Shared};
 pub use options::{LockOptions, RemoteFs};
+pub use removal::{block_flock_verified, try_flock_verified};

@@ -128,13 +128,18 @@ impl LockOptions {
     ///
     /// # Errors
     /// [`Error::Open`], [`Error::Symlink`], [`Error::DanglingSymlink`],
-    /// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::Stat`].
+    /// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::Stat`];
+    /// [`Error::InvalidPath`] for an empty path, a NUL byte, or a trailing
+    /// `/` (unless [`allow_directory`](Self::allow_directory));
+    /// [`Error::Missing`] when the file is absent and
+    /// [`create(false)`](Self::create) is set.
     ///
     /// # References
     /// - [open(2)](https://man7.org/linux/man-pages/man2/open.2.html)
     /// - [statfs(2)](https://man7.org/linux/man-pages/man2/statfs.2.html)
     pub fn open(&self, path: impl AsRef<Path>) -> Result<LockFile, Error> {
         let path = path.as_ref();
+        self.validate(path)?;
         let (fd, created) = self.open_fd(path)?;
         match self.check(fd.as_fd(), path) {
             Ok(()) => Ok(LockFile::new(File::from(fd), Some(path.to_path_buf()))),
@@ -166,6 +171,32 @@ impl LockOptions {
         }
         self.check(file.as_fd(), &display_path(&file))?;
         Ok(LockFile::new(file, None))
+    }
+
+    /// Whether a symbolic link as the final component is followed.
+    pub(crate) fn follows_symlinks(&self) -> bool {
+        self.follow_symlinks
+    }
+
+    /// Refuses paths `open(2)` would reject with a misleading error: empty
+    /// (`ENOENT`), with a NUL byte (`EINVAL`), or with a trailing `/`
+    /// (`EISDIR` even when nothing is there).
+    fn validate(&self, path: &Path) -> Result<(), Error> {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = path.as_os_str().as_bytes();
+        let reason = if bytes.is_empty() {
+            "the path is empty"
+        } else if bytes.contains(&0) {
+            "the path contains a NUL byte"
+        } else if bytes.ends_with(b"/") && !self.allow_directory {
+            "the path ends with `/`, so it can only name a directory"
+        } else {
+            return Ok(());
+        };
+        Err(Error::InvalidPath {
+            path: path.into(),
+            reason,
+        })
     }
 
     /// File-type check (`fstat`) and filesystem policy (`fstatfs`).
@@ -291,6 +322,15 @@ impl LockOptions {
                 path: path.into(),
                 kind: "directory",
             };
+        }
+        if err.kind() == io::ErrorKind::NotFound
+            && !self.create
+            && path
+                .parent()
+                .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+                .is_some_and(|p| sys::lstat(p).is_ok())
+        {
+            return Error::Missing { path: path.into() };
         }
         if sys::is_enxio(&err) {
             if let Ok(id) = sys::lstat(path) {

@@ -78,6 +78,12 @@ pub(crate) fn lstat(path: &Path) -> io::Result<FileId> {
     Ok(file_id(&rustix::fs::lstat(path)?))
 }
 
+/// `stat(2)`: follows symbolic links; used only to check that a path
+/// still names a given inode.
+pub(crate) fn stat(path: &Path) -> io::Result<FileId> {
+    Ok(file_id(&rustix::fs::stat(path)?))
+}
+
 /// `fstatfs(2)`: the filesystem magic (`f_type`) of the file behind `fd`.
 pub(crate) fn fs_magic(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let st = retry(|| rustix::fs::fstatfs(fd))?;
