@@ -168,7 +168,7 @@ fn open_hint(path: &std::path::Path, source: &io::Error) -> &'static str {
     if errno == Errno::NOENT {
         "; a parent directory is missing (create it, or use LockOptions::create_dirs(true))"
     } else if errno == Errno::ACCESS || errno == Errno::PERM {
-        "; permission denied (lock in a directory you can write to, such as $XDG_RUNTIME_DIR)"
+        "; permission denied (the lock file must be readable by you, and to create it its directory writable by you, as $XDG_RUNTIME_DIR is)"
     } else if errno == Errno::ROFS {
         "; the filesystem is read-only and the file does not exist (create it before mounting read-only, or lock elsewhere)"
     } else if errno == Errno::MFILE || errno == Errno::NFILE {

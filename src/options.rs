@@ -327,7 +327,13 @@ impl LockOptions {
             && !self.create
             && path
                 .parent()
-                .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+                .map(|p| {
+                    if p.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        p
+                    }
+                })
                 .is_some_and(|p| sys::lstat(p).is_ok())
         {
             return Error::Missing { path: path.into() };
@@ -347,11 +353,15 @@ impl LockOptions {
     }
 }
 
-/// Removes `path` if it still names the inode behind `fd`, then closes `fd`.
+/// Closes `fd`, then removes `path` if it still names the inode `fd` had.
+///
+/// Closing first matters on FUSE, whose servers hide a file unlinked while
+/// open as `.fuse_hidden*` instead of removing it.
 fn remove_if_same(path: &Path, fd: OwnedFd) {
     let Ok(ours) = sys::fstat(fd.as_fd()) else {
         return;
     };
+    drop(fd);
     let same = |id: FileId| id.dev == ours.dev && id.ino == ours.ino;
     if sys::lstat(path).is_ok_and(same) {
         // Best effort: the refusal is the error the caller sees.
