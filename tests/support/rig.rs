@@ -175,3 +175,39 @@ pub fn fd_targets() -> Vec<PathBuf> {
         .filter_map(|e| std::fs::read_link(e.path()).ok())
         .collect()
 }
+
+/// `MAJ:MIN:INODE` of `path` as /proc/locks prints it (hex device numbers).
+pub fn proc_locks_id(path: &Path) -> String {
+    let meta = std::fs::metadata(path).expect("stat lock file");
+    let dev = meta.dev();
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    format!("{major:02x}:{minor:02x}:{}", meta.ino())
+}
+
+/// How many waiters are blocked in `flock(2)` on `path`, from /proc/locks
+/// (lines with `->` after the id).
+pub fn blocked_waiters(path: &Path) -> usize {
+    let id = proc_locks_id(path);
+    std::fs::read_to_string("/proc/locks")
+        .expect("read /proc/locks")
+        .lines()
+        .filter(|l| {
+            let mut f = l.split_whitespace();
+            f.nth(1) == Some("->") && l.split_whitespace().any(|t| t == id)
+        })
+        .count()
+}
+
+/// Polls until `cond` holds; panics after `limit` (a hang guard, not a
+/// speed check).
+pub fn wait_until(what: &str, limit: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
