@@ -54,6 +54,10 @@ mod options;
 mod removal;
 mod sys;
 
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use acquire::{block_flock, block_flock_mode, materialize, try_flock, try_flock_mode};
 pub use error::Error;
 pub use fs_policy::{classify, UnreliableFs};
