@@ -32,6 +32,14 @@
 //! [`Error::RemoteFs`] unless [`RemoteFs::Allow`] is chosen; see
 //! [`classify`].
 //!
+//! # Removing lock files
+//! Unlinking a lock file while others may be opening it lets two processes
+//! lock different files under one name. To remove lock files safely, remove
+//! them only with [`LockGuard::unlink_and_unlock`] and acquire them only with
+//! [`block_flock_verified`] / [`try_flock_verified`], which re-check the path
+//! after locking; [`LockGuard::verify_path`] tells a holder whether the path
+//! still names its file.
+//!
 //! # Mode transitions
 //! | call | what the kernel does |
 //! |---|---|

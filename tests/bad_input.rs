@@ -486,7 +486,12 @@ fn read_only_tmpfs_locks_existing_file_and_refuses_creation() {
     }
     let mnt = match Mount::tmpfs("size=64k") {
         Ok(m) => m,
-        Err(why) => return support::skip("read_only_tmpfs", &why),
+        Err(why) => {
+            return support::skip(
+                "read_only_tmpfs_locks_existing_file_and_refuses_creation",
+                &why,
+            )
+        }
     };
     let existing = mnt.dir.join("existing.lock");
     std::fs::write(&existing, "").unwrap();
@@ -522,7 +527,12 @@ fn read_only_bind_mount_shares_the_lock_with_the_writable_view() {
     std::fs::write(&rw, "").unwrap();
     let mnt = match Mount::bind(src.path(), true) {
         Ok(m) => m,
-        Err(why) => return support::skip("read_only_bind_mount", &why),
+        Err(why) => {
+            return support::skip(
+                "read_only_bind_mount_shares_the_lock_with_the_writable_view",
+                &why,
+            )
+        }
     };
     let ro = mnt.dir.join("app.lock");
 
