@@ -473,6 +473,26 @@ fn readable_file_of_another_user_is_locked_read_only() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "content");
 }
 
+#[test]
+fn running_executable_is_locked_read_only() {
+    let _s = serial();
+    // O_RDWR on a file being executed fails with ETXTBSY; the read-only
+    // fallback still locks it. The test binary itself is running.
+    let exe = std::env::current_exe().unwrap();
+    let fds = support::open_fds();
+    let mut guard = try_flock::<Exclusive>(&exe).expect("lock the running executable");
+    assert!(try_flock::<Shared>(&exe).unwrap_err().is_would_block());
+    let write = guard
+        .write_all(b"")
+        .and_then(|()| guard.write(b"x").map(drop));
+    assert_eq!(
+        write.unwrap_err().raw_os_error(),
+        Some(rustix::io::Errno::BADF.raw_os_error())
+    );
+    drop(guard);
+    assert_eq!(support::open_fds(), fds);
+}
+
 // -------------------------------------------------------------- filesystems
 
 #[test]
