@@ -323,19 +323,7 @@ impl LockOptions {
                 kind: "directory",
             };
         }
-        if err.kind() == io::ErrorKind::NotFound
-            && !self.create
-            && path
-                .parent()
-                .map(|p| {
-                    if p.as_os_str().is_empty() {
-                        Path::new(".")
-                    } else {
-                        p
-                    }
-                })
-                .is_some_and(|p| sys::lstat(p).is_ok())
-        {
+        if err.kind() == io::ErrorKind::NotFound && !self.create && parent_exists(path) {
             return Error::Missing { path: path.into() };
         }
         if sys::is_enxio(&err) {
@@ -351,6 +339,15 @@ impl LockOptions {
             source: err,
         }
     }
+}
+
+/// Whether the directory that would hold `path` exists.
+fn parent_exists(path: &Path) -> bool {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    sys::lstat(parent).is_ok()
 }
 
 /// Closes `fd`, then removes `path` if it still names the inode `fd` had.
