@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Prints the median and ratio table of `cargo bench --bench acquire` from
+criterion's output (target/criterion/**/new/{benchmark,estimates}.json).
+
+Usage: python3 benches/bench_table.py [CRITERION_DIR]
+Each row's ratio is to the reference baseline of its group (and of its
+parameter, for parameterised groups); the target lines at the end compare
+the pairs the crate promises to keep within 1.05x.
+"""
+
+import json
+import os
+import sys
+
+# group -> function id of the reference baseline (per parameter value)
+REFERENCE = {
+    "path_acquire": "raw_open_fstat_fstatfs_flock_close",
+    "reused_fd": "raw_flock_ex_nb_flock_un",
+    "shared_holders": None,  # flockguard_X is compared with raw_X
+    "transitions": None,  # flockguard_X is compared with raw_X
+}
+
+# (label, group, function, baseline function, bound)
+TARGETS = [
+    ("path acquire+release", "path_acquire", "flockguard",
+     "raw_open_fstat_fstatfs_flock_close", 1.05),
+    ("path acquire+release, RemoteFs::Allow", "path_acquire",
+     "flockguard_remote_allow", "raw_open_fstat_flock_close", 1.05),
+    ("reused descriptor", "reused_fd", "flockguard",
+     "raw_flock_ex_nb_flock_un", 1.05),
+]
+
+
+def load(root):
+    rows = {}
+    for dirpath, _, files in os.walk(root):
+        if os.path.basename(dirpath) != "new":
+            continue
+        if "benchmark.json" not in files or "estimates.json" not in files:
+            continue
+        with open(os.path.join(dirpath, "benchmark.json")) as f:
+            meta = json.load(f)
+        with open(os.path.join(dirpath, "estimates.json")) as f:
+            est = json.load(f)
+        key = (meta["group_id"], meta.get("value_str") or "", meta["function_id"])
+        rows[key] = est["median"]["point_estimate"]
+    return rows
+
+
+def baseline_for(group, function):
+    ref = REFERENCE.get(group)
+    if ref is not None:
+        return ref
+    if function.startswith("flockguard_"):
+        return "raw_" + function[len("flockguard_"):]
+    return None
+
+
+def fmt_ns(ns):
+    return f"{ns:,.0f}" if ns >= 100 else f"{ns:.1f}"
+
+
+def main():
+    root = sys.argv[1] if len(sys.argv) > 1 else os.path.join("target", "criterion")
+    rows = load(root)
+    if not rows:
+        sys.exit(f"no criterion results under {root}; run `cargo bench --bench acquire` first")
+    groups = []
+    for g, _, _ in sorted(rows):
+        if g not in groups:
+            groups.append(g)
+    order = list(REFERENCE) + [g for g in groups if g not in REFERENCE]
+    for group in [g for g in order if g in groups]:
+        print(f"\n### {group}\n")
+        print("| bench | param | median (ns) | baseline | ratio |")
+        print("|---|---|---:|---|---:|")
+        keys = [k for k in rows if k[0] == group]
+        params = sorted({k[1] for k in keys}, key=lambda v: (len(v), v))
+        for param in params:
+            for _, _, function in [k for k in keys if k[1] == param]:
+                median = rows[(group, param, function)]
+                base = baseline_for(group, function)
+                base_ns = rows.get((group, param, base)) if base else None
+                if base_ns and base != function:
+                    ratio, base_name = f"{median / base_ns:.3f}", base
+                elif base == function:
+                    ratio, base_name = "1.000", "(reference)"
+                else:
+                    ratio, base_name = "", ""
+                print(f"| {function} | {param} | {fmt_ns(median)} | {base_name} | {ratio} |")
+    print("\n### targets\n")
+    for label, group, fn, base, bound in TARGETS:
+        a, b = rows.get((group, "", fn)), rows.get((group, "", base))
+        if a is None or b is None:
+            print(f"- {label}: not measured")
+            continue
+        ratio = a / b
+        verdict = "met" if ratio <= bound else "MISSED"
+        print(f"- {label}: {fmt_ns(a)} / {fmt_ns(b)} ns = {ratio:.3f} (<= {bound}: {verdict})")
+
+
+if __name__ == "__main__":
+    main()
