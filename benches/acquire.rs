@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Throughput};
 use flockguard::{try_flock, Exclusive, LockFile, LockGuard, LockOptions, RemoteFs, Shared};
-use rustix::fs::{FlockOperation as Op, Mode, OFlags};
+use rustix::fs::{AtFlags, FlockOperation as Op, Mode, OFlags, StatxFlags};
 
 /// The flags flockguard opens lock files with, so raw baselines do the same
 /// path walk and permission checks.
@@ -161,6 +161,16 @@ fn path_acquire(c: &mut Criterion) {
             let fd = raw_open(black_box(path));
             black_box(rustix::fs::fstat(&fd).unwrap());
             black_box(rustix::fs::fstatfs(&fd).unwrap());
+            raw_flock(&fd, Op::NonBlockingLockExclusive);
+        })
+    });
+    // The same checks as the line above with one statx(2) for type and
+    // mount, as flockguard does on a mount it has seen before.
+    g.bench_function("raw_open_statx_flock_close", |b| {
+        let mask = StatxFlags::TYPE | StatxFlags::from_bits_retain(0x4000);
+        b.iter(|| {
+            let fd = raw_open(black_box(path));
+            black_box(rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, mask).unwrap());
             raw_flock(&fd, Op::NonBlockingLockExclusive);
         })
     });

@@ -4,8 +4,9 @@ criterion's output (target/criterion/**/new/{benchmark,estimates}.json).
 
 Usage: python3 benches/bench_table.py [CRITERION_DIR]
 Each row's ratio is to the reference baseline of its group (and of its
-parameter, for parameterised groups); the target lines at the end compare
-the pairs the crate promises to keep within 1.05x.
+parameter, for parameterised groups). The targets at the end come from the
+`paired` group (target/criterion/paired/*/pair.json), which interleaves
+flockguard and its baseline so that load from other processes hits both.
 """
 
 import json
@@ -18,17 +19,19 @@ REFERENCE = {
     "reused_fd": "raw_flock_ex_nb_flock_un",
     "shared_holders": None,  # flockguard_X is compared with raw_X
     "transitions": None,  # flockguard_X is compared with raw_X
+    "paired": "",  # rounds of interleaved blocks; see the targets instead
 }
 
-# (label, group, function, baseline function, bound)
-TARGETS = [
-    ("path acquire+release", "path_acquire", "flockguard",
-     "raw_open_fstat_fstatfs_flock_close", 1.05),
-    ("path acquire+release, RemoteFs::Allow", "path_acquire",
-     "flockguard_remote_allow", "raw_open_fstat_flock_close", 1.05),
-    ("reused descriptor", "reused_fd", "flockguard",
-     "raw_flock_ex_nb_flock_un", 1.05),
-]
+# paired name -> (what flockguard runs, what the baseline runs, bound)
+TARGETS = {
+    "path": ("try_flock + drop", "open+fstat+fstatfs+flock+close", 1.05),
+    "path_remote_allow": ("RemoteFs::Allow open + try_lock + drop",
+                          "open+fstat+flock+close", 1.05),
+    "reused": ("try_lock + unlock", "flock(EX\\|NB)+flock(UN)", 1.05),
+    "path_remote_allow_vs_getpid_floor": ("RemoteFs::Allow open + try_lock + drop",
+                                          "open+fstat+getpid+flock+close", None),
+    "reused_vs_getpid_floor": ("try_lock + unlock", "flock(EX\\|NB)+getpid+flock(UN)", None),
+}
 
 
 def load(root):
@@ -45,6 +48,19 @@ def load(root):
         key = (meta["group_id"], meta.get("value_str") or "", meta["function_id"])
         rows[key] = est["median"]["point_estimate"]
     return rows
+
+
+def load_pairs(root):
+    pairs = {}
+    base = os.path.join(root, "paired")
+    if not os.path.isdir(base):
+        return pairs
+    for name in os.listdir(base):
+        path = os.path.join(base, name, "pair.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                pairs[name] = json.load(f)
+    return pairs
 
 
 def baseline_for(group, function):
@@ -70,7 +86,7 @@ def main():
         if g not in groups:
             groups.append(g)
     order = list(REFERENCE) + [g for g in groups if g not in REFERENCE]
-    for group in [g for g in order if g in groups]:
+    for group in [g for g in order if g in groups and g != "paired"]:
         print(f"\n### {group}\n")
         print("| bench | param | median (ns) | baseline | ratio |")
         print("|---|---|---:|---|---:|")
@@ -88,15 +104,23 @@ def main():
                 else:
                     ratio, base_name = "", ""
                 print(f"| {function} | {param} | {fmt_ns(median)} | {base_name} | {ratio} |")
-    print("\n### targets\n")
-    for label, group, fn, base, bound in TARGETS:
-        a, b = rows.get((group, "", fn)), rows.get((group, "", base))
-        if a is None or b is None:
-            print(f"- {label}: not measured")
+    pairs = load_pairs(root)
+    if not pairs:
+        return
+    print("\n### paired (interleaved) ratios\n")
+    print("| pair | flockguard | median (ns) | baseline | median (ns) | ratio | quartiles | target |")
+    print("|---|---|---:|---|---:|---:|---|---|")
+    for name in list(TARGETS) + sorted(set(pairs) - set(TARGETS)):
+        p = pairs.get(name)
+        if p is None:
             continue
-        ratio = a / b
-        verdict = "met" if ratio <= bound else "MISSED"
-        print(f"- {label}: {fmt_ns(a)} / {fmt_ns(b)} ns = {ratio:.3f} (<= {bound}: {verdict})")
+        ours, theirs, bound = TARGETS.get(name, ("", "", None))
+        verdict = ""
+        if bound is not None:
+            verdict = f"<= {bound}: " + ("met" if p["ratio"] <= bound else "missed")
+        print(f"| {name} | {ours} | {fmt_ns(p['flockguard_ns'])} | {theirs} "
+              f"| {fmt_ns(p['baseline_ns'])} | {p['ratio']:.3f} "
+              f"| {p['q1']:.3f}..{p['q3']:.3f} | {verdict} |")
 
 
 if __name__ == "__main__":
