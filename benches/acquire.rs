@@ -11,13 +11,17 @@
 //! Times are the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`,
 //! user + system), so time spent preempted by other processes on a busy
 //! machine is not counted; `FLOCKGUARD_BENCH_CLOCK=wall` measures wall time
-//! instead. The `paired` group interleaves flockguard and its baseline in
-//! short alternating blocks and reports the median per-round ratio, which
-//! is what the targets are judged by.
+//! instead.
+//!
+//! Each group first measures every case alone (criterion's medians), then
+//! compares pairs of cases in `paired_<group>`: short blocks of the two
+//! cases alternate, so load from other processes hits both alike, and the
+//! ratio reported is the median of the per-round ratios. The ratios and the
+//! targets are judged by those pairs; they are stored under
+//! `target/criterion/pairs/`.
 // The std baseline needs Rust 1.89; the library's MSRV covers only the library.
 #![allow(clippy::incompatible_msrv)]
 
-use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::hint::black_box;
 use std::os::fd::{AsFd, OwnedFd};
@@ -115,12 +119,150 @@ impl ValueFormatter for Nanos {
     }
 }
 
+/// One measured operation: `step` runs it once, keeping its state.
+struct Case<'a> {
+    name: &'static str,
+    step: Box<dyn FnMut() + 'a>,
+}
+
+fn case<'a>(name: &'static str, step: impl FnMut() + 'a) -> Case<'a> {
+    Case {
+        name,
+        step: Box::new(step),
+    }
+}
+
+/// A group of cases: each measured alone, then each pair compared by
+/// interleaving (`(flockguard case, baseline case)`).
+struct Group<'a> {
+    name: &'static str,
+    param: Option<usize>,
+    /// Iterations of one case per block of a paired round.
+    block: u32,
+    cases: Vec<Case<'a>>,
+    pairs: Vec<(&'static str, &'static str)>,
+}
+
+impl Group<'_> {
+    fn index(&self, name: &str) -> usize {
+        self.cases.iter().position(|c| c.name == name).unwrap()
+    }
+}
+
+fn run_group(c: &mut Criterion, mut group: Group<'_>) {
+    let mut g = c.benchmark_group(group.name);
+    for case in &mut group.cases {
+        let step = &mut case.step;
+        match group.param {
+            Some(n) => g.bench_function(BenchmarkId::new(case.name, n), |b| b.iter(&mut *step)),
+            None => g.bench_function(case.name, |b| b.iter(&mut *step)),
+        };
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group(format!("paired_{}", group.name));
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(3));
+    for (a, b) in group.pairs.clone() {
+        let (ia, ib) = (group.index(a), group.index(b));
+        let (first, second) = group.cases.split_at_mut(ia.max(ib));
+        let (ca, cb) = if ia < ib {
+            (&mut first[ia], &mut second[0])
+        } else {
+            (&mut second[0], &mut first[ib])
+        };
+        let block = group.block;
+        let mut rounds: Vec<(f64, f64)> = Vec::new();
+        let id = match group.param {
+            Some(n) => format!("{a}_vs_{b}/{n}"),
+            None => format!("{a}_vs_{b}"),
+        };
+        g.bench_function(id, |bencher| {
+            bencher.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for i in 0..iters {
+                    let (ta, tb) = if i % 2 == 0 {
+                        let ta = run_block(&mut ca.step, block);
+                        (ta, run_block(&mut cb.step, block))
+                    } else {
+                        let tb = run_block(&mut cb.step, block);
+                        (run_block(&mut ca.step, block), tb)
+                    };
+                    let per = |t: Duration| t.as_nanos() as f64 / f64::from(block);
+                    rounds.push((per(ta), per(tb)));
+                    total += ta + tb;
+                }
+                total
+            })
+        });
+        report_pair(group.name, group.param, a, b, &rounds);
+    }
+    g.finish();
+}
+
+fn run_block(step: &mut dyn FnMut(), n: u32) -> Duration {
+    let start = Instant::now();
+    for _ in 0..n {
+        step();
+    }
+    start.elapsed()
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// Prints a pair's result and, after a real run (not `--test`), stores it
+/// for `benches/bench_table.py`.
+fn report_pair(group: &str, param: Option<usize>, a: &str, b: &str, rounds: &[(f64, f64)]) {
+    if rounds.is_empty() {
+        return;
+    }
+    let mut ratios: Vec<f64> = rounds.iter().map(|(x, y)| x / y).collect();
+    let mut xs: Vec<f64> = rounds.iter().map(|r| r.0).collect();
+    let mut ys: Vec<f64> = rounds.iter().map(|r| r.1).collect();
+    let ratio = median(&mut ratios);
+    let (q1, q3) = (ratios[ratios.len() / 4], ratios[ratios.len() * 3 / 4]);
+    let (x, y) = (median(&mut xs), median(&mut ys));
+    if rounds.len() < 100 {
+        return; // a `--test` run: too few rounds to mean anything
+    }
+    let param_str = param.map(|n| n.to_string()).unwrap_or_default();
+    println!(
+        "pair {group}/{a} vs {b} {param_str}: {x:.0} ns vs {y:.0} ns, \
+         ratio {ratio:.3} (quartiles {q1:.3}..{q3:.3}, {} rounds)",
+        rounds.len()
+    );
+    let home = std::env::var_os("CRITERION_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| PathBuf::from("target"), PathBuf::from)
+                .join("criterion")
+        });
+    let dir = home.join("pairs");
+    let file = dir.join(format!("{group}--{param_str}--{a}--{b}.json"));
+    let json = format!(
+        "{{\"group\":\"{group}\",\"param\":\"{param_str}\",\"a\":\"{a}\",\"b\":\"{b}\",\
+         \"a_ns\":{x},\"b_ns\":{y},\"ratio\":{ratio},\"q1\":{q1},\"q3\":{q3},\
+         \"rounds\":{}}}\n",
+        rounds.len()
+    );
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(file, json);
+    }
+}
+
 struct Fixture {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     /// An existing lock file, nobody holding it between iterations.
     lock: PathBuf,
-    /// A path that is missing at the start of every iteration.
-    missing: PathBuf,
 }
 
 fn fixture() -> Fixture {
@@ -131,108 +273,86 @@ fn fixture() -> Fixture {
     .unwrap();
     let lock = dir.path().join("bench.lock");
     File::create(&lock).unwrap();
-    let missing = dir.path().join("created.lock");
-    Fixture {
-        _dir: dir,
-        lock,
-        missing,
-    }
+    Fixture { dir, lock }
 }
 
-/// Group 1: open the path, take an exclusive lock without waiting, release.
+fn open_rw(path: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
+}
+
+const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
+
+/// Group 1: open the existing lock file, take an exclusive lock without
+/// waiting, release by closing.
 fn path_acquire(c: &mut Criterion) {
     let fx = fixture();
     let path = fx.lock.as_path();
-    let mut g = c.benchmark_group("path_acquire");
+    let mut allow = LockOptions::new();
+    allow.remote_fs(RemoteFs::Allow);
+    let allow = &allow;
+    let statx_mask = StatxFlags::TYPE | StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE);
 
-    g.bench_function("flockguard", |b| {
-        b.iter(|| drop(try_flock::<Exclusive>(black_box(path)).unwrap()))
-    });
-    g.bench_function("flockguard_remote_allow", |b| {
-        let mut opts = LockOptions::new();
-        opts.remote_fs(RemoteFs::Allow);
-        b.iter(|| {
-            let file = opts.open(black_box(path)).unwrap();
+    let cases = vec![
+        case("flockguard", move || {
+            drop(try_flock::<Exclusive>(black_box(path)).unwrap())
+        }),
+        case("flockguard_remote_allow", move || {
+            let file = allow.open(black_box(path)).unwrap();
             drop(file.try_lock::<Exclusive>().unwrap())
-        })
-    });
-    g.bench_function("raw_open_fstat_fstatfs_flock_close", |b| {
-        b.iter(|| {
+        }),
+        // The physical limit of the contract: file-type and filesystem check.
+        case("raw_open_fstat_fstatfs_flock_close", move || {
             let fd = raw_open(black_box(path));
             black_box(rustix::fs::fstat(&fd).unwrap());
             black_box(rustix::fs::fstatfs(&fd).unwrap());
             raw_flock(&fd, Op::NonBlockingLockExclusive);
-        })
-    });
-    // The same checks as the line above with one statx(2) for type and
-    // mount, as flockguard does on a mount it has seen before.
-    g.bench_function("raw_open_statx_flock_close", |b| {
-        let mask = StatxFlags::TYPE | StatxFlags::from_bits_retain(0x4000);
-        b.iter(|| {
+        }),
+        // Both checks from one statx, as flockguard does on a known mount.
+        case("raw_open_statx_flock_close", move || {
             let fd = raw_open(black_box(path));
-            black_box(rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, mask).unwrap());
+            let st = rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, statx_mask);
+            black_box(st.unwrap());
             raw_flock(&fd, Op::NonBlockingLockExclusive);
-        })
-    });
-    g.bench_function("raw_open_fstat_flock_close", |b| {
-        b.iter(|| {
+        }),
+        case("raw_open_fstat_flock_close", move || {
             let fd = raw_open(black_box(path));
             black_box(rustix::fs::fstat(&fd).unwrap());
             raw_flock(&fd, Op::NonBlockingLockExclusive);
-        })
-    });
-    g.bench_function("raw_open_flock_close", |b| {
-        b.iter(|| {
+        }),
+        // The same plus the getpid(2) of flockguard's fork-ownership record.
+        case("raw_open_fstat_getpid_flock_close", move || {
+            let fd = raw_open(black_box(path));
+            black_box(rustix::fs::fstat(&fd).unwrap());
+            black_box(rustix::process::getpid());
+            raw_flock(&fd, Op::NonBlockingLockExclusive);
+        }),
+        case("raw_open_flock_close", move || {
             let fd = raw_open(black_box(path));
             raw_flock(&fd, Op::NonBlockingLockExclusive);
-        })
-    });
-    g.bench_function("std_try_lock", |b| {
-        b.iter(|| {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(black_box(path))
-                .unwrap();
-            file.try_lock().unwrap();
-        })
-    });
-    g.bench_function("fs4", |b| {
-        b.iter(|| {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(black_box(path))
-                .unwrap();
-            fs4::FileExt::try_lock(&file).unwrap();
-        })
-    });
-    g.bench_function("fd_lock", |b| {
-        b.iter(|| {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(black_box(path))
-                .unwrap();
-            let mut lock = fd_lock::RwLock::new(file);
+        }),
+        case("std_try_lock", move || {
+            open_rw(black_box(path)).try_lock().unwrap();
+        }),
+        case("fs4", move || {
+            fs4::FileExt::try_lock(&open_rw(black_box(path))).unwrap();
+        }),
+        case("fd_lock", move || {
+            let mut lock = fd_lock::RwLock::new(open_rw(black_box(path)));
             drop(lock.try_write().unwrap());
-        })
-    });
-    g.bench_function("nix_flock", |b| {
-        use nix::fcntl::{Flock, FlockArg};
-        b.iter(|| {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(black_box(path))
-                .unwrap();
+        }),
+        case("nix_flock", move || {
+            use nix::fcntl::{Flock, FlockArg};
+            let file = open_rw(black_box(path));
             drop(Flock::lock(file, FlockArg::LockExclusiveNonblock).unwrap());
-        })
-    });
-    // The approach flockguard replaced: check the path, then the filesystem
-    // of the path (or of its parent when missing), then open and lock.
-    g.bench_function("old_exists_statfs_open_flock", |b| {
-        b.iter(|| {
+        }),
+        // The approach flockguard replaced: check the path, then the
+        // filesystem of the path (or of its parent when missing), then open
+        // and lock.
+        case("old_exists_statfs_open_flock", move || {
             let path = black_box(path);
             let probe = if path.exists() {
                 path
@@ -248,103 +368,156 @@ fn path_acquire(c: &mut Criterion) {
                 .open(path)
                 .unwrap();
             raw_flock(&file, Op::NonBlockingLockExclusive);
-        })
-    });
-
-    // The missing-file path: create, lock, release, then unlink (untimed
-    // work is impossible here, so both sides pay the unlink).
-    let missing = fx.missing.as_path();
-    g.bench_function("flockguard_create_unlink", |b| {
-        b.iter(|| {
-            drop(try_flock::<Exclusive>(black_box(missing)).unwrap());
-            rustix::fs::unlink(missing).unwrap();
-        })
-    });
-    g.bench_function("raw_create_fstat_fstatfs_flock_close_unlink", |b| {
-        b.iter(|| {
-            let fd = rustix::fs::open(
-                black_box(missing),
-                flags() | OFlags::CREATE | OFlags::EXCL,
-                Mode::from_bits_truncate(0o666),
-            )
-            .unwrap();
-            black_box(rustix::fs::fstat(&fd).unwrap());
-            black_box(rustix::fs::fstatfs(&fd).unwrap());
-            raw_flock(&fd, Op::NonBlockingLockExclusive);
-            drop(fd);
-            rustix::fs::unlink(missing).unwrap();
-        })
-    });
-    g.finish();
+        }),
+    ];
+    let reference = "raw_open_fstat_fstatfs_flock_close";
+    let mut pairs: Vec<_> = cases
+        .iter()
+        .map(|c| c.name)
+        .filter(|n| *n != reference)
+        .map(|n| (n, reference))
+        .collect();
+    pairs.extend([
+        ("flockguard", "raw_open_statx_flock_close"),
+        ("flockguard_remote_allow", "raw_open_fstat_flock_close"),
+        (
+            "flockguard_remote_allow",
+            "raw_open_fstat_getpid_flock_close",
+        ),
+        ("std_try_lock", "raw_open_flock_close"),
+        ("fs4", "raw_open_flock_close"),
+        ("fd_lock", "raw_open_flock_close"),
+        ("nix_flock", "raw_open_flock_close"),
+    ]);
+    run_group(
+        c,
+        Group {
+            name: "path_acquire",
+            param: None,
+            block: 32,
+            cases,
+            pairs,
+        },
+    );
 }
 
-/// Group 2: one open descriptor, locked and unlocked again and again.
+/// Group 1b: the lock file is missing; create it, lock, release, and
+/// unlink it again (both sides pay the unlink).
+fn path_create(c: &mut Criterion) {
+    let fx = fixture();
+    let path = fx.dir.path().join("created.lock");
+    let path = path.as_path();
+    let create = |fd: OwnedFd| {
+        black_box(rustix::fs::fstat(&fd).unwrap());
+        black_box(rustix::fs::fstatfs(&fd).unwrap());
+        raw_flock(&fd, Op::NonBlockingLockExclusive);
+        drop(fd);
+        rustix::fs::unlink(path).unwrap();
+    };
+    let excl = || {
+        let how = flags() | OFlags::CREATE | OFlags::EXCL;
+        rustix::fs::open(black_box(path), how, Mode::from_bits_truncate(0o666)).unwrap()
+    };
+    let cases = vec![
+        case("flockguard", move || {
+            drop(try_flock::<Exclusive>(black_box(path)).unwrap());
+            rustix::fs::unlink(path).unwrap();
+        }),
+        // Creating with O_EXCL tells the caller it made the file.
+        case("raw_create_fstat_fstatfs_flock_close_unlink", move || {
+            create(excl())
+        }),
+        // The same after a failed plain open, as flockguard opens.
+        case(
+            "raw_enoent_create_fstat_fstatfs_flock_close_unlink",
+            move || {
+                let err = rustix::fs::open(black_box(path), flags(), Mode::empty());
+                assert!(err.is_err());
+                create(excl())
+            },
+        ),
+    ];
+    let reference = "raw_create_fstat_fstatfs_flock_close_unlink";
+    run_group(
+        c,
+        Group {
+            name: "path_create",
+            param: None,
+            block: 8,
+            cases,
+            pairs: vec![
+                ("flockguard", reference),
+                (
+                    "raw_enoent_create_fstat_fstatfs_flock_close_unlink",
+                    reference,
+                ),
+            ],
+        },
+    );
+}
+
+/// Group 2: one open descriptor per case, locked and unlocked again and
+/// again.
 fn reused_fd(c: &mut Criterion) {
+    use nix::fcntl::{Flock, FlockArg};
     let fx = fixture();
     let path = fx.lock.as_path();
-    let mut g = c.benchmark_group("reused_fd");
 
-    g.bench_function("flockguard", |b| {
-        let mut slot = Some(LockFile::open(path).unwrap());
-        b.iter(|| {
-            let file = slot.take().unwrap();
-            let guard = file.try_lock::<Exclusive>().unwrap();
-            slot = Some(guard.unlock().unwrap());
-        })
-    });
-    g.bench_function("raw_flock_ex_nb_flock_un", |b| {
-        let fd = raw_open(path);
-        b.iter(|| {
-            raw_flock(&fd, Op::NonBlockingLockExclusive);
-            raw_flock(&fd, Op::Unlock);
-        })
-    });
-    g.bench_function("std_try_lock_unlock", |b| {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .unwrap();
-        b.iter(|| {
-            file.try_lock().unwrap();
-            file.unlock().unwrap();
-        })
-    });
-    g.bench_function("fs4", |b| {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .unwrap();
-        b.iter(|| {
-            fs4::FileExt::try_lock(&file).unwrap();
-            fs4::FileExt::unlock(&file).unwrap();
-        })
-    });
-    g.bench_function("fd_lock", |b| {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .unwrap();
-        let mut lock = fd_lock::RwLock::new(file);
-        b.iter(|| drop(lock.try_write().unwrap()))
-    });
-    g.bench_function("nix_flock", |b| {
-        use nix::fcntl::{Flock, FlockArg};
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .unwrap();
-        let mut slot = Some(file);
-        b.iter(|| {
-            let file = slot.take().unwrap();
+    let mut file = Some(LockFile::open(path).unwrap());
+    let raw = raw_open(path);
+    let raw_getpid = raw_open(path);
+    let std_file = open_rw(path);
+    let fs4_file = open_rw(path);
+    let mut fd_lock = fd_lock::RwLock::new(open_rw(path));
+    let mut nix_file = Some(open_rw(path));
+    let cases = vec![
+        case("flockguard", move || {
+            let guard = file.take().unwrap().try_lock::<Exclusive>().unwrap();
+            file = Some(guard.unlock().unwrap());
+        }),
+        case("raw_flock_flock", move || {
+            raw_flock(&raw, Op::NonBlockingLockExclusive);
+            raw_flock(&raw, Op::Unlock);
+        }),
+        // The same plus the getpid(2) of flockguard's fork check.
+        case("raw_flock_getpid_flock", move || {
+            raw_flock(&raw_getpid, Op::NonBlockingLockExclusive);
+            black_box(rustix::process::getpid());
+            raw_flock(&raw_getpid, Op::Unlock);
+        }),
+        case("std_try_lock_unlock", move || {
+            std_file.try_lock().unwrap();
+            std_file.unlock().unwrap();
+        }),
+        case("fs4", move || {
+            fs4::FileExt::try_lock(&fs4_file).unwrap();
+            fs4::FileExt::unlock(&fs4_file).unwrap();
+        }),
+        case("fd_lock", move || drop(fd_lock.try_write().unwrap())),
+        case("nix_flock", move || {
+            let file = nix_file.take().unwrap();
             let locked = Flock::lock(file, FlockArg::LockExclusiveNonblock).unwrap();
-            slot = Some(locked.unlock().unwrap());
-        })
-    });
-    g.finish();
+            nix_file = Some(locked.unlock().unwrap());
+        }),
+    ];
+    let reference = "raw_flock_flock";
+    let mut pairs: Vec<_> = cases
+        .iter()
+        .map(|c| c.name)
+        .filter(|n| *n != reference)
+        .map(|n| (n, reference))
+        .collect();
+    pairs.push(("flockguard", "raw_flock_getpid_flock"));
+    run_group(
+        c,
+        Group {
+            name: "reused_fd",
+            param: None,
+            block: 128,
+            cases,
+            pairs,
+        },
+    );
 }
 
 /// Group 3: a shared lock taken while N other shared holders (other open
@@ -352,257 +525,105 @@ fn reused_fd(c: &mut Criterion) {
 fn shared_holders(c: &mut Criterion) {
     let fx = fixture();
     let path = fx.lock.as_path();
-    let mut g = c.benchmark_group("shared_holders");
     for n in [1usize, 8, 64] {
         let holders: Vec<LockGuard<Shared>> =
             (0..n).map(|_| try_flock::<Shared>(path).unwrap()).collect();
-
-        g.bench_with_input(BenchmarkId::new("flockguard_path", n), &n, |b, _| {
-            b.iter(|| drop(try_flock::<Shared>(black_box(path)).unwrap()))
-        });
-        g.bench_with_input(BenchmarkId::new("raw_path", n), &n, |b, _| {
-            b.iter(|| {
+        let mut file = Some(LockFile::open(path).unwrap());
+        let raw = raw_open(path);
+        let cases = vec![
+            case("flockguard_path", move || {
+                drop(try_flock::<Shared>(black_box(path)).unwrap())
+            }),
+            case("raw_path", move || {
                 let fd = raw_open(black_box(path));
                 black_box(rustix::fs::fstat(&fd).unwrap());
                 black_box(rustix::fs::fstatfs(&fd).unwrap());
                 raw_flock(&fd, Op::NonBlockingLockShared);
-            })
-        });
-        g.bench_with_input(BenchmarkId::new("flockguard_reused", n), &n, |b, _| {
-            let mut slot = Some(LockFile::open(path).unwrap());
-            b.iter(|| {
-                let file = slot.take().unwrap();
-                let guard = file.try_lock::<Shared>().unwrap();
-                slot = Some(guard.unlock().unwrap());
-            })
-        });
-        g.bench_with_input(BenchmarkId::new("raw_reused", n), &n, |b, _| {
-            let fd = raw_open(path);
-            b.iter(|| {
-                raw_flock(&fd, Op::NonBlockingLockShared);
-                raw_flock(&fd, Op::Unlock);
-            })
-        });
+            }),
+            case("flockguard_reused", move || {
+                let guard = file.take().unwrap().try_lock::<Shared>().unwrap();
+                file = Some(guard.unlock().unwrap());
+            }),
+            case("raw_reused", move || {
+                raw_flock(&raw, Op::NonBlockingLockShared);
+                raw_flock(&raw, Op::Unlock);
+            }),
+        ];
+        run_group(
+            c,
+            Group {
+                name: "shared_holders",
+                param: Some(n),
+                block: 32,
+                cases,
+                pairs: vec![
+                    ("flockguard_path", "raw_path"),
+                    ("flockguard_reused", "raw_reused"),
+                ],
+            },
+        );
         drop(holders);
     }
-    g.finish();
 }
 
-/// Group 4: mode transitions on a held lock, nobody else holding the file,
-/// as round trips that end in the state they started from.
+/// Group 4: mode transitions on a held lock, as round trips that end in
+/// the state they started from. Each case keeps its lock between steps, so
+/// each locks its own file in the group's directory.
 fn transitions(c: &mut Criterion) {
     let fx = fixture();
-    let path = fx.lock.as_path();
-    let mut g = c.benchmark_group("transitions");
-
-    g.bench_function("flockguard_downgrade_upgrade", |b| {
-        let mut slot = Some(try_flock::<Exclusive>(path).unwrap());
-        b.iter(|| {
-            let shared = slot.take().unwrap().downgrade().unwrap();
-            slot = Some(shared.upgrade().unwrap());
-        })
-    });
-    g.bench_function("raw_downgrade_upgrade", |b| {
-        let fd = raw_open(path);
+    let file = |name: &str| {
+        let path = fx.dir.path().join(name);
+        File::create(&path).unwrap();
+        path
+    };
+    let exclusive_fd = |name: &str| {
+        let fd = raw_open(&file(name));
         raw_flock(&fd, Op::NonBlockingLockExclusive);
-        b.iter(|| {
-            raw_flock(&fd, Op::NonBlockingLockShared);
-            raw_flock(&fd, Op::LockExclusive);
-        })
-    });
-    g.bench_function("flockguard_downgrade_try_upgrade", |b| {
-        let mut slot = Some(try_flock::<Exclusive>(path).unwrap());
-        b.iter(|| {
-            let shared = slot.take().unwrap().downgrade().unwrap();
-            slot = Some(shared.try_upgrade().unwrap());
-        })
-    });
-    g.bench_function("raw_downgrade_try_upgrade", |b| {
-        let fd = raw_open(path);
-        raw_flock(&fd, Op::NonBlockingLockExclusive);
-        b.iter(|| {
-            raw_flock(&fd, Op::NonBlockingLockShared);
-            raw_flock(&fd, Op::NonBlockingLockExclusive);
-        })
-    });
-    g.finish();
-}
-
-/// One pair of the `paired` group: flockguard (`a`) against its baseline
-/// (`b`), `block` iterations at a time.
-struct Pair<'a> {
-    name: &'static str,
-    block: u32,
-    a: Box<dyn FnMut() + 'a>,
-    b: Box<dyn FnMut() + 'a>,
-}
-
-fn run_block(f: &mut dyn FnMut(), n: u32) -> Duration {
-    let start = Instant::now();
-    for _ in 0..n {
-        f();
-    }
-    start.elapsed()
-}
-
-/// The targets, measured so that load from other processes hits both sides
-/// alike: each round runs a block of `a` and a block of `b` (alternating
-/// which goes first), and the verdict is the median of the per-round ratios.
-fn paired(c: &mut Criterion) {
-    let fx = fixture();
-    let path = fx.lock.as_path();
-    let mut remote_allow = LockOptions::new();
-    remote_allow.remote_fs(RemoteFs::Allow);
-    let reused = RefCell::new(Some(LockFile::open(path).unwrap()));
-    let raw_fd = raw_open(path);
-
-    let pairs = vec![
-        Pair {
-            name: "path",
-            block: 32,
-            a: Box::new(|| drop(try_flock::<Exclusive>(black_box(path)).unwrap())),
-            b: Box::new(|| {
-                let fd = raw_open(black_box(path));
-                black_box(rustix::fs::fstat(&fd).unwrap());
-                black_box(rustix::fs::fstatfs(&fd).unwrap());
-                raw_flock(&fd, Op::NonBlockingLockExclusive);
-            }),
-        },
-        Pair {
-            name: "path_remote_allow",
-            block: 32,
-            a: Box::new(|| {
-                let file = remote_allow.open(black_box(path)).unwrap();
-                drop(file.try_lock::<Exclusive>().unwrap())
-            }),
-            b: Box::new(|| {
-                let fd = raw_open(black_box(path));
-                black_box(rustix::fs::fstat(&fd).unwrap());
-                raw_flock(&fd, Op::NonBlockingLockExclusive);
-            }),
-        },
-        Pair {
-            name: "reused",
-            block: 128,
-            a: Box::new(|| {
-                let mut slot = reused.borrow_mut();
-                let guard = slot.take().unwrap().try_lock::<Exclusive>().unwrap();
-                *slot = Some(guard.unlock().unwrap());
-            }),
-            b: Box::new(|| {
-                raw_flock(&raw_fd, Op::NonBlockingLockExclusive);
-                raw_flock(&raw_fd, Op::Unlock);
-            }),
-        },
-        // Not targets: the same two paths against the raw syscalls plus the
-        // one getpid(2) that flockguard's fork check costs.
-        Pair {
-            name: "path_remote_allow_vs_getpid_floor",
-            block: 32,
-            a: Box::new(|| {
-                let file = remote_allow.open(black_box(path)).unwrap();
-                drop(file.try_lock::<Exclusive>().unwrap())
-            }),
-            b: Box::new(|| {
-                let fd = raw_open(black_box(path));
-                black_box(rustix::fs::fstat(&fd).unwrap());
-                black_box(rustix::process::getpid());
-                raw_flock(&fd, Op::NonBlockingLockExclusive);
-            }),
-        },
-        Pair {
-            name: "reused_vs_getpid_floor",
-            block: 128,
-            a: Box::new(|| {
-                let mut slot = reused.borrow_mut();
-                let guard = slot.take().unwrap().try_lock::<Exclusive>().unwrap();
-                *slot = Some(guard.unlock().unwrap());
-            }),
-            b: Box::new(|| {
-                raw_flock(&raw_fd, Op::NonBlockingLockExclusive);
-                black_box(rustix::process::getpid());
-                raw_flock(&raw_fd, Op::Unlock);
-            }),
-        },
+        fd
+    };
+    let mut down_up = Some(try_flock::<Exclusive>(file("a.lock")).unwrap());
+    let mut down_try_up = Some(try_flock::<Exclusive>(file("b.lock")).unwrap());
+    let raw_down_up = exclusive_fd("c.lock");
+    let raw_down_try_up = exclusive_fd("d.lock");
+    let cases = vec![
+        case("flockguard_downgrade_upgrade", move || {
+            let shared = down_up.take().unwrap().downgrade().unwrap();
+            down_up = Some(shared.upgrade().unwrap());
+        }),
+        case("raw_downgrade_upgrade", move || {
+            raw_flock(&raw_down_up, Op::NonBlockingLockShared);
+            raw_flock(&raw_down_up, Op::LockExclusive);
+        }),
+        case("flockguard_downgrade_try_upgrade", move || {
+            let shared = down_try_up.take().unwrap().downgrade().unwrap();
+            down_try_up = Some(shared.try_upgrade().unwrap());
+        }),
+        case("raw_downgrade_try_upgrade", move || {
+            raw_flock(&raw_down_try_up, Op::NonBlockingLockShared);
+            raw_flock(&raw_down_try_up, Op::NonBlockingLockExclusive);
+        }),
     ];
-
-    let mut g = c.benchmark_group("paired");
-    for mut pair in pairs {
-        let mut rounds: Vec<(f64, f64)> = Vec::new();
-        g.bench_function(pair.name, |bencher| {
-            bencher.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for i in 0..iters {
-                    let (ta, tb) = if i % 2 == 0 {
-                        let ta = run_block(&mut pair.a, pair.block);
-                        (ta, run_block(&mut pair.b, pair.block))
-                    } else {
-                        let tb = run_block(&mut pair.b, pair.block);
-                        (run_block(&mut pair.a, pair.block), tb)
-                    };
-                    let per = |t: Duration| t.as_nanos() as f64 / f64::from(pair.block);
-                    rounds.push((per(ta), per(tb)));
-                    total += ta + tb;
-                }
-                total
-            })
-        });
-        report_pair(pair.name, &rounds);
-    }
-    g.finish();
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
-/// Prints the pair's verdict and, after a real run, stores it beside
-/// criterion's results for `benches/bench_table.py`.
-fn report_pair(name: &str, rounds: &[(f64, f64)]) {
-    if rounds.is_empty() {
-        return;
-    }
-    let mut ratios: Vec<f64> = rounds.iter().map(|(a, b)| a / b).collect();
-    let mut a: Vec<f64> = rounds.iter().map(|r| r.0).collect();
-    let mut b: Vec<f64> = rounds.iter().map(|r| r.1).collect();
-    let ratio = median(&mut ratios);
-    let (q1, q3) = (ratios[ratios.len() / 4], ratios[(ratios.len() * 3) / 4]);
-    let (a, b) = (median(&mut a), median(&mut b));
-    println!(
-        "paired/{name}: flockguard {a:.0} ns, baseline {b:.0} ns, \
-         median ratio {ratio:.3} (quartiles {q1:.3}..{q3:.3}, {} rounds)",
-        rounds.len()
+    run_group(
+        c,
+        Group {
+            name: "transitions",
+            param: None,
+            block: 128,
+            cases,
+            pairs: vec![
+                ("flockguard_downgrade_upgrade", "raw_downgrade_upgrade"),
+                (
+                    "flockguard_downgrade_try_upgrade",
+                    "raw_downgrade_try_upgrade",
+                ),
+            ],
+        },
     );
-    if rounds.len() < 100 {
-        return;
-    }
-    let home = std::env::var_os("CRITERION_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| PathBuf::from("target"), PathBuf::from)
-                .join("criterion")
-        });
-    let dir = home.join("paired").join(name);
-    let json = format!(
-        "{{\"name\":\"{name}\",\"flockguard_ns\":{a},\"baseline_ns\":{b},\
-         \"ratio\":{ratio},\"q1\":{q1},\"q3\":{q3},\"rounds\":{}}}\n",
-        rounds.len()
-    );
-    if std::fs::create_dir_all(&dir).is_ok() {
-        let _ = std::fs::write(dir.join("pair.json"), json);
-    }
 }
 
 criterion_group! {
     name = benches;
     config = criterion::Criterion::default().with_measurement(Clock::from_env());
-    targets = path_acquire, reused_fd, shared_holders, transitions, paired
+    targets = path_acquire, path_create, reused_fd, shared_holders, transitions
 }
 criterion_main!(benches);
