@@ -39,6 +39,7 @@ fn main() -> Result<(), flockguard::Error> {
     mark("try_flock::<Exclusive>(missing file), then drop");
     drop(try_flock::<Exclusive>(&missing)?);
 
+    mark("LockFile::open(existing file): no lock yet");
     let file = LockFile::open(&path)?;
     mark("reused descriptor: try_lock::<Exclusive> + unlock");
     let file = file.try_lock::<Exclusive>()?.unlock()?;
