@@ -349,10 +349,9 @@ fn path_acquire(c: &mut Criterion) {
             let file = open_rw(black_box(path));
             drop(Flock::lock(file, FlockArg::LockExclusiveNonblock).unwrap());
         }),
-        // The approach flockguard replaced: check the path, then the
-        // filesystem of the path (or of its parent when missing), then open
-        // and lock.
-        case("old_exists_statfs_open_flock", move || {
+        // Checks on the path instead of the descriptor: does it exist, what
+        // filesystem is it (or its parent when missing) on; then open, lock.
+        case("exists_statfs_open_flock", move || {
             let path = black_box(path);
             let probe = if path.exists() {
                 path
