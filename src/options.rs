@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
-use crate::fs_policy::classify;
+use crate::fs_policy::{classify, magic_of_mount};
 use crate::lockfile::LockFile;
 use crate::sys::{self, FileId, Kind, OpenHow};
 
@@ -123,8 +123,10 @@ impl LockOptions {
     /// read-only filesystem, or a file owned by someone else without write
     /// permission) an existing file is opened read-only instead, which
     /// `flock(2)` accepts. Then the file type and the filesystem are checked
-    /// on the open descriptor. When the open is refused after this call
-    /// created the file, the file is removed again.
+    /// on the open descriptor; on Linux 6.8 and later the filesystem's
+    /// verdict is remembered per mount, so a file on a mount seen before
+    /// costs one `statx(2)` for both checks. When the open is refused after
+    /// this call created the file, the file is removed again.
     ///
     /// # Errors
     /// [`Error::Open`], [`Error::Symlink`], [`Error::DanglingSymlink`],
@@ -136,6 +138,7 @@ impl LockOptions {
     ///
     /// # References
     /// - [open(2)](https://man7.org/linux/man-pages/man2/open.2.html)
+    /// - [statx(2)](https://man7.org/linux/man-pages/man2/statx.2.html)
     /// - [statfs(2)](https://man7.org/linux/man-pages/man2/statfs.2.html)
     pub fn open(&self, path: impl AsRef<Path>) -> Result<LockFile, Error> {
         let path = path.as_ref();
@@ -199,13 +202,21 @@ impl LockOptions {
         })
     }
 
-    /// File-type check (`fstat`) and filesystem policy (`fstatfs`).
+    /// File-type check and filesystem policy: `fstat` alone under
+    /// [`RemoteFs::Allow`]; otherwise one `statx` for the type and the mount,
+    /// and `fstatfs` only for a mount not seen before (or on kernels without
+    /// unique mount ids).
     fn check(&self, fd: std::os::fd::BorrowedFd<'_>, path: &Path) -> Result<(), Error> {
-        let id = sys::fstat(fd).map_err(|source| Error::Stat {
+        let stat_err = |source| Error::Stat {
             path: path.into(),
             source,
-        })?;
-        match id.kind {
+        };
+        let reject = self.remote_fs == RemoteFs::Reject;
+        let (kind, mount) = match reject.then(|| sys::kind_and_mount(fd)) {
+            Some(Ok(found)) => found,
+            _ => (sys::fstat(fd).map_err(stat_err)?.kind, None),
+        };
+        match kind {
             Kind::RegularFile => {}
             Kind::Directory if self.allow_directory => {}
             other => {
@@ -215,11 +226,12 @@ impl LockOptions {
                 })
             }
         }
-        if self.remote_fs == RemoteFs::Reject {
-            let magic = sys::fs_magic(fd).map_err(|source| Error::Stat {
-                path: path.into(),
-                source,
-            })?;
+        if reject {
+            let magic = match mount {
+                Some(mount) => magic_of_mount(mount, || sys::fs_magic(fd)),
+                None => sys::fs_magic(fd),
+            }
+            .map_err(stat_err)?;
             if let Some(fs) = classify(magic) {
                 return Err(Error::RemoteFs {
                     path: path.into(),
