@@ -43,7 +43,7 @@ pub enum Error {
     },
 
     /// The lock file could not be opened or created.
-    #[error("cannot open lock file `{}`{}", path.display(), open_hint(source))]
+    #[error("cannot open lock file `{}`{}", path.display(), open_hint(path, source))]
     Open {
         /// The lock file.
         path: PathBuf,
@@ -121,6 +121,43 @@ pub enum Error {
         owner: u32,
         /// The calling process.
         current: u32,
+    },
+
+    /// The path cannot name a lock file: it is empty, contains a NUL byte,
+    /// ends with `/`, or belongs to a file adopted without a path.
+    #[error("`{}` is not usable as a lock file path: {reason}", path.display())]
+    InvalidPath {
+        /// The path as given.
+        path: PathBuf,
+        /// What is wrong with it, as a lower-case clause.
+        reason: &'static str,
+    },
+
+    /// The lock file does not exist and
+    /// [`create(false)`](crate::LockOptions::create) forbids creating it.
+    #[error("lock file `{}` does not exist and LockOptions::create(false) forbids creating it", path.display())]
+    Missing {
+        /// The lock file.
+        path: PathBuf,
+    },
+
+    /// The path no longer names the locked file: another process removed it,
+    /// or replaced it with a different file, so new lockers would lock
+    /// something else.
+    #[error("`{}` no longer names the locked file (it was removed or replaced); lock the path again", path.display())]
+    PathChanged {
+        /// The lock file.
+        path: PathBuf,
+    },
+
+    /// Removing the lock file with `unlink(2)` failed; the lock was released.
+    #[error("cannot remove lock file `{}`", path.display())]
+    Remove {
+        /// The lock file.
+        path: PathBuf,
+        /// The error from `unlink(2)`.
+        #[source]
+        source: io::Error,
     },
 
     /// A timed wait ended at its deadline without the lock.
@@ -202,7 +239,7 @@ fn holders_suffix(holders: &[Holder]) -> String {
     format!("; {}", list.join(", "))
 }
 
-fn open_hint(source: &io::Error) -> &'static str {
+fn open_hint(path: &std::path::Path, source: &io::Error) -> &'static str {
     use rustix::io::Errno;
     let Some(code) = source.raw_os_error() else {
         return "";
@@ -211,7 +248,7 @@ fn open_hint(source: &io::Error) -> &'static str {
     if errno == Errno::NOENT {
         "; a parent directory is missing (create it, or use LockOptions::create_dirs(true))"
     } else if errno == Errno::ACCESS || errno == Errno::PERM {
-        "; permission denied (lock in a directory you can write to, such as $XDG_RUNTIME_DIR)"
+        "; permission denied (the lock file must be readable by you, and to create it its directory writable by you, as $XDG_RUNTIME_DIR is)"
     } else if errno == Errno::ROFS {
         "; the filesystem is read-only and the file does not exist (create it before mounting read-only, or lock elsewhere)"
     } else if errno == Errno::MFILE || errno == Errno::NFILE {
@@ -221,9 +258,26 @@ fn open_hint(source: &io::Error) -> &'static str {
     } else if errno == Errno::NOTDIR {
         "; a component of the path is not a directory"
     } else if errno == Errno::NAMETOOLONG {
-        "; the name or path is too long"
+        name_too_long_hint(path)
+    } else if errno == Errno::LOOP {
+        "; too many symbolic links while resolving the path (a symlink loop?)"
     } else {
         ""
+    }
+}
+
+/// Which limit a path that failed with `ENAMETOOLONG` exceeds.
+fn name_too_long_hint(path: &std::path::Path) -> &'static str {
+    use std::os::unix::ffi::OsStrExt;
+    // NAME_MAX and PATH_MAX of Linux (PATH_MAX counts the terminating NUL).
+    const NAME_MAX: usize = 255;
+    const PATH_MAX: usize = 4096;
+    if path.iter().any(|c| c.as_bytes().len() > NAME_MAX) {
+        "; a path component is longer than 255 bytes (NAME_MAX); choose a shorter file name"
+    } else if path.as_os_str().as_bytes().len() >= PATH_MAX {
+        "; the path is 4096 bytes or longer (PATH_MAX); use a shorter or relative path"
+    } else {
+        "; the name or path is too long"
     }
 }
 
@@ -251,6 +305,10 @@ impl Error {
             | Error::Flock { path, .. }
             | Error::Unlock { path, .. }
             | Error::NotOwner { path, .. }
+            | Error::InvalidPath { path, .. }
+            | Error::Missing { path }
+            | Error::PathChanged { path }
+            | Error::Remove { path, .. }
             | Error::Timeout { path, .. }
             | Error::Cancelled { path, .. }
             | Error::Holders { path, .. } => path,
@@ -269,6 +327,9 @@ impl Error {
             Error::NotRegularFile { .. } | Error::Symlink { .. } => io::ErrorKind::InvalidInput,
             Error::DanglingSymlink { .. } => io::ErrorKind::NotFound,
             Error::NotOwner { .. } => io::ErrorKind::PermissionDenied,
+            Error::InvalidPath { .. } => io::ErrorKind::InvalidInput,
+            Error::Missing { .. } | Error::PathChanged { .. } => io::ErrorKind::NotFound,
+            Error::Remove { source, .. } => source.kind(),
             Error::Timeout { .. } => io::ErrorKind::TimedOut,
             Error::Cancelled { .. } => io::ErrorKind::Interrupted,
             Error::Holders { source, .. } => source.kind(),

@@ -1,5 +1,8 @@
 //! Which filesystems `flock(2)` does not reliably serialize on.
 
+use std::io;
+use std::sync::{Mutex, PoisonError};
+
 /// A filesystem on which `flock(2)` does not reliably serialize processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -59,6 +62,33 @@ pub fn classify(magic: u64) -> Option<&'static UnreliableFs> {
     UNRELIABLE.iter().find(|fs| fs.magic == magic)
 }
 
+/// How many mounts [`magic_of_mount`] remembers; later ones are looked up
+/// every time.
+const MOUNT_CACHE_LEN: usize = 32;
+
+/// Filesystem magics by unique mount id. A mount keeps its superblock, and
+/// so its magic, for life, and its unique id is never reused, so an entry
+/// never goes stale.
+static MOUNT_MAGIC: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+
+/// The filesystem magic of the mount with unique id `mount`: remembered, or
+/// found with `lookup` and remembered.
+pub(crate) fn magic_of_mount(
+    mount: u64,
+    lookup: impl FnOnce() -> io::Result<u64>,
+) -> io::Result<u64> {
+    let known = |cache: &[(u64, u64)]| cache.iter().find(|e| e.0 == mount).map(|e| e.1);
+    if let Some(magic) = known(&MOUNT_MAGIC.lock().unwrap_or_else(PoisonError::into_inner)) {
+        return Ok(magic);
+    }
+    let magic = lookup()?;
+    let mut cache = MOUNT_MAGIC.lock().unwrap_or_else(PoisonError::into_inner);
+    if cache.len() < MOUNT_CACHE_LEN && known(&cache).is_none() {
+        cache.push((mount, magic));
+    }
+    Ok(magic)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +146,30 @@ mod tests {
                 assert_ne!(a.magic, b.magic, "{} and {}", a.name, b.name);
             }
         }
+    }
+
+    #[test]
+    fn mount_magic_is_looked_up_once_and_errors_are_not_kept() {
+        // Ids far above any real mount's, so other tests' entries do not interfere.
+        let (ok_id, err_id) = (u64::MAX - 1, u64::MAX - 2);
+        let mut calls = 0;
+        let mut lookup = |magic: io::Result<u64>| {
+            calls += 1;
+            magic
+        };
+        assert_eq!(
+            magic_of_mount(ok_id, || lookup(Ok(0x6969))).unwrap(),
+            0x6969
+        );
+        assert_eq!(
+            magic_of_mount(ok_id, || lookup(Ok(0xEF53))).unwrap(),
+            0x6969
+        );
+        assert!(magic_of_mount(err_id, || lookup(Err(io::ErrorKind::Other.into()))).is_err());
+        assert_eq!(
+            magic_of_mount(err_id, || lookup(Ok(0xEF53))).unwrap(),
+            0xEF53
+        );
+        assert_eq!(calls, 3);
     }
 }

@@ -56,6 +56,11 @@ impl<M: Mode> LockGuard<M> {
         self.file.path()
     }
 
+    /// The open lock file behind the guard.
+    pub(crate) fn lock_file(&self) -> &LockFile {
+        &self.file
+    }
+
     /// The mode held: `M::MODE`.
     pub fn mode(&self) -> FlockMode {
         M::MODE

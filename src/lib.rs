@@ -32,6 +32,14 @@
 //! [`Error::RemoteFs`] unless [`RemoteFs::Allow`] is chosen; see
 //! [`classify`].
 //!
+//! # Removing lock files
+//! Unlinking a lock file while others may be opening it lets two processes
+//! lock different files under one name. To remove lock files safely, remove
+//! them only with [`LockGuard::unlink_and_unlock`] and acquire them only with
+//! [`block_flock_verified`] / [`try_flock_verified`], which re-check the path
+//! after locking; [`LockGuard::verify_path`] tells a holder whether the path
+//! still names its file.
+//!
 //! # Mode transitions
 //! | call | what the kernel does |
 //! |---|---|
@@ -64,6 +72,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(rust_2018_idioms)]
+// Errors hand the LockFile back by value (as tempfile's PersistError does) and
+// Error::Timeout carries the holders: boxing either would allocate on every
+// contended attempt to save a copy of ~130 bytes.
+#![allow(clippy::result_large_err)]
 
 mod acquire;
 mod error;
@@ -73,9 +85,14 @@ mod holders;
 mod lockfile;
 mod mode;
 mod options;
+mod removal;
 mod sys;
 mod timed;
 mod wait;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub use acquire::{block_flock, block_flock_mode, materialize, try_flock, try_flock_mode};
 pub use error::Error;
@@ -84,6 +101,7 @@ pub use guard::{AnyGuard, LockGuard, TryUpgradeError};
 pub use lockfile::{LockFile, TryLockError};
 pub use mode::{Exclusive, FlockMode, Mode, Shared};
 pub use options::{LockOptions, RemoteFs};
+pub use removal::{block_flock_verified, try_flock_verified};
 
 pub use holders::{holders, Holder, LockProcess, PidStatus};
 pub use timed::{flock_timeout, TimeoutError, Wait};

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
-use crate::fs_policy::classify;
+use crate::fs_policy::{classify, magic_of_mount};
 use crate::lockfile::LockFile;
 use crate::sys::{self, FileId, Kind, OpenHow};
 
@@ -123,18 +123,26 @@ impl LockOptions {
     /// read-only filesystem, or a file owned by someone else without write
     /// permission) an existing file is opened read-only instead, which
     /// `flock(2)` accepts. Then the file type and the filesystem are checked
-    /// on the open descriptor. When the open is refused after this call
-    /// created the file, the file is removed again.
+    /// on the open descriptor; on Linux 6.8 and later the filesystem's
+    /// verdict is remembered per mount, so a file on a mount seen before
+    /// costs one `statx(2)` for both checks. When the open is refused after
+    /// this call created the file, the file is removed again.
     ///
     /// # Errors
     /// [`Error::Open`], [`Error::Symlink`], [`Error::DanglingSymlink`],
-    /// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::Stat`].
+    /// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::Stat`];
+    /// [`Error::InvalidPath`] for an empty path, a NUL byte, or a trailing
+    /// `/` (unless [`allow_directory`](Self::allow_directory));
+    /// [`Error::Missing`] when the file is absent and
+    /// [`create(false)`](Self::create) is set.
     ///
     /// # References
     /// - [open(2)](https://man7.org/linux/man-pages/man2/open.2.html)
+    /// - [statx(2)](https://man7.org/linux/man-pages/man2/statx.2.html)
     /// - [statfs(2)](https://man7.org/linux/man-pages/man2/statfs.2.html)
     pub fn open(&self, path: impl AsRef<Path>) -> Result<LockFile, Error> {
         let path = path.as_ref();
+        self.validate(path)?;
         let (fd, created) = self.open_fd(path)?;
         match self.check(fd.as_fd(), path) {
             Ok(()) => Ok(LockFile::new(File::from(fd), Some(path.to_path_buf()))),
@@ -168,13 +176,47 @@ impl LockOptions {
         Ok(LockFile::new(file, None))
     }
 
-    /// File-type check (`fstat`) and filesystem policy (`fstatfs`).
+    /// Whether a symbolic link as the final component is followed.
+    pub(crate) fn follows_symlinks(&self) -> bool {
+        self.follow_symlinks
+    }
+
+    /// Refuses paths `open(2)` would reject with a misleading error: empty
+    /// (`ENOENT`), with a NUL byte (`EINVAL`), or with a trailing `/`
+    /// (`EISDIR` even when nothing is there).
+    fn validate(&self, path: &Path) -> Result<(), Error> {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = path.as_os_str().as_bytes();
+        let reason = if bytes.is_empty() {
+            "the path is empty"
+        } else if bytes.contains(&0) {
+            "the path contains a NUL byte"
+        } else if bytes.ends_with(b"/") && !self.allow_directory {
+            "the path ends with `/`, so it can only name a directory"
+        } else {
+            return Ok(());
+        };
+        Err(Error::InvalidPath {
+            path: path.into(),
+            reason,
+        })
+    }
+
+    /// File-type check and filesystem policy: `fstat` alone under
+    /// [`RemoteFs::Allow`]; otherwise one `statx` for the type and the mount,
+    /// and `fstatfs` only for a mount not seen before (or on kernels without
+    /// unique mount ids).
     fn check(&self, fd: std::os::fd::BorrowedFd<'_>, path: &Path) -> Result<(), Error> {
-        let id = sys::fstat(fd).map_err(|source| Error::Stat {
+        let stat_err = |source| Error::Stat {
             path: path.into(),
             source,
-        })?;
-        match id.kind {
+        };
+        let reject = self.remote_fs == RemoteFs::Reject;
+        let (kind, mount) = match reject.then(|| sys::kind_and_mount(fd)) {
+            Some(Ok(found)) => found,
+            _ => (sys::fstat(fd).map_err(stat_err)?.kind, None),
+        };
+        match kind {
             Kind::RegularFile => {}
             Kind::Directory if self.allow_directory => {}
             other => {
@@ -184,11 +226,12 @@ impl LockOptions {
                 })
             }
         }
-        if self.remote_fs == RemoteFs::Reject {
-            let magic = sys::fs_magic(fd).map_err(|source| Error::Stat {
-                path: path.into(),
-                source,
-            })?;
+        if reject {
+            let magic = match mount {
+                Some(mount) => magic_of_mount(mount, || sys::fs_magic(fd)),
+                None => sys::fs_magic(fd),
+            }
+            .map_err(stat_err)?;
             if let Some(fs) = classify(magic) {
                 return Err(Error::RemoteFs {
                     path: path.into(),
@@ -292,6 +335,9 @@ impl LockOptions {
                 kind: "directory",
             };
         }
+        if err.kind() == io::ErrorKind::NotFound && !self.create && parent_exists(path) {
+            return Error::Missing { path: path.into() };
+        }
         if sys::is_enxio(&err) {
             if let Ok(id) = sys::lstat(path) {
                 return Error::NotRegularFile {
@@ -307,11 +353,24 @@ impl LockOptions {
     }
 }
 
-/// Removes `path` if it still names the inode behind `fd`, then closes `fd`.
+/// Whether the directory that would hold `path` exists.
+fn parent_exists(path: &Path) -> bool {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    sys::lstat(parent).is_ok()
+}
+
+/// Closes `fd`, then removes `path` if it still names the inode `fd` had.
+///
+/// Closing first matters on FUSE, whose servers hide a file unlinked while
+/// open as `.fuse_hidden*` instead of removing it.
 fn remove_if_same(path: &Path, fd: OwnedFd) {
     let Ok(ours) = sys::fstat(fd.as_fd()) else {
         return;
     };
+    drop(fd);
     let same = |id: FileId| id.dev == ours.dev && id.ino == ours.ino;
     if sys::lstat(path).is_ok_and(same) {
         // Best effort: the refusal is the error the caller sees.

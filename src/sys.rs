@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use rustix::fs::{FileType, FlockOperation, Mode as Perms, OFlags};
+use rustix::fs::{AtFlags, FileType, FlockOperation, Mode as Perms, OFlags, StatxFlags};
 use rustix::io::{Errno, FdFlags};
 
 use crate::mode::FlockMode;
@@ -76,6 +76,27 @@ pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileId> {
 /// still names a given inode.
 pub(crate) fn lstat(path: &Path) -> io::Result<FileId> {
     Ok(file_id(&rustix::fs::lstat(path)?))
+}
+
+/// `stat(2)`: follows symbolic links; used only to check that a path
+/// still names a given inode.
+pub(crate) fn stat(path: &Path) -> io::Result<FileId> {
+    Ok(file_id(&rustix::fs::stat(path)?))
+}
+
+/// `STATX_MNT_ID_UNIQUE` (Linux 6.8): a mount id that is never reused.
+const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
+
+/// One `statx(2)` on an open file: its type, and its mount's unique id when
+/// the kernel reports one (Linux 6.8 and later).
+pub(crate) fn kind_and_mount(fd: BorrowedFd<'_>) -> io::Result<(Kind, Option<u64>)> {
+    let mask = StatxFlags::TYPE | StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE);
+    let st = retry(|| rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, mask))?;
+    if st.stx_mask & StatxFlags::TYPE.bits() == 0 {
+        return Err(io::Error::from(io::ErrorKind::Unsupported));
+    }
+    let mount = (st.stx_mask & STATX_MNT_ID_UNIQUE != 0).then_some(st.stx_mnt_id);
+    Ok((FileType::from_raw_mode(st.stx_mode.into()), mount))
 }
 
 /// `fstatfs(2)`: the filesystem magic (`f_type`) of the file behind `fd`.

@@ -38,10 +38,13 @@ use crate::wait::{CancelToken, Stop, Waiter};
 #[must_use = "a Wait does nothing until passed to LockFile::lock_with"]
 pub struct Wait<'a> {
     timeout: Option<Duration>,
-    on_wait: Option<Box<dyn FnOnce(&[Holder]) + 'a>>,
+    on_wait: Option<OnWait<'a>>,
     cancel: Option<&'a CancelToken>,
     context: Option<String>,
 }
+
+/// The about-to-wait notice of a [`Wait`].
+type OnWait<'a> = Box<dyn FnOnce(&[Holder]) + 'a>;
 
 impl<'a> Wait<'a> {
     /// Waits at most `timeout`; `None` waits until the lock is taken (or

@@ -61,9 +61,10 @@ const AFTER_CLOSE: [Duration; 3] = [
 /// let held = LockFile::open(&path)?.lock::<Exclusive>()?;
 /// let token = CancelToken::new();
 /// let canceller = token.clone();
+/// let file = LockFile::open(&path)?;
 /// let err = std::thread::scope(|s| {
 ///     s.spawn(move || canceller.cancel());
-///     LockFile::open(&path)?.lock_with::<Exclusive>(Wait::new(None).cancel(&token))
+///     file.lock_with::<Exclusive>(Wait::new(None).cancel(&token))
 /// })
 /// .unwrap_err();
 /// assert!(err.error.is_cancelled());

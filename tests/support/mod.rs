@@ -13,10 +13,11 @@ use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// The environment variable that carries the child's arguments, separated
-/// by [`ARG_SEP`] (an environment value cannot hold NUL).
+/// by [`ARG_SEP`].
 pub const CHILD_ENV: &str = "FLOCKGUARD_TEST_CHILD";
 
-/// The separator of the child's arguments: ASCII unit separator.
+/// Separates the child's arguments in [`CHILD_ENV`]; not NUL, which an
+/// environment variable cannot hold.
 pub const ARG_SEP: char = '\u{1f}';
 
 /// Defines the child entry point of this test binary: `$dispatch` is a
