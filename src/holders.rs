@@ -146,8 +146,11 @@ impl fmt::Display for Holder {
 ///
 /// Reads `/proc/locks` once and, only for the entries on this file,
 /// `/proc/PID/fdinfo` and `/proc/PID/cmdline`. The answer is a snapshot:
-/// locks may change while or after it is taken. `fcntl(2)` (POSIX and OFD)
-/// locks and leases are not listed.
+/// locks may change while or after it is taken, and the kernel hands out
+/// `/proc/locks` a page (about 80 locks) at a time, so on a machine with
+/// more locks than that, an entry can be missed or listed twice while other
+/// processes lock and unlock. `fcntl(2)` (POSIX and OFD) locks and leases
+/// are not listed.
 ///
 /// # Errors
 /// [`Error::Holders`] if the file cannot be examined (it does not exist,
