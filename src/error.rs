@@ -180,7 +180,7 @@ pub enum Error {
         holders: Vec<Holder>,
         /// The caller's description of what the lock protects, from
         /// [`Wait::context`](crate::Wait::context).
-        context: Option<String>,
+        context: Option<Box<str>>,
     },
 
     /// A wait was given up through its [`CancelToken`](crate::CancelToken).

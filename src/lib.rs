@@ -72,10 +72,6 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(rust_2018_idioms)]
-// Errors hand the LockFile back by value (as tempfile's PersistError does) and
-// Error::Timeout carries the holders: boxing either would allocate on every
-// contended attempt to save a copy of ~130 bytes.
-#![allow(clippy::result_large_err)]
 
 mod acquire;
 mod error;

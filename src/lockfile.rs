@@ -24,7 +24,7 @@ use crate::sys;
 #[must_use = "a LockFile holds no lock until try_lock or lock is called"]
 pub struct LockFile {
     file: File,
-    path: Option<PathBuf>,
+    path: Option<Box<Path>>,
     owner: u32,
     /// An inotify instance (no watches) kept from a timed wait for the next
     /// one; declared after `file` so that it closes after the lock file.
@@ -32,7 +32,7 @@ pub struct LockFile {
 }
 
 impl LockFile {
-    pub(crate) fn new(file: File, path: Option<PathBuf>) -> Self {
+    pub(crate) fn new(file: File, path: Option<Box<Path>>) -> Self {
         LockFile {
             file,
             path,
@@ -133,7 +133,7 @@ impl LockFile {
     /// The path for messages: the opened path, or what `/proc/self/fd` says.
     pub(crate) fn error_path(&self) -> PathBuf {
         match &self.path {
-            Some(path) => path.clone(),
+            Some(path) => path.to_path_buf(),
             None => display_path(&self.file),
         }
     }

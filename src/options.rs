@@ -145,7 +145,7 @@ impl LockOptions {
         self.validate(path)?;
         let (fd, created) = self.open_fd(path)?;
         match self.check(fd.as_fd(), path) {
-            Ok(()) => Ok(LockFile::new(File::from(fd), Some(path.to_path_buf()))),
+            Ok(()) => Ok(LockFile::new(File::from(fd), Some(path.into()))),
             Err(err) => {
                 if created {
                     remove_if_same(path, fd);

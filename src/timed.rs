@@ -238,7 +238,7 @@ impl LockFile {
                 // Diagnostics must not hide the timeout: a failed read of
                 // /proc leaves the list empty.
                 holders: self.holders().unwrap_or_default(),
-                context,
+                context: context.map(String::into_boxed_str),
             },
             Stop::Cancelled => Error::Cancelled { path, mode, waited },
         };

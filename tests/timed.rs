@@ -2,8 +2,6 @@
 //! `LOCK_UN`, deadlines, cancellation, the about-to-wait notice, and no
 //! descriptor or thread left behind on any path.
 // Thread scopes here return the crate's TimeoutError, which hands the file
-// back by value.
-#![allow(clippy::result_large_err)]
 
 #[macro_use]
 mod support;
