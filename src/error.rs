@@ -2,8 +2,10 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::fs_policy::classify;
+use crate::holders::Holder;
 use crate::mode::FlockMode;
 
 /// Everything that can go wrong while opening, locking or converting a lock.
@@ -120,6 +122,84 @@ pub enum Error {
         /// The calling process.
         current: u32,
     },
+
+    /// A timed wait ended at its deadline without the lock.
+    #[error(
+        "timed out after {} waiting for {mode} lock on `{}`{}{}",
+        DisplayDuration(*waited),
+        path.display(),
+        context_suffix(context.as_deref()),
+        holders_suffix(holders)
+    )]
+    Timeout {
+        /// The lock file.
+        path: PathBuf,
+        /// The mode that was requested.
+        mode: FlockMode,
+        /// How long the call waited.
+        waited: Duration,
+        /// Who held or waited for the lock when the wait ended (empty if
+        /// none was visible or `/proc` could not be read).
+        holders: Vec<Holder>,
+        /// The caller's description of what the lock protects, from
+        /// [`Wait::context`](crate::Wait::context).
+        context: Option<String>,
+    },
+
+    /// A wait was given up through its [`CancelToken`](crate::CancelToken).
+    #[error(
+        "gave up waiting for {mode} lock on `{}` after {}: cancelled",
+        path.display(),
+        DisplayDuration(*waited)
+    )]
+    Cancelled {
+        /// The lock file.
+        path: PathBuf,
+        /// The mode that was requested.
+        mode: FlockMode,
+        /// How long the call waited.
+        waited: Duration,
+    },
+
+    /// The holders of a lock could not be listed: the lock file could not be
+    /// examined, or a file under `/proc` could not be read.
+    #[error("cannot list the holders of `{}`: cannot read `{}`", path.display(), file.display())]
+    Holders {
+        /// The lock file.
+        path: PathBuf,
+        /// What could not be read: the lock file itself, `/proc/locks` or
+        /// `/proc/self/mountinfo`.
+        file: PathBuf,
+        /// The error from the system call.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Formats a wait as `250ms` or `1.50s`.
+struct DisplayDuration(Duration);
+
+impl std::fmt::Display for DisplayDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = self.0;
+        if d < Duration::from_secs(1) {
+            write!(f, "{}ms", d.as_millis())
+        } else {
+            write!(f, "{:.2}s", d.as_secs_f64())
+        }
+    }
+}
+
+fn context_suffix(context: Option<&str>) -> String {
+    context.map_or_else(String::new, |c| format!(" ({c})"))
+}
+
+fn holders_suffix(holders: &[Holder]) -> String {
+    if holders.is_empty() {
+        return "; no holder visible in /proc/locks".to_owned();
+    }
+    let list: Vec<String> = holders.iter().map(ToString::to_string).collect();
+    format!("; {}", list.join(", "))
 }
 
 fn open_hint(source: &io::Error) -> &'static str {
@@ -170,7 +250,10 @@ impl Error {
             | Error::DanglingSymlink { path }
             | Error::Flock { path, .. }
             | Error::Unlock { path, .. }
-            | Error::NotOwner { path, .. } => path,
+            | Error::NotOwner { path, .. }
+            | Error::Timeout { path, .. }
+            | Error::Cancelled { path, .. }
+            | Error::Holders { path, .. } => path,
         }
     }
 
@@ -186,6 +269,9 @@ impl Error {
             Error::NotRegularFile { .. } | Error::Symlink { .. } => io::ErrorKind::InvalidInput,
             Error::DanglingSymlink { .. } => io::ErrorKind::NotFound,
             Error::NotOwner { .. } => io::ErrorKind::PermissionDenied,
+            Error::Timeout { .. } => io::ErrorKind::TimedOut,
+            Error::Cancelled { .. } => io::ErrorKind::Interrupted,
+            Error::Holders { source, .. } => source.kind(),
         }
     }
 }
@@ -195,5 +281,26 @@ impl From<Error> for io::Error {
     /// [`Error::kind`].
     fn from(err: Error) -> io::Error {
         io::Error::new(err.kind(), err)
+    }
+}
+
+/// Predicates for the waiting and diagnostics errors.
+impl Error {
+    /// Whether a timed wait ended at its deadline ([`Error::Timeout`]).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. })
+    }
+
+    /// Whether a wait was cancelled ([`Error::Cancelled`]).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Error::Cancelled { .. })
+    }
+
+    /// The holders recorded in an [`Error::Timeout`]; empty for other errors.
+    pub fn holders(&self) -> &[Holder] {
+        match self {
+            Error::Timeout { holders, .. } => holders,
+            _ => &[],
+        }
     }
 }

@@ -40,6 +40,27 @@
 //! | [`LockGuard::try_upgrade`] | on contention the shared lock is **lost**; the error returns an unlocked [`LockFile`] |
 //! | [`LockGuard::unlock`] | `LOCK_UN`, descriptor kept for reuse |
 //! | drop | `close(2)`: released when the last duplicate closes |
+//!
+//! # Waiting with a deadline, and who holds the lock
+//! [`LockFile::lock_timeout`] and [`flock_timeout`] wait at most a given
+//! time; [`LockFile::lock_with`] adds a notice just before waiting, a
+//! [`CancelToken`] and a description for the message. The wait wakes on the
+//! holder's close (inotify) and retries with a bounded back-off otherwise.
+//! [`holders`] lists the processes holding or waiting for a lock, as
+//! [`Error::Timeout`] does:
+//!
+//! ```
+//! use std::time::Duration;
+//! use flockguard::{flock_timeout, Exclusive};
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let path = dir.path().join("app.lock");
+//! let first = flock_timeout::<Exclusive>(&path, Duration::from_secs(5))?;
+//! let err = flock_timeout::<Exclusive>(&path, Duration::ZERO).unwrap_err();
+//! assert!(err.is_timeout());
+//! assert_eq!(err.holders()[0].pid, std::process::id());
+//! # drop(first);
+//! # Ok::<(), flockguard::Error>(())
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(rust_2018_idioms)]
@@ -48,10 +69,13 @@ mod acquire;
 mod error;
 mod fs_policy;
 mod guard;
+mod holders;
 mod lockfile;
 mod mode;
 mod options;
 mod sys;
+mod timed;
+mod wait;
 
 pub use acquire::{block_flock, block_flock_mode, materialize, try_flock, try_flock_mode};
 pub use error::Error;
@@ -60,3 +84,7 @@ pub use guard::{AnyGuard, LockGuard, TryUpgradeError};
 pub use lockfile::{LockFile, TryLockError};
 pub use mode::{Exclusive, FlockMode, Mode, Shared};
 pub use options::{LockOptions, RemoteFs};
+
+pub use holders::{holders, Holder, LockProcess, PidStatus};
+pub use timed::{flock_timeout, TimeoutError, Wait};
+pub use wait::CancelToken;

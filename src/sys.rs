@@ -172,3 +172,160 @@ fn retry<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> rustix::io::Result<
         }
     }
 }
+
+/// The identity of a file as `/proc/locks` prints it needs the mount's
+/// superblock device, which `fstat(2)` does not give on btrfs subvolumes;
+/// this is what `statx(2)` gives instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MountedId {
+    /// The mount id (`STATX_MNT_ID`), matching the first field of
+    /// `/proc/self/mountinfo`; `None` on kernels before 5.8.
+    pub(crate) mnt_id: Option<u64>,
+    /// `st_dev` as (major, minor): the fallback when the mount id is missing.
+    pub(crate) dev: (u32, u32),
+    /// The inode number.
+    pub(crate) ino: u64,
+}
+
+fn mounted_id(st: &rustix::fs::Statx) -> MountedId {
+    use rustix::fs::StatxFlags;
+    let has_mnt_id = StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::MNT_ID);
+    MountedId {
+        mnt_id: has_mnt_id.then_some(st.stx_mnt_id),
+        dev: (st.stx_dev_major, st.stx_dev_minor),
+        ino: st.stx_ino,
+    }
+}
+
+/// `statx(fd, "", AT_EMPTY_PATH, STATX_INO | STATX_MNT_ID)`.
+pub(crate) fn statx_fd(fd: BorrowedFd<'_>) -> io::Result<MountedId> {
+    use rustix::fs::{AtFlags, StatxFlags};
+    let st = retry(|| {
+        rustix::fs::statx(
+            fd,
+            "",
+            AtFlags::EMPTY_PATH,
+            StatxFlags::INO | StatxFlags::MNT_ID,
+        )
+    })?;
+    Ok(mounted_id(&st))
+}
+
+/// `statx(AT_FDCWD, path, 0, STATX_INO | STATX_MNT_ID)`, following symlinks.
+pub(crate) fn statx_path(path: &Path) -> io::Result<MountedId> {
+    use rustix::fs::{AtFlags, StatxFlags, CWD};
+    let st = retry(|| {
+        rustix::fs::statx(
+            CWD,
+            path,
+            AtFlags::empty(),
+            StatxFlags::INO | StatxFlags::MNT_ID,
+        )
+    })?;
+    Ok(mounted_id(&st))
+}
+
+/// `inotify_init1(IN_CLOEXEC | IN_NONBLOCK)`.
+pub(crate) fn inotify_new() -> io::Result<OwnedFd> {
+    use rustix::fs::inotify::{self, CreateFlags};
+    inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).map_err(Into::into)
+}
+
+/// `inotify_add_watch(inotify, path, IN_CLOSE_WRITE | IN_CLOSE_NOWRITE)`.
+pub(crate) fn inotify_watch_close(inotify: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    use rustix::fs::inotify::{self, WatchFlags};
+    inotify::add_watch(
+        inotify,
+        path,
+        WatchFlags::CLOSE_WRITE | WatchFlags::CLOSE_NOWRITE,
+    )
+    .map(drop)
+    .map_err(Into::into)
+}
+
+/// What a drained inotify descriptor had queued.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct InotifyDrained {
+    /// A close of the watched file was reported.
+    pub(crate) closed: bool,
+    /// The watch is gone (`IN_IGNORED`) or events were lost
+    /// (`IN_Q_OVERFLOW`).
+    pub(crate) lost: bool,
+}
+
+/// Reads every queued event from a non-blocking inotify descriptor.
+pub(crate) fn inotify_drain(inotify: BorrowedFd<'_>) -> io::Result<InotifyDrained> {
+    use rustix::fs::inotify::{ReadFlags, Reader};
+    use std::mem::MaybeUninit;
+    let mut buf = [MaybeUninit::<u8>::uninit(); 1024];
+    let mut reader = Reader::new(inotify, &mut buf);
+    let mut drained = InotifyDrained::default();
+    loop {
+        match reader.next() {
+            Ok(event) => {
+                let flags = event.events();
+                drained.closed |=
+                    flags.intersects(ReadFlags::CLOSE_WRITE | ReadFlags::CLOSE_NOWRITE);
+                drained.lost |= flags.intersects(ReadFlags::IGNORED | ReadFlags::QUEUE_OVERFLOW);
+            }
+            Err(Errno::AGAIN) => return Ok(drained),
+            Err(Errno::INTR) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// `eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)`.
+pub(crate) fn eventfd_new() -> io::Result<OwnedFd> {
+    use rustix::event::{eventfd, EventfdFlags};
+    eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(Into::into)
+}
+
+/// Adds 1 to an eventfd's counter, making it readable; never blocks.
+pub(crate) fn eventfd_signal(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // EAGAIN means the counter is saturated: the fd is readable already.
+    match retry(|| rustix::io::write(fd, &1u64.to_ne_bytes())) {
+        Ok(_) | Err(Errno::AGAIN) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// `ppoll(2)` for readability of up to two descriptors, with a timeout
+/// (`None`: no limit). Returns which of them are readable (or in error);
+/// `EINTR` is reported as neither being ready.
+pub(crate) fn poll_readable(
+    fds: [Option<BorrowedFd<'_>>; 2],
+    timeout: Option<std::time::Duration>,
+) -> io::Result<[bool; 2]> {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut set: Vec<PollFd<'_>> = Vec::with_capacity(2);
+    let mut slot = [None; 2];
+    for (i, fd) in fds.iter().enumerate() {
+        if let Some(fd) = fd {
+            slot[i] = Some(set.len());
+            set.push(PollFd::from_borrowed_fd(*fd, PollFlags::IN));
+        }
+    }
+    let timeout = timeout.map(|t| Timespec {
+        tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(t.subsec_nanos()),
+    });
+    match rustix::event::poll(&mut set, timeout.as_ref()) {
+        Ok(_) => {}
+        Err(Errno::INTR) => return Ok([false; 2]),
+        Err(err) => return Err(err.into()),
+    }
+    Ok(slot.map(|s| s.is_some_and(|i| !set[i].revents().is_empty())))
+}
+
+/// Whether a process exists, by `kill(pid, 0)`: `Some(true)` if it does
+/// (even when this process may not signal it), `Some(false)` on `ESRCH`,
+/// `None` when the PID is not representable.
+pub(crate) fn pid_exists(pid: u32) -> Option<bool> {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => Some(true),
+        Err(Errno::SRCH) => Some(false),
+        Err(_) => Some(true),
+    }
+}
