@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_flockguard");
@@ -58,6 +58,7 @@ struct Holder {
     child: std::process::Child,
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
+    stderr: BufReader<ChildStderr>,
 }
 
 impl Holder {
@@ -78,10 +79,12 @@ impl Holder {
             .expect("spawn");
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let stderr = BufReader::new(child.stderr.take().expect("stderr"));
         Holder {
             child,
             stdin,
             stdout,
+            stderr,
         }
     }
 
@@ -96,13 +99,23 @@ impl Holder {
             let n = self.stdout.read_line(&mut line).expect("read stdout");
             if n == 0 {
                 let mut err = String::new();
-                if let Some(e) = self.child.stderr.as_mut() {
-                    let _ = e.read_to_string(&mut err);
-                }
+                let _ = self.stderr.read_to_string(&mut err);
                 panic!("process ended before printing {want:?}; stderr: {err}");
             }
             if line.trim_end() == want {
                 return;
+            }
+        }
+    }
+
+    /// Reads stderr lines until one starts with `prefix`; returns it.
+    fn expect_err_line(&mut self, prefix: &str) -> String {
+        loop {
+            let mut line = String::new();
+            let n = self.stderr.read_line(&mut line).expect("read stderr");
+            assert!(n > 0, "process ended before printing {prefix:?} on stderr");
+            if line.starts_with(prefix) {
+                return line.trim_end().to_owned();
             }
         }
     }
@@ -118,9 +131,7 @@ impl Holder {
         let mut out = Vec::new();
         self.stdout.read_to_end(&mut out).expect("read stdout");
         let mut err = Vec::new();
-        if let Some(e) = self.child.stderr.as_mut() {
-            e.read_to_end(&mut err).expect("read stderr");
-        }
+        self.stderr.read_to_end(&mut err).expect("read stderr");
         let status = self.child.wait().expect("wait");
         Output {
             status,
@@ -934,4 +945,263 @@ fn flockguard_holds_python_conflicts_or_waits() {
     assert_eq!((code(&out), stdout(&out).as_str()), (0, "locked\n"));
     assert_eq!(code(&output(&mut python(&path, "ex", true))), 3);
     assert!(ours.finish().status.success());
+}
+
+// ---------------------------------------------------------------------------
+// Timed waits and holder diagnostics.
+
+/// The start of the stderr line naming `pid` as holder of `path`.
+fn held_by(path: &Path, mode: &str, pid: u32) -> String {
+    format!(
+        "flockguard: {} is held {mode} by pid {pid} (",
+        path.display()
+    )
+}
+
+#[test]
+fn nonblock_conflict_names_the_holder() {
+    let (_dir, path) = support::lock_path();
+    let holder = ours_holding(&[], &path);
+    let out = output(fg().arg("-n").arg(&path).arg("true"));
+    assert_eq!(code(&out), 1);
+    let want = format!(
+        "{}{BIN} {} sh -c echo locked; read x || :)\n",
+        held_by(&path, "exclusive", holder.pid()),
+        path.display()
+    );
+    assert_eq!(stderr(&out), want);
+    assert!(holder.finish().status.success());
+
+    let reader = ours_holding(&["-s"], &path);
+    let out = output(fg().args(["-n", "-E", "5"]).arg(&path).arg("true"));
+    assert_eq!(code(&out), 5);
+    assert!(
+        stderr(&out).starts_with(&held_by(&path, "shared", reader.pid())),
+        "{}",
+        stderr(&out)
+    );
+    assert!(reader.finish().status.success());
+}
+
+#[test]
+fn nonblock_conflict_names_flock1_and_python_holders() {
+    let (_dir, path) = support::lock_path();
+    if have("flock") {
+        let theirs = flock1_holding(&["-s"], &path);
+        let out = output(fg().arg("-n").arg(&path).arg("true"));
+        let want = format!(
+            "{}flock -s {} sh -c echo locked; read x || :)\n",
+            held_by(&path, "shared", theirs.pid()),
+            path.display()
+        );
+        assert_eq!((code(&out), stderr(&out)), (1, want));
+        assert!(theirs.finish().status.success());
+    } else {
+        support::skip(
+            "nonblock_conflict_names_flock1_and_python_holders",
+            "flock(1) not installed",
+        );
+    }
+    if have("python3") {
+        let py = Holder::start(&mut python(&path, "ex", false));
+        let out = output(fg().arg("-n").arg(&path).arg("true"));
+        assert_eq!(code(&out), 1);
+        let err = stderr(&out);
+        assert!(
+            err.starts_with(&held_by(&path, "exclusive", py.pid())),
+            "{err}"
+        );
+        assert!(err.contains("python3 -c "), "{err}");
+        assert!(py.finish().status.success());
+    } else {
+        support::skip(
+            "nonblock_conflict_names_flock1_and_python_holders",
+            "python3 not installed",
+        );
+    }
+}
+
+#[test]
+fn wait_times_out_with_the_conflict_code_and_names_the_holder() {
+    let (_dir, path) = support::lock_path();
+    let holder = ours_holding(&[], &path);
+    for (args, want) in [
+        (&["-w", "0.05"][..], 1),
+        (&["--wait=0.01", "-E", "75"], 75),
+        (&["--timeout", "0x1p-6", "-s"], 1),
+    ] {
+        let out = output(fg().args(args).arg(&path).args(["echo", "ran"]));
+        assert_eq!(code(&out), want, "{args:?}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "", "{args:?}: the command must not run");
+        assert!(
+            stderr(&out).starts_with(&held_by(&path, "exclusive", holder.pid())),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = output(
+        fg().args(["--verbose", "-w", "0.01"])
+            .arg(&path)
+            .arg("true"),
+    );
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("flockguard: timeout while waiting to get lock\n"),
+        "{}",
+        stderr(&out)
+    );
+    // The descriptor form times out the same way.
+    let out = output(&mut bash(r#"( "$FG" -w 0.01 9 ) 9>"$1""#, &path));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).starts_with(&held_by(&path, "exclusive", holder.pid())));
+    assert!(holder.finish().status.success());
+}
+
+#[test]
+fn wait_takes_the_lock_when_the_holder_releases() {
+    let (_dir, path) = support::lock_path();
+    for holder_cmd in ["flockguard", "flock", "python3"] {
+        if !have(holder_cmd) && holder_cmd != "flockguard" {
+            support::skip(
+                "wait_takes_the_lock_when_the_holder_releases",
+                "holder program missing",
+            );
+            continue;
+        }
+        let holder = match holder_cmd {
+            "flockguard" => ours_holding(&[], &path),
+            "flock" => flock1_holding(&[], &path),
+            _ => Holder::start(&mut python(&path, "ex", false)),
+        };
+        let mut waiter = Holder::spawn(
+            fg().args(["--verbose", "-w", "600"])
+                .arg(&path)
+                .args(["echo", "got"]),
+        );
+        let line = waiter.expect_err_line("flockguard: waiting for exclusive lock on ");
+        assert_eq!(
+            line,
+            format!(
+                "flockguard: waiting for exclusive lock on {}",
+                path.display()
+            )
+        );
+        let line = waiter.expect_err_line("flockguard: ");
+        assert!(
+            line.starts_with(&held_by(&path, "exclusive", holder.pid())),
+            "{line}"
+        );
+        assert!(waiter.running(), "{holder_cmd}: the waiter must still wait");
+        assert!(holder.finish().status.success());
+        let out = waiter.finish();
+        assert_eq!(code(&out), 0, "{holder_cmd}: {}", stderr(&out));
+        let text = stdout(&out);
+        assert!(text.starts_with("flockguard: getting lock took "), "{text}");
+        assert!(
+            text.ends_with("flockguard: executing echo\ngot\n"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn verbose_blocking_wait_names_the_holder() {
+    let (_dir, path) = support::lock_path();
+    let holder = ours_holding(&["-s"], &path);
+    let mut waiter = Holder::spawn(fg().arg("--verbose").arg(&path).arg("true"));
+    waiter.expect_err_line("flockguard: waiting for exclusive lock on ");
+    let line = waiter.expect_err_line("flockguard: ");
+    assert!(
+        line.starts_with(&held_by(&path, "shared", holder.pid())),
+        "{line}"
+    );
+    // Without -w the wait happens in the kernel.
+    wait_blocked(&path, Some(waiter.pid()));
+    assert!(holder.finish().status.success());
+    assert_eq!(code(&waiter.finish()), 0);
+}
+
+#[test]
+fn holders_lists_holders_and_kernel_waiters() {
+    let (_dir, path) = support::lock_path();
+    let out = output(fg().arg("holders").arg(&path));
+    assert_eq!(code(&out), 66, "a missing file");
+    assert!(
+        stderr(&out).starts_with("flockguard: cannot list the holders of "),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::write(&path, b"").expect("create");
+    let out = output(fg().arg("holders").arg(&path));
+    assert_eq!((code(&out), stdout(&out).as_str()), (0, ""));
+    let out = output(fg().args(["holders", "--json"]).arg(&path));
+    assert_eq!((code(&out), stdout(&out).as_str()), (0, "[]\n"));
+
+    let holder = ours_holding(&[], &path);
+    let waiter = Holder::spawn(fg().arg("-s").arg(&path).arg("true"));
+    wait_blocked(&path, Some(waiter.pid()));
+    let out = output(fg().arg("holders").arg(&path));
+    assert_eq!(code(&out), 0);
+    let want = format!(
+        "pid {} ({BIN} {p} sh -c echo locked; read x || :) holds exclusive\n\
+         pid {} ({BIN} -s {p} true) waits for shared\n",
+        holder.pid(),
+        waiter.pid(),
+        p = path.display()
+    );
+    assert_eq!(stdout(&out), want);
+    assert!(holder.finish().status.success());
+    assert!(waiter.finish().status.success());
+}
+
+#[test]
+fn holders_json_escapes_command_lines() {
+    if !have("python3") {
+        support::skip(
+            "holders_json_escapes_command_lines",
+            "python3 not installed to parse the JSON",
+        );
+        return;
+    }
+    let (_dir, path) = support::lock_path();
+    let weird = "q\"uote \\back\ttab\nnew\u{1}ctl é";
+    let holder = Holder::start(
+        fg().arg(&path)
+            .args(["sh", "-c", "echo locked; read x || :"])
+            .arg(weird),
+    );
+    let out = output(fg().args(["holders", "--json"]).arg(&path));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let expected_cmdline = format!(
+        "{BIN} {} sh -c echo locked; read x || : {weird}",
+        path.display()
+    );
+    // Parse with a real JSON parser and print the fields back.
+    let check = r#"
+import json, sys
+d = json.loads(sys.argv[1])
+assert isinstance(d, list) and len(d) == 1, d
+h = d[0]
+assert set(h) == {"pid", "mode", "waiting", "status", "cmdline", "sharers"}, h
+assert h["pid"] == int(sys.argv[2]) and h["mode"] == "exclusive"
+assert h["waiting"] is False and h["status"] == "confirmed" and h["sharers"] == []
+assert h["cmdline"] == sys.argv[3], (h["cmdline"], sys.argv[3])
+print("ok")
+"#;
+    let parsed = output(
+        Command::new("python3")
+            .args(["-c", check])
+            .arg(stdout(&out))
+            .arg(holder.pid().to_string())
+            .arg(&expected_cmdline),
+    );
+    assert_eq!(
+        stdout(&parsed),
+        "ok\n",
+        "{}\n{}",
+        stdout(&out),
+        stderr(&parsed)
+    );
+    assert!(holder.finish().status.success());
 }

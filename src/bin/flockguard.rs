@@ -10,6 +10,8 @@
 mod args;
 #[path = "flockguard/fd.rs"]
 mod fd;
+#[path = "flockguard/json.rs"]
+mod json;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -20,7 +22,11 @@ use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Instant;
 
-use flockguard::{AnyGuard, Error, FlockMode, LockFile, LockOptions, RemoteFs};
+use flockguard::{
+    AnyGuard, Exclusive, FlockMode, Holder, LockFile, LockOptions, PidStatus, RemoteFs, Shared,
+    TimeoutError,
+};
+use flockguard::{Error, Wait};
 
 use args::{Command, Op, Opts, Parsed, Target, Timeout};
 
@@ -142,7 +148,7 @@ impl AsFd for Held {
 }
 
 /// How long to wait for the lock.
-enum Wait {
+enum Patience {
     No,
     Forever,
     Limit(std::time::Duration),
@@ -169,19 +175,19 @@ fn run(prog: &str, opts: &Opts) -> i32 {
         },
         Target::Fd(_) => None,
     };
-    let wait = match opts.timeout {
-        _ if opts.nonblock => Wait::No,
-        Some(Timeout::Zero) => Wait::No,
+    let patience = match opts.timeout {
+        _ if opts.nonblock => Patience::No,
+        Some(Timeout::Zero) => Patience::No,
         Some(Timeout::Limit(limit)) => match Instant::now().checked_add(limit) {
-            Some(_) => Wait::Limit(limit),
+            Some(_) => Patience::Limit(limit),
             // Beyond what a clock can express: as good as forever.
-            None => Wait::Forever,
+            None => Patience::Forever,
         },
         Some(Timeout::Unusable) => {
             eprintln!("{prog}: cannot set up timer: Invalid argument");
             return EX_OSERR;
         }
-        None => Wait::Forever,
+        None => Patience::Forever,
     };
     let file = match (opened, &opts.target) {
         (Some(file), _) => file,
@@ -198,8 +204,13 @@ fn run(prog: &str, opts: &Opts) -> i32 {
         (None, Target::File { .. }) => unreachable!("a file target is opened above"),
     };
 
+    let name = match &opts.target {
+        Target::File { path, .. } => Path::new(path).display().to_string(),
+        Target::Fd(raw) => std::fs::read_link(format!("/proc/self/fd/{raw}"))
+            .map_or_else(|_| format!("descriptor {raw}"), |p| p.display().to_string()),
+    };
     let start = Instant::now();
-    let held = match lock(prog, opts, file, wait) {
+    let held = match lock(prog, &name, opts, file, patience) {
         Ok(held) => held,
         Err(code) => return code,
     };
@@ -223,7 +234,13 @@ fn run(prog: &str, opts: &Opts) -> i32 {
 }
 
 /// Takes (or with `-u` drops) the lock; `Err` is the exit status.
-fn lock(prog: &str, opts: &Opts, file: LockFile, wait: Wait) -> Result<Held, i32> {
+fn lock(
+    prog: &str,
+    name: &str,
+    opts: &Opts,
+    file: LockFile,
+    patience: Patience,
+) -> Result<Held, i32> {
     let mode = match opts.op {
         Op::Exclusive => FlockMode::Exclusive,
         Op::Shared => FlockMode::Shared,
@@ -234,25 +251,89 @@ fn lock(prog: &str, opts: &Opts, file: LockFile, wait: Wait) -> Result<Held, i32
             }
         }
     };
-    match wait {
-        Wait::No => match file.try_lock_mode(mode) {
-            Ok(guard) => Ok(Held::Locked(guard)),
-            Err(err) if err.is_would_block() => {
-                if opts.verbose {
-                    eprintln!("{prog}: failed to get lock");
+    let conflict = i32::from(opts.conflict_exit_code);
+    let limit = match patience {
+        Patience::No => {
+            return match file.try_lock_mode(mode) {
+                Ok(guard) => Ok(Held::Locked(guard)),
+                Err(err) if err.is_would_block() => {
+                    if opts.verbose {
+                        eprintln!("{prog}: failed to get lock");
+                    }
+                    // Diagnostics only: an unreadable /proc must not change the status.
+                    print_holders(prog, name, &err.file.holders().unwrap_or_default());
+                    Err(conflict)
                 }
-                Err(i32::from(opts.conflict_exit_code))
-            }
-            Err(err) => Err(lock_failure(prog, &err.error)),
-        },
-        Wait::Forever => match file.lock_mode(mode) {
-            Ok(guard) => Ok(Held::Locked(guard)),
-            Err(err) => Err(lock_failure(prog, &err)),
-        },
-        Wait::Limit(_limit) => {
-            eprintln!("{prog}: --wait is not available yet");
-            Err(EX_UNAVAILABLE)
+                Err(err) => Err(lock_failure(prog, &err.error)),
+            };
         }
+        Patience::Forever if !opts.verbose => {
+            return file
+                .lock_mode(mode)
+                .map(Held::Locked)
+                .map_err(|err| lock_failure(prog, &err));
+        }
+        Patience::Forever => None,
+        Patience::Limit(limit) => Some(limit),
+    };
+    let mut wait = Wait::new(limit);
+    if opts.verbose {
+        wait = wait.on_wait(|holders| {
+            eprintln!("{prog}: waiting for {mode} lock on {name}");
+            print_holders(prog, name, holders);
+        });
+    }
+    match lock_with_mode(file, mode, wait) {
+        Ok(guard) => Ok(Held::Locked(guard)),
+        Err(err) if err.is_timeout() => {
+            if opts.verbose {
+                eprintln!("{prog}: timeout while waiting to get lock");
+            }
+            if let Error::Timeout { holders, .. } = &err.error {
+                print_holders(prog, name, holders);
+            }
+            Err(conflict)
+        }
+        Err(err) => Err(lock_failure(prog, &err.error)),
+    }
+}
+
+fn lock_with_mode(
+    file: LockFile,
+    mode: FlockMode,
+    wait: Wait<'_>,
+) -> Result<AnyGuard, TimeoutError> {
+    match mode {
+        FlockMode::Exclusive => file.lock_with::<Exclusive>(wait).map(AnyGuard::from),
+        FlockMode::Shared => file.lock_with::<Shared>(wait).map(AnyGuard::from),
+    }
+}
+
+/// Who holds or waits for the lock, one line each on stderr.
+fn print_holders(prog: &str, name: &str, holders: &[Holder]) {
+    let mut err = io::stderr().lock();
+    if !holders.iter().any(|h| !h.waiting) {
+        let _ = writeln!(
+            err,
+            "{prog}: {name} is locked by a process not visible in /proc/locks"
+        );
+    }
+    for h in holders {
+        let cmd = h
+            .cmdline
+            .as_deref()
+            .map_or_else(String::new, |c| format!(" ({c})"));
+        let line = match h.status {
+            _ if h.waiting => format!(
+                "{name}: pid {}{cmd} is waiting for a {} lock",
+                h.pid, h.mode
+            ),
+            PidStatus::Confirmed | PidStatus::Unverified => {
+                format!("{name} is held {} by pid {}{cmd}", h.mode, h.pid)
+            }
+            _ => format!("{name}: {h}"),
+        };
+        let _ = writeln!(err, "{prog}: {line}");
     }
 }
 
@@ -411,7 +492,24 @@ fn errno_is(err: &io::Error, errno: rustix::io::Errno) -> bool {
     err.raw_os_error() == Some(errno.raw_os_error())
 }
 
-fn holders(prog: &str, _opts: &args::HoldersOpts) -> i32 {
-    eprintln!("{prog}: holders is not available yet");
-    EX_UNAVAILABLE
+/// `holders [--json] FILE`.
+fn holders(prog: &str, opts: &args::HoldersOpts) -> i32 {
+    let path = Path::new(&opts.path);
+    match flockguard::holders(path) {
+        Ok(list) => {
+            let text = if opts.json {
+                json::holders(&list)
+            } else {
+                list.iter().map(|h| format!("{h}\n")).collect()
+            };
+            print_stdout(&text)
+        }
+        Err(err) => {
+            eprintln!("{prog}: {}", describe(&err));
+            match &err {
+                Error::Holders { file, .. } if file == path => EX_NOINPUT,
+                _ => EX_OSERR,
+            }
+        }
+    }
 }
