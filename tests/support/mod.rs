@@ -12,8 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// The environment variable that carries the child's arguments (NUL-separated).
+/// The environment variable that carries the child's arguments, separated
+/// by [`ARG_SEP`] (an environment value cannot hold NUL).
 pub const CHILD_ENV: &str = "FLOCKGUARD_TEST_CHILD";
+
+/// The separator of the child's arguments: ASCII unit separator.
+pub const ARG_SEP: char = '\u{1f}';
 
 /// Defines the child entry point of this test binary: `$dispatch` is a
 /// `fn(&[String])` run in the child; the child exits 0 when it returns.
@@ -23,7 +27,10 @@ macro_rules! child_entry {
         #[test]
         fn __child_entry() {
             if let Ok(args) = std::env::var($crate::support::CHILD_ENV) {
-                let args: Vec<String> = args.split('\0').map(str::to_owned).collect();
+                let args: Vec<String> = args
+                    .split($crate::support::ARG_SEP)
+                    .map(str::to_owned)
+                    .collect();
                 $dispatch(&args);
                 std::process::exit(0);
             }
@@ -56,7 +63,7 @@ impl Child {
             "--test-threads=1",
             "-q",
         ])
-        .env(CHILD_ENV, args.join("\0"))
+        .env(CHILD_ENV, args.join(&ARG_SEP.to_string()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

@@ -1,0 +1,522 @@
+//! Timed acquisition across real processes: wake-ups on close, exit and
+//! `LOCK_UN`, deadlines, cancellation, the about-to-wait notice, and no
+//! descriptor or thread left behind on any path.
+
+#[macro_use]
+mod support;
+
+use std::path::Path;
+use std::sync::{mpsc, Barrier};
+use std::time::Duration;
+
+use flockguard::{
+    flock_timeout, CancelToken, Error, Exclusive, FlockMode, Holder, LockFile, LockOptions,
+    PidStatus, Shared, TimeoutError, Wait,
+};
+use support::Child;
+
+const LONG: Duration = Duration::from_secs(60);
+const LINE: Duration = Duration::from_secs(30);
+
+fn dispatch(args: &[String]) {
+    match args[0].as_str() {
+        "hold" => hold(&args[1], &args[2]),
+        "fdcheck" => fdcheck(Path::new(&args[1])),
+        "nofd" => nofd(Path::new(&args[1])),
+        other => panic!("unknown child command {other}"),
+    }
+}
+
+child_entry!(dispatch);
+
+fn parse_mode(mode: &str) -> FlockMode {
+    match mode {
+        "exclusive" => FlockMode::Exclusive,
+        "shared" => FlockMode::Shared,
+        other => panic!("bad mode {other}"),
+    }
+}
+
+/// Child: holds the lock until told to `unlock` (LOCK_UN, descriptor kept)
+/// or `close`, or until stdin closes.
+fn hold(mode: &str, path: &str) {
+    let mut guard = Some(
+        LockFile::open(path)
+            .unwrap()
+            .lock_mode(parse_mode(mode))
+            .unwrap(),
+    );
+    let mut kept = None;
+    support::tell("locked");
+    support::wait_for_parent(|line| match line {
+        "unlock" => {
+            kept = Some(guard.take().expect("locked").unlock().expect("unlock"));
+            support::tell("unlocked");
+        }
+        "close" => {
+            guard = None;
+            kept = None;
+            support::tell("closed");
+        }
+        _ => {}
+    });
+    drop((guard, kept));
+}
+
+fn holder(mode: &str, path: &Path) -> Child {
+    let mut child = Child::spawn(&["hold", mode, path.to_str().unwrap()]);
+    child.expect_line("locked", LINE);
+    child
+}
+
+fn pids(holders: &[Holder]) -> Vec<u32> {
+    holders.iter().map(|h| h.pid).collect()
+}
+
+#[test]
+fn a_free_lock_is_taken_without_the_wait_notice() {
+    let (_dir, path) = support::lock_path();
+    let mut noticed = false;
+    let guard = LockFile::open(&path)
+        .unwrap()
+        .lock_with::<Exclusive>(Wait::new(Some(LONG)).on_wait(|_| noticed = true))
+        .unwrap();
+    assert!(!noticed);
+    assert!(!support::is_free(&path));
+    drop(guard);
+}
+
+#[test]
+fn zero_timeout_is_a_single_try_that_names_the_holder() {
+    let (_dir, path) = support::lock_path();
+    let child = holder("exclusive", &path);
+    let mut noticed = false;
+    let err = LockFile::open(&path)
+        .unwrap()
+        .lock_with::<Shared>(Wait::new(Some(Duration::ZERO)).on_wait(|_| noticed = true))
+        .unwrap_err();
+    assert!(!noticed, "a single try never waits");
+    assert!(err.is_timeout());
+    assert_eq!(pids(err.error.holders()), [child.pid()]);
+    assert!(child.release().success());
+}
+
+#[test]
+fn timeout_names_holder_and_context_and_gives_the_file_back() {
+    let (_dir, path) = support::lock_path();
+    let mut child = holder("exclusive", &path);
+    let timeout = Duration::from_millis(150);
+    let err = LockFile::open(&path)
+        .unwrap()
+        .lock_with::<Exclusive>(Wait::new(Some(timeout)).context("cache entry abc123"))
+        .unwrap_err();
+    let Error::Timeout {
+        path: ref err_path,
+        mode,
+        waited,
+        ref holders,
+        ref context,
+    } = err.error
+    else {
+        panic!("expected a timeout, got {:?}", err.error);
+    };
+    assert_eq!(err_path, &path);
+    assert_eq!(mode, FlockMode::Exclusive);
+    assert!(
+        waited >= timeout,
+        "returned before the deadline: {waited:?}"
+    );
+    assert_eq!(context.as_deref(), Some("cache entry abc123"));
+    assert_eq!(holders.len(), 1);
+    assert_eq!(holders[0].status, PidStatus::Confirmed);
+    let msg = err.to_string();
+    assert!(msg.starts_with("timed out after "), "{msg}");
+    assert!(
+        msg.contains(&format!("exclusive lock on `{}`", path.display())),
+        "{msg}"
+    );
+    assert!(msg.contains("(cache entry abc123)"), "{msg}");
+    assert!(
+        msg.contains(&format!("pid {} (", child.pid())) && msg.ends_with("holds exclusive"),
+        "{msg}"
+    );
+
+    // The file comes back, and waits again on the same descriptor.
+    let file = err.into_inner();
+    let guard = file
+        .lock_with::<Exclusive>(Wait::new(Some(LONG)).on_wait(|_| child.send("close")))
+        .unwrap();
+    drop(guard);
+    assert!(child.release().success());
+}
+
+#[test]
+fn waiter_wakes_when_the_holder_closes() {
+    let (_dir, path) = support::lock_path();
+    let mut child = holder("exclusive", &path);
+    let mut seen = Vec::new();
+    let guard = LockFile::open(&path)
+        .unwrap()
+        .lock_with::<Exclusive>(Wait::new(Some(LONG)).on_wait(|holders| {
+            seen = pids(holders);
+            child.send("close");
+        }))
+        .unwrap();
+    assert_eq!(seen, [child.pid()], "the notice names the holder");
+    assert!(!support::is_shareable(&path));
+    drop(guard);
+    assert!(child.release().success());
+}
+
+#[test]
+fn waiter_wakes_when_the_holder_is_killed() {
+    let (_dir, path) = support::lock_path();
+    let child = holder("shared", &path);
+    let mut child = Some(child);
+    let guard = flockguard::LockFile::open(&path)
+        .unwrap()
+        .lock_with::<Exclusive>(Wait::new(Some(LONG)).on_wait(|_| {
+            child.take().unwrap().kill();
+        }))
+        .unwrap();
+    assert!(child.is_none());
+    drop(guard);
+}
+
+#[test]
+fn waiter_notices_an_unlock_without_close() {
+    let (_dir, path) = support::lock_path();
+    let mut child = holder("exclusive", &path);
+    let guard = LockFile::open(&path)
+        .unwrap()
+        .lock_with::<Exclusive>(Wait::new(Some(LONG)).on_wait(|_| child.send("unlock")))
+        .unwrap();
+    child.expect_line("unlocked", LINE);
+    // The child still has the file open; the lock is ours.
+    let now = flockguard::holders(&path).unwrap();
+    assert_eq!(pids(&now), [std::process::id()]);
+    drop(guard);
+    assert!(child.release().success());
+}
+
+#[test]
+fn shared_waiters_all_get_in_when_the_writer_leaves() {
+    let (_dir, path) = support::lock_path();
+    let mut child = holder("exclusive", &path);
+    let barrier = Barrier::new(3);
+    let (a, b) = std::thread::scope(|s| {
+        let (path, barrier) = (&path, &barrier);
+        let wait = move || {
+            LockFile::open(path)
+                .unwrap()
+                .lock_with::<Shared>(Wait::new(Some(LONG)).on_wait(|_| {
+                    barrier.wait();
+                }))
+                .unwrap()
+        };
+        let a = s.spawn(wait);
+        let b = s.spawn(wait);
+        barrier.wait();
+        child.send("close");
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let list = flockguard::holders(&path).unwrap();
+    assert_eq!(list.len(), 2);
+    assert!(list
+        .iter()
+        .all(|h| h.mode == FlockMode::Shared && !h.waiting));
+    drop((a, b));
+    assert!(child.release().success());
+}
+
+#[test]
+fn cancel_from_another_thread_ends_an_unbounded_wait() {
+    let (_dir, path) = support::lock_path();
+    let child = holder("exclusive", &path);
+    let token = CancelToken::new();
+    let (tx, rx) = mpsc::channel();
+    let err = std::thread::scope(|s| {
+        let canceller = token.clone();
+        s.spawn(move || {
+            rx.recv().unwrap();
+            canceller.cancel();
+        });
+        LockFile::open(&path).unwrap().lock_with::<Exclusive>(
+            Wait::new(None)
+                .cancel(&token)
+                .on_wait(move |_| tx.send(()).unwrap()),
+        )
+    })
+    .unwrap_err();
+    assert!(err.is_cancelled(), "{err}");
+    assert!(!err.is_timeout());
+    assert!(token.is_cancelled());
+    let msg = err.to_string();
+    assert!(msg.ends_with("cancelled"), "{msg}");
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert_eq!(
+        std::io::Error::from(err).kind(),
+        std::io::ErrorKind::Interrupted
+    );
+    assert!(child.release().success());
+}
+
+#[test]
+fn a_cancelled_token_returns_before_locking() {
+    let (_dir, path) = support::lock_path();
+    let token = CancelToken::new();
+    token.cancel();
+    let err = LockFile::open(&path)
+        .unwrap()
+        .lock_with::<Exclusive>(Wait::new(Some(LONG)).cancel(&token))
+        .unwrap_err();
+    assert!(err.is_cancelled());
+    assert!(support::is_free(&path), "a cancelled call took the lock");
+}
+
+#[test]
+fn an_unbounded_wait_without_token_blocks_in_the_kernel() {
+    let (_dir, path) = support::lock_path();
+    let mut child = holder("exclusive", &path);
+    let me = std::process::id();
+    let (tx, rx) = mpsc::channel::<()>();
+    let guard = std::thread::scope(|s| {
+        let (path, child) = (&path, &mut child);
+        let watcher = s.spawn(move || {
+            rx.recv().unwrap();
+            // The kernel lists a process blocked in flock(2) as a waiter.
+            let waiting = (0..30_000).any(|_| {
+                let list = flockguard::holders(path).unwrap();
+                if list.iter().any(|h| h.pid == me && h.waiting) {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                false
+            });
+            child.send("close");
+            waiting
+        });
+        let guard = LockFile::open(path)
+            .unwrap()
+            .lock_with::<Exclusive>(Wait::new(None).on_wait(move |_| tx.send(()).unwrap()))
+            .unwrap();
+        assert!(
+            watcher.join().unwrap(),
+            "no blocked waiter seen in /proc/locks"
+        );
+        guard
+    });
+    drop(guard);
+    assert!(child.release().success());
+}
+
+#[test]
+fn flock_timeout_opens_and_reports_typed_errors() {
+    let (dir, path) = support::lock_path();
+    let guard = flock_timeout::<Exclusive>(&path, LONG).unwrap();
+    let err = flock_timeout::<Shared>(&path, Duration::ZERO).unwrap_err();
+    assert!(err.is_timeout());
+    assert_eq!(err.path(), path);
+    assert_eq!(pids(err.holders()), [std::process::id()]);
+    assert_eq!(
+        std::io::Error::from(err).kind(),
+        std::io::ErrorKind::TimedOut
+    );
+    drop(guard);
+    let err = flock_timeout::<Exclusive>(dir.path(), LONG).unwrap_err();
+    assert!(matches!(err, Error::NotRegularFile { .. }), "{err:?}");
+}
+
+#[test]
+fn timeout_error_splits_and_converts() {
+    let (_dir, path) = support::lock_path();
+    let held = flock_timeout::<Exclusive>(&path, LONG).unwrap();
+    let err: TimeoutError = LockFile::open(&path)
+        .unwrap()
+        .lock_timeout::<Shared>(Duration::ZERO)
+        .unwrap_err();
+    assert_eq!(err.to_string(), err.error.to_string());
+    let (error, file) = err.into_parts();
+    assert!(error.is_timeout());
+    drop(held);
+    drop(file.try_lock::<Shared>().unwrap());
+    let err = LockFile::open(&path)
+        .unwrap()
+        .lock_timeout::<Exclusive>(Duration::ZERO);
+    // Free now: taken at once.
+    assert!(err.is_ok());
+}
+
+#[test]
+fn wait_builder_debug_and_auto_traits() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<CancelToken>();
+    assert_send_sync::<TimeoutError>();
+    assert_send_sync::<Holder>();
+    assert_send_sync::<Error>();
+    let token = CancelToken::new();
+    let wait = Wait::new(Some(Duration::from_secs(1)))
+        .context("x")
+        .cancel(&token)
+        .on_wait(|_| {});
+    let dbg = format!("{wait:?}");
+    assert!(
+        dbg.contains("on_wait: true") && dbg.contains("\"x\""),
+        "{dbg}"
+    );
+    assert_eq!(format!("{token:?}"), "CancelToken { cancelled: false }");
+}
+
+#[test]
+fn create_dirs_creates_missing_parents_and_is_off_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/c/app.lock");
+    let err = LockOptions::new().open(&path).unwrap_err();
+    assert!(matches!(err, Error::Open { .. }), "{err:?}");
+    assert!(err.to_string().contains("create_dirs(true)"), "{err}");
+    assert!(
+        !dir.path().join("a").exists(),
+        "refused open left a directory"
+    );
+    let file = LockOptions::new().create_dirs(true).open(&path).unwrap();
+    assert!(path.is_file());
+    let guard = file.lock_timeout::<Exclusive>(LONG).unwrap();
+    drop(guard);
+    // Existing parents are fine too.
+    drop(LockOptions::new().create_dirs(true).open(&path).unwrap());
+}
+
+#[test]
+fn no_descriptor_or_thread_is_left_on_any_path() {
+    let (_dir, path) = support::lock_path();
+    let mut child = Child::spawn(&["fdcheck", path.to_str().unwrap()]);
+    child.expect_line("ok", LONG);
+    assert!(child.release().success());
+}
+
+/// Child: runs each path of the timed calls and checks the descriptor and
+/// thread counts after each.
+fn fdcheck(path: &Path) {
+    let threads = || std::fs::read_dir("/proc/self/task").unwrap().count();
+    let base_fds = support::open_fds();
+    let base_threads = threads();
+    let check = |what: &str| {
+        assert_eq!(support::open_fds(), base_fds, "{what}: descriptor leaked");
+    };
+    let hold = || LockFile::open(path).unwrap().lock::<Exclusive>().unwrap();
+
+    drop(flock_timeout::<Exclusive>(path, LONG).unwrap());
+    check("success");
+
+    let held = hold();
+    assert!(flock_timeout::<Exclusive>(path, Duration::ZERO)
+        .unwrap_err()
+        .is_timeout());
+    drop(held);
+    check("zero timeout");
+
+    let held = hold();
+    let err = flock_timeout::<Exclusive>(path, Duration::from_millis(30)).unwrap_err();
+    assert!(err.is_timeout());
+    drop((held, err));
+    check("timeout");
+    assert_eq!(threads(), base_threads, "timeout: thread left running");
+
+    let held = hold();
+    let token = CancelToken::new();
+    let (tx, rx) = mpsc::channel();
+    let err = std::thread::scope(|s| {
+        let canceller = token.clone();
+        s.spawn(move || {
+            rx.recv().unwrap();
+            canceller.cancel();
+        });
+        LockFile::open(path).unwrap().lock_with::<Exclusive>(
+            Wait::new(Some(LONG))
+                .cancel(&token)
+                .on_wait(move |_| tx.send(()).unwrap()),
+        )
+    })
+    .unwrap_err();
+    assert!(err.is_cancelled());
+    drop((held, err, token));
+    check("cancel");
+
+    let held = hold();
+    let (tx, rx) = mpsc::channel();
+    let guard = std::thread::scope(|s| {
+        s.spawn(move || {
+            rx.recv().unwrap();
+            drop(held);
+        });
+        LockFile::open(path)
+            .unwrap()
+            .lock_with::<Exclusive>(Wait::new(Some(LONG)).on_wait(move |_| tx.send(()).unwrap()))
+            .unwrap()
+    });
+    drop(guard);
+    check("success after waiting");
+
+    let dir = path.parent().unwrap();
+    assert!(flock_timeout::<Exclusive>(dir, LONG).is_err());
+    check("open error");
+    assert!(flockguard::holders(dir.join("missing")).is_err());
+    check("holders error");
+
+    support::tell("ok");
+}
+
+#[test]
+fn waits_by_back_off_when_no_descriptor_is_left_for_inotify() {
+    let (_dir, path) = support::lock_path();
+    let mut child = Child::spawn(&["nofd", path.to_str().unwrap()]);
+    child.expect_line("ok", LONG);
+    assert!(child.release().success());
+}
+
+/// Child: exhausts RLIMIT_NOFILE so that neither inotify nor eventfd nor
+/// /proc can be opened, then waits for a lock released by another thread.
+fn nofd(path: &Path) {
+    let holder = LockFile::open(path).unwrap().lock::<Exclusive>().unwrap();
+    let waiter = LockFile::open(path).unwrap();
+    let token = CancelToken::new();
+    let lowest_free = (0..)
+        .find(|fd| !Path::new(&format!("/proc/self/fd/{fd}")).exists())
+        .unwrap();
+    set_nofile(lowest_free);
+    // SAFETY: inotify_init1 has no memory-safety preconditions.
+    let inotify = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    assert_eq!(inotify, -1, "the limit did not take");
+    let (tx, rx) = mpsc::channel();
+    let (guard, seen) = std::thread::scope(|s| {
+        s.spawn(move || {
+            rx.recv().unwrap();
+            drop(holder);
+        });
+        let mut seen = None;
+        let guard = waiter
+            .lock_with::<Exclusive>(Wait::new(Some(LONG)).cancel(&token).on_wait(|h| {
+                seen = Some(h.len());
+                tx.send(()).unwrap();
+            }))
+            .unwrap();
+        (guard, seen)
+    });
+    assert_eq!(seen, Some(0), "no holders readable without descriptors");
+    drop(guard);
+    set_nofile(1024);
+    support::tell("ok");
+}
+
+fn set_nofile(soft: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read or write only the struct passed.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = soft.min(lim.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+}
