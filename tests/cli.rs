@@ -1205,3 +1205,19 @@ print("ok")
     );
     assert!(holder.finish().status.success());
 }
+
+#[test]
+fn fd_form_wait_takes_the_lock_when_the_holder_releases() {
+    let (_dir, path) = support::lock_path();
+    let holder = ours_holding(&[], &path);
+    let mut shell = Holder::spawn(&mut bash(
+        r#"( "$FG" --verbose -w 600 9 && echo got ) 9>"$1""#,
+        &path,
+    ));
+    shell.expect_err_line("flockguard: waiting for exclusive lock on ");
+    assert!(shell.running());
+    assert!(holder.finish().status.success());
+    let out = shell.finish();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).ends_with("seconds\ngot\n"), "{}", stdout(&out));
+}

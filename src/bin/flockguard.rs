@@ -30,6 +30,20 @@ use flockguard::{Error, Wait};
 
 use args::{Command, Op, Opts, Parsed, Target, Timeout};
 
+/// A line on stdout; a closed or broken stdout does not change the outcome.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stdout(), $($arg)*);
+    }};
+}
+
+/// A line on stderr, ignoring write errors like [`say!`].
+macro_rules! warn_line {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
+
 /// sysexits(3) codes, as flock(1) uses them.
 const EX_USAGE: i32 = 64;
 const EX_DATAERR: i32 = 65;
@@ -52,10 +66,10 @@ fn main() {
         Ok(Parsed::Version) => print_stdout(&format!("{prog} {}\n", env!("CARGO_PKG_VERSION"))),
         Err(err) => {
             if let Some(message) = err.message {
-                eprintln!("{prog}: {message}");
+                warn_line!("{prog}: {message}");
             }
             if err.try_help {
-                eprintln!("Try '{prog} --help' for more information.");
+                warn_line!("Try '{prog} --help' for more information.");
             }
             EX_USAGE
         }
@@ -184,7 +198,7 @@ fn run(prog: &str, opts: &Opts) -> i32 {
             None => Patience::Forever,
         },
         Some(Timeout::Unusable) => {
-            eprintln!("{prog}: cannot set up timer: Invalid argument");
+            warn_line!("{prog}: cannot set up timer: Invalid argument");
             return EX_OSERR;
         }
         None => Patience::Forever,
@@ -197,7 +211,7 @@ fn run(prog: &str, opts: &Opts) -> i32 {
                 Err(err) => return open_failure(prog, &err),
             },
             Err(err) => {
-                eprintln!("{prog}: {raw}: {}", strerror(&err));
+                warn_line!("{prog}: {raw}: {}", strerror(&err));
                 return EX_DATAERR;
             }
         },
@@ -216,7 +230,7 @@ fn run(prog: &str, opts: &Opts) -> i32 {
     };
     if opts.verbose {
         let took = start.elapsed();
-        println!(
+        say!(
             "{prog}: getting lock took {}.{:06} seconds",
             took.as_secs(),
             took.subsec_micros()
@@ -258,7 +272,7 @@ fn lock(
                 Ok(guard) => Ok(Held::Locked(guard)),
                 Err(err) if err.is_would_block() => {
                     if opts.verbose {
-                        eprintln!("{prog}: failed to get lock");
+                        warn_line!("{prog}: failed to get lock");
                     }
                     // Diagnostics only: an unreadable /proc must not change the status.
                     print_holders(prog, name, &err.file.holders().unwrap_or_default());
@@ -279,7 +293,7 @@ fn lock(
     let mut wait = Wait::new(limit);
     if opts.verbose {
         wait = wait.on_wait(|holders| {
-            eprintln!("{prog}: waiting for {mode} lock on {name}");
+            warn_line!("{prog}: waiting for {mode} lock on {name}");
             print_holders(prog, name, holders);
         });
     }
@@ -287,7 +301,7 @@ fn lock(
         Ok(guard) => Ok(Held::Locked(guard)),
         Err(err) if err.is_timeout() => {
             if opts.verbose {
-                eprintln!("{prog}: timeout while waiting to get lock");
+                warn_line!("{prog}: timeout while waiting to get lock");
             }
             if let Error::Timeout { holders, .. } = &err.error {
                 print_holders(prog, name, holders);
@@ -352,7 +366,7 @@ fn execute(prog: &str, opts: &Opts, command: &Command, held: &Held) -> i32 {
         }
     };
     if opts.verbose {
-        println!("{prog}: executing {}", program.to_string_lossy());
+        say!("{prog}: executing {}", program.to_string_lossy());
     }
     // Output printed so far must not be lost in the exec.
     let _ = io::stdout().flush();
@@ -361,7 +375,7 @@ fn execute(prog: &str, opts: &Opts, command: &Command, held: &Held) -> i32 {
     // commands inherit the lock unless -o is given.
     if !opts.close {
         if let Err(err) = fd::set_inheritable(held.as_fd()) {
-            eprintln!(
+            warn_line!(
                 "{prog}: cannot pass the lock descriptor on: {}",
                 strerror(&err)
             );
@@ -381,7 +395,7 @@ fn execute(prog: &str, opts: &Opts, command: &Command, held: &Held) -> i32 {
     match child.wait() {
         Ok(status) => exit_code(status),
         Err(err) => {
-            eprintln!("{prog}: waitpid failed: {}", strerror(&err));
+            warn_line!("{prog}: waitpid failed: {}", strerror(&err));
             1
         }
     }
@@ -397,7 +411,7 @@ fn exit_code(status: ExitStatus) -> i32 {
 }
 
 fn exec_failure(prog: &str, program: &OsStr, err: &io::Error) -> i32 {
-    eprintln!(
+    warn_line!(
         "{prog}: failed to execute {}: {}",
         program.to_string_lossy(),
         strerror(err)
@@ -414,7 +428,7 @@ fn open_failure(prog: &str, err: &Error) -> i32 {
     use rustix::io::Errno;
     match err {
         Error::Open { path, source } => {
-            eprintln!(
+            warn_line!(
                 "{prog}: cannot open lock file {}: {}",
                 path.display(),
                 strerror(source)
@@ -431,20 +445,20 @@ fn open_failure(prog: &str, err: &Error) -> i32 {
             }
         }
         Error::RemoteFs { .. } => {
-            eprintln!("{prog}: {}", describe(err));
-            eprintln!("{prog}: to lock there anyway, pass --allow-remote-fs");
+            warn_line!("{prog}: {}", describe(err));
+            warn_line!("{prog}: to lock there anyway, pass --allow-remote-fs");
             EX_CONFIG
         }
         Error::DanglingSymlink { .. } => {
-            eprintln!("{prog}: {}", describe(err));
+            warn_line!("{prog}: {}", describe(err));
             EX_CANTCREAT
         }
         Error::NotRegularFile { .. } | Error::Symlink { .. } => {
-            eprintln!("{prog}: {}", describe(err));
+            warn_line!("{prog}: {}", describe(err));
             EX_NOINPUT
         }
         _ => {
-            eprintln!("{prog}: {}", describe(err));
+            warn_line!("{prog}: {}", describe(err));
             EX_OSERR
         }
     }
@@ -453,7 +467,7 @@ fn open_failure(prog: &str, err: &Error) -> i32 {
 /// Exit status and message for a failed `flock(2)` other than contention.
 fn lock_failure(prog: &str, err: &Error) -> i32 {
     use rustix::io::Errno;
-    eprintln!("{prog}: {}", describe(err));
+    warn_line!("{prog}: {}", describe(err));
     let source = std::error::Error::source(err).and_then(|s| s.downcast_ref::<io::Error>());
     match source {
         Some(source) if errno_is(source, Errno::NOLCK) || errno_is(source, Errno::NOMEM) => {
@@ -505,7 +519,7 @@ fn holders(prog: &str, opts: &args::HoldersOpts) -> i32 {
             print_stdout(&text)
         }
         Err(err) => {
-            eprintln!("{prog}: {}", describe(&err));
+            warn_line!("{prog}: {}", describe(&err));
             match &err {
                 Error::Holders { file, .. } if file == path => EX_NOINPUT,
                 _ => EX_OSERR,
