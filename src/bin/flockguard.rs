@@ -169,6 +169,13 @@ enum Patience {
 }
 
 fn run(prog: &str, opts: &Opts) -> i32 {
+    match lock_and_run(prog, opts) {
+        Ok(code) | Err(code) => code,
+    }
+}
+
+/// Opens, locks and runs; `Err` is an early exit status.
+fn lock_and_run(prog: &str, opts: &Opts) -> Result<i32, i32> {
     let mut options = LockOptions::new();
     // flock(1) locks directories and follows symbolic links.
     options
@@ -182,52 +189,31 @@ fn run(prog: &str, opts: &Opts) -> i32 {
 
     // Same order of checks as flock(1): open the file, arm the timer, then
     // touch an inherited descriptor.
-    let opened = match &opts.target {
-        Target::File { path, .. } => match options.open(Path::new(path)) {
-            Ok(file) => Some(file),
-            Err(err) => return open_failure(prog, &err),
-        },
-        Target::Fd(_) => None,
-    };
-    let patience = match opts.timeout {
-        _ if opts.nonblock => Patience::No,
-        Some(Timeout::Zero) => Patience::No,
-        Some(Timeout::Limit(limit)) => match Instant::now().checked_add(limit) {
-            Some(_) => Patience::Limit(limit),
-            // Beyond what a clock can express: as good as forever.
-            None => Patience::Forever,
-        },
-        Some(Timeout::Unusable) => {
-            warn_line!("{prog}: cannot set up timer: Invalid argument");
-            return EX_OSERR;
+    let (file, patience, name) = match &opts.target {
+        Target::File { path, .. } => {
+            let file = options
+                .open(Path::new(path))
+                .map_err(|err| open_failure(prog, &err))?;
+            let name = Path::new(path).display().to_string();
+            (file, patience(prog, opts)?, name)
         }
-        None => Patience::Forever,
-    };
-    let file = match (opened, &opts.target) {
-        (Some(file), _) => file,
-        (None, Target::Fd(raw)) => match fd::adopt_inherited(*raw) {
-            Ok(owned) => match options.adopt(File::from(owned)) {
-                Ok(file) => file,
-                Err(err) => return open_failure(prog, &err),
-            },
-            Err(err) => {
+        Target::Fd(raw) => {
+            let patience = patience(prog, opts)?;
+            let owned = fd::adopt_inherited(*raw).map_err(|err| {
                 warn_line!("{prog}: {raw}: {}", strerror(&err));
-                return EX_DATAERR;
-            }
-        },
-        (None, Target::File { .. }) => unreachable!("a file target is opened above"),
+                EX_DATAERR
+            })?;
+            let name = std::fs::read_link(format!("/proc/self/fd/{raw}"))
+                .map_or_else(|_| format!("descriptor {raw}"), |p| p.display().to_string());
+            let file = options
+                .adopt(File::from(owned))
+                .map_err(|err| open_failure(prog, &err))?;
+            (file, patience, name)
+        }
     };
 
-    let name = match &opts.target {
-        Target::File { path, .. } => Path::new(path).display().to_string(),
-        Target::Fd(raw) => std::fs::read_link(format!("/proc/self/fd/{raw}"))
-            .map_or_else(|_| format!("descriptor {raw}"), |p| p.display().to_string()),
-    };
     let start = Instant::now();
-    let held = match lock(prog, &name, opts, file, patience) {
-        Ok(held) => held,
-        Err(code) => return code,
-    };
+    let held = lock(prog, &name, opts, file, patience)?;
     if opts.verbose {
         let took = start.elapsed();
         say!(
@@ -238,13 +224,29 @@ fn run(prog: &str, opts: &Opts) -> i32 {
     }
 
     match &opts.target {
-        Target::File { command, .. } => execute(prog, opts, command, &held),
-        Target::Fd(_) => {
-            // Closing this copy leaves the lock with the caller's descriptor.
-            drop(held);
-            0
-        }
+        Target::File { command, .. } => Ok(execute(prog, opts, command, &held)),
+        // Closing this copy on exit leaves the lock with the caller's descriptor.
+        Target::Fd(_) => Ok(0),
     }
+}
+
+/// How `-n` and `-w` say to wait; `Err` (EX_OSERR) for a `-w` value that
+/// flock(1) cannot arm a timer with.
+fn patience(prog: &str, opts: &Opts) -> Result<Patience, i32> {
+    Ok(match opts.timeout {
+        _ if opts.nonblock => Patience::No,
+        Some(Timeout::Zero) => Patience::No,
+        Some(Timeout::Limit(limit)) => match Instant::now().checked_add(limit) {
+            Some(_) => Patience::Limit(limit),
+            // Beyond what a clock can express: as good as forever.
+            None => Patience::Forever,
+        },
+        Some(Timeout::Unusable) => {
+            warn_line!("{prog}: cannot set up timer: Invalid argument");
+            return Err(EX_OSERR);
+        }
+        None => Patience::Forever,
+    })
 }
 
 /// Takes (or with `-u` drops) the lock; `Err` is the exit status.
