@@ -26,6 +26,9 @@ pub struct LockFile {
     file: File,
     path: Option<PathBuf>,
     owner: u32,
+    /// An inotify instance (no watches) kept from a timed wait for the next
+    /// one; declared after `file` so that it closes after the lock file.
+    events: Option<std::os::fd::OwnedFd>,
 }
 
 impl LockFile {
@@ -34,6 +37,7 @@ impl LockFile {
             file,
             path,
             owner: sys::getpid(),
+            events: None,
         }
     }
 
@@ -166,6 +170,16 @@ impl LockFile {
 
     pub(crate) fn file(&self) -> &File {
         &self.file
+    }
+
+    /// Takes the inotify instance kept from an earlier timed wait.
+    pub(crate) fn take_events(&mut self) -> Option<std::os::fd::OwnedFd> {
+        self.events.take()
+    }
+
+    /// Keeps an inotify instance (without watches) for the next timed wait.
+    pub(crate) fn keep_events(&mut self, events: Option<std::os::fd::OwnedFd>) {
+        self.events = events;
     }
 }
 

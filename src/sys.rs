@@ -231,16 +231,25 @@ pub(crate) fn inotify_new() -> io::Result<OwnedFd> {
     inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).map_err(Into::into)
 }
 
-/// `inotify_add_watch(inotify, path, IN_CLOSE_WRITE | IN_CLOSE_NOWRITE)`.
-pub(crate) fn inotify_watch_close(inotify: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+/// `inotify_add_watch(inotify, path, IN_CLOSE_WRITE | IN_CLOSE_NOWRITE)`;
+/// returns the watch descriptor.
+pub(crate) fn inotify_watch_close(inotify: BorrowedFd<'_>, path: &Path) -> io::Result<i32> {
     use rustix::fs::inotify::{self, WatchFlags};
     inotify::add_watch(
         inotify,
         path,
         WatchFlags::CLOSE_WRITE | WatchFlags::CLOSE_NOWRITE,
     )
-    .map(drop)
     .map_err(Into::into)
+}
+
+/// `inotify_rm_watch(inotify, wd)`.
+///
+/// Closing an inotify descriptor that still has a watch waits for the
+/// kernel to retire the watch (an SRCU grace period, ~15 ms here); removing
+/// the watch first makes the close return at once.
+pub(crate) fn inotify_unwatch(inotify: BorrowedFd<'_>, wd: i32) -> io::Result<()> {
+    rustix::fs::inotify::remove_watch(inotify, wd).map_err(Into::into)
 }
 
 /// What a drained inotify descriptor had queued.

@@ -97,11 +97,14 @@ impl LockFile {
     ///
     /// A release by a holder that closes its descriptor or exits is noticed
     /// at once (an inotify close event); a release by `flock(LOCK_UN)` alone
-    /// is noticed by a back-off retry within 200 ms. `Duration::ZERO`
-    /// makes a single attempt. No signal handler is installed, no thread is
-    /// started, and every descriptor the wait opens is closed before this
-    /// returns. A waiter here is not queued in the kernel, so processes
-    /// blocked in `flock(2)` may take the lock first.
+    /// is noticed by a back-off retry within 100 ms. `Duration::ZERO`
+    /// makes a single attempt. No signal handler is installed and no thread
+    /// is started. The wait's inotify descriptor, its watch removed, stays
+    /// with this file (and the guard or error that holds it) for the next
+    /// wait and is closed with it: closing it right after a wake-up would
+    /// stall for a kernel grace period (~15 ms). A waiter here is not
+    /// queued in the kernel, so processes blocked in `flock(2)` may take the
+    /// lock first.
     ///
     /// # Errors
     /// [`Error::Timeout`], naming the holders at the deadline;
@@ -146,7 +149,7 @@ impl LockFile {
     ///
     /// # References
     /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
-    pub fn lock_with<M: Mode>(self, wait: Wait<'_>) -> Result<LockGuard<M>, TimeoutError> {
+    pub fn lock_with<M: Mode>(mut self, wait: Wait<'_>) -> Result<LockGuard<M>, TimeoutError> {
         let start = Instant::now();
         let Wait {
             timeout,
@@ -180,9 +183,10 @@ impl LockFile {
             };
         }
         let outcome = {
-            let mut waiter = Waiter::new(self.as_fd(), self.path(), deadline, cancel);
+            let reuse = self.take_events();
+            let mut waiter = Waiter::new(self.as_fd(), self.path(), deadline, cancel, reuse);
             notify(&self);
-            loop {
+            let outcome = loop {
                 if let Some(Stop::Cancelled) = waiter.stop(Instant::now()) {
                     break Err(Ok(Stop::Cancelled));
                 }
@@ -195,8 +199,10 @@ impl LockFile {
                     break Err(Ok(stop));
                 }
                 waiter.block();
-            }
-            // The waiter's descriptors close here, before the call returns.
+            };
+            self.keep_events(waiter.finish());
+            outcome
+            // The cancel eventfd closes here, before the call returns.
         };
         match outcome {
             Ok(()) => Ok(LockGuard::new(self)),

@@ -29,12 +29,10 @@ use crate::sys;
 
 /// First back-off interval.
 const BACKOFF_FIRST: Duration = Duration::from_millis(2);
-/// Longest back-off interval while close events are watched: only a
-/// `LOCK_UN` without a close can go unseen, for at most this long.
-const BACKOFF_CAP_WATCHED: Duration = Duration::from_millis(200);
-/// Longest back-off interval without an event source: every release is
-/// noticed by polling.
-const BACKOFF_CAP_UNWATCHED: Duration = Duration::from_millis(100);
+/// Longest back-off interval. A release by `LOCK_UN` without a close (or
+/// any release, without a close watch) is noticed within this long, and a
+/// waiter wakes at most 1 / this often while the lock stays held.
+const BACKOFF_CAP: Duration = Duration::from_millis(100);
 /// Retry intervals after a close event, covering the gap between the
 /// kernel's close notification and its release of the lock.
 const AFTER_CLOSE: [Duration; 4] = [
@@ -167,7 +165,7 @@ pub(crate) enum Stop {
 /// Owns every descriptor it opens; dropping it closes them.
 pub(crate) struct Waiter<'a> {
     /// An inotify instance watching closes of the lock file.
-    events: Option<OwnedFd>,
+    events: Option<Watch>,
     cancel: Option<&'a CancelToken>,
     cancel_fd: Option<Registration<'a>>,
     deadline: Option<Instant>,
@@ -177,7 +175,8 @@ pub(crate) struct Waiter<'a> {
 }
 
 impl<'a> Waiter<'a> {
-    /// Sets up the event sources for waiting on `file`.
+    /// Sets up the event sources for waiting on `file`, reusing the
+    /// inotify instance `reuse` if given (see [`finish`](Self::finish)).
     ///
     /// The close watch is placed on the open file's inode through
     /// `/proc/self/fd` (so a rename or unlink of the path does not matter),
@@ -188,15 +187,23 @@ impl<'a> Waiter<'a> {
         path: Option<&Path>,
         deadline: Option<Instant>,
         cancel: Option<&'a CancelToken>,
+        reuse: Option<OwnedFd>,
     ) -> Self {
         Waiter {
-            events: watch_closes(file, path),
+            events: Watch::new(file, path, reuse),
             cancel,
             cancel_fd: cancel.and_then(CancelToken::register),
             deadline,
             backoff: BACKOFF_FIRST,
             after_close: None,
         }
+    }
+
+    /// Ends the wait: removes the close watch and returns the inotify
+    /// instance, which the caller keeps for the next wait rather than
+    /// closing it now (see [`Watch`]).
+    pub(crate) fn finish(&mut self) -> Option<OwnedFd> {
+        self.events.take()?.into_instance()
     }
 
     /// Whether close events are being watched.
@@ -240,13 +247,8 @@ impl<'a> Waiter<'a> {
             }
             _ => {
                 self.after_close = None;
-                let cap = if self.events.is_some() {
-                    BACKOFF_CAP_WATCHED
-                } else {
-                    BACKOFF_CAP_UNWATCHED
-                };
-                let step = self.backoff.min(cap);
-                self.backoff = (self.backoff * 2).min(cap);
+                let step = self.backoff.min(BACKOFF_CAP);
+                self.backoff = (self.backoff * 2).min(BACKOFF_CAP);
                 step
             }
         };
@@ -258,7 +260,7 @@ impl<'a> Waiter<'a> {
 
     /// The inotify descriptor to wait on for readability, if any.
     pub(crate) fn event_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.events.as_ref().map(AsFd::as_fd)
+        self.events.as_ref().and_then(Watch::fd)
     }
 
     /// The cancel eventfd to wait on for readability, if any.
@@ -272,7 +274,10 @@ impl<'a> Waiter<'a> {
         let Some(events) = &self.events else {
             return;
         };
-        match sys::inotify_drain(events.as_fd()) {
+        let Some(fd) = events.fd() else {
+            return;
+        };
+        match sys::inotify_drain(fd) {
             Ok(drained) => {
                 if drained.closed || drained.lost {
                     self.after_close = Some(0);
@@ -309,28 +314,80 @@ impl<'a> Waiter<'a> {
 impl fmt::Debug for Waiter<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Waiter")
-            .field("events", &self.events.as_ref().map(AsRawFd::as_raw_fd))
+            .field("events", &self.event_fd().map(|fd| fd.as_raw_fd()))
             .field("deadline", &self.deadline)
             .field("backoff", &self.backoff)
             .finish_non_exhaustive()
     }
 }
 
-/// An inotify instance watching closes of `file`, or `None`.
-fn watch_closes(file: BorrowedFd<'_>, path: Option<&Path>) -> Option<OwnedFd> {
-    let inotify = sys::inotify_new().ok()?;
-    let link = format!("/proc/self/fd/{}", file.as_raw_fd());
-    if sys::inotify_watch_close(inotify.as_fd(), Path::new(&link)).is_ok() {
-        return Some(inotify);
+/// An inotify instance with one watch for closes of the lock file.
+///
+/// Closing an instance soon after its watch fired waits for the kernel to
+/// retire the watch (an SRCU grace period: ~15 ms measured here), so a
+/// finished wait removes the watch and hands the instance back for the
+/// [`LockFile`](crate::LockFile) to keep instead of closing it.
+struct Watch {
+    /// `None` only once handed back by [`into_instance`](Self::into_instance).
+    inotify: Option<OwnedFd>,
+    wd: i32,
+}
+
+impl Watch {
+    /// Watches closes of `file` with `reuse` (drained first) or a new
+    /// instance; `None` if that is not possible.
+    fn new(file: BorrowedFd<'_>, path: Option<&Path>, reuse: Option<OwnedFd>) -> Option<Watch> {
+        let inotify = match reuse {
+            Some(fd) => {
+                // Stale events (the IN_IGNORED of the last removal) would
+                // cause one needless wake-up.
+                sys::inotify_drain(fd.as_fd()).ok()?;
+                fd
+            }
+            None => sys::inotify_new().ok()?,
+        };
+        let link = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let wd = match sys::inotify_watch_close(inotify.as_fd(), Path::new(&link)) {
+            Ok(wd) => wd,
+            Err(_) => {
+                // Without /proc, the path is the next best thing: it names
+                // the same inode unless it was replaced since the open.
+                let path = path?;
+                let same = sys::lstat(path)
+                    .ok()
+                    .zip(sys::fstat(file).ok())
+                    .is_some_and(|(a, b)| a.dev == b.dev && a.ino == b.ino);
+                if !same {
+                    return None;
+                }
+                sys::inotify_watch_close(inotify.as_fd(), path).ok()?
+            }
+        };
+        Some(Watch {
+            inotify: Some(inotify),
+            wd,
+        })
     }
-    // Without /proc, the path is the next best thing: it names the same
-    // inode unless it was replaced since the open.
-    let path = path?;
-    let same = sys::lstat(path)
-        .ok()
-        .zip(sys::fstat(file).ok())
-        .is_some_and(|(a, b)| a.dev == b.dev && a.ino == b.ino);
-    (same && sys::inotify_watch_close(inotify.as_fd(), path).is_ok()).then_some(inotify)
+
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.inotify.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Removes the watch and returns the instance for reuse.
+    fn into_instance(mut self) -> Option<OwnedFd> {
+        let inotify = self.inotify.take()?;
+        sys::inotify_unwatch(inotify.as_fd(), self.wd).ok()?;
+        Some(inotify)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(inotify) = &self.inotify {
+            // Fails only if the watch is already gone.
+            let _ = sys::inotify_unwatch(inotify.as_fd(), self.wd);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -349,16 +406,16 @@ mod tests {
         let (_dir, path) = lock_file();
         let file = LockFile::open(&path).unwrap();
         let now = Instant::now();
-        let mut w = Waiter::new(file.as_fd(), None, None, None);
+        let mut w = Waiter::new(file.as_fd(), None, None, None, None);
         assert!(w.is_watching());
         let steps: Vec<Duration> = (0..10).map(|_| w.next_timeout(now)).collect();
         assert_eq!(steps[0], BACKOFF_FIRST);
         assert_eq!(steps[1], BACKOFF_FIRST * 2);
-        assert_eq!(*steps.last().unwrap(), BACKOFF_CAP_WATCHED);
+        assert_eq!(*steps.last().unwrap(), BACKOFF_CAP);
         assert!(steps.windows(2).all(|w| w[0] <= w[1]));
 
         let deadline = now + Duration::from_millis(3);
-        let mut w = Waiter::new(file.as_fd(), None, Some(deadline), None);
+        let mut w = Waiter::new(file.as_fd(), None, Some(deadline), None, None);
         for _ in 0..5 {
             w.next_timeout(now);
         }
@@ -372,7 +429,7 @@ mod tests {
     fn a_close_of_the_file_wakes_the_waiter_and_schedules_quick_retries() {
         let (_dir, path) = lock_file();
         let file = LockFile::open(&path).unwrap();
-        let mut w = Waiter::new(file.as_fd(), None, None, None);
+        let mut w = Waiter::new(file.as_fd(), None, None, None, None);
         let other = LockFile::open(&path).unwrap();
         drop(other);
         // Readable at once: the close event is queued.
@@ -391,7 +448,7 @@ mod tests {
     fn a_close_of_another_file_does_not_wake_the_waiter() {
         let (dir, path) = lock_file();
         let file = LockFile::open(&path).unwrap();
-        let w = Waiter::new(file.as_fd(), None, None, None);
+        let w = Waiter::new(file.as_fd(), None, None, None, None);
         drop(LockFile::open(dir.path().join("other.lock")).unwrap());
         let ready = sys::poll_readable([w.event_fd(), None], Some(Duration::ZERO)).unwrap();
         assert_eq!(ready, [false, false]);
@@ -402,7 +459,7 @@ mod tests {
         let (_dir, path) = lock_file();
         let file = LockFile::open(&path).unwrap();
         let token = CancelToken::new();
-        let w = Waiter::new(file.as_fd(), None, None, Some(&token));
+        let w = Waiter::new(file.as_fd(), None, None, Some(&token), None);
         assert_eq!(w.stop(Instant::now()), None);
         let canceller = token.clone();
         std::thread::spawn(move || canceller.cancel())
@@ -420,7 +477,7 @@ mod tests {
         let file = LockFile::open(&path).unwrap();
         let token = CancelToken::new();
         token.cancel();
-        let w = Waiter::new(file.as_fd(), None, None, Some(&token));
+        let w = Waiter::new(file.as_fd(), None, None, Some(&token), None);
         let ready =
             sys::poll_readable([None, w.cancel_fd()], Some(Duration::from_secs(30))).unwrap();
         assert_eq!(ready, [false, true]);
@@ -431,8 +488,8 @@ mod tests {
         let (_dir, path) = lock_file();
         let file = LockFile::open(&path).unwrap();
         let token = CancelToken::new();
-        let a = Waiter::new(file.as_fd(), None, None, Some(&token));
-        let b = Waiter::new(file.as_fd(), None, None, Some(&token));
+        let a = Waiter::new(file.as_fd(), None, None, Some(&token), None);
+        let b = Waiter::new(file.as_fd(), None, None, Some(&token), None);
         assert_eq!(token.wakers().len(), 2);
         drop(a);
         assert_eq!(token.wakers().len(), 1);
@@ -445,10 +502,16 @@ mod tests {
         let (_dir, path) = lock_file();
         let file = LockFile::open(&path).unwrap();
         let inotify = sys::inotify_new().unwrap();
-        sys::inotify_watch_close(inotify.as_fd(), &path).unwrap();
+        let wd = sys::inotify_watch_close(inotify.as_fd(), &path).unwrap();
         drop(LockFile::open(&path).unwrap());
         let drained = sys::inotify_drain(inotify.as_fd()).unwrap();
         assert!(drained.closed);
+        assert!(!drained.lost);
+        sys::inotify_unwatch(inotify.as_fd(), wd).unwrap();
+        assert!(
+            sys::inotify_drain(inotify.as_fd()).unwrap().lost,
+            "IN_IGNORED after removal"
+        );
         drop(file);
     }
 }

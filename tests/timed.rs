@@ -422,6 +422,39 @@ fn fdcheck(path: &Path) {
     check("timeout");
     assert_eq!(threads(), base_threads, "timeout: thread left running");
 
+    // A file that waited keeps one inotify instance for its next wait, and
+    // only one.
+    let held = hold();
+    let file = LockFile::open(path).unwrap();
+    let short = Duration::from_millis(10);
+    let file = file
+        .lock_timeout::<Exclusive>(short)
+        .unwrap_err()
+        .into_inner();
+    let after_one = support::open_fds();
+    assert_eq!(
+        after_one,
+        base_fds + 3,
+        "holder, waiter and one inotify instance"
+    );
+    let file = file
+        .lock_timeout::<Exclusive>(short)
+        .unwrap_err()
+        .into_inner();
+    let file = file
+        .lock_timeout::<Exclusive>(short)
+        .unwrap_err()
+        .into_inner();
+    assert_eq!(
+        support::open_fds(),
+        after_one,
+        "repeated waits grow descriptors"
+    );
+    drop(held);
+    let guard = file.lock_timeout::<Exclusive>(short).unwrap();
+    drop(guard);
+    check("repeated waits");
+
     let held = hold();
     let token = CancelToken::new();
     let (tx, rx) = mpsc::channel();
