@@ -23,8 +23,8 @@ use std::process::ExitStatus;
 use std::time::Instant;
 
 use flockguard::{
-    AnyGuard, Exclusive, FlockMode, Holder, LockFile, LockOptions, PidStatus, RemoteFs, Shared,
-    TimeoutError,
+    AnyGuard, Exclusive, FlockMode, Holder, LockFile, LockGuard, LockOptions, Mode, PidStatus,
+    RemoteFs, Shared,
 };
 use flockguard::{Error, Wait};
 
@@ -267,7 +267,6 @@ fn lock(
             }
         }
     };
-    let conflict = i32::from(opts.conflict_exit_code);
     let limit = match patience {
         Patience::No => {
             return match file.try_lock_mode(mode) {
@@ -278,7 +277,7 @@ fn lock(
                     }
                     // Diagnostics only: an unreadable /proc must not change the status.
                     print_holders(prog, name, &err.file.holders().unwrap_or_default());
-                    Err(conflict)
+                    Err(i32::from(opts.conflict_exit_code))
                 }
                 Err(err) => Err(lock_failure(prog, &err.error)),
             };
@@ -294,13 +293,30 @@ fn lock(
     };
     let mut wait = Wait::new(limit);
     if opts.verbose {
-        wait = wait.on_wait(|holders| {
+        wait = wait.on_wait(move |holders| {
             warn_line!("{prog}: waiting for {mode} lock on {name}");
             print_holders(prog, name, holders);
         });
     }
-    match lock_with_mode(file, mode, wait) {
-        Ok(guard) => Ok(Held::Locked(guard)),
+    match mode {
+        FlockMode::Exclusive => lock_waiting::<Exclusive>(prog, name, opts, file, wait),
+        FlockMode::Shared => lock_waiting::<Shared>(prog, name, opts, file, wait),
+    }
+}
+
+/// Waits for the lock in mode `M` as `wait` says; `Err` is the exit status.
+fn lock_waiting<M: Mode>(
+    prog: &str,
+    name: &str,
+    opts: &Opts,
+    file: LockFile,
+    wait: Wait<'_>,
+) -> Result<Held, i32>
+where
+    AnyGuard: From<LockGuard<M>>,
+{
+    match file.lock_with::<M>(wait) {
+        Ok(guard) => Ok(Held::Locked(guard.into())),
         Err(err) if err.is_timeout() => {
             if opts.verbose {
                 warn_line!("{prog}: timeout while waiting to get lock");
@@ -308,20 +324,9 @@ fn lock(
             if let Error::Timeout { holders, .. } = &err.error {
                 print_holders(prog, name, holders);
             }
-            Err(conflict)
+            Err(i32::from(opts.conflict_exit_code))
         }
         Err(err) => Err(lock_failure(prog, &err.error)),
-    }
-}
-
-fn lock_with_mode(
-    file: LockFile,
-    mode: FlockMode,
-    wait: Wait<'_>,
-) -> Result<AnyGuard, TimeoutError> {
-    match mode {
-        FlockMode::Exclusive => file.lock_with::<Exclusive>(wait).map(AnyGuard::from),
-        FlockMode::Shared => file.lock_with::<Shared>(wait).map(AnyGuard::from),
     }
 }
 
