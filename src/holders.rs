@@ -218,9 +218,36 @@ pub(crate) fn holders_of(id: MountedId, path: &Path) -> Result<Vec<Holder>, Erro
         None => id.dev,
     };
     let target = Target { dev, ino: id.ino };
-    let entries = flock_entries(&read("/proc/locks")?, target);
+    // The kernel generates /proc/locks a page per read(2) and resumes each
+    // read by position, so locks taken or released in between make lines
+    // repeat or vanish: read in large chunks, until two reads agree.
+    let read_locks = || {
+        let mut text = String::with_capacity(LOCKS_READ_CHUNK);
+        fs::File::open("/proc/locks")
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .map(|_| text)
+            .map_err(|source| Error::Holders {
+                path: path.into(),
+                file: "/proc/locks".into(),
+                source,
+            })
+    };
+    let mut entries = flock_entries(&read_locks()?, target);
+    for _ in 0..LOCKS_READ_ATTEMPTS {
+        let again = flock_entries(&read_locks()?, target);
+        if again == entries {
+            break;
+        }
+        entries = again;
+    }
     Ok(entries.into_iter().map(|e| describe(e, target)).collect())
 }
+
+/// Buffer for one read of `/proc/locks`; large, so std does not split the
+/// reads into small probes.
+const LOCKS_READ_CHUNK: usize = 64 * 1024;
+/// Rereads of `/proc/locks` allowed while locks on the file keep changing.
+const LOCKS_READ_ATTEMPTS: usize = 8;
 
 /// A file as `/proc/locks` names it: superblock device and inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
