@@ -404,4 +404,43 @@ impl LockFile {
             FlockMode::Shared => self.lock::<Shared>().map(AnyGuard::from),
         }
     }
+
+    /// Releases whatever lock this open file description holds, with
+    /// `flock(LOCK_UN)`; a no-op when it holds none.
+    ///
+    /// A file adopted with [`LockOptions::adopt`](crate::LockOptions::adopt)
+    /// may arrive holding a lock taken before the descriptor was passed in,
+    /// as with `flock -u 9` in a shell script; this releases it for every
+    /// descriptor that shares the open file description.
+    ///
+    /// # Errors
+    /// [`Error::NotOwner`] in a forked child; [`Error::Unlock`] if
+    /// `flock(2)` fails.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// use flockguard::{try_flock, Exclusive, LockFile, LockOptions};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let guard = LockFile::open(&path)?.lock::<Exclusive>()?;
+    /// // A duplicate shares the open file description, and so the lock.
+    /// let dup = guard.as_fd().try_clone_to_owned()?;
+    /// let file = LockOptions::new().adopt(std::fs::File::from(dup))?;
+    /// file.unlock_inherited()?;
+    /// assert!(try_flock::<Exclusive>(&path).is_ok()); // released for both
+    /// # drop(guard);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # References
+    /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
+    #[doc(alias = "LOCK_UN")]
+    pub fn unlock_inherited(&self) -> Result<(), Error> {
+        self.check_owner()?;
+        sys::funlock(self.as_fd()).map_err(|source| Error::Unlock {
+            path: self.error_path(),
+            source,
+        })
+    }
 }

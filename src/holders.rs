@@ -221,12 +221,60 @@ pub(crate) fn holders_of(id: MountedId, path: &Path) -> Result<Vec<Holder>, Erro
         None => id.dev,
     };
     let target = Target { dev, ino: id.ino };
-    let mut entries = flock_entries(&read("/proc/locks")?, target);
+    // The kernel produces /proc/locks one page per read(2) and resumes by
+    // position, so locks taken or released between two reads make lines
+    // repeat or vanish. A file read in one call is a consistent snapshot;
+    // a longer one is read again until two reads agree on this file.
+    let read_locks = || {
+        read_proc_locks().map_err(|source| Error::Holders {
+            path: path.into(),
+            file: "/proc/locks".into(),
+            source,
+        })
+    };
+    let (text, calls) = read_locks()?;
+    let mut entries = flock_entries(&text, target);
+    if calls > 1 {
+        for _ in 0..LOCKS_READ_ATTEMPTS {
+            let again = flock_entries(&read_locks()?.0, target);
+            if again == entries {
+                break;
+            }
+            entries = again;
+        }
+    }
     // The kernel prints each waiter after the lock blocking it, which may
     // come before other holders; list every holder first.
     entries.sort_by_key(|e| e.waiting);
     Ok(entries.into_iter().map(|e| describe(e, target)).collect())
 }
+
+/// Buffer for one read of `/proc/locks`: more than the page the kernel
+/// returns per call.
+const LOCKS_READ_CHUNK: usize = 64 * 1024;
+
+/// Reads `/proc/locks`; returns the text and how many `read(2)` calls
+/// returned data.
+fn read_proc_locks() -> std::io::Result<(String, usize)> {
+    let mut file = fs::File::open("/proc/locks")?;
+    let mut chunk = vec![0; LOCKS_READ_CHUNK];
+    let mut buf = Vec::new();
+    let mut calls = 0;
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                calls += 1;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((String::from_utf8_lossy(&buf).into_owned(), calls))
+}
+/// Rereads of `/proc/locks` allowed while locks on the file keep changing.
+const LOCKS_READ_ATTEMPTS: usize = 8;
 
 /// A file as `/proc/locks` names it: superblock device and inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,1223 @@
+//! The `flockguard` command against real processes: its own instances,
+//! util-linux `flock(1)` and Python's `fcntl.flock`.
+//!
+//! Processes synchronise on pipes (a holder prints `locked` and keeps the
+//! lock until its stdin closes) and on `/proc/locks` (a waiter is known to be
+//! blocked once the kernel lists it there); nothing here sleeps for a guess.
+#![cfg(feature = "cli")]
+
+mod support;
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_flockguard");
+
+/// How long any single synchronisation may take before the test gives up;
+/// a hang guard only, never an assertion about speed.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn fg() -> Command {
+    Command::new(BIN)
+}
+
+fn output(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("run command")
+}
+
+fn code(out: &Output) -> i32 {
+    out.status
+        .code()
+        .unwrap_or_else(|| panic!("killed: {:?}", out.status))
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A process that holds a lock: it prints `locked` once it has it and keeps
+/// it until its stdin closes.
+struct Holder {
+    child: std::process::Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    stderr: BufReader<ChildStderr>,
+}
+
+impl Holder {
+    /// Starts `cmd` and waits for its `locked` line.
+    fn start(cmd: &mut Command) -> Holder {
+        let mut holder = Holder::spawn(cmd);
+        holder.expect_line("locked");
+        holder
+    }
+
+    /// Starts `cmd` without waiting for anything.
+    fn spawn(cmd: &mut Command) -> Holder {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        Holder {
+            child,
+            stdin,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads stdout lines until one equals `want`.
+    fn expect_line(&mut self, want: &str) {
+        loop {
+            let mut line = String::new();
+            let n = self.stdout.read_line(&mut line).expect("read stdout");
+            if n == 0 {
+                let mut err = String::new();
+                let _ = self.stderr.read_to_string(&mut err);
+                panic!("process ended before printing {want:?}; stderr: {err}");
+            }
+            if line.trim_end() == want {
+                return;
+            }
+        }
+    }
+
+    /// Reads stderr lines until one starts with `prefix`; returns it.
+    fn expect_err_line(&mut self, prefix: &str) -> String {
+        loop {
+            let mut line = String::new();
+            let n = self.stderr.read_line(&mut line).expect("read stderr");
+            assert!(n > 0, "process ended before printing {prefix:?} on stderr");
+            if line.starts_with(prefix) {
+                return line.trim_end().to_owned();
+            }
+        }
+    }
+
+    /// Whether the process is still running.
+    fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Closes stdin and collects the rest of the output and the status.
+    fn finish(mut self) -> Output {
+        drop(self.stdin.take());
+        let mut out = Vec::new();
+        self.stdout.read_to_end(&mut out).expect("read stdout");
+        let mut err = Vec::new();
+        self.stderr.read_to_end(&mut err).expect("read stderr");
+        let status = self.child.wait().expect("wait");
+        Output {
+            status,
+            stdout: out,
+            stderr: err,
+        }
+    }
+}
+
+/// `flockguard [opts] PATH sh -c 'echo locked; read x || :'`.
+fn ours_holding(opts: &[&str], path: &Path) -> Holder {
+    Holder::start(
+        fg().args(opts)
+            .arg(path)
+            .args(["sh", "-c", "echo locked; read x || :"]),
+    )
+}
+
+fn flock1_holding(opts: &[&str], path: &Path) -> Holder {
+    Holder::start(Command::new("flock").args(opts).arg(path).args([
+        "sh",
+        "-c",
+        "echo locked; read x || :",
+    ]))
+}
+
+const PY_LOCKER: &str = r#"
+import fcntl, sys
+f = open(sys.argv[1], "a")
+op = fcntl.LOCK_SH if sys.argv[2] == "sh" else fcntl.LOCK_EX
+if len(sys.argv) > 3:
+    op |= fcntl.LOCK_NB
+try:
+    fcntl.flock(f, op)
+except BlockingIOError:
+    print("busy", flush=True)
+    sys.exit(3)
+print("locked", flush=True)
+sys.stdin.read()
+"#;
+
+fn python(path: &Path, mode: &str, nonblock: bool) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", PY_LOCKER]).arg(path).arg(mode);
+    if nonblock {
+        cmd.arg("nb");
+    }
+    cmd
+}
+
+/// Waits until the kernel lists a blocked `flock` waiter on `path` (by
+/// `pid` if given) in `/proc/locks`.
+fn wait_blocked(path: &Path, pid: Option<u32>) {
+    let ino = std::fs::metadata(path).expect("stat").ino();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let locks = std::fs::read_to_string("/proc/locks").expect("read /proc/locks");
+        let found = locks.lines().any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // `N: -> FLOCK ADVISORY WRITE PID MAJ:MIN:INODE START END`
+            fields.get(1) == Some(&"->")
+                && fields.get(2) == Some(&"FLOCK")
+                && fields
+                    .get(6)
+                    .and_then(|id| id.rsplit(':').next())
+                    .and_then(|i| i.parse::<u64>().ok())
+                    == Some(ino)
+                && pid.map_or(true, |p| fields.get(5) == Some(&p.to_string().as_str()))
+        });
+        if found {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no blocked waiter on {path:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Descriptors of process `pid` that refer to `path`.
+fn fds_on(pid: &str, path: &Path) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read fd dir")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target == path)
+        .count()
+}
+
+fn bash(script: &str, path: &Path) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", script, "bash"]).arg(path).env("FG", BIN);
+    cmd
+}
+
+// ---------------------------------------------------------------------------
+// Compatibility with util-linux flock(1), output for output.
+
+/// Runs the same arguments through flock(1) and through this binary under
+/// the name `flock` (a symbolic link), in fresh directories; status, stdout
+/// and stderr must be identical.
+#[test]
+fn same_status_and_messages_as_util_linux_flock() {
+    if !have("flock") {
+        support::skip(
+            "same_status_and_messages_as_util_linux_flock",
+            "flock(1) not installed",
+        );
+        return;
+    }
+    let cases: &[&[&str]] = &[
+        &[],
+        &["-z", "f", "true"],
+        &["-:"],
+        &["--foo=bar", "f", "true"],
+        &["-w"],
+        &["--wait"],
+        &["--wa"],
+        &["--shared=1", "f", "true"],
+        &["--nb=1", "f", "true"],
+        &["--c=3", "f", "true"],
+        &["--n", "f", "true"],
+        &["--v", "f", "true"],
+        &["-?", "f"],
+        &["-E", "256", "f", "true"],
+        &["-E", "-1", "f", "true"],
+        &["-E", "abc", "f", "true"],
+        &["-E", "0x10", "f", "true"],
+        &["-E", "99999999999", "f", "true"],
+        &["-w", "abc", "f", "true"],
+        &["-w", "", "f", "true"],
+        &["-w", "2 ", "f", "true"],
+        &["-swx", "1", "f", "true"],
+        &["-w", "-1", "f", "true"],
+        &["-w", "inf", "f", "true"],
+        &["-w", "-0.5", "f", "true"],
+        &["-w", "1e19", "f", "true"],
+        &["-w", "-1", "99"],
+        &["x"],
+        &["3x"],
+        &["99"],
+        &["--", "-1"],
+        &["-oF", "f", "true"],
+        &["f", "-c"],
+        &["f", "-c", "a", "b"],
+        &["f", "--command"],
+        &["--command", "f"],
+        &["--"],
+        &["-s"],
+        &["/nonexistent-dir/f", "true"],
+        &["/proc/f", "true"],
+        &["f", "nosuchcommand-xyz"],
+        &["f", "./"],
+        &["f", "sh", "-c", "exit 7"],
+        &["f", "sh", "-c", "kill -TERM $$"],
+        &["f", "sh", "-c", "kill -KILL $$"],
+        &["f", "-c", "echo \"$0\" hi; exit 3"],
+        &["f", "echo", "a b", "", "-n"],
+        &["-nE", "5", "-sxeu", "f", "true"],
+        &["--", "-f", "true"],
+        &["-", "true"],
+        &[".", "true"],
+        &["-n", "-w", "0", "--nonblock", "--timeout=0", "f", "true"],
+        &["-w", "1e-7", "f", "true"],
+        &["-o", "f", "true"],
+        &["-F", "f", "echo", "in place"],
+        &["-F", "f", "nosuchcommand-xyz"],
+        &["-u", "f", "true"],
+        &["-h"],
+        &["--help=x"],
+    ];
+    let bindir = tempfile::tempdir().expect("tempdir");
+    let ours = bindir.path().join("flock");
+    std::os::unix::fs::symlink(BIN, &ours).expect("symlink");
+    for args in cases {
+        let run = |program: &OsStr| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let out = output(
+                Command::new(program)
+                    .args(*args)
+                    .current_dir(dir.path())
+                    .env("SHELL", "/bin/sh"),
+            );
+            let status = out.status.code().map_or_else(
+                || format!("signal {:?}", out.status.signal()),
+                |c| c.to_string(),
+            );
+            (status, stdout(&out), stderr(&out))
+        };
+        let theirs = run(OsStr::new("flock"));
+        let mine = run(ours.as_os_str());
+        if args == &["-h"] {
+            // Same exit status; the help text lists this tool's extra options.
+            assert_eq!(mine.0, theirs.0, "-h status");
+            assert!(mine.1.contains(" -w, --timeout <secs>"), "{}", mine.1);
+            continue;
+        }
+        assert_eq!(mine, theirs, "flock {args:?}: (status, stdout, stderr)");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Modes and waiting, among flockguard processes.
+
+#[test]
+fn nonblock_conflict_exits_with_the_conflict_code() {
+    let (_dir, path) = support::lock_path();
+    let holder = ours_holding(&[], &path);
+    for (args, want) in [
+        (&["-n"][..], 1),
+        (&["--nb"], 1),
+        (&["--nonblock"], 1),
+        (&["-n", "-E", "42"], 42),
+        (&["-nE0"], 0),
+        (&["--conflict-exit-code=7", "-n"], 7),
+        (&["-w", "0"], 1),
+        (&["-s", "-n"], 1),
+    ] {
+        let out = output(fg().args(args).arg(&path).args(["echo", "ran"]));
+        assert_eq!(code(&out), want, "{args:?}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "", "{args:?}: the command must not run");
+    }
+    assert!(holder.finish().status.success());
+    let out = output(fg().arg("-n").arg(&path).args(["echo", "ran"]));
+    assert_eq!((code(&out), stdout(&out).as_str()), (0, "ran\n"));
+}
+
+#[test]
+fn shared_locks_coexist_and_exclude_exclusive() {
+    let (_dir, path) = support::lock_path();
+    let reader = ours_holding(&["-s"], &path);
+    let out = output(fg().args(["-s", "-n"]).arg(&path).arg("true"));
+    assert_eq!(code(&out), 0, "a second shared lock: {}", stderr(&out));
+    let out = output(fg().args(["--shared", "-n"]).arg(&path).arg("true"));
+    assert_eq!(code(&out), 0);
+    for exclusive in ["-x", "-e", "--exclusive", "--ex"] {
+        let out = output(fg().args([exclusive, "-n"]).arg(&path).arg("true"));
+        assert_eq!(code(&out), 1, "{exclusive} beside a shared lock");
+    }
+    assert!(reader.finish().status.success());
+    let writer = ours_holding(&["-x"], &path);
+    let out = output(fg().args(["-s", "-n"]).arg(&path).arg("true"));
+    assert_eq!(code(&out), 1, "shared beside an exclusive lock");
+    assert!(writer.finish().status.success());
+}
+
+#[test]
+fn blocking_wait_runs_the_command_once_the_holder_releases() {
+    let (_dir, path) = support::lock_path();
+    let holder = ours_holding(&[], &path);
+    let mut waiter = Holder::spawn(fg().arg(&path).args(["echo", "got it"]));
+    wait_blocked(&path, Some(waiter.pid()));
+    assert!(waiter.running(), "the waiter must still be waiting");
+    assert!(holder.finish().status.success());
+    let out = waiter.finish();
+    assert_eq!((code(&out), stdout(&out).as_str()), (0, "got it\n"));
+}
+
+#[test]
+fn a_directory_is_locked_like_a_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let holder = ours_holding(&[], dir.path());
+    let out = output(fg().arg("-n").arg(dir.path()).arg("true"));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(holder.finish().status.success());
+    let out = output(fg().arg("-n").arg(dir.path()).arg("true"));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+#[test]
+fn the_lock_file_is_created_and_a_symlink_followed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("new.lock");
+    assert_eq!(code(&output(fg().arg(&path).arg("true"))), 0);
+    assert!(path.is_file(), "lock file not created");
+    let link = dir.path().join("link.lock");
+    std::os::unix::fs::symlink(&path, &link).expect("symlink");
+    let holder = ours_holding(&[], &link);
+    assert!(!support::is_free(&path), "the link's target must be locked");
+    assert!(holder.finish().status.success());
+}
+
+// ---------------------------------------------------------------------------
+// The descriptor form.
+
+#[test]
+fn fd_form_locks_the_callers_descriptor_which_outlives_flockguard() {
+    let (_dir, path) = support::lock_path();
+    let mut shell = Holder::start(&mut bash(
+        r#"( "$FG" -n 9 || exit 1; echo locked; read x || : ) 9>"$1""#,
+        &path,
+    ));
+    // flockguard has exited; the subshell's descriptor keeps the lock.
+    assert!(!support::is_free(&path), "lock lost when flockguard exited");
+    let out = output(&mut bash(
+        r#"( "$FG" -n 9 || exit 1; echo ran ) 9>"$1""#,
+        &path,
+    ));
+    assert_eq!((code(&out), stdout(&out).as_str()), (1, ""));
+    let out = output(&mut bash(
+        r#"( "$FG" -n -E 9 9 || exit $?; echo ran ) 9>"$1""#,
+        &path,
+    ));
+    assert_eq!(code(&out), 9, "conflict code in fd form");
+    assert!(shell.running());
+    assert!(shell.finish().status.success());
+    assert!(support::is_free(&path));
+}
+
+#[test]
+fn fd_form_shared_and_unlock() {
+    let (_dir, path) = support::lock_path();
+    // Lock, check from another open file description, unlock, check again.
+    let script = r#"
+        exec 9>"$1"
+        "$FG" 9 || exit 10
+        "$FG" -n "$1" true && exit 11
+        "$FG" -u 9 || exit 12
+        "$FG" -n "$1" true || exit 13
+        "$FG" -s 9 || exit 14
+        "$FG" -s -n "$1" true || exit 15
+        "$FG" -x -n "$1" true && exit 16
+        "$FG" --unlock 9 || exit 17
+        "$FG" -x -n "$1" true || exit 18
+        echo done
+    "#;
+    let out = output(&mut bash(script, &path));
+    assert_eq!(
+        (code(&out), stdout(&out).as_str()),
+        (0, "done\n"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn fd_form_waits_for_the_holder() {
+    let (_dir, path) = support::lock_path();
+    let holder = ours_holding(&[], &path);
+    let mut shell = Holder::spawn(&mut bash(r#"( "$FG" 9 && echo got ) 9>"$1""#, &path));
+    wait_blocked(&path, None);
+    assert!(shell.running());
+    assert!(holder.finish().status.success());
+    let out = shell.finish();
+    assert_eq!((code(&out), stdout(&out).as_str()), (0, "got\n"));
+}
+
+#[test]
+fn fd_form_read_only_descriptor_and_directory() {
+    let (dir, path) = support::lock_path();
+    std::fs::write(&path, b"").expect("create");
+    let script = r#"
+        ( "$FG" -n 9 || exit 10; "$FG" -n "$1" true && exit 11; exit 0 ) 9<"$1" || exit $?
+        ( "$FG" -n 8 || exit 12; "$FG" -n "$2" true && exit 13; exit 0 ) 8<"$2" || exit $?
+        echo done
+    "#;
+    let out = output(bash(script, &path).arg(dir.path()));
+    assert_eq!(
+        (code(&out), stdout(&out).as_str()),
+        (0, "done\n"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn fd_form_closed_descriptor_is_ex_dataerr() {
+    let out = output(&mut bash(r#"exec 7>&-; "$FG" 7"#, Path::new("unused")));
+    assert_eq!(code(&out), 65);
+    assert_eq!(stderr(&out), "flockguard: 7: Bad file descriptor\n");
+}
+
+// ---------------------------------------------------------------------------
+// Running the command.
+
+#[test]
+fn the_command_inherits_the_lock_descriptor_unless_close_is_given() {
+    let (_dir, path) = support::lock_path();
+    std::fs::write(&path, b"").expect("create");
+    let path = path.canonicalize().expect("canonical");
+    let list = "echo $$; echo locked; read x || :";
+    for (opts, want) in [
+        (&[][..], 1),
+        (&["-o"][..], 0),
+        (&["--close"][..], 0),
+        (&["-s", "-o"][..], 0),
+    ] {
+        let mut child = Holder::spawn(fg().args(opts).arg(&path).args(["sh", "-c", list]));
+        let mut pid = String::new();
+        child.stdout.read_line(&mut pid).expect("pid line");
+        let pid = pid.trim().to_owned();
+        child.expect_line("locked");
+        assert_eq!(
+            fds_on(&pid, &path),
+            want,
+            "{opts:?}: lock descriptors in the command"
+        );
+        // Either way the lock is held while the command runs.
+        assert!(!support::is_free(&path), "{opts:?}");
+        assert!(child.finish().status.success());
+    }
+}
+
+#[test]
+fn without_close_a_background_process_keeps_the_lock() {
+    let (_dir, path) = support::lock_path();
+    let fifo_dir = tempfile::tempdir().expect("tempdir");
+    let fifo = fifo_dir.path().join("release");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo")
+        .success());
+    // The command leaves a background reader of the FIFO behind and exits.
+    let script = r#"(read x < "$0") >/dev/null 2>&1 & echo started"#;
+    let bg = |opts: &[&str]| {
+        output(
+            fg().args(opts)
+                .arg(&path)
+                .args(["sh", "-c", script])
+                .arg(&fifo)
+                .stdout(Stdio::piped()),
+        )
+    };
+    let out = bg(&[]);
+    assert_eq!(stdout(&out), "started\n");
+    assert!(
+        !support::is_free(&path),
+        "the background process inherited the lock"
+    );
+    std::fs::write(&fifo, b"go\n").expect("release the background process");
+    wait_free(&path);
+
+    let out = bg(&["-o"]);
+    assert_eq!(stdout(&out), "started\n");
+    assert!(
+        support::is_free(&path),
+        "-o: the background process must not hold the lock"
+    );
+    std::fs::write(&fifo, b"go\n").expect("release the background process");
+}
+
+/// Waits until a fresh open can take the lock (a released holder exits on
+/// its own schedule).
+fn wait_free(path: &Path) {
+    let deadline = Instant::now() + PATIENCE;
+    while !support::is_free(path) {
+        assert!(Instant::now() < deadline, "lock never released");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn no_fork_replaces_flockguard_and_keeps_the_lock() {
+    let (_dir, path) = support::lock_path();
+    std::fs::write(&path, b"").expect("create");
+    let path = path.canonicalize().expect("canonical");
+    for opts in [&["-F"][..], &["--no-fork", "-s"]] {
+        let mut child = Holder::spawn(fg().args(opts).arg(&path).args([
+            "sh",
+            "-c",
+            "echo $$; echo locked; read x || :",
+        ]));
+        let mut pid = String::new();
+        child.stdout.read_line(&mut pid).expect("pid line");
+        child.expect_line("locked");
+        assert_eq!(pid.trim(), child.pid().to_string(), "{opts:?}: no fork");
+        assert_eq!(
+            fds_on(pid.trim(), &path),
+            1,
+            "{opts:?}: the lock descriptor survives exec"
+        );
+        let out = output(fg().arg("-n").arg(&path).arg("true"));
+        assert_eq!(code(&out), 1, "{opts:?}: lock held by the exec'd command");
+        assert!(child.finish().status.success());
+    }
+}
+
+#[test]
+fn dash_c_runs_through_shell_or_bin_sh() {
+    let (_dir, path) = support::lock_path();
+    let out = output(
+        fg().arg(&path)
+            .args(["-c", "hello world"])
+            .env("SHELL", "/bin/echo"),
+    );
+    assert_eq!(stdout(&out), "-c hello world\n", "$SHELL is used");
+    let out = output(
+        fg().arg(&path)
+            .args(["-c", "echo \"$0\"; exit 4"])
+            .env_remove("SHELL"),
+    );
+    assert_eq!((code(&out), stdout(&out).as_str()), (4, "/bin/sh\n"));
+    let out = output(
+        fg().arg(&path)
+            .args(["--command", "echo ok"])
+            .env("SHELL", ""),
+    );
+    assert_eq!((code(&out), stdout(&out).as_str()), (0, "ok\n"));
+}
+
+#[test]
+fn exit_status_is_the_commands_or_128_plus_signal() {
+    let (_dir, path) = support::lock_path();
+    for (script, want) in [
+        ("exit 0", 0),
+        ("exit 3", 3),
+        ("exit 255", 255),
+        ("kill -TERM $$", 128 + 15),
+        ("kill -KILL $$", 128 + 9),
+        ("kill -INT $$", 128 + 2),
+    ] {
+        let out = output(fg().arg(&path).args(["sh", "-c", script]));
+        assert_eq!(code(&out), want, "{script}");
+        let out = output(fg().arg("-F").arg(&path).args(["sh", "-c", script]));
+        let got = out
+            .status
+            .code()
+            .or_else(|| out.status.signal().map(|s| 128 + s));
+        assert_eq!(got, Some(want), "-F {script}: the command's own status");
+    }
+}
+
+#[test]
+fn arguments_reach_the_command_verbatim() {
+    use std::os::unix::ffi::OsStrExt;
+    let (_dir, path) = support::lock_path();
+    let odd = OsStr::from_bytes(b"caf\xe9");
+    let out = output(
+        fg().arg(&path)
+            .args(["printf", "[%s]"])
+            .args(["a b", "", "-n", "--", "*", "$HOME"])
+            .arg(odd),
+    );
+    assert_eq!(out.stdout, b"[a b][][-n][--][*][$HOME][caf\xe9]");
+}
+
+#[test]
+fn the_command_starts_with_default_sigpipe() {
+    let (_dir, path) = support::lock_path();
+    for opts in [&[][..], &["-F"]] {
+        let out = output(
+            fg().args(opts)
+                .arg(&path)
+                .args(["grep", "^SigIgn", "/proc/self/status"]),
+        );
+        let mask = stdout(&out);
+        let hex = mask.split_whitespace().nth(1).expect("SigIgn value");
+        let ignored = u64::from_str_radix(hex, 16).expect("hex");
+        assert_eq!(
+            ignored & (1 << (13 - 1)),
+            0,
+            "{opts:?}: SIGPIPE ignored in the command"
+        );
+    }
+}
+
+#[test]
+fn verbose_reports_the_wait_and_the_command() {
+    let (_dir, path) = support::lock_path();
+    let out = output(fg().arg("--verbose").arg(&path).arg("true"));
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    let took = lines.next().expect("first line");
+    let secs = took
+        .strip_prefix("flockguard: getting lock took ")
+        .and_then(|s| s.strip_suffix(" seconds"))
+        .unwrap_or_else(|| panic!("{took:?}"));
+    let (whole, frac) = secs.split_once('.').expect("decimal point");
+    assert!(whole.parse::<u64>().is_ok() && frac.len() == 6 && frac.parse::<u32>().is_ok());
+    assert_eq!(lines.next(), Some("flockguard: executing true"));
+
+    let holder = ours_holding(&[], &path);
+    let out = output(fg().args(["--verbose", "-n"]).arg(&path).arg("true"));
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("flockguard: failed to get lock\n"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(holder.finish().status.success());
+}
+
+#[test]
+fn help_and_version() {
+    for flag in ["-h", "--help", "--he"] {
+        let out = output(fg().arg(flag));
+        assert_eq!(code(&out), 0);
+        assert!(stdout(&out).contains("--allow-remote-fs"), "{flag}");
+        assert!(
+            stdout(&out).contains(" flockguard holders [--json] <file>"),
+            "{flag}"
+        );
+    }
+    for flag in ["-V", "--version", "--vers"] {
+        let out = output(fg().arg(flag));
+        assert_eq!(code(&out), 0);
+        assert_eq!(
+            stdout(&out),
+            format!("flockguard {}\n", env!("CARGO_PKG_VERSION"))
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Filesystems.
+
+/// A mount that is unmounted when dropped.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn creating_on_a_read_only_filesystem_is_ex_cantcreat() {
+    if !support::is_root() {
+        support::skip(
+            "creating_on_a_read_only_filesystem_is_ex_cantcreat",
+            "needs root to mount",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .expect("mount");
+    assert!(ok.success(), "mount -o ro tmpfs failed");
+    let _mount = Mount(dir.path().to_owned());
+    let path = dir.path().join("x.lock");
+    let out = output(fg().arg(&path).arg("true"));
+    assert_eq!(code(&out), 73, "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "flockguard: cannot open lock file {}: Read-only file system\n",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn remote_filesystems_are_refused_unless_allowed() {
+    if !support::is_root() || !have("bindfs") || !Path::new("/dev/fuse").exists() {
+        support::skip(
+            "remote_filesystems_are_refused_unless_allowed",
+            "needs root, bindfs and /dev/fuse for a FUSE mount",
+        );
+        return;
+    }
+    let src = tempfile::tempdir().expect("tempdir");
+    let mnt = tempfile::tempdir().expect("tempdir");
+    let ok = Command::new("bindfs")
+        .arg(src.path())
+        .arg(mnt.path())
+        .status()
+        .expect("bindfs");
+    assert!(ok.success(), "bindfs mount failed");
+    let _mount = Mount(mnt.path().to_owned());
+    let path = mnt.path().join("x.lock");
+    let out = output(fg().arg(&path).args(["echo", "ran"]));
+    assert_eq!(code(&out), 78, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    let err = stderr(&out);
+    assert!(err.contains("on FUSE"), "{err}");
+    assert!(err.contains("--allow-remote-fs"), "{err}");
+    assert!(!path.exists(), "the refused lock file was left behind");
+
+    let out = output(
+        fg().arg("--allow-remote-fs")
+            .arg(&path)
+            .args(["echo", "ran"]),
+    );
+    assert_eq!(
+        (code(&out), stdout(&out).as_str()),
+        (0, "ran\n"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The descriptor form applies the same policy.
+    let out = output(&mut bash(r#"( "$FG" 9 ) 9>"$1""#, &path));
+    assert_eq!(code(&out), 78, "{}", stderr(&out));
+    let out = output(&mut bash(r#"( "$FG" --allow-remote-fs 9 ) 9>"$1""#, &path));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+// ---------------------------------------------------------------------------
+// Interoperability with util-linux flock(1) and Python's fcntl.flock.
+
+#[test]
+fn util_linux_flock_holds_flockguard_conflicts_or_waits() {
+    if !have("flock") {
+        support::skip(
+            "util_linux_flock_holds_flockguard_conflicts_or_waits",
+            "flock(1) not installed",
+        );
+        return;
+    }
+    let (_dir, path) = support::lock_path();
+    let theirs = flock1_holding(&[], &path);
+    let out = output(fg().arg("-n").arg(&path).arg("true"));
+    assert_eq!(code(&out), 1, "ours must see flock(1)'s exclusive lock");
+    let out = output(fg().args(["-s", "-n"]).arg(&path).arg("true"));
+    assert_eq!(code(&out), 1);
+    let mut waiter = Holder::spawn(fg().arg(&path).args(["echo", "got"]));
+    wait_blocked(&path, Some(waiter.pid()));
+    assert!(waiter.running());
+    assert!(theirs.finish().status.success());
+    let out = waiter.finish();
+    assert_eq!((code(&out), stdout(&out).as_str()), (0, "got\n"));
+
+    let theirs = flock1_holding(&["-s"], &path);
+    let out = output(fg().args(["-s", "-n"]).arg(&path).arg("true"));
+    assert_eq!(code(&out), 0, "shared beside flock(1)'s shared lock");
+    let out = output(fg().arg("-n").arg(&path).arg("true"));
+    assert_eq!(code(&out), 1);
+    assert!(theirs.finish().status.success());
+}
+
+#[test]
+fn flockguard_holds_util_linux_flock_conflicts_or_waits() {
+    if !have("flock") {
+        support::skip(
+            "flockguard_holds_util_linux_flock_conflicts_or_waits",
+            "flock(1) not installed",
+        );
+        return;
+    }
+    let (_dir, path) = support::lock_path();
+    let ours = ours_holding(&[], &path);
+    let out = output(Command::new("flock").arg("-n").arg(&path).arg("true"));
+    assert_eq!(code(&out), 1, "flock(1) must see our exclusive lock");
+    let mut waiter = Holder::spawn(Command::new("flock").arg(&path).args(["echo", "got"]));
+    wait_blocked(&path, Some(waiter.pid()));
+    assert!(waiter.running());
+    assert!(ours.finish().status.success());
+    let out = waiter.finish();
+    assert_eq!((code(&out), stdout(&out).as_str()), (0, "got\n"));
+
+    // The descriptor forms of both tools on one file.
+    let shell = Holder::start(&mut bash(
+        r#"( "$FG" -s 9 || exit 1; echo locked; read x || : ) 9>"$1""#,
+        &path,
+    ));
+    let out = output(&mut bash(r#"( flock -n -s 9 ) 9>"$1""#, &path));
+    assert_eq!(code(&out), 0, "flock(1) shares our shared lock");
+    let out = output(&mut bash(r#"( flock -n 9 ) 9>"$1""#, &path));
+    assert_eq!(
+        code(&out),
+        1,
+        "flock(1) must not take an exclusive lock beside ours"
+    );
+    assert!(shell.finish().status.success());
+}
+
+#[test]
+fn python_holds_flockguard_conflicts_or_waits() {
+    if !have("python3") {
+        support::skip(
+            "python_holds_flockguard_conflicts_or_waits",
+            "python3 not installed",
+        );
+        return;
+    }
+    let (_dir, path) = support::lock_path();
+    let py = Holder::start(&mut python(&path, "ex", false));
+    let out = output(fg().arg("-n").arg(&path).arg("true"));
+    assert_eq!(code(&out), 1, "ours must see Python's exclusive lock");
+    let mut waiter = Holder::spawn(fg().arg(&path).args(["echo", "got"]));
+    wait_blocked(&path, Some(waiter.pid()));
+    assert!(waiter.running());
+    assert!(py.finish().status.success());
+    let out = waiter.finish();
+    assert_eq!((code(&out), stdout(&out).as_str()), (0, "got\n"));
+
+    let py = Holder::start(&mut python(&path, "sh", false));
+    assert_eq!(
+        code(&output(fg().args(["-s", "-n"]).arg(&path).arg("true"))),
+        0
+    );
+    assert_eq!(code(&output(fg().args(["-n"]).arg(&path).arg("true"))), 1);
+    assert!(py.finish().status.success());
+}
+
+#[test]
+fn flockguard_holds_python_conflicts_or_waits() {
+    if !have("python3") {
+        support::skip(
+            "flockguard_holds_python_conflicts_or_waits",
+            "python3 not installed",
+        );
+        return;
+    }
+    let (_dir, path) = support::lock_path();
+    let ours = ours_holding(&[], &path);
+    let out = output(&mut python(&path, "ex", true));
+    assert_eq!((code(&out), stdout(&out).as_str()), (3, "busy\n"));
+    let out = output(&mut python(&path, "sh", true));
+    assert_eq!((code(&out), stdout(&out).as_str()), (3, "busy\n"));
+    let mut waiter = Holder::spawn(&mut python(&path, "ex", false));
+    wait_blocked(&path, Some(waiter.pid()));
+    assert!(waiter.running());
+    assert!(ours.finish().status.success());
+    waiter.expect_line("locked");
+    assert!(waiter.finish().status.success());
+
+    let ours = ours_holding(&["-s"], &path);
+    let out = output(&mut python(&path, "sh", true));
+    assert_eq!((code(&out), stdout(&out).as_str()), (0, "locked\n"));
+    assert_eq!(code(&output(&mut python(&path, "ex", true))), 3);
+    assert!(ours.finish().status.success());
+}
+
+// ---------------------------------------------------------------------------
+// Timed waits and holder diagnostics.
+
+/// The start of the stderr line naming `pid` as holder of `path`.
+fn held_by(path: &Path, mode: &str, pid: u32) -> String {
+    format!(
+        "flockguard: {} is held {mode} by pid {pid} (",
+        path.display()
+    )
+}
+
+#[test]
+fn nonblock_conflict_names_the_holder() {
+    let (_dir, path) = support::lock_path();
+    let holder = ours_holding(&[], &path);
+    let out = output(fg().arg("-n").arg(&path).arg("true"));
+    assert_eq!(code(&out), 1);
+    let want = format!(
+        "{}{BIN} {} sh -c echo locked; read x || :)\n",
+        held_by(&path, "exclusive", holder.pid()),
+        path.display()
+    );
+    assert_eq!(stderr(&out), want);
+    assert!(holder.finish().status.success());
+
+    let reader = ours_holding(&["-s"], &path);
+    let out = output(fg().args(["-n", "-E", "5"]).arg(&path).arg("true"));
+    assert_eq!(code(&out), 5);
+    assert!(
+        stderr(&out).starts_with(&held_by(&path, "shared", reader.pid())),
+        "{}",
+        stderr(&out)
+    );
+    assert!(reader.finish().status.success());
+}
+
+#[test]
+fn nonblock_conflict_names_flock1_and_python_holders() {
+    let (_dir, path) = support::lock_path();
+    if have("flock") {
+        let theirs = flock1_holding(&["-s"], &path);
+        let out = output(fg().arg("-n").arg(&path).arg("true"));
+        let want = format!(
+            "{}flock -s {} sh -c echo locked; read x || :)\n",
+            held_by(&path, "shared", theirs.pid()),
+            path.display()
+        );
+        assert_eq!((code(&out), stderr(&out)), (1, want));
+        assert!(theirs.finish().status.success());
+    } else {
+        support::skip(
+            "nonblock_conflict_names_flock1_and_python_holders",
+            "flock(1) not installed",
+        );
+    }
+    if have("python3") {
+        let py = Holder::start(&mut python(&path, "ex", false));
+        let out = output(fg().arg("-n").arg(&path).arg("true"));
+        assert_eq!(code(&out), 1);
+        let err = stderr(&out);
+        assert!(
+            err.starts_with(&held_by(&path, "exclusive", py.pid())),
+            "{err}"
+        );
+        assert!(err.contains("python3 -c "), "{err}");
+        assert!(py.finish().status.success());
+    } else {
+        support::skip(
+            "nonblock_conflict_names_flock1_and_python_holders",
+            "python3 not installed",
+        );
+    }
+}
+
+#[test]
+fn wait_times_out_with_the_conflict_code_and_names_the_holder() {
+    let (_dir, path) = support::lock_path();
+    let holder = ours_holding(&[], &path);
+    for (args, want) in [
+        (&["-w", "0.05"][..], 1),
+        (&["--wait=0.01", "-E", "75"], 75),
+        (&["--timeout", "0x1p-6", "-s"], 1),
+    ] {
+        let out = output(fg().args(args).arg(&path).args(["echo", "ran"]));
+        assert_eq!(code(&out), want, "{args:?}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "", "{args:?}: the command must not run");
+        assert!(
+            stderr(&out).starts_with(&held_by(&path, "exclusive", holder.pid())),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = output(
+        fg().args(["--verbose", "-w", "0.01"])
+            .arg(&path)
+            .arg("true"),
+    );
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("flockguard: timeout while waiting to get lock\n"),
+        "{}",
+        stderr(&out)
+    );
+    // The descriptor form times out the same way.
+    let out = output(&mut bash(r#"( "$FG" -w 0.01 9 ) 9>"$1""#, &path));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).starts_with(&held_by(&path, "exclusive", holder.pid())));
+    assert!(holder.finish().status.success());
+}
+
+#[test]
+fn wait_takes_the_lock_when_the_holder_releases() {
+    let (_dir, path) = support::lock_path();
+    for holder_cmd in ["flockguard", "flock", "python3"] {
+        if !have(holder_cmd) && holder_cmd != "flockguard" {
+            support::skip(
+                "wait_takes_the_lock_when_the_holder_releases",
+                "holder program missing",
+            );
+            continue;
+        }
+        let holder = match holder_cmd {
+            "flockguard" => ours_holding(&[], &path),
+            "flock" => flock1_holding(&[], &path),
+            _ => Holder::start(&mut python(&path, "ex", false)),
+        };
+        let mut waiter = Holder::spawn(
+            fg().args(["--verbose", "-w", "600"])
+                .arg(&path)
+                .args(["echo", "got"]),
+        );
+        let line = waiter.expect_err_line("flockguard: waiting for exclusive lock on ");
+        assert_eq!(
+            line,
+            format!(
+                "flockguard: waiting for exclusive lock on {}",
+                path.display()
+            )
+        );
+        let line = waiter.expect_err_line("flockguard: ");
+        assert!(
+            line.starts_with(&held_by(&path, "exclusive", holder.pid())),
+            "{line}"
+        );
+        assert!(waiter.running(), "{holder_cmd}: the waiter must still wait");
+        assert!(holder.finish().status.success());
+        let out = waiter.finish();
+        assert_eq!(code(&out), 0, "{holder_cmd}: {}", stderr(&out));
+        let text = stdout(&out);
+        assert!(text.starts_with("flockguard: getting lock took "), "{text}");
+        assert!(
+            text.ends_with("flockguard: executing echo\ngot\n"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn verbose_blocking_wait_names_the_holder() {
+    let (_dir, path) = support::lock_path();
+    let holder = ours_holding(&["-s"], &path);
+    let mut waiter = Holder::spawn(fg().arg("--verbose").arg(&path).arg("true"));
+    waiter.expect_err_line("flockguard: waiting for exclusive lock on ");
+    let line = waiter.expect_err_line("flockguard: ");
+    assert!(
+        line.starts_with(&held_by(&path, "shared", holder.pid())),
+        "{line}"
+    );
+    // Without -w the wait happens in the kernel.
+    wait_blocked(&path, Some(waiter.pid()));
+    assert!(holder.finish().status.success());
+    assert_eq!(code(&waiter.finish()), 0);
+}
+
+#[test]
+fn holders_lists_holders_and_kernel_waiters() {
+    let (_dir, path) = support::lock_path();
+    let out = output(fg().arg("holders").arg(&path));
+    assert_eq!(code(&out), 66, "a missing file");
+    assert!(
+        stderr(&out).starts_with("flockguard: cannot list the holders of "),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::write(&path, b"").expect("create");
+    let out = output(fg().arg("holders").arg(&path));
+    assert_eq!((code(&out), stdout(&out).as_str()), (0, ""));
+    let out = output(fg().args(["holders", "--json"]).arg(&path));
+    assert_eq!((code(&out), stdout(&out).as_str()), (0, "[]\n"));
+
+    let holder = ours_holding(&[], &path);
+    let waiter = Holder::spawn(fg().arg("-s").arg(&path).arg("true"));
+    wait_blocked(&path, Some(waiter.pid()));
+    let out = output(fg().arg("holders").arg(&path));
+    assert_eq!(code(&out), 0);
+    let want = format!(
+        "pid {} ({BIN} {p} sh -c echo locked; read x || :) holds exclusive\n\
+         pid {} ({BIN} -s {p} true) waits for shared\n",
+        holder.pid(),
+        waiter.pid(),
+        p = path.display()
+    );
+    assert_eq!(stdout(&out), want);
+    assert!(holder.finish().status.success());
+    assert!(waiter.finish().status.success());
+}
+
+#[test]
+fn holders_json_escapes_command_lines() {
+    if !have("python3") {
+        support::skip(
+            "holders_json_escapes_command_lines",
+            "python3 not installed to parse the JSON",
+        );
+        return;
+    }
+    let (_dir, path) = support::lock_path();
+    let weird = "q\"uote \\back\ttab\nnew\u{1}ctl é";
+    let holder = Holder::start(
+        fg().arg(&path)
+            .args(["sh", "-c", "echo locked; read x || :"])
+            .arg(weird),
+    );
+    let out = output(fg().args(["holders", "--json"]).arg(&path));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let expected_cmdline = format!(
+        "{BIN} {} sh -c echo locked; read x || : {weird}",
+        path.display()
+    );
+    // Parse with a real JSON parser and print the fields back.
+    let check = r#"
+import json, sys
+d = json.loads(sys.argv[1])
+assert isinstance(d, list) and len(d) == 1, d
+h = d[0]
+assert set(h) == {"pid", "mode", "waiting", "status", "cmdline", "sharers"}, h
+assert h["pid"] == int(sys.argv[2]) and h["mode"] == "exclusive"
+assert h["waiting"] is False and h["status"] == "confirmed" and h["sharers"] == []
+assert h["cmdline"] == sys.argv[3], (h["cmdline"], sys.argv[3])
+print("ok")
+"#;
+    let parsed = output(
+        Command::new("python3")
+            .args(["-c", check])
+            .arg(stdout(&out))
+            .arg(holder.pid().to_string())
+            .arg(&expected_cmdline),
+    );
+    assert_eq!(
+        stdout(&parsed),
+        "ok\n",
+        "{}\n{}",
+        stdout(&out),
+        stderr(&parsed)
+    );
+    assert!(holder.finish().status.success());
+}
+
+#[test]
+fn fd_form_wait_takes_the_lock_when_the_holder_releases() {
+    let (_dir, path) = support::lock_path();
+    let holder = ours_holding(&[], &path);
+    let mut shell = Holder::spawn(&mut bash(
+        r#"( "$FG" --verbose -w 600 9 && echo got ) 9>"$1""#,
+        &path,
+    ));
+    shell.expect_err_line("flockguard: waiting for exclusive lock on ");
+    assert!(shell.running());
+    assert!(holder.finish().status.success());
+    let out = shell.finish();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).ends_with("seconds\ngot\n"), "{}", stdout(&out));
+}
