@@ -12,8 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// The environment variable that carries the child's arguments (NUL-separated).
+/// The environment variable that carries the child's arguments, separated by
+/// [`ARG_SEP`] (an environment value cannot hold NUL).
 pub const CHILD_ENV: &str = "FLOCKGUARD_TEST_CHILD";
+
+/// Separates the child's arguments in [`CHILD_ENV`]: ASCII unit separator.
+pub const ARG_SEP: char = '\x1f';
 
 /// Defines the child entry point of this test binary: `$dispatch` is a
 /// `fn(&[String])` run in the child; the child exits 0 when it returns.
@@ -23,7 +27,7 @@ macro_rules! child_entry {
         #[test]
         fn __child_entry() {
             if let Ok(args) = std::env::var($crate::support::CHILD_ENV) {
-                let args: Vec<String> = args.split('\0').map(str::to_owned).collect();
+                let args: Vec<String> = args.split($crate::support::ARG_SEP).map(str::to_owned).collect();
                 $dispatch(&args);
                 std::process::exit(0);
             }
@@ -56,7 +60,7 @@ impl Child {
             "--test-threads=1",
             "-q",
         ])
-        .env(CHILD_ENV, args.join("\0"))
+        .env(CHILD_ENV, args.join(&ARG_SEP.to_string()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -187,4 +191,118 @@ pub fn is_shareable(path: &Path) -> bool {
         .expect("open")
         .try_lock::<flockguard::Shared>()
         .is_ok()
+}
+
+/// The lock held through descriptor `fd`, from the `lock:` lines of
+/// `/proc/self/fdinfo/FD` (they list the locks of its open file description).
+pub fn held_through(fd: &impl std::os::fd::AsRawFd) -> Option<flockguard::FlockMode> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+        .expect("read fdinfo");
+    let mut modes = info
+        .lines()
+        .filter(|l| l.starts_with("lock:") && l.contains("FLOCK"))
+        .map(|l| {
+            if l.contains(" WRITE ") {
+                flockguard::FlockMode::Exclusive
+            } else {
+                flockguard::FlockMode::Shared
+            }
+        });
+    let mode = modes.next();
+    assert!(modes.next().is_none(), "two flock locks on one descriptor");
+    mode
+}
+
+/// The open flags of descriptor `fd`, from `flags:` in `/proc/self/fdinfo/FD`
+/// (printed in octal).
+pub fn fd_flags(fd: &impl std::os::fd::AsRawFd) -> u32 {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+        .expect("read fdinfo");
+    let field = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .expect("flags: line");
+    u32::from_str_radix(field.trim(), 8).expect("octal flags")
+}
+
+/// Whether `FD_CLOEXEC` is set on `fd` (`fcntl(F_GETFD)`).
+pub fn is_cloexec(fd: &impl std::os::fd::AsFd) -> bool {
+    rustix::io::fcntl_getfd(fd)
+        .expect("fcntl(F_GETFD)")
+        .contains(rustix::io::FdFlags::CLOEXEC)
+}
+
+/// One `FLOCK` line of `/proc/locks`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcLock {
+    /// A blocked request (`->` after the id) rather than a held lock.
+    pub waiter: bool,
+    /// `WRITE` (exclusive) rather than `READ` (shared).
+    pub write: bool,
+    /// The process that took (or waits for) the lock.
+    pub pid: u32,
+}
+
+/// The `FLOCK` lines of `/proc/locks` for the file at `path`, matched by
+/// device (`MAJ:MIN` in hex) and inode.
+pub fn proc_locks(path: &Path) -> Vec<ProcLock> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).expect("stat lock file");
+    let dev = meta.dev();
+    let (major, minor) = (
+        ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff),
+        ((dev >> 12) & 0xffff_ff00) | (dev & 0xff),
+    );
+    let id = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    let text = std::fs::read_to_string("/proc/locks").expect("read /proc/locks");
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let waiter = fields.get(1) == Some(&"->");
+            let rest = &fields[if waiter { 2 } else { 1 }..];
+            // FLOCK ADVISORY WRITE|READ PID MAJ:MIN:INODE START END
+            (rest.first() == Some(&"FLOCK") && rest.get(4) == Some(&id.as_str())).then(|| {
+                ProcLock {
+                    waiter,
+                    write: rest[2] == "WRITE",
+                    pid: rest[3].parse().expect("pid"),
+                }
+            })
+        })
+        .collect()
+}
+
+/// Whether some request is blocked waiting for the lock on `path`.
+pub fn has_waiter(path: &Path) -> bool {
+    proc_locks(path).iter().any(|l| l.waiter)
+}
+
+/// Polls `cond` until it holds. Panics after a minute: a guard against a
+/// hang, not a timing assertion.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "gave up waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Descriptors of this process whose target lies under `dir`; immune to
+/// other tests running in parallel, which use their own directories.
+pub fn fds_under(dir: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("read /proc/self/fd")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
+/// The process umask, from `Umask:` in `/proc/self/status`.
+pub fn umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read status");
+    let field = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .expect("Umask: line");
+    u32::from_str_radix(field.trim(), 8).expect("octal umask")
 }
