@@ -27,7 +27,10 @@ macro_rules! child_entry {
         #[test]
         fn __child_entry() {
             if let Ok(args) = std::env::var($crate::support::CHILD_ENV) {
-                let args: Vec<String> = args.split($crate::support::ARG_SEP).map(str::to_owned).collect();
+                let args: Vec<String> = args
+                    .split($crate::support::ARG_SEP)
+                    .map(str::to_owned)
+                    .collect();
                 $dispatch(&args);
                 std::process::exit(0);
             }
