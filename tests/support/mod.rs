@@ -257,7 +257,7 @@ pub fn proc_locks(path: &Path) -> Vec<ProcLock> {
         ((dev >> 12) & 0xffff_ff00) | (dev & 0xff),
     );
     let id = format!("{major:02x}:{minor:02x}:{}", meta.ino());
-    let text = std::fs::read_to_string("/proc/locks").expect("read /proc/locks");
+    let text = read_proc_locks();
     text.lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -308,4 +308,21 @@ pub fn umask() -> u32 {
         .find_map(|l| l.strip_prefix("Umask:"))
         .expect("Umask: line");
     u32::from_str_radix(field.trim(), 8).expect("octal umask")
+}
+
+/// Reads `/proc/locks` in large chunks. Reads shorter than a line make the
+/// kernel repeat some lines and skip others (measured on Linux 6.18), and
+/// `std::fs::read_to_string` starts with a 32-byte read.
+pub fn read_proc_locks() -> String {
+    let mut file = std::fs::File::open("/proc/locks").expect("open /proc/locks");
+    let mut text = Vec::new();
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).expect("read /proc/locks");
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(text).expect("/proc/locks is ASCII")
 }
