@@ -248,7 +248,23 @@ pub struct ProcLock {
 
 /// The `FLOCK` lines of `/proc/locks` for the file at `path`, matched by
 /// device (`MAJ:MIN` in hex) and inode.
+///
+/// While other locks change, one read of `/proc/locks` now and then lists
+/// some locks twice (measured on Linux 6.18: 71 of 20 000 reads with three
+/// threads locking and unlocking other files), so this reads until two
+/// consecutive reads agree.
 pub fn proc_locks(path: &Path) -> Vec<ProcLock> {
+    let mut last = proc_locks_once(path);
+    loop {
+        let next = proc_locks_once(path);
+        if next == last {
+            return next;
+        }
+        last = next;
+    }
+}
+
+fn proc_locks_once(path: &Path) -> Vec<ProcLock> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).expect("stat lock file");
     let dev = meta.dev();
