@@ -14,7 +14,7 @@ use flockguard::{
     block_flock, block_flock_mode, materialize, try_flock, try_flock_mode, AnyGuard, Error,
     Exclusive, FlockMode, LockFile, LockGuard, LockOptions, Shared, TryLockError, TryUpgradeError,
 };
-use support::{held_through, proc_locks, wait_until};
+use support::{expect_locks, held_through, wait_until};
 
 /// Opens `path` with `O_PATH`: a descriptor that names the file but that
 /// `flock(2)` rejects with `EBADF`.
@@ -26,16 +26,6 @@ fn o_path_file(path: &Path) -> std::fs::File {
     )
     .expect("open O_PATH");
     fd.into()
-}
-
-/// The `(write, waiter)` pairs of the /proc/locks lines for `path`, sorted.
-fn lock_lines(path: &Path) -> Vec<(bool, bool)> {
-    let mut lines: Vec<_> = proc_locks(path)
-        .iter()
-        .map(|l| (l.write, l.waiter))
-        .collect();
-    lines.sort();
-    lines
 }
 
 const READ: (bool, bool) = (false, false);
@@ -61,9 +51,10 @@ fn two_opens_in_one_process_contend() {
                 }
             }
             drop(guard);
+            support::assert_free(&path);
         }
     }
-    assert!(support::is_free(&path));
+    support::assert_free(&path);
 }
 
 #[test]
@@ -88,6 +79,7 @@ fn typed_path_functions_report_would_block() {
         }
     ));
     drop(held);
+    support::assert_free(&path);
     drop(try_flock::<Exclusive>(&path).unwrap());
 }
 
@@ -130,6 +122,7 @@ fn try_lock_hands_the_file_back_for_a_retry() {
     let (error, file) = file.try_lock::<Exclusive>().unwrap_err().into_parts();
     assert!(error.is_would_block());
     drop(held);
+    support::assert_free(&path);
     let guard = file.try_lock::<Exclusive>().unwrap();
     assert_eq!(guard.as_raw_fd(), fd);
     assert_eq!(held_through(&guard), Some(FlockMode::Exclusive));
@@ -190,22 +183,22 @@ fn unlock_releases_and_keeps_the_descriptor() {
     let file = guard.unlock().unwrap();
     assert_eq!(file.as_raw_fd(), fd);
     assert_eq!(held_through(&file), None);
-    assert!(support::is_free(&path));
+    support::assert_free(&path);
     assert_eq!(file.path(), Some(path.as_path()));
     let guard = file.lock::<Shared>().unwrap();
     assert_eq!(guard.as_raw_fd(), fd);
     assert!(!support::is_free(&path));
-    assert!(support::is_shareable(&path));
+    support::assert_shareable(&path);
 }
 
 #[test]
 fn drop_releases() {
     let (_dir, path) = support::lock_path();
     let guard = block_flock::<Exclusive>(&path).unwrap();
-    assert_eq!(lock_lines(&path), [WRITE]);
+    expect_locks(&path, &[WRITE]);
     drop(guard);
-    assert!(lock_lines(&path).is_empty());
-    assert!(support::is_free(&path));
+    expect_locks(&path, &[]);
+    support::assert_free(&path);
 }
 
 #[test]
@@ -221,7 +214,7 @@ fn a_duplicated_descriptor_shares_the_lock() {
         "lock released with a duplicate open"
     );
     drop(dup);
-    assert!(support::is_free(&path));
+    support::assert_free(&path);
 }
 
 #[test]
@@ -246,7 +239,7 @@ fn downgrade_keeps_a_lock_throughout() {
     assert_eq!(held_through(&reader), Some(FlockMode::Shared));
     wait_until("the waiter blocks again", || support::has_waiter(&path));
     assert!(!got_it.load(Ordering::SeqCst), "the waiter got in");
-    assert_eq!(lock_lines(&path), [READ, WAIT_WRITE]);
+    expect_locks(&path, &[READ, WAIT_WRITE]);
 
     // A second open: exclusive refused, shared granted beside the reader.
     let err = try_flock::<Exclusive>(&path).unwrap_err();
@@ -265,7 +258,7 @@ fn upgrade_waits_holding_nothing() {
     let upgrader = try_flock::<Shared>(&path).unwrap();
     let other = try_flock::<Shared>(&path).unwrap();
     let upgrader_fd = upgrader.as_raw_fd();
-    assert_eq!(lock_lines(&path), [READ, READ]);
+    expect_locks(&path, &[READ, READ]);
 
     let upgrade = std::thread::spawn(move || upgrader.upgrade());
     wait_until("the upgrade blocks", || support::has_waiter(&path));
@@ -273,7 +266,7 @@ fn upgrade_waits_holding_nothing() {
     // While it waits, the upgrader's descriptor holds no lock at all: the
     // only holder is the other reader, and the upgrade is a queued request.
     assert_eq!(held_through(&upgrader_fd), None);
-    assert_eq!(lock_lines(&path), [READ, WAIT_WRITE]);
+    expect_locks(&path, &[READ, WAIT_WRITE]);
 
     // So a third open takes a shared lock after the upgrade started...
     let third = try_flock::<Shared>(&path).unwrap();
@@ -282,14 +275,14 @@ fn upgrade_waits_holding_nothing() {
     assert!(!upgrade.is_finished(), "upgrade finished beside a reader");
     wait_until("the upgrade blocks again", || support::has_waiter(&path));
     assert_eq!(held_through(&upgrader_fd), None);
-    assert_eq!(lock_lines(&path), [READ, WAIT_WRITE]);
+    expect_locks(&path, &[READ, WAIT_WRITE]);
     assert!(try_flock::<Exclusive>(&path).unwrap_err().is_would_block());
 
     drop(third);
     let writer: LockGuard<Exclusive> = upgrade.join().unwrap().unwrap();
     assert_eq!(writer.as_raw_fd(), upgrader_fd);
     assert_eq!(held_through(&writer), Some(FlockMode::Exclusive));
-    assert_eq!(lock_lines(&path), [WRITE]);
+    expect_locks(&path, &[WRITE]);
     assert!(!support::is_shareable(&path));
 }
 
@@ -325,15 +318,17 @@ fn failed_try_upgrade_has_lost_the_shared_lock() {
     let file: LockFile = err.into_inner();
     assert_eq!(file.as_raw_fd(), fd);
     assert_eq!(held_through(&file), None, "the shared lock survived");
-    assert_eq!(lock_lines(&path), [READ]);
+    expect_locks(&path, &[READ]);
 
     // Once the other reader leaves, nobody holds anything: a second open
     // takes the exclusive lock.
     drop(other);
+    support::assert_free(&path);
     let intruder = try_flock::<Exclusive>(&path).unwrap();
     let (error, file) = file.try_lock::<Shared>().unwrap_err().into_parts();
     assert!(error.is_would_block());
     drop(intruder);
+    support::assert_free(&path);
     let writer = file.try_lock::<Exclusive>().unwrap();
     assert_eq!(writer.as_raw_fd(), fd);
 }
@@ -363,7 +358,7 @@ fn a_guard_moves_to_another_thread() {
     })
     .join()
     .unwrap();
-    assert!(support::is_free(&path));
+    support::assert_free(&path);
 }
 
 #[test]
@@ -506,13 +501,13 @@ fn materialize_creates_without_locking() {
     materialize(&path).unwrap();
     assert!(path.is_file());
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
-    assert!(lock_lines(&path).is_empty());
-    assert!(support::is_free(&path));
+    expect_locks(&path, &[]);
+    support::assert_free(&path);
 
     // Takes no lock at all, so it neither waits for nor fails on a holder.
     let held = try_flock::<Exclusive>(&path).unwrap();
     materialize(&path).unwrap();
-    assert_eq!(lock_lines(&path), [WRITE]);
+    expect_locks(&path, &[WRITE]);
     drop(held);
 }
 

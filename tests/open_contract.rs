@@ -135,7 +135,7 @@ fn symlink_is_followed_when_asked() {
     let err = try_flock::<Shared>(&target).unwrap_err();
     assert!(err.is_would_block(), "{err:?}");
     drop(via_link);
-    assert!(support::is_free(&target));
+    support::assert_free(&target);
     assert_eq!(std::fs::read(&target).unwrap(), b"keep");
 }
 
@@ -202,6 +202,7 @@ fn existing_content_is_never_truncated() {
     flockguard::materialize(&path).unwrap();
     drop(try_flock::<Exclusive>(&path).unwrap());
     drop(block_flock::<Shared>(&path).unwrap());
+    support::assert_free(&path);
     drop(try_flock_mode(&path, FlockMode::Exclusive).unwrap());
     let mut guard = LockFile::open(&path).unwrap().lock::<Exclusive>().unwrap();
     let mut text = String::new();
@@ -493,7 +494,7 @@ fn from_file_sets_cloexec_on_an_inheritable_descriptor() {
     assert!(support::is_cloexec(&guard));
     assert!(!support::is_free(&path));
     drop(guard);
-    assert!(support::is_free(&path));
+    support::assert_free(&path);
 }
 
 #[test]

@@ -117,10 +117,14 @@ fn child_hold(path: &Path, mode: &str) -> Child {
 fn another_process_holding_exclusive_excludes_both_modes() {
     let (_dir, path) = support::lock_path();
     let child = child_hold(&path, "ex");
-    let locks = support::proc_locks(&path);
-    assert_eq!(locks.len(), 1);
-    assert!(locks[0].write && !locks[0].waiter);
-    assert_eq!(locks[0].pid, child.pid(), "/proc/locks names the holder");
+    let holder = support::ProcLock {
+        waiter: false,
+        write: true,
+        pid: child.pid(),
+    };
+    support::wait_for_locks(&path, "the child as the holder", |locks| {
+        locks == [holder.clone()]
+    });
 
     let err = try_flock::<Shared>(&path).unwrap_err();
     assert!(
@@ -135,7 +139,7 @@ fn another_process_holding_exclusive_excludes_both_modes() {
     );
     assert!(try_flock::<Exclusive>(&path).unwrap_err().is_would_block());
     assert!(child.release().success());
-    assert!(support::is_free(&path));
+    support::assert_free(&path);
 }
 
 #[test]
@@ -147,7 +151,7 @@ fn another_process_holding_shared_admits_only_readers() {
     let err = reader.try_upgrade().unwrap_err();
     assert!(err.is_would_block(), "{err}");
     assert!(child.release().success());
-    assert!(support::is_free(&path));
+    support::assert_free(&path);
 }
 
 #[test]
@@ -160,6 +164,7 @@ fn other_processes_see_this_process_lock() {
     assert_eq!(child_try(&path, "sh"), "ok");
     assert_eq!(child_try(&path, "ex"), "would-block");
     drop_quietly(reader);
+    support::assert_free(&path);
     assert_eq!(child_try(&path, "ex"), "ok");
 }
 
@@ -186,9 +191,12 @@ fn killing_the_holder_wakes_a_blocked_waiter() {
     assert!(!status.success());
     let guard: LockGuard<Exclusive> = waiter.join().unwrap().unwrap();
     assert_eq!(held_through(&guard), Some(FlockMode::Exclusive));
-    let locks = support::proc_locks(&path);
-    assert_eq!(locks.len(), 1);
-    assert_eq!(locks[0].pid, std::process::id());
+    let me = std::process::id();
+    support::wait_for_locks(
+        &path,
+        "this process as the only holder",
+        |locks| matches!(locks, [l] if l.write && !l.waiter && l.pid == me),
+    );
 }
 
 /// The targets of the descriptors of process `pid`.
@@ -219,7 +227,7 @@ fn an_executed_child_does_not_inherit_the_lock() {
         child.child.try_wait().unwrap().is_none(),
         "child exited early"
     );
-    assert!(support::is_free(&path), "the lock outlived the guard");
+    support::assert_free(&path);
     assert!(child.release().success());
 }
 
@@ -369,13 +377,16 @@ fn a_forked_child_cannot_change_or_release_the_parent_lock() {
     assert_eq!(line, "result: ok");
     // The forking process still holds its shared lock after every forked
     // child has exited.
-    let locks = support::proc_locks(&path);
-    assert_eq!(locks.len(), 1, "{locks:?}");
-    assert!(!locks[0].write);
-    assert!(support::is_shareable(&path));
+    let pid = child.pid();
+    support::wait_for_locks(
+        &path,
+        "one shared lock of the forking process",
+        |locks| matches!(locks, [l] if !l.write && !l.waiter && l.pid == pid),
+    );
+    support::assert_shareable(&path);
     assert!(!support::is_free(&path));
     assert!(child.release().success());
-    assert!(support::is_free(&path));
+    support::assert_free(&path);
 }
 
 /// Runs `$body` (a block evaluating to an exit code) in a forked child and

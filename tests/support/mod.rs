@@ -177,23 +177,44 @@ pub fn lock_path() -> (tempfile::TempDir, PathBuf) {
 
 /// Whether `path` is currently lockable exclusively by a fresh open (a second
 /// open file description), which proves nobody else holds any lock on it.
+/// The probe unlocks before it closes, so it never leaves a lock behind.
 pub fn is_free(path: &Path) -> bool {
-    flockguard::LockOptions::new()
-        .remote_fs(flockguard::RemoteFs::Allow)
-        .open(path)
-        .expect("open")
-        .try_lock::<flockguard::Exclusive>()
-        .is_ok()
+    probe::<flockguard::Exclusive>(path)
 }
 
 /// Whether a fresh open can take a shared lock on `path`.
 pub fn is_shareable(path: &Path) -> bool {
-    flockguard::LockOptions::new()
+    probe::<flockguard::Shared>(path)
+}
+
+fn probe<M: flockguard::Mode>(path: &Path) -> bool {
+    let file = flockguard::LockOptions::new()
         .remote_fs(flockguard::RemoteFs::Allow)
         .open(path)
-        .expect("open")
-        .try_lock::<flockguard::Shared>()
-        .is_ok()
+        .expect("open");
+    match file.try_lock::<M>() {
+        Ok(guard) => {
+            drop(guard.unlock().expect("unlock probe"));
+            true
+        }
+        Err(err) if err.is_would_block() => false,
+        Err(err) => panic!("probe: {err:?}"),
+    }
+}
+
+/// Waits until a fresh open can lock `path` exclusively; panics after a
+/// minute. A released lock can stay visible for a moment after `close(2)`:
+/// whoever reads `/proc/PID/fd` or `/proc/PID/fdinfo` at that instant holds
+/// a reference to the open file description, and the lock goes when that
+/// reference does.
+pub fn assert_free(path: &Path) {
+    wait_until("the lock is released", || is_free(path));
+}
+
+/// Waits until a fresh open can take a shared lock on `path`; see
+/// [`assert_free`].
+pub fn assert_shareable(path: &Path) {
+    wait_until("no exclusive lock is held", || is_shareable(path));
 }
 
 /// The lock held through descriptor `fd`, from the `lock:` lines of
@@ -246,22 +267,48 @@ pub struct ProcLock {
     pub pid: u32,
 }
 
-/// The `FLOCK` lines of `/proc/locks` for the file at `path`, matched by
-/// device (`MAJ:MIN` in hex) and inode.
+/// The `FLOCK` lines of one read of `/proc/locks` for the file at `path`,
+/// matched by device (`MAJ:MIN` in hex) and inode.
 ///
-/// While other locks change, one read of `/proc/locks` now and then lists
-/// some locks twice (measured on Linux 6.18: 71 of 20 000 reads with three
-/// threads locking and unlocking other files), so this reads until two
-/// consecutive reads agree.
+/// One read is not a reliable snapshot: while other locks on the system
+/// change, a read now and then lists some locks twice or leaves some out
+/// (measured on Linux 6.18: 71 of 20 000 reads with three threads locking and
+/// unlocking other files). Use [`wait_for_locks`] to assert on the lines.
 pub fn proc_locks(path: &Path) -> Vec<ProcLock> {
-    let mut last = proc_locks_once(path);
+    proc_locks_once(path)
+}
+
+/// Reads `/proc/locks` until the lines for `path` satisfy `pred`, and
+/// returns them; panics with the last lines seen after a minute. Reading
+/// again skips the occasional inconsistent read; a state that is really
+/// wrong never satisfies `pred`.
+pub fn wait_for_locks(
+    path: &Path,
+    what: &str,
+    mut pred: impl FnMut(&[ProcLock]) -> bool,
+) -> Vec<ProcLock> {
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let next = proc_locks_once(path);
-        if next == last {
-            return next;
+        let locks = proc_locks_once(path);
+        if pred(&locks) {
+            return locks;
         }
-        last = next;
+        assert!(
+            Instant::now() < deadline,
+            "/proc/locks never showed {what}; last read: {locks:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Waits until `/proc/locks` shows exactly `expected` for `path`, as sorted
+/// `(write, waiter)` pairs.
+pub fn expect_locks(path: &Path, expected: &[(bool, bool)]) {
+    wait_for_locks(path, &format!("{expected:?}"), |locks| {
+        let mut lines: Vec<(bool, bool)> = locks.iter().map(|l| (l.write, l.waiter)).collect();
+        lines.sort();
+        lines == expected
+    });
 }
 
 fn proc_locks_once(path: &Path) -> Vec<ProcLock> {
@@ -298,8 +345,13 @@ pub fn has_waiter(path: &Path) -> bool {
 
 /// Polls `cond` until it holds. Panics after a minute: a guard against a
 /// hang, not a timing assertion.
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+pub fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait_until_within(what, Duration::from_secs(60), cond);
+}
+
+/// As [`wait_until`], giving up after `limit`.
+pub fn wait_until_within(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
     while !cond() {
         assert!(Instant::now() < deadline, "gave up waiting until {what}");
         std::thread::sleep(Duration::from_millis(1));
