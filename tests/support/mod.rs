@@ -163,9 +163,11 @@ fn rustix_free_euid() -> u32 {
         .unwrap_or(u32::MAX)
 }
 
-/// Prints a skip reason in a form that stands out in test output.
+/// Prints a skip reason in a form that stands out in test output. Writes to
+/// the stderr handle rather than with `eprintln!`, which the test harness
+/// captures and hides for passing tests.
 pub fn skip(test: &str, why: &str) {
-    eprintln!("SKIPPED {test}: {why}");
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
 /// A fresh temporary directory and a lock path inside it.
