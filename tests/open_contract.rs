@@ -547,7 +547,10 @@ fn read_only_file_is_locked_through_a_read_only_open() {
     let mut guard = file.try_lock::<Exclusive>().unwrap();
     // An exclusive guard on a read-only descriptor cannot write.
     let err = guard.write_all(b"x").unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(rustix::io::Errno::BADF.raw_os_error()));
+    assert_eq!(
+        err.raw_os_error(),
+        Some(rustix::io::Errno::BADF.raw_os_error())
+    );
     // Same inode through the writable path: the locks contend.
     assert!(!support::is_shareable(&path));
     drop(guard);
