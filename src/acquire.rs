@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::error::Error;
 use crate::guard::{AnyGuard, LockGuard};
 use crate::lockfile::LockFile;
-use crate::mode::{FlockMode, Mode};
+use crate::mode::{Exclusive, FlockMode, Mode, Shared};
 use crate::options::LockOptions;
 
 /// Creates the lock file at `path` if it is missing, and takes no lock.
@@ -50,7 +50,7 @@ pub fn materialize(path: impl AsRef<Path>) -> Result<(), Error> {
 /// # References
 /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
 pub fn try_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Error> {
-    Ok(LockFile::open(path)?.try_lock()?)
+    Ok(LockFile::open(path)?.try_lock_owned()?)
 }
 
 /// Opens (creating if missing) the lock file at `path` and takes the lock in
@@ -72,7 +72,7 @@ pub fn try_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Error>
 /// # References
 /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
 pub fn block_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Error> {
-    LockFile::open(path)?.lock()
+    LockFile::open(path)?.lock_owned()
 }
 
 /// [`try_flock`] with the mode chosen at run time.
@@ -80,7 +80,10 @@ pub fn block_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Erro
 /// # Errors
 /// As [`try_flock`].
 pub fn try_flock_mode(path: impl AsRef<Path>, mode: FlockMode) -> Result<AnyGuard, Error> {
-    Ok(LockFile::open(path)?.try_lock_mode(mode)?)
+    match mode {
+        FlockMode::Exclusive => try_flock::<Exclusive>(path).map(AnyGuard::from),
+        FlockMode::Shared => try_flock::<Shared>(path).map(AnyGuard::from),
+    }
 }
 
 /// [`block_flock`] with the mode chosen at run time.
@@ -88,5 +91,8 @@ pub fn try_flock_mode(path: impl AsRef<Path>, mode: FlockMode) -> Result<AnyGuar
 /// # Errors
 /// As [`block_flock`].
 pub fn block_flock_mode(path: impl AsRef<Path>, mode: FlockMode) -> Result<AnyGuard, Error> {
-    LockFile::open(path)?.lock_mode(mode)
+    match mode {
+        FlockMode::Exclusive => block_flock::<Exclusive>(path).map(AnyGuard::from),
+        FlockMode::Shared => block_flock::<Shared>(path).map(AnyGuard::from),
+    }
 }

@@ -248,19 +248,19 @@ fn open_hint(path: &std::path::Path, source: &io::Error) -> &'static str {
     if errno == Errno::NOENT {
         "; a parent directory is missing (create it, or use LockOptions::create_dirs(true))"
     } else if errno == Errno::ACCESS || errno == Errno::PERM {
-        "; permission denied (the lock file must be readable by you, and to create it its directory writable by you, as $XDG_RUNTIME_DIR is)"
+        "; the lock file must be readable by you, and to create it its directory writable by you (as $XDG_RUNTIME_DIR is)"
     } else if errno == Errno::ROFS {
         "; the filesystem is read-only and the file does not exist (create it before mounting read-only, or lock elsewhere)"
     } else if errno == Errno::MFILE || errno == Errno::NFILE {
-        "; too many open files (close descriptors or raise RLIMIT_NOFILE)"
+        "; close descriptors or raise RLIMIT_NOFILE"
     } else if errno == Errno::NOSPC || errno == Errno::DQUOT {
-        "; no space or inodes left on the filesystem (free some, or lock elsewhere)"
+        "; free space or inodes on the filesystem, or lock elsewhere"
     } else if errno == Errno::NOTDIR {
-        "; a component of the path is not a directory"
+        "; a parent component of the path is a file"
     } else if errno == Errno::NAMETOOLONG {
         name_too_long_hint(path)
     } else if errno == Errno::LOOP {
-        "; too many symbolic links while resolving the path (a symlink loop?)"
+        "; look for a symbolic link loop along the path"
     } else {
         ""
     }
@@ -277,7 +277,7 @@ fn name_too_long_hint(path: &std::path::Path) -> &'static str {
     } else if path.as_os_str().as_bytes().len() >= PATH_MAX {
         "; the path is 4096 bytes or longer (PATH_MAX); use a shorter or relative path"
     } else {
-        "; the name or path is too long"
+        "; shorten the path"
     }
 }
 
@@ -362,6 +362,197 @@ impl Error {
         match self {
             Error::Timeout { holders, .. } => holders,
             _ => &[],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(errno: rustix::io::Errno) -> io::Error {
+        io::Error::from_raw_os_error(errno.raw_os_error())
+    }
+
+    /// One value of every variant, each naming `/run/app.lock`.
+    fn every_variant() -> Vec<Error> {
+        use rustix::io::Errno;
+        let path = || PathBuf::from("/run/app.lock");
+        vec![
+            Error::RemoteFs {
+                path: path(),
+                fs: "NFS",
+                magic: 0x6969,
+            },
+            Error::RemoteFs {
+                path: path(),
+                fs: "FUSE",
+                magic: 0x6573_5546,
+            },
+            Error::WouldBlock {
+                path: path(),
+                mode: FlockMode::Exclusive,
+            },
+            Error::Open {
+                path: path(),
+                source: os(Errno::NOENT),
+            },
+            Error::Open {
+                path: path(),
+                source: os(Errno::ACCESS),
+            },
+            Error::Open {
+                path: path(),
+                source: os(Errno::ROFS),
+            },
+            Error::Open {
+                path: path(),
+                source: os(Errno::MFILE),
+            },
+            Error::Open {
+                path: path(),
+                source: os(Errno::NOSPC),
+            },
+            Error::Open {
+                path: path(),
+                source: os(Errno::NOTDIR),
+            },
+            Error::Open {
+                path: path(),
+                source: os(Errno::NAMETOOLONG),
+            },
+            Error::Open {
+                path: path(),
+                source: os(Errno::IO),
+            },
+            Error::Stat {
+                path: path(),
+                source: os(Errno::IO),
+            },
+            Error::NotRegularFile {
+                path: path(),
+                kind: "FIFO",
+            },
+            Error::Symlink { path: path() },
+            Error::DanglingSymlink { path: path() },
+            Error::Flock {
+                path: path(),
+                mode: FlockMode::Shared,
+                source: os(Errno::NOLCK),
+            },
+            Error::Unlock {
+                path: path(),
+                source: os(Errno::BADF),
+            },
+            Error::NotOwner {
+                path: path(),
+                owner: 100,
+                current: 200,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_is_lower_case_names_the_path_and_has_no_period() {
+        for err in every_variant() {
+            let msg = err.to_string();
+            assert!(msg.contains("`/run/app.lock`"), "{msg}");
+            assert!(!msg.ends_with('.'), "{msg}");
+            let first = msg.trim_start_matches('`').chars().next().unwrap();
+            assert!(!first.is_uppercase(), "{msg}");
+            assert_eq!(err.path(), std::path::Path::new("/run/app.lock"));
+        }
+    }
+
+    #[test]
+    fn the_os_error_is_the_source_not_part_of_the_message() {
+        for err in every_variant() {
+            let msg = err.to_string();
+            assert!(!msg.contains("os error"), "{msg}");
+            if let Some(source) = std::error::Error::source(&err) {
+                let text = source.to_string();
+                let plain = text.split(" (os error").next().unwrap().to_lowercase();
+                assert!(
+                    !msg.to_lowercase().contains(&plain),
+                    "{msg} repeats {plain}"
+                );
+            }
+            let has_source = matches!(
+                err,
+                Error::Open { .. }
+                    | Error::Stat { .. }
+                    | Error::Flock { .. }
+                    | Error::Unlock { .. }
+            );
+            assert_eq!(
+                std::error::Error::source(&err).is_some(),
+                has_source,
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn messages_name_the_mode_and_the_filesystem() {
+        let msgs: Vec<String> = every_variant().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            msgs[0],
+            "refusing to lock `/run/app.lock` on NFS: the Linux NFS client emulates flock with \
+             whole-file POSIX locks held by the server's lock manager, which can hang and \
+             conflicts with fcntl locks; move the lock file to a local filesystem (such as \
+             /run/lock or $XDG_RUNTIME_DIR) or opt in with RemoteFs::Allow"
+        );
+        assert!(
+            msgs[1].contains(" on FUSE: the userspace server decides"),
+            "{}",
+            msgs[1]
+        );
+        assert_eq!(
+            msgs[2],
+            "`/run/app.lock` is locked by someone else; exclusive lock not taken"
+        );
+        assert!(msgs[3].ends_with(
+            "a parent directory is missing (create it, or use LockOptions::create_dirs(true))"
+        ));
+        assert!(
+            msgs[4].ends_with("; the lock file must be readable by you, and to create it its directory writable by you (as $XDG_RUNTIME_DIR is)")
+        );
+        assert!(msgs[5].contains("create it before mounting read-only"));
+        assert!(msgs[6].ends_with("; close descriptors or raise RLIMIT_NOFILE"));
+        assert!(msgs[7].ends_with("; free space or inodes on the filesystem, or lock elsewhere"));
+        assert!(msgs[8].ends_with("; a parent component of the path is a file"));
+        assert!(msgs[9].ends_with("; shorten the path"));
+        assert_eq!(msgs[10], "cannot open lock file `/run/app.lock`");
+        assert_eq!(msgs[11], "cannot examine lock file `/run/app.lock`");
+        assert!(msgs[12].starts_with("`/run/app.lock` is a FIFO, not a regular file"));
+        assert!(msgs[13].starts_with("`/run/app.lock` is a symbolic link; refusing to follow it"));
+        assert!(msgs[14].starts_with("`/run/app.lock` is a symbolic link to a missing file"));
+        assert_eq!(msgs[15], "cannot take shared lock on `/run/app.lock`");
+        assert_eq!(msgs[16], "cannot unlock `/run/app.lock`");
+        assert!(msgs[17]
+            .starts_with("`/run/app.lock` was locked by process 100, not by this process (200)"));
+    }
+
+    #[test]
+    fn remote_fs_message_for_an_unlisted_magic_still_reads() {
+        let err = Error::RemoteFs {
+            path: PathBuf::from("/x"),
+            fs: "other",
+            magic: 1,
+        };
+        assert!(err
+            .to_string()
+            .contains("on other: flock is unreliable there;"));
+    }
+
+    #[test]
+    fn predicates() {
+        for err in every_variant() {
+            assert_eq!(
+                err.is_would_block(),
+                matches!(err, Error::WouldBlock { .. })
+            );
+            assert_eq!(err.is_remote_fs(), matches!(err, Error::RemoteFs { .. }));
         }
     }
 }

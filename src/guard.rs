@@ -275,7 +275,9 @@ impl Write for LockGuard<Exclusive> {
 pub struct TryUpgradeError {
     /// Why the upgrade failed: [`Error::WouldBlock`] on contention.
     pub error: Error,
-    /// The file, open and unlocked (the shared lock was lost).
+    /// The file, open and holding no lock: the shared lock was lost. With
+    /// [`Error::NotOwner`] (a `fork(2)` child) the lock of the process that
+    /// opened the file was left as it was.
     pub file: LockFile,
 }
 

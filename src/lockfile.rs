@@ -18,9 +18,9 @@ use crate::sys;
 /// The descriptor has `FD_CLOEXEC` set and is closed on drop.
 ///
 /// A `LockFile` belongs to the process that opened it: after `fork(2)` the
-/// child shares the open file description, and with it any lock. Guards
-/// refuse to change the lock from a process other than the one that opened
-/// the file ([`Error::NotOwner`]).
+/// child shares the open file description, and with it any lock. Neither the
+/// file nor its guards lock, convert or unlock from a process other than the
+/// one that opened the file ([`Error::NotOwner`]).
 #[must_use = "a LockFile holds no lock until try_lock or lock is called"]
 pub struct LockFile {
     file: File,
@@ -76,7 +76,9 @@ impl LockFile {
     /// # Errors
     /// On contention the error [`is_would_block`](TryLockError::is_would_block)
     /// and gives the file back; any other `flock(2)` failure is
-    /// [`Error::Flock`], also with the file.
+    /// [`Error::Flock`], also with the file. [`Error::NotOwner`] in a process
+    /// other than the one that opened the file (a `fork(2)` child), where the
+    /// lock would land on the open file description shared with the parent.
     ///
     /// # Examples
     /// ```
@@ -95,6 +97,15 @@ impl LockFile {
     /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
     #[doc(alias = "LOCK_NB")]
     pub fn try_lock<M: Mode>(self) -> Result<LockGuard<M>, TryLockError> {
+        if let Err(error) = self.check_owner() {
+            return Err(TryLockError { error, file: self });
+        }
+        self.try_lock_owned()
+    }
+
+    /// [`try_lock`](Self::try_lock) for a file this process has just opened,
+    /// which needs no ownership check.
+    pub(crate) fn try_lock_owned<M: Mode>(self) -> Result<LockGuard<M>, TryLockError> {
         match sys::flock(self.file.as_fd(), M::MODE, true) {
             Ok(()) => Ok(LockGuard::new(self)),
             Err(source) => {
@@ -109,11 +120,19 @@ impl LockFile {
     /// Signals that interrupt the wait (`EINTR`) do not end it.
     ///
     /// # Errors
-    /// [`Error::Flock`]; the descriptor is closed.
+    /// [`Error::Flock`]; [`Error::NotOwner`] in a `fork(2)` child, as for
+    /// [`try_lock`](Self::try_lock). The descriptor is closed.
     ///
     /// # References
     /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
     pub fn lock<M: Mode>(self) -> Result<LockGuard<M>, Error> {
+        self.check_owner()?;
+        self.lock_owned()
+    }
+
+    /// [`lock`](Self::lock) for a file this process has just opened, which
+    /// needs no ownership check.
+    pub(crate) fn lock_owned<M: Mode>(self) -> Result<LockGuard<M>, Error> {
         match sys::flock(self.file.as_fd(), M::MODE, false) {
             Ok(()) => Ok(LockGuard::new(self)),
             Err(source) => Err(self.flock_error(M::MODE, source)),

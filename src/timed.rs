@@ -147,8 +147,8 @@ impl LockFile {
     /// notice.
     ///
     /// # Errors
-    /// [`Error::Timeout`], [`Error::Cancelled`], or [`Error::Flock`]; the
-    /// error gives the file back.
+    /// [`Error::Timeout`], [`Error::Cancelled`], or [`Error::Flock`];
+    /// [`Error::NotOwner`] in a forked child. The error gives the file back.
     ///
     /// # References
     /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
@@ -161,6 +161,9 @@ impl LockFile {
             context,
         } = wait;
         let mode = M::MODE;
+        if let Err(error) = self.check_owner() {
+            return Err(TimeoutError { error, file: self });
+        }
         if cancel.is_some_and(CancelToken::is_cancelled) {
             return Err(self.stopped(Stop::Cancelled, mode, start, context));
         }

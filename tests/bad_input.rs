@@ -233,7 +233,7 @@ fn symlink_loop_is_refused() {
     let b = dir.path().join("b.lock");
     std::os::unix::fs::symlink(&b, &a).unwrap();
     std::os::unix::fs::symlink(&a, &b).unwrap();
-    let err = refused_everywhere("symlink loop", &a, dir.path());
+    let err = refused_everywhere("symbolic link loop", &a, dir.path());
     assert!(matches!(err, Error::Symlink { .. }), "{err:?}");
     let err = refused(
         "symlink loop, follow_symlinks(true)",
@@ -241,7 +241,7 @@ fn symlink_loop_is_refused() {
         dir.path(),
         || LockOptions::new().follow_symlinks(true).open(&a),
     );
-    assert_open_errno(&err, rustix::io::Errno::LOOP, "symlink loop");
+    assert_open_errno(&err, rustix::io::Errno::LOOP, "symbolic link loop");
 }
 
 // --------------------------------------------------------------------- paths
@@ -276,7 +276,7 @@ fn file_as_path_component_is_refused() {
     std::fs::write(dir.path().join("file"), "").unwrap();
     let path = dir.path().join("file/app.lock");
     let err = refused_everywhere("path component is a file", &path, dir.path());
-    assert_open_errno(&err, rustix::io::Errno::NOTDIR, "not a directory");
+    assert_open_errno(&err, rustix::io::Errno::NOTDIR, "is a file");
 }
 
 #[test]
@@ -425,7 +425,7 @@ fn permission_denied_as_nobody() {
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     let eacces = rustix::io::Errno::ACCESS.raw_os_error();
-    let hint = "permission denied";
+    let hint = "must be readable by you";
     for path in [
         dir.path().join("new.lock"), // create in a directory nobody may not write
         secret.clone(),              // neither writable nor readable
@@ -584,7 +584,7 @@ fn no_inodes_left_is_refused() {
     }
     let path = mnt.dir.join("app.lock");
     let err = refused_everywhere("no inodes left", &path, &mnt.dir);
-    assert_open_errno(&err, rustix::io::Errno::NOSPC, "no space or inodes");
+    assert_open_errno(&err, rustix::io::Errno::NOSPC, "free space or inodes");
     std::fs::remove_file(mnt.dir.join("fill0")).unwrap();
     drop(try_flock::<Exclusive>(&path).unwrap());
 }
@@ -630,7 +630,7 @@ fn too_many_open_files_is_refused() {
         "REFUSED {} ",
         rustix::io::Errno::MFILE.raw_os_error()
     )));
-    assert!(line.contains("too many open files"), "{line}");
+    assert!(line.contains("raise RLIMIT_NOFILE"), "{line}");
     child.expect_line("LOCKED", WAIT);
     assert!(child.release().success());
 }

@@ -196,7 +196,7 @@ fn file_precreated_by_another_user_is_opened_without_truncation() {
     // ...and a 0o600 file is refused with a typed error.
     let (child, line) = as_user(rig::STRANGER, &["lock", private.to_str().unwrap()], "ERROR");
     assert!(child.release().success());
-    assert!(line.contains("permission denied") && line.contains(private.to_str().unwrap()));
+    assert!(line.contains("must be readable by you") && line.contains(private.to_str().unwrap()));
     eprintln!("CASE 0o600 file of another user: {}", &line[6..]);
 
     for path in [&readable, &private] {

@@ -1,0 +1,528 @@
+//! Behaviour across real processes: holding in another process, a killed
+//! holder, `FD_CLOEXEC` across `exec`, `EINTR` during a blocking wait, and a
+//! guard inherited through `fork(2)`.
+
+#[macro_use]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, Once};
+use std::time::Duration;
+
+use flockguard::{
+    block_flock, block_flock_mode, try_flock, try_flock_mode, Error, Exclusive, FlockMode,
+    LockFile, LockGuard, Shared,
+};
+use support::{held_through, wait_until, Child};
+
+const LINE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Held while spawning a child and while dropping a guard whose release a
+/// test then checks. Between fork and exec a spawned child shares every open
+/// file description of this process, `FD_CLOEXEC` or not, so a guard
+/// dropped in that window stays locked until the child calls exec.
+static SPAWN: Mutex<()> = Mutex::new(());
+
+fn spawn(args: &[&str]) -> Child {
+    let _quiet = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+    Child::spawn(args)
+}
+
+/// Drops `value` while no child is between fork and exec.
+fn drop_quietly<T>(value: T) {
+    let _quiet = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+    drop(value);
+}
+
+fn mode_arg(mode: &str) -> FlockMode {
+    match mode {
+        "ex" => FlockMode::Exclusive,
+        "sh" => FlockMode::Shared,
+        other => panic!("unknown mode {other}"),
+    }
+}
+
+fn dispatch(args: &[String]) {
+    match args[0].as_str() {
+        // Takes the lock (waiting if needed) and holds it until released.
+        "hold" => {
+            let guard = block_flock_mode(&args[1], mode_arg(&args[2])).expect("child lock");
+            support::tell("locked");
+            support::wait_for_parent(|_| {});
+            drop(guard);
+        }
+        // One non-blocking attempt; reports the outcome.
+        "try" => match try_flock_mode(&args[1], mode_arg(&args[2])) {
+            Ok(_) => support::tell("result: ok"),
+            Err(e) if e.is_would_block() => support::tell("result: would-block"),
+            Err(e) => support::tell(&format!("result: error {e:?}")),
+        },
+        // Does nothing until released; a process that went through exec.
+        "idle" => {
+            support::tell("ready");
+            support::wait_for_parent(|_| {});
+        }
+        "fork" => fork_scenarios(Path::new(&args[1])),
+        other => panic!("unknown child command {other}"),
+    }
+}
+
+child_entry!(dispatch);
+
+/// Kills a child that has not finished within two minutes: a guard against
+/// a hang, not a timing assertion.
+struct Watchdog(Arc<AtomicBool>);
+
+impl Watchdog {
+    fn new(pid: u32) -> Watchdog {
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&done);
+        std::thread::spawn(move || {
+            for _ in 0..1200 {
+                if flag.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            eprintln!("watchdog: killing child {pid}");
+            let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        });
+        Watchdog(done)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn child_try(path: &Path, mode: &str) -> String {
+    let mut child = spawn(&["try", path.to_str().unwrap(), mode]);
+    let _watchdog = Watchdog::new(child.pid());
+    let line = child.expect_line("result: ", LINE_TIMEOUT);
+    assert!(child.release().success());
+    line.trim_start_matches("result: ").to_owned()
+}
+
+fn child_hold(path: &Path, mode: &str) -> Child {
+    let mut child = spawn(&["hold", path.to_str().unwrap(), mode]);
+    child.expect_line("locked", LINE_TIMEOUT);
+    child
+}
+
+#[test]
+fn another_process_holding_exclusive_excludes_both_modes() {
+    let (_dir, path) = support::lock_path();
+    let child = child_hold(&path, "ex");
+    let holder = support::ProcLock {
+        waiter: false,
+        write: true,
+        pid: child.pid(),
+    };
+    support::wait_for_locks(&path, "the child as the holder", |locks| {
+        locks == [holder.clone()]
+    });
+
+    let err = try_flock::<Shared>(&path).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::WouldBlock {
+                mode: FlockMode::Shared,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(try_flock::<Exclusive>(&path).unwrap_err().is_would_block());
+    assert!(child.release().success());
+    support::assert_free(&path);
+}
+
+#[test]
+fn another_process_holding_shared_admits_only_readers() {
+    let (_dir, path) = support::lock_path();
+    let child = child_hold(&path, "sh");
+    let reader = try_flock::<Shared>(&path).unwrap();
+    assert!(try_flock::<Exclusive>(&path).unwrap_err().is_would_block());
+    let err = reader.try_upgrade().unwrap_err();
+    assert!(err.is_would_block(), "{err}");
+    assert!(child.release().success());
+    support::assert_free(&path);
+}
+
+#[test]
+fn other_processes_see_this_process_lock() {
+    let (_dir, path) = support::lock_path();
+    let writer = try_flock::<Exclusive>(&path).unwrap();
+    assert_eq!(child_try(&path, "ex"), "would-block");
+    assert_eq!(child_try(&path, "sh"), "would-block");
+    let reader = writer.downgrade().unwrap();
+    assert_eq!(child_try(&path, "sh"), "ok");
+    assert_eq!(child_try(&path, "ex"), "would-block");
+    drop_quietly(reader);
+    support::assert_free(&path);
+    assert_eq!(child_try(&path, "ex"), "ok");
+}
+
+#[test]
+fn killing_the_holder_wakes_a_blocked_waiter() {
+    let (_dir, path) = support::lock_path();
+    let child = child_hold(&path, "ex");
+    let (tx, rx) = mpsc::channel();
+    let waiter = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let guard = block_flock::<Exclusive>(&path);
+            tx.send(()).unwrap();
+            guard
+        })
+    };
+    wait_until("the waiter blocks", || support::has_waiter(&path));
+    assert!(
+        rx.try_recv().is_err(),
+        "the waiter got the lock beside the holder"
+    );
+
+    let status = child.kill();
+    assert!(!status.success());
+    let guard: LockGuard<Exclusive> = waiter.join().unwrap().unwrap();
+    assert_eq!(held_through(&guard), Some(FlockMode::Exclusive));
+    let me = std::process::id();
+    support::wait_for_locks(
+        &path,
+        "this process as the only holder",
+        |locks| matches!(locks, [l] if l.write && !l.waiter && l.pid == me),
+    );
+}
+
+/// The targets of the descriptors of process `pid`.
+fn fd_targets(pid: u32) -> Vec<PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read child fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .collect()
+}
+
+#[test]
+fn an_executed_child_does_not_inherit_the_lock() {
+    let (_dir, path) = support::lock_path();
+    let guard = try_flock::<Exclusive>(&path).unwrap();
+    let target = std::fs::canonicalize(&path).unwrap();
+
+    let mut child = spawn(&["idle"]);
+    child.expect_line("ready", LINE_TIMEOUT);
+    let fds = fd_targets(child.pid());
+    assert!(!fds.is_empty(), "no descriptors listed for the child");
+    assert!(
+        !fds.contains(&target),
+        "child inherited the lock file: {fds:?}"
+    );
+
+    drop_quietly(guard);
+    assert!(
+        child.child.try_wait().unwrap().is_none(),
+        "child exited early"
+    );
+    support::assert_free(&path);
+    assert!(child.release().success());
+}
+
+#[test]
+fn control_an_inheritable_duplicate_keeps_the_lock_in_the_child() {
+    // Shows that the check above can fail: a descriptor without FD_CLOEXEC
+    // survives exec and keeps the open file description, and the lock, alive.
+    let (_dir, path) = support::lock_path();
+    let guard = try_flock::<Exclusive>(&path).unwrap();
+    let target = std::fs::canonicalize(&path).unwrap();
+    let dup = rustix::io::dup(&guard).unwrap();
+    assert!(!support::is_cloexec(&dup));
+
+    let mut child = spawn(&["idle"]);
+    child.expect_line("ready", LINE_TIMEOUT);
+    drop((guard, dup));
+    assert!(fd_targets(child.pid()).contains(&target));
+    assert!(
+        !support::is_shareable(&path),
+        "the child should hold the lock"
+    );
+    assert!(child.release().success());
+    // Children of parallel tests spawned meanwhile may hold it a moment longer.
+    wait_until("every child holding the duplicate exits", || {
+        support::is_free(&path)
+    });
+}
+
+static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn count_signal(_: libc::c_int) {
+    SIGNALS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Installs a SIGUSR1 handler without `SA_RESTART`, so a blocking `flock(2)`
+/// interrupted by it fails with `EINTR` instead of being restarted.
+fn install_sigusr1_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: the handler only touches an atomic; sa_flags has no
+        // SA_RESTART on purpose.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = count_signal as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = 0;
+            libc::sigemptyset(&mut action.sa_mask);
+            assert_eq!(
+                libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
+                0
+            );
+        }
+    });
+}
+
+/// Signals the thread `thread` with SIGUSR1 and waits for the handler to run.
+fn interrupt(thread: libc::pthread_t) {
+    let before = SIGNALS.load(Ordering::SeqCst);
+    // SAFETY: the thread is alive (it is blocked waiting for a lock this
+    // test holds).
+    assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGUSR1) }, 0);
+    wait_until("the signal handler runs", || {
+        SIGNALS.load(Ordering::SeqCst) > before
+    });
+}
+
+#[test]
+fn control_the_signal_interrupts_a_raw_flock() {
+    install_sigusr1_handler();
+    let (_dir, path) = support::lock_path();
+    let held = try_flock::<Exclusive>(&path).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let blocked = std::thread::spawn(move || {
+        // SAFETY: pthread_self has no preconditions.
+        tx.send(unsafe { libc::pthread_self() }).unwrap();
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+    });
+    let thread = rx.recv().unwrap();
+    wait_until("the raw flock blocks", || support::has_waiter(&path));
+    interrupt(thread);
+    assert_eq!(blocked.join().unwrap(), Err(rustix::io::Errno::INTR));
+    drop(held);
+}
+
+#[test]
+fn block_flock_retries_eintr() {
+    install_sigusr1_handler();
+    let (_dir, path) = support::lock_path();
+    let held = try_flock::<Shared>(&path).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let blocked = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            tx.send(unsafe { libc::pthread_self() }).unwrap();
+            block_flock::<Exclusive>(&path)
+        })
+    };
+    let thread = rx.recv().unwrap();
+    for round in 0..25 {
+        wait_until("the lock request blocks", || support::has_waiter(&path));
+        interrupt(thread);
+        assert!(
+            !blocked.is_finished(),
+            "block_flock returned after signal {round}"
+        );
+    }
+    wait_until("the lock request blocks", || support::has_waiter(&path));
+    drop(held);
+    let guard = blocked.join().unwrap().expect("block_flock after signals");
+    assert_eq!(held_through(&guard), Some(FlockMode::Exclusive));
+}
+
+#[test]
+fn upgrade_retries_eintr() {
+    install_sigusr1_handler();
+    let (_dir, path) = support::lock_path();
+    let other = try_flock::<Shared>(&path).unwrap();
+    let reader = try_flock::<Shared>(&path).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let blocked = std::thread::spawn(move || {
+        // SAFETY: pthread_self has no preconditions.
+        tx.send(unsafe { libc::pthread_self() }).unwrap();
+        reader.upgrade()
+    });
+    let thread = rx.recv().unwrap();
+    for round in 0..10 {
+        wait_until("the upgrade blocks", || support::has_waiter(&path));
+        interrupt(thread);
+        assert!(
+            !blocked.is_finished(),
+            "upgrade returned after signal {round}"
+        );
+    }
+    wait_until("the upgrade blocks", || support::has_waiter(&path));
+    drop(other);
+    let writer = blocked.join().unwrap().expect("upgrade after signals");
+    assert_eq!(held_through(&writer), Some(FlockMode::Exclusive));
+}
+
+#[test]
+fn a_forked_child_cannot_change_or_release_the_parent_lock() {
+    let (_dir, path) = support::lock_path();
+    let mut child = spawn(&["fork", path.to_str().unwrap()]);
+    let _watchdog = Watchdog::new(child.pid());
+    let line = child.expect_line("result: ", LINE_TIMEOUT);
+    assert_eq!(line, "result: ok");
+    // The forking process still holds its shared lock after every forked
+    // child has exited.
+    let pid = child.pid();
+    support::wait_for_locks(
+        &path,
+        "one shared lock of the forking process",
+        |locks| matches!(locks, [l] if !l.write && !l.waiter && l.pid == pid),
+    );
+    support::assert_shareable(&path);
+    assert!(!support::is_free(&path));
+    assert!(child.release().success());
+    support::assert_free(&path);
+}
+
+/// Runs `$body` (a block evaluating to an exit code) in a forked child and
+/// returns the code. Inline rather than a function taking a closure, so a
+/// guard moved into the body moves only in the child. The forking process
+/// is a re-executed test binary, so a misbehaving fork cannot harm the test
+/// harness; the child never returns into the harness.
+macro_rules! in_fork {
+    ($body:block) => {{
+        // SAFETY: the child only runs the body (allocation is fork-safe in
+        // glibc) and then _exit(2)s without unwinding into the parent's stack.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let body = std::panic::AssertUnwindSafe(|| -> i32 { $body });
+            let code = std::panic::catch_unwind(body).unwrap_or(101);
+            // SAFETY: ends the forked child without running destructors or
+            // atexit handlers that belong to the parent.
+            unsafe { libc::_exit(code) };
+        }
+        wait_forked(pid)
+    }};
+}
+
+fn wait_forked(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    // SAFETY: pid is a child of this process.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "forked child died: {status:#x}");
+    libc::WEXITSTATUS(status)
+}
+
+/// From the current process, through a fresh open: can `mode` be taken?
+fn fresh_can_take(path: &Path, mode: FlockMode) -> bool {
+    match try_flock_mode(path, mode) {
+        Ok(_) => true,
+        Err(e) if e.is_would_block() => false,
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
+fn not_owner(err: &Error, owner: u32) -> bool {
+    matches!(err, Error::NotOwner { owner: o, current, .. }
+        if *o == owner && *current == std::process::id())
+}
+
+/// The scenarios run in a re-executed child: each forks a grandchild that
+/// inherits a guard or a lock file and tries to change the lock.
+fn fork_scenarios(path: &Path) {
+    let me = std::process::id();
+    let writer = try_flock::<Exclusive>(path).expect("lock");
+
+    // unlock() in the forked child is refused and releases nothing.
+    let code = in_fork!({
+        let err = writer.unlock().unwrap_err();
+        if !not_owner(&err, me) {
+            return 2;
+        }
+        if fresh_can_take(path, FlockMode::Shared) {
+            return 3; // the parent's lock was released
+        }
+        0
+    });
+    assert_eq!(code, 0, "unlock in a forked child");
+    assert_eq!(held_through(&writer), Some(FlockMode::Exclusive));
+    assert!(!fresh_can_take(path, FlockMode::Shared));
+
+    // Dropping the guard in the forked child closes only its descriptor.
+    let code = in_fork!({
+        drop(writer);
+        i32::from(fresh_can_take(path, FlockMode::Shared))
+    });
+    assert_eq!(code, 0, "drop in a forked child released the lock");
+    assert_eq!(held_through(&writer), Some(FlockMode::Exclusive));
+
+    // downgrade() in the forked child is refused; the lock stays exclusive.
+    let code = in_fork!({
+        let err = writer.downgrade().unwrap_err();
+        if !not_owner(&err, me) {
+            return 2;
+        }
+        i32::from(fresh_can_take(path, FlockMode::Shared)) * 3
+    });
+    assert_eq!(code, 0, "downgrade in a forked child");
+    assert_eq!(held_through(&writer), Some(FlockMode::Exclusive));
+
+    let reader = writer.downgrade().expect("downgrade");
+
+    // upgrade() in the forked child is refused; the lock stays shared.
+    let code = in_fork!({
+        let err = reader.upgrade().unwrap_err();
+        if !not_owner(&err, me) {
+            return 2;
+        }
+        if !fresh_can_take(path, FlockMode::Shared) || fresh_can_take(path, FlockMode::Exclusive) {
+            return 3;
+        }
+        0
+    });
+    assert_eq!(code, 0, "upgrade in a forked child");
+    assert_eq!(held_through(&reader), Some(FlockMode::Shared));
+
+    // try_upgrade() in the forked child is refused, and the lock file it
+    // hands back cannot be used to change the lock either.
+    let code = in_fork!({
+        let err = reader.try_upgrade().unwrap_err();
+        if !not_owner(&err.error, me) {
+            return 2;
+        }
+        let err = err.into_inner().try_lock::<Exclusive>().unwrap_err();
+        if !not_owner(&err.error, me) {
+            return 3;
+        }
+        let err = err.into_inner().lock::<Exclusive>().unwrap_err();
+        if !not_owner(&err, me) {
+            return 4;
+        }
+        if !fresh_can_take(path, FlockMode::Shared) || fresh_can_take(path, FlockMode::Exclusive) {
+            return 5;
+        }
+        0
+    });
+    assert_eq!(code, 0, "try_upgrade in a forked child");
+    assert_eq!(held_through(&reader), Some(FlockMode::Shared));
+
+    // An unlocked lock file inherited by a forked child cannot be locked
+    // there: the lock would belong to the parent's open file description.
+    let spare = LockFile::open(path).expect("open");
+    let code = in_fork!({
+        let err = spare.try_lock::<Shared>().unwrap_err();
+        i32::from(!not_owner(&err.error, me))
+    });
+    assert_eq!(code, 0, "try_lock in a forked child");
+    assert_eq!(held_through(&spare), None);
+
+    support::tell("result: ok");
+    support::wait_for_parent(|_| {});
+    drop((reader, spare));
+}
