@@ -301,8 +301,7 @@ fn path_acquire(c: &mut Criterion) {
             drop(try_flock::<Exclusive>(black_box(path)).unwrap())
         }),
         case("flockguard_remote_allow", move || {
-            let file = allow.open(black_box(path)).unwrap();
-            drop(file.try_lock::<Exclusive>().unwrap())
+            drop(allow.try_lock::<Exclusive>(black_box(path)).unwrap())
         }),
         // The physical limit of the contract: file-type and filesystem check.
         case("raw_open_fstat_fstatfs_flock_close", move || {

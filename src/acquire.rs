@@ -1,11 +1,10 @@
-//! The path entry points: each opens with the default [`LockOptions`] and
-//! then takes the lock; thin compositions of [`LockFile`]'s steps.
+//! The path entry points: each opens with [`LockOptions`] and then takes
+//! the lock; thin compositions of [`LockFile`](crate::LockFile)'s steps.
 
 use std::path::Path;
 
 use crate::error::Error;
 use crate::guard::{AnyGuard, LockGuard};
-use crate::lockfile::LockFile;
 use crate::mode::{Exclusive, FlockMode, Mode, Shared};
 use crate::options::LockOptions;
 
@@ -50,7 +49,7 @@ pub fn materialize(path: impl AsRef<Path>) -> Result<(), Error> {
 /// # References
 /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
 pub fn try_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Error> {
-    Ok(LockFile::open(path)?.try_lock_owned()?)
+    LockOptions::new().try_lock(path)
 }
 
 /// Opens (creating if missing) the lock file at `path` and takes the lock in
@@ -72,7 +71,7 @@ pub fn try_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Error>
 /// # References
 /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
 pub fn block_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Error> {
-    LockFile::open(path)?.lock_owned()
+    LockOptions::new().lock(path)
 }
 
 /// [`try_flock`] with the mode chosen at run time.
@@ -94,5 +93,39 @@ pub fn block_flock_mode(path: impl AsRef<Path>, mode: FlockMode) -> Result<AnyGu
     match mode {
         FlockMode::Exclusive => block_flock::<Exclusive>(path).map(AnyGuard::from),
         FlockMode::Shared => block_flock::<Shared>(path).map(AnyGuard::from),
+    }
+}
+
+impl LockOptions {
+    /// Opens the lock file at `path` with these options and takes the lock
+    /// in mode `M` without waiting.
+    ///
+    /// # Errors
+    /// [`Error::WouldBlock`] when the lock is held in a conflicting mode (the
+    /// descriptor is closed); any error of [`open`](Self::open);
+    /// [`Error::Flock`] for other `flock(2)` failures.
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{Exclusive, LockOptions, RemoteFs};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let guard = LockOptions::new().remote_fs(RemoteFs::Allow).try_lock::<Exclusive>(&path)?;
+    /// # drop(guard);
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    pub fn try_lock<M: Mode>(&self, path: impl AsRef<Path>) -> Result<LockGuard<M>, Error> {
+        // Opened by this very call, so no fork can have come in between.
+        Ok(self.open(path)?.try_lock_owned()?)
+    }
+
+    /// Opens the lock file at `path` with these options and takes the lock
+    /// in mode `M`, waiting in the kernel as long as it takes.
+    ///
+    /// # Errors
+    /// Any error of [`open`](Self::open); [`Error::Flock`] if `flock(2)`
+    /// fails.
+    pub fn lock<M: Mode>(&self, path: impl AsRef<Path>) -> Result<LockGuard<M>, Error> {
+        self.open(path)?.lock_owned()
     }
 }
