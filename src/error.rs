@@ -366,6 +366,47 @@ impl Error {
     }
 }
 
+/// The shared part of the errors that give a [`LockFile`](crate::LockFile)
+/// back (`TryLockError`, `TryUpgradeError`, `TimeoutError`): accessors,
+/// `Error::source`, and the conversions to [`Error`] and [`io::Error`],
+/// which close the file. Each type writes its own `Display`.
+macro_rules! error_with_file {
+    ($name:ident) => {
+        impl $name {
+            /// The file, open and holding no lock, to retry without reopening.
+            pub fn into_inner(self) -> $crate::LockFile {
+                self.file
+            }
+
+            /// Splits into the error and the file.
+            pub fn into_parts(self) -> ($crate::Error, $crate::LockFile) {
+                (self.error, self.file)
+            }
+        }
+
+        impl std::error::Error for $name {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                std::error::Error::source(&self.error)
+            }
+        }
+
+        impl From<$name> for $crate::Error {
+            /// Keeps the error; the file is closed.
+            fn from(err: $name) -> $crate::Error {
+                err.error
+            }
+        }
+
+        impl From<$name> for std::io::Error {
+            /// As `From<Error>`; the file is closed.
+            fn from(err: $name) -> std::io::Error {
+                err.error.into()
+            }
+        }
+    };
+}
+pub(crate) use error_with_file;
+
 #[cfg(test)]
 mod tests {
     use super::*;

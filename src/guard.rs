@@ -281,39 +281,21 @@ pub struct TryUpgradeError {
     pub file: LockFile,
 }
 
+crate::error::error_with_file!(TryUpgradeError);
+
 impl TryUpgradeError {
     /// Whether another holder prevented the upgrade.
     pub fn is_would_block(&self) -> bool {
         self.error.is_would_block()
     }
-
-    /// The unlocked file.
-    pub fn into_inner(self) -> LockFile {
-        self.file
-    }
-
-    /// Splits into the error and the unlocked file.
-    pub fn into_parts(self) -> (Error, LockFile) {
-        (self.error, self.file)
-    }
 }
 
 impl fmt::Display for TryUpgradeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}; the shared lock was released", self.error)
-    }
-}
-
-impl std::error::Error for TryUpgradeError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.error.source()
-    }
-}
-
-impl From<TryUpgradeError> for Error {
-    /// Keeps the error; the file is closed.
-    fn from(err: TryUpgradeError) -> Error {
-        err.error
+        match self.error {
+            Error::NotOwner { .. } => fmt::Display::fmt(&self.error, f),
+            _ => write!(f, "{}; the shared lock was released", self.error),
+        }
     }
 }
 

@@ -233,44 +233,17 @@ pub struct TryLockError {
     pub file: LockFile,
 }
 
+crate::error::error_with_file!(TryLockError);
+
 impl TryLockError {
     /// Whether the lock was held elsewhere ([`Error::WouldBlock`]).
     pub fn is_would_block(&self) -> bool {
         self.error.is_would_block()
-    }
-
-    /// The file, to retry without reopening.
-    pub fn into_inner(self) -> LockFile {
-        self.file
-    }
-
-    /// Splits into the error and the file.
-    pub fn into_parts(self) -> (Error, LockFile) {
-        (self.error, self.file)
     }
 }
 
 impl fmt::Display for TryLockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.error, f)
-    }
-}
-
-impl std::error::Error for TryLockError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.error.source()
-    }
-}
-
-impl From<TryLockError> for Error {
-    /// Keeps the error; the file is closed.
-    fn from(err: TryLockError) -> Error {
-        err.error
-    }
-}
-
-impl From<TryLockError> for std::io::Error {
-    fn from(err: TryLockError) -> std::io::Error {
-        err.error.into()
     }
 }

@@ -285,6 +285,8 @@ pub struct TimeoutError {
     pub file: LockFile,
 }
 
+crate::error::error_with_file!(TimeoutError);
+
 impl TimeoutError {
     /// Whether the deadline passed ([`Error::Timeout`]).
     pub fn is_timeout(&self) -> bool {
@@ -295,39 +297,10 @@ impl TimeoutError {
     pub fn is_cancelled(&self) -> bool {
         self.error.is_cancelled()
     }
-
-    /// The file, to retry without reopening.
-    pub fn into_inner(self) -> LockFile {
-        self.file
-    }
-
-    /// Splits into the error and the file.
-    pub fn into_parts(self) -> (Error, LockFile) {
-        (self.error, self.file)
-    }
 }
 
 impl fmt::Display for TimeoutError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.error, f)
-    }
-}
-
-impl std::error::Error for TimeoutError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.error.source()
-    }
-}
-
-impl From<TimeoutError> for Error {
-    /// Keeps the error; the file is closed.
-    fn from(err: TimeoutError) -> Error {
-        err.error
-    }
-}
-
-impl From<TimeoutError> for std::io::Error {
-    fn from(err: TimeoutError) -> std::io::Error {
-        err.error.into()
     }
 }
