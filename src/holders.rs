@@ -222,9 +222,11 @@ pub(crate) fn holders_of(id: MountedId, path: &Path) -> Result<Vec<Holder>, Erro
     };
     let target = Target { dev, ino: id.ino };
     // The kernel produces /proc/locks one page per read(2) and resumes by
-    // position, so locks taken or released between two reads make lines
-    // repeat or vanish. A file read in one call is a consistent snapshot;
-    // a longer one is read again until two reads agree on this file.
+    // position, so locks taken or released between two reads can make a
+    // line repeat or vanish. A file read in one call is a consistent
+    // snapshot; a longer one is read again, until two reads agree, when it
+    // shows the signs of that race: no entry for a lock someone holds, or
+    // an entry twice.
     let read_locks = || {
         read_proc_locks().map_err(|source| Error::Holders {
             path: path.into(),
@@ -234,7 +236,7 @@ pub(crate) fn holders_of(id: MountedId, path: &Path) -> Result<Vec<Holder>, Erro
     };
     let (text, calls) = read_locks()?;
     let mut entries = flock_entries(&text, target);
-    if calls > 1 {
+    if calls > 1 && (entries.is_empty() || has_repeats(&entries)) {
         for _ in 0..LOCKS_READ_ATTEMPTS {
             let again = flock_entries(&read_locks()?.0, target);
             if again == entries {
@@ -252,6 +254,15 @@ pub(crate) fn holders_of(id: MountedId, path: &Path) -> Result<Vec<Holder>, Erro
 /// Buffer for one read of `/proc/locks`: more than the page the kernel
 /// returns per call.
 const LOCKS_READ_CHUNK: usize = 64 * 1024;
+
+/// Whether an entry appears twice, which a concurrent change between two
+/// page reads of `/proc/locks` can cause.
+fn has_repeats(entries: &[LockEntry]) -> bool {
+    entries
+        .iter()
+        .enumerate()
+        .any(|(i, e)| entries[i + 1..].contains(e))
+}
 
 /// Reads `/proc/locks`; returns the text and how many `read(2)` calls
 /// returned data.
@@ -789,5 +800,19 @@ bad line
             h.to_string(),
             "pid 4242 (make) took shared but no longer has it open; now held by pid 4250 (sleep 100), pid 4251"
         );
+    }
+
+    #[test]
+    fn repeated_entries_are_detected() {
+        let entry = |pid| LockEntry {
+            waiting: false,
+            mode: FlockMode::Shared,
+            pid,
+            dev: (0, 42),
+            ino: 7,
+        };
+        assert!(!has_repeats(&[]));
+        assert!(!has_repeats(&[entry(1), entry(2)]));
+        assert!(has_repeats(&[entry(1), entry(2), entry(1)]));
     }
 }
