@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use flockguard::{block_flock, try_flock, Error, Exclusive, LockFile, LockOptions, Shared};
+use flockguard::{
+    block_flock, flock_timeout, try_flock, Error, Exclusive, LockFile, LockOptions, Shared,
+};
 use support::Child;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -104,12 +106,24 @@ fn holder_killed_mid_hold_releases_blocked_waiter() {
         tx.send(guard.map(drop)).unwrap();
         // Keep the thread (not the guard) alive until the parent checked.
     });
+    // A timed waiter beside it: it polls with LOCK_NB, so it shows in
+    // /proc/locks only while it holds the lock.
+    let (timed_tx, timed_rx) = mpsc::channel();
+    let timed_path = path.clone();
+    let timed = std::thread::spawn(move || {
+        let guard = flock_timeout::<Exclusive>(&timed_path, Duration::from_secs(600));
+        timed_tx.send(guard.map(drop)).unwrap();
+    });
     rig::wait_until("waiter blocked in flock", WAIT, || {
         rig::blocked_waiters(&path) == 1
     });
     assert!(
         rx.try_recv().is_err(),
         "waiter returned while the holder lived"
+    );
+    assert!(
+        timed_rx.try_recv().is_err(),
+        "timed waiter returned while the holder lived"
     );
 
     let status = holder.kill();
@@ -120,7 +134,12 @@ fn holder_killed_mid_hold_releases_blocked_waiter() {
     rx.recv_timeout(WAIT)
         .expect("waiter still blocked after the holder was killed")
         .expect("waiter got an error");
+    timed_rx
+        .recv_timeout(WAIT)
+        .expect("timed waiter still waiting after the holder was killed")
+        .expect("timed waiter got an error");
     waiter.join().unwrap();
+    timed.join().unwrap();
     assert!(support::is_free(&path));
 }
 
