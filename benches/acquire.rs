@@ -317,6 +317,14 @@ fn path_acquire(c: &mut Criterion) {
             black_box(st.unwrap());
             raw_flock(&fd, Op::NonBlockingLockExclusive);
         }),
+        // The same plus the getpid(2) of flockguard's fork-ownership record.
+        case("raw_open_statx_getpid_flock_close", move || {
+            let fd = raw_open(black_box(path));
+            let st = rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, statx_mask);
+            black_box(st.unwrap());
+            black_box(rustix::process::getpid());
+            raw_flock(&fd, Op::NonBlockingLockExclusive);
+        }),
         case("raw_open_fstat_flock_close", move || {
             let fd = raw_open(black_box(path));
             black_box(rustix::fs::fstat(&fd).unwrap());
@@ -377,6 +385,7 @@ fn path_acquire(c: &mut Criterion) {
         .collect();
     pairs.extend([
         ("flockguard", "raw_open_statx_flock_close"),
+        ("flockguard", "raw_open_statx_getpid_flock_close"),
         ("flockguard_remote_allow", "raw_open_fstat_flock_close"),
         (
             "flockguard_remote_allow",
@@ -477,8 +486,10 @@ fn reused_fd(c: &mut Criterion) {
             raw_flock(&raw, Op::NonBlockingLockExclusive);
             raw_flock(&raw, Op::Unlock);
         }),
-        // The same plus the getpid(2) of flockguard's fork check.
-        case("raw_flock_getpid_flock", move || {
+        // The same plus the getpid(2) of each of flockguard's two fork
+        // checks (`try_lock`, `unlock`).
+        case("raw_getpid_flock_getpid_flock", move || {
+            black_box(rustix::process::getpid());
             raw_flock(&raw_getpid, Op::NonBlockingLockExclusive);
             black_box(rustix::process::getpid());
             raw_flock(&raw_getpid, Op::Unlock);
@@ -505,7 +516,7 @@ fn reused_fd(c: &mut Criterion) {
         .filter(|n| *n != reference)
         .map(|n| (n, reference))
         .collect();
-    pairs.push(("flockguard", "raw_flock_getpid_flock"));
+    pairs.push(("flockguard", "raw_getpid_flock_getpid_flock"));
     run_group(
         c,
         Group {
@@ -583,6 +594,8 @@ fn transitions(c: &mut Criterion) {
     let mut down_try_up = Some(try_flock::<Exclusive>(file("b.lock")).unwrap());
     let raw_down_up = exclusive_fd("c.lock");
     let raw_down_try_up = exclusive_fd("d.lock");
+    let getpid_down_up = exclusive_fd("e.lock");
+    let getpid_down_try_up = exclusive_fd("f.lock");
     let cases = vec![
         case("flockguard_downgrade_upgrade", move || {
             let shared = down_up.take().unwrap().downgrade().unwrap();
@@ -600,6 +613,20 @@ fn transitions(c: &mut Criterion) {
             raw_flock(&raw_down_try_up, Op::NonBlockingLockShared);
             raw_flock(&raw_down_try_up, Op::NonBlockingLockExclusive);
         }),
+        // The raw round trips plus the getpid(2) of each conversion's fork
+        // check.
+        case("raw_getpid_downgrade_getpid_upgrade", move || {
+            black_box(rustix::process::getpid());
+            raw_flock(&getpid_down_up, Op::NonBlockingLockShared);
+            black_box(rustix::process::getpid());
+            raw_flock(&getpid_down_up, Op::LockExclusive);
+        }),
+        case("raw_getpid_downgrade_getpid_try_upgrade", move || {
+            black_box(rustix::process::getpid());
+            raw_flock(&getpid_down_try_up, Op::NonBlockingLockShared);
+            black_box(rustix::process::getpid());
+            raw_flock(&getpid_down_try_up, Op::NonBlockingLockExclusive);
+        }),
     ];
     run_group(
         c,
@@ -613,6 +640,14 @@ fn transitions(c: &mut Criterion) {
                 (
                     "flockguard_downgrade_try_upgrade",
                     "raw_downgrade_try_upgrade",
+                ),
+                (
+                    "flockguard_downgrade_upgrade",
+                    "raw_getpid_downgrade_getpid_upgrade",
+                ),
+                (
+                    "flockguard_downgrade_try_upgrade",
+                    "raw_getpid_downgrade_getpid_try_upgrade",
                 ),
             ],
         },
