@@ -31,10 +31,10 @@ fn main() -> Result<(), flockguard::Error> {
     mark("try_flock::<Exclusive>(existing file), then drop");
     drop(try_flock::<Exclusive>(&path)?);
 
-    mark("LockOptions { remote_fs: Allow }.open + try_lock, then drop");
+    mark("LockOptions { remote_fs: Allow }.try_lock, then drop");
     let mut allow = LockOptions::new();
     allow.remote_fs(RemoteFs::Allow);
-    drop(allow.open(&path)?.try_lock::<Exclusive>()?);
+    drop(allow.try_lock::<Exclusive>(&path)?);
 
     mark("try_flock::<Exclusive>(missing file), then drop");
     drop(try_flock::<Exclusive>(&missing)?);

@@ -89,7 +89,7 @@ fn path_acquire_allocates_only_the_stored_path() {
             drop(try_flock::<Exclusive>(&path).unwrap());
         }
     });
-    // One `PathBuf` per open, kept for `LockGuard::path` and error messages;
+    // One `Box<Path>` per open, kept for `LockGuard::path` and error messages;
     // the path reaches the kernel without a heap-allocated C string.
     assert_eq!(n, 100, "allocations for 100 path acquires");
 }
