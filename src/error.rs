@@ -240,29 +240,25 @@ fn holders_suffix(holders: &[Holder]) -> String {
 }
 
 fn open_hint(path: &std::path::Path, source: &io::Error) -> &'static str {
-    use rustix::io::Errno;
-    let Some(code) = source.raw_os_error() else {
-        return "";
-    };
-    let errno = Errno::from_raw_os_error(code);
-    if errno == Errno::NOENT {
-        "; a parent directory is missing (create it, or use LockOptions::create_dirs(true))"
-    } else if errno == Errno::ACCESS || errno == Errno::PERM {
-        "; the lock file must be readable by you, and to create it its directory writable by you (as $XDG_RUNTIME_DIR is)"
-    } else if errno == Errno::ROFS {
-        "; the filesystem is read-only and the file does not exist (create it before mounting read-only, or lock elsewhere)"
-    } else if errno == Errno::MFILE || errno == Errno::NFILE {
-        "; close descriptors or raise RLIMIT_NOFILE"
-    } else if errno == Errno::NOSPC || errno == Errno::DQUOT {
-        "; free space or inodes on the filesystem, or lock elsewhere"
-    } else if errno == Errno::NOTDIR {
-        "; a parent component of the path is a file"
-    } else if errno == Errno::NAMETOOLONG {
-        name_too_long_hint(path)
-    } else if errno == Errno::LOOP {
-        "; look for a symbolic link loop along the path"
-    } else {
-        ""
+    use crate::sys::errno;
+    match source.raw_os_error() {
+        Some(errno::NOENT) => {
+            "; a parent directory is missing (create it, or use LockOptions::create_dirs(true))"
+        }
+        Some(errno::ACCES | errno::PERM) => {
+            "; the lock file must be readable by you, and to create it its directory writable by you (as $XDG_RUNTIME_DIR is)"
+        }
+        Some(errno::ROFS) => {
+            "; the filesystem is read-only and the file does not exist (create it before mounting read-only, or lock elsewhere)"
+        }
+        Some(errno::MFILE | errno::NFILE) => "; close descriptors or raise RLIMIT_NOFILE",
+        Some(errno::NOSPC | errno::DQUOT) => {
+            "; free space or inodes on the filesystem, or lock elsewhere"
+        }
+        Some(errno::NOTDIR) => "; a parent component of the path is a file",
+        Some(errno::NAMETOOLONG) => name_too_long_hint(path),
+        Some(errno::LOOP) => "; look for a symbolic link loop along the path",
+        _ => "",
     }
 }
 
@@ -331,7 +327,8 @@ impl Error {
             Error::Missing { .. } | Error::PathChanged { .. } => io::ErrorKind::NotFound,
             Error::Remove { source, .. } => source.kind(),
             Error::Timeout { .. } => io::ErrorKind::TimedOut,
-            Error::Cancelled { .. } => io::ErrorKind::Interrupted,
+            // Not Interrupted: std's retry loops would treat it as "try again".
+            Error::Cancelled { .. } => io::ErrorKind::Other,
             Error::Holders { source, .. } => source.kind(),
         }
     }

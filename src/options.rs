@@ -311,7 +311,13 @@ impl LockOptions {
                     },
                 ) {
                     Ok(fd) => return Ok((fd, false)),
-                    Err(_) => return Err(self.explain_open_error(path, err)),
+                    // Missing: the read-write error (EROFS, EACCES) says why
+                    // it cannot be created. Otherwise the read-only error
+                    // says why the existing file cannot be opened.
+                    Err(ro) if ro.kind() == io::ErrorKind::NotFound => {
+                        return Err(self.explain_open_error(path, err))
+                    }
+                    Err(ro) => return Err(self.explain_open_error(path, ro)),
                 }
             }
             return Err(self.explain_open_error(path, err));

@@ -27,18 +27,13 @@ const TRY_VERIFY_RETRIES: u32 = 16;
 
 /// Whether `path` names the file behind `fd`: the one place the path is
 /// re-checked. A missing path is `Ok(false)`.
-fn names_locked_file(path: &Path, fd: BorrowedFd<'_>, follow: bool) -> Result<bool, Error> {
+fn names_locked_file(path: &Path, fd: BorrowedFd<'_>) -> Result<bool, Error> {
     let stat_err = |source| Error::Stat {
         path: path.into(),
         source,
     };
     let ours = sys::fstat(fd).map_err(stat_err)?;
-    let named = if follow {
-        sys::stat(path)
-    } else {
-        sys::lstat(path)
-    };
-    match named {
+    match sys::lstat(path) {
         Ok(id) => Ok(same_file(id, ours)),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(err) => Err(stat_err(err)),
@@ -83,7 +78,7 @@ impl<M: Mode> LockGuard<M> {
     /// ```
     pub fn verify_path(&self) -> Result<(), Error> {
         let path = known_path(self)?;
-        if names_locked_file(path, self.as_fd(), false)? {
+        if names_locked_file(path, self.as_fd())? {
             Ok(())
         } else {
             Err(Error::PathChanged { path: path.into() })
@@ -126,7 +121,7 @@ impl LockGuard<Exclusive> {
     pub fn unlink_and_unlock(self) -> Result<(), Error> {
         self.lock_file().check_owner()?;
         let path = known_path(&self)?;
-        if !names_locked_file(path, self.as_fd(), false)? {
+        if !names_locked_file(path, self.as_fd())? {
             return Err(Error::PathChanged { path: path.into() });
         }
         // Unlink before the close that releases the lock: nobody can verify
@@ -146,13 +141,13 @@ impl LockOptions {
     /// When it returns, the path named the locked file after the lock was
     /// taken, so under the removal protocol (see
     /// [`LockGuard::unlink_and_unlock`]) no other process holds a lock on a
-    /// different file at the same path. With
-    /// [`follow_symlinks(true)`](Self::follow_symlinks) the check follows
-    /// the link.
+    /// different file at the same path. The check is on the path itself, so
+    /// [`follow_symlinks(true)`](Self::follow_symlinks) is refused.
     ///
     /// # Errors
     /// Any error of [`open`](Self::open) and [`LockFile::lock`];
-    /// [`Error::Stat`] when the path cannot be examined.
+    /// [`Error::Stat`] when the path cannot be examined;
+    /// [`Error::InvalidPath`] with `follow_symlinks(true)`.
     ///
     /// # Examples
     /// ```
@@ -189,10 +184,16 @@ impl LockOptions {
         retries: Option<u32>,
         lock: impl Fn(LockFile) -> Result<LockGuard<M>, Error>,
     ) -> Result<LockGuard<M>, Error> {
+        if self.follows_symlinks() {
+            return Err(Error::InvalidPath {
+                path: path.into(),
+                reason: "verified locking checks the path itself and cannot follow a symbolic link; turn off LockOptions::follow_symlinks",
+            });
+        }
         let mut attempts = 0u32;
         loop {
             let guard = lock(self.open(path)?)?;
-            if names_locked_file(path, guard.as_fd(), self.follows_symlinks())? {
+            if names_locked_file(path, guard.as_fd())? {
                 return Ok(guard);
             }
             drop(guard);

@@ -1,7 +1,8 @@
 //! The crate's only contact with the kernel: thin wrappers over rustix.
 //!
-//! Every function here is one system call (or one call retried on `EINTR`)
-//! and returns `std::io::Error`, so the typed logic above never sees rustix.
+//! Every function here is one system call (the blocking and waiting ones
+//! retried on `EINTR`) and returns `std::io::Error`, so the typed logic
+//! above never sees rustix.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -72,16 +73,10 @@ pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileId> {
     Ok(file_id(&rustix::fs::fstat(fd)?))
 }
 
-/// `lstat(2)`: used only to explain a failed open or to check that a path
-/// still names a given inode.
+/// `lstat(2)`: the identity and type of what a path names, without
+/// following a final symbolic link.
 pub(crate) fn lstat(path: &Path) -> io::Result<FileId> {
     Ok(file_id(&rustix::fs::lstat(path)?))
-}
-
-/// `stat(2)`: follows symbolic links; used only to check that a path
-/// still names a given inode.
-pub(crate) fn stat(path: &Path) -> io::Result<FileId> {
-    Ok(file_id(&rustix::fs::stat(path)?))
 }
 
 /// `STATX_MNT_ID_UNIQUE` (Linux 6.8): a mount id that is never reused.
@@ -267,7 +262,7 @@ pub(crate) fn inotify_watch_close(inotify: BorrowedFd<'_>, path: &Path) -> io::R
 /// `inotify_rm_watch(inotify, wd)`.
 ///
 /// Closing an inotify descriptor that still has a watch waits for the
-/// kernel to retire the watch (an SRCU grace period, ~15 ms here); removing
+/// kernel to retire the watch (an SRCU grace period, milliseconds); removing
 /// the watch first makes the close return at once.
 pub(crate) fn inotify_unwatch(inotify: BorrowedFd<'_>, wd: i32) -> io::Result<()> {
     rustix::fs::inotify::remove_watch(inotify, wd).map_err(Into::into)
@@ -358,4 +353,21 @@ pub(crate) fn pid_exists(pid: u32) -> Option<bool> {
         Err(Errno::SRCH) => Some(false),
         Err(_) => Some(true),
     }
+}
+
+/// Raw `errno` values the typed layer distinguishes in messages.
+pub(crate) mod errno {
+    use rustix::io::Errno;
+
+    pub(crate) const NOENT: i32 = Errno::NOENT.raw_os_error();
+    pub(crate) const ACCES: i32 = Errno::ACCESS.raw_os_error();
+    pub(crate) const PERM: i32 = Errno::PERM.raw_os_error();
+    pub(crate) const ROFS: i32 = Errno::ROFS.raw_os_error();
+    pub(crate) const MFILE: i32 = Errno::MFILE.raw_os_error();
+    pub(crate) const NFILE: i32 = Errno::NFILE.raw_os_error();
+    pub(crate) const NOSPC: i32 = Errno::NOSPC.raw_os_error();
+    pub(crate) const DQUOT: i32 = Errno::DQUOT.raw_os_error();
+    pub(crate) const NOTDIR: i32 = Errno::NOTDIR.raw_os_error();
+    pub(crate) const NAMETOOLONG: i32 = Errno::NAMETOOLONG.raw_os_error();
+    pub(crate) const LOOP: i32 = Errno::LOOP.raw_os_error();
 }

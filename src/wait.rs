@@ -345,7 +345,7 @@ impl fmt::Debug for Waiter<'_> {
 /// An inotify instance with one watch for closes of the lock file.
 ///
 /// Closing an instance soon after its watch fired waits for the kernel to
-/// retire the watch (an SRCU grace period: ~15 ms measured here), so a
+/// retire the watch (an SRCU grace period, milliseconds), so a
 /// finished wait removes the watch and hands the instance back for the
 /// [`LockFile`](crate::LockFile) to keep instead of closing it.
 struct Watch {

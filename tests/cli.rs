@@ -435,7 +435,7 @@ fn fd_form_locks_the_callers_descriptor_which_outlives_flockguard() {
     assert_eq!(code(&out), 9, "conflict code in fd form");
     assert!(shell.running());
     assert!(shell.finish().status.success());
-    assert!(support::is_free(&path));
+    support::wait_free(&path);
 }
 
 #[test]

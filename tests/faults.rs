@@ -140,7 +140,7 @@ fn holder_killed_mid_hold_releases_blocked_waiter() {
         .expect("timed waiter got an error");
     waiter.join().unwrap();
     timed.join().unwrap();
-    assert!(support::is_free(&path));
+    support::wait_free(&path);
 }
 
 #[test]
@@ -310,7 +310,7 @@ fn fork_case(op: &str) -> String {
     );
     assert!(path.exists(), "grandchild's {op} removed the lock file");
     assert!(child.release().success());
-    assert!(support::is_free(&path));
+    support::wait_free(&path);
     eprintln!("CASE fork, grandchild {op}: {report}");
     report
 }
@@ -364,7 +364,7 @@ fn exec_child_never_inherits_a_lock_descriptor() {
     let guard = try_flock::<Exclusive>(&path).unwrap();
     assert_eq!(inherited(&path), Vec::<String>::new());
     drop(guard);
-    assert!(support::is_free(&path));
+    support::wait_free(&path);
 
     // Control: a descriptor opened without O_CLOEXEC is inherited...
     let other = path.with_extension("adopted");

@@ -368,3 +368,20 @@ fn control_plain_removal_lets_holders_overlap() {
     let (_, overlaps, _) = churn("plain", 6, 300);
     assert!(overlaps > 0);
 }
+
+#[test]
+fn verified_locking_refuses_to_follow_symlinks() {
+    let (dir, path) = support::lock_path();
+    let link = dir.path().join("link.lock");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    let mut follow = LockOptions::new();
+    follow.follow_symlinks(true);
+    for err in [
+        follow.lock_verified::<Exclusive>(&link).unwrap_err(),
+        follow.try_lock_verified::<Exclusive>(&link).unwrap_err(),
+    ] {
+        assert!(matches!(err, Error::InvalidPath { .. }), "{err:?}");
+        assert!(err.to_string().contains("follow_symlinks"), "{err}");
+    }
+    assert!(!path.exists(), "a refused verified lock created the target");
+}

@@ -352,6 +352,13 @@ pub fn wait_until(what: &str, cond: impl FnMut() -> bool) {
     wait_until_within(what, Duration::from_secs(60), cond);
 }
 
+/// Waits until a fresh open can take the lock on `path`. A released lock
+/// can stay held for a moment by a copy of the descriptor in a child that
+/// another test is spawning (between its fork and exec).
+pub fn wait_free(path: &Path) {
+    wait_until(&format!("`{}` is free", path.display()), || is_free(path));
+}
+
 /// As [`wait_until`], giving up after `limit`.
 pub fn wait_until_within(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
