@@ -487,6 +487,33 @@ mod tests {
                 owner: 100,
                 current: 200,
             },
+            Error::InvalidPath {
+                path: path(),
+                reason: "the path ends with `/`, so it can only name a directory",
+            },
+            Error::Missing { path: path() },
+            Error::PathChanged { path: path() },
+            Error::Remove {
+                path: path(),
+                source: os(Errno::ACCESS),
+            },
+            Error::Timeout {
+                path: path(),
+                mode: FlockMode::Exclusive,
+                waited: Duration::from_millis(250),
+                holders: Vec::new(),
+                context: Some("cache entry abc123".into()),
+            },
+            Error::Cancelled {
+                path: path(),
+                mode: FlockMode::Shared,
+                waited: Duration::from_millis(1500),
+            },
+            Error::Holders {
+                path: path(),
+                file: PathBuf::from("/proc/locks"),
+                source: os(Errno::ACCESS),
+            },
         ]
     }
 
@@ -521,6 +548,8 @@ mod tests {
                     | Error::Stat { .. }
                     | Error::Flock { .. }
                     | Error::Unlock { .. }
+                    | Error::Remove { .. }
+                    | Error::Holders { .. }
             );
             assert_eq!(
                 std::error::Error::source(&err).is_some(),

@@ -194,7 +194,9 @@ impl LockGuard<Shared> {
     ///
     /// # Errors
     /// [`TryUpgradeError`], whose [`error`](TryUpgradeError::error) is
-    /// [`Error::WouldBlock`] on contention.
+    /// [`Error::WouldBlock`] on contention, [`Error::Flock`] for other
+    /// `flock(2)` failures, [`Error::NotOwner`] in a forked child (whose
+    /// parent keeps its shared lock).
     ///
     /// # Examples
     /// ```
