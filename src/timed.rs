@@ -11,6 +11,7 @@ use crate::guard::LockGuard;
 use crate::holders::Holder;
 use crate::lockfile::LockFile;
 use crate::mode::{FlockMode, Mode};
+use crate::options::LockOptions;
 use crate::sys;
 use crate::wait::{CancelToken, Stop, Waiter};
 
@@ -271,7 +272,37 @@ pub fn flock_timeout<M: Mode>(
     path: impl AsRef<Path>,
     timeout: Duration,
 ) -> Result<LockGuard<M>, Error> {
-    Ok(LockFile::open(path)?.lock_timeout(timeout)?)
+    LockOptions::new().lock_timeout(path, timeout)
+}
+
+impl LockOptions {
+    /// Opens the lock file at `path` with these options and takes the lock
+    /// in mode `M`, waiting at most `timeout`; see
+    /// [`LockFile::lock_timeout`].
+    ///
+    /// # Errors
+    /// Any error of [`open`](Self::open); [`Error::Timeout`] naming the
+    /// holders; [`Error::Flock`] for other `flock(2)` failures.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use flockguard::{Exclusive, LockOptions, RemoteFs};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let guard = LockOptions::new()
+    ///     .remote_fs(RemoteFs::Allow)
+    ///     .lock_timeout::<Exclusive>(&path, Duration::from_secs(5))?;
+    /// # drop(guard);
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    pub fn lock_timeout<M: Mode>(
+        &self,
+        path: impl AsRef<Path>,
+        timeout: Duration,
+    ) -> Result<LockGuard<M>, Error> {
+        Ok(self.open(path)?.lock_timeout(timeout)?)
+    }
 }
 
 /// The error of [`LockFile::lock_timeout`] and [`LockFile::lock_with`]: why
