@@ -78,6 +78,19 @@ pub fn block_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Erro
 ///
 /// # Errors
 /// As [`try_flock`].
+///
+/// # Examples
+/// ```
+/// use flockguard::{try_flock_mode, FlockMode};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("app.lock");
+/// let shared = std::env::args().any(|a| a == "--shared");
+/// let mode = if shared { FlockMode::Shared } else { FlockMode::Exclusive };
+/// let guard = try_flock_mode(&path, mode)?;
+/// assert_eq!(guard.mode(), mode);
+/// # drop(guard);
+/// # Ok::<(), flockguard::Error>(())
+/// ```
 pub fn try_flock_mode(path: impl AsRef<Path>, mode: FlockMode) -> Result<AnyGuard, Error> {
     match mode {
         FlockMode::Exclusive => try_flock::<Exclusive>(path).map(AnyGuard::from),

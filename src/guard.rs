@@ -171,6 +171,24 @@ impl LockGuard<Shared> {
     /// [`Error::NotOwner`] in a forked child; [`Error::Flock`] if `flock(2)`
     /// fails, with the descriptor closed.
     ///
+    /// # Examples
+    /// ```
+    /// use std::io::{Read, Seek, SeekFrom, Write};
+    /// use flockguard::{block_flock, Shared};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("counter.lock");
+    /// let mut reader = block_flock::<Shared>(&path)?;
+    /// let mut seen = String::new();
+    /// reader.read_to_string(&mut seen).unwrap();
+    /// let mut writer = reader.upgrade()?;
+    /// // Read again: someone may have written between the two locks.
+    /// let mut now = String::new();
+    /// writer.seek(SeekFrom::Start(0)).unwrap();
+    /// writer.read_to_string(&mut now).unwrap();
+    /// writer.write_all(b"+").unwrap();
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    ///
     /// # References
     /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
     pub fn upgrade(self) -> Result<LockGuard<Exclusive>, Error> {

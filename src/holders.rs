@@ -194,6 +194,19 @@ impl LockFile {
     ///
     /// # Errors
     /// [`Error::Holders`] if `statx(2)` fails or `/proc` cannot be read.
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{Exclusive, LockFile};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let held = LockFile::open(&path)?.lock::<Exclusive>()?;
+    /// let other = LockFile::open(&path)?;
+    /// let holders = other.holders()?;
+    /// assert_eq!(holders[0].pid, std::process::id());
+    /// # drop(held);
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
     pub fn holders(&self) -> Result<Vec<Holder>, Error> {
         let path = self.error_path();
         let id = sys::statx_fd(self.as_fd()).map_err(|source| Error::Holders {

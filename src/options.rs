@@ -164,6 +164,17 @@ impl LockOptions {
     /// # Errors
     /// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::Stat`]; the
     /// path in the error is the one `/proc/self/fd` reports.
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{Exclusive, LockOptions};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let file = std::fs::File::create(&path).unwrap();
+    /// let guard = LockOptions::new().adopt(file)?.try_lock::<Exclusive>()?;
+    /// assert!(guard.path().is_none());
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
     pub fn adopt(&self, file: File) -> Result<LockFile, Error> {
         let stat_err = |source| Error::Stat {
             path: display_path(&file),
