@@ -217,7 +217,7 @@ impl<'a> Waiter<'a> {
     }
 
     /// Whether close events are being watched.
-    #[allow(dead_code)] // for tests and an async front-end
+    #[cfg(test)]
     pub(crate) fn is_watching(&self) -> bool {
         self.events.is_some()
     }

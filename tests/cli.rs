@@ -560,7 +560,7 @@ fn without_close_a_background_process_keeps_the_lock() {
         "the background process inherited the lock"
     );
     std::fs::write(&fifo, b"go\n").expect("release the background process");
-    wait_free(&path);
+    support::wait_free(&path);
 
     let out = bg(&["-o"]);
     assert_eq!(stdout(&out), "started\n");
@@ -569,16 +569,6 @@ fn without_close_a_background_process_keeps_the_lock() {
         "-o: the background process must not hold the lock"
     );
     std::fs::write(&fifo, b"go\n").expect("release the background process");
-}
-
-/// Waits until a fresh open can take the lock (a released holder exits on
-/// its own schedule).
-fn wait_free(path: &Path) {
-    let deadline = Instant::now() + PATIENCE;
-    while !support::is_free(path) {
-        assert!(Instant::now() < deadline, "lock never released");
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 #[test]

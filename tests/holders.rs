@@ -85,20 +85,6 @@ fn holders_until(path: &Path, done: impl Fn(&[Holder]) -> bool) -> Vec<Holder> {
     );
 }
 
-fn wait_free(path: &Path) {
-    assert!(
-        (0..3000).any(|_| {
-            let free = support::is_free(path);
-            if !free {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            free
-        }),
-        "lock on {} never released",
-        path.display()
-    );
-}
-
 /// `(pid, mode, waiting)` sorted, for comparing holder sets.
 fn summary(list: &[Holder]) -> Vec<(u32, FlockMode, bool)> {
     let mut v: Vec<_> = list.iter().map(|h| (h.pid, h.mode, h.waiting)).collect();
@@ -262,7 +248,7 @@ fn a_forked_holder_whose_taker_exited_is_reported_through_the_fork() {
         "{text}"
     );
     assert!(child.release().success());
-    wait_free(&path);
+    support::wait_free(&path);
 }
 
 #[test]
@@ -283,7 +269,7 @@ fn a_forked_holder_whose_taker_closed_its_copy_is_not_blamed_on_the_taker() {
     );
     assert!(list[0].to_string().contains("no longer has it open"));
     assert!(child.release().success());
-    wait_free(&path);
+    support::wait_free(&path);
 }
 
 /// A mount that is lazily unmounted when dropped.

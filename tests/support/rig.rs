@@ -201,13 +201,6 @@ pub fn blocked_waiters(path: &Path) -> usize {
 
 /// Polls until `cond` holds; panics after `limit` (a hang guard, not a
 /// speed check).
-pub fn wait_until(what: &str, limit: std::time::Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + limit;
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "gave up waiting for {what}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+pub fn wait_until(what: &str, limit: std::time::Duration, cond: impl FnMut() -> bool) {
+    crate::support::wait_until_within(what, limit, cond);
 }
