@@ -1,6 +1,8 @@
 //! Command-line parsing with the rules of util-linux flock(1): glibc
 //! `getopt_long` with option processing stopping at the first operand, long
 //! options abbreviable to any unambiguous prefix, and the same messages.
+//! `lexopt` splits the words into options, values and operands; the
+//! option table, prefix matching and messages are flock(1)'s.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -65,13 +67,22 @@ pub(crate) struct HoldersOpts {
     pub(crate) path: OsString,
 }
 
+/// The options of `locks`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LocksOpts {
+    pub(crate) json: bool,
+    pub(crate) dir: OsString,
+}
+
 /// A successful parse.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Parsed {
     Run(Opts),
     Holders(HoldersOpts),
+    Locks(LocksOpts),
     Help,
     HoldersHelp,
+    LocksHelp,
     Version,
 }
 
@@ -110,89 +121,69 @@ struct LongOpt {
 const VERBOSE: char = '\u{100}';
 const ALLOW_REMOTE_FS: char = '\u{101}';
 
+const fn opt(name: &'static str, has_arg: bool, code: char) -> LongOpt {
+    LongOpt {
+        name,
+        has_arg,
+        code,
+    }
+}
+
 /// flock(1)'s table, in its order (the order of ambiguity messages), then
 /// this tool's own options.
 const LONG_OPTS: &[LongOpt] = &[
-    LongOpt {
-        name: "shared",
-        has_arg: false,
-        code: 's',
-    },
-    LongOpt {
-        name: "exclusive",
-        has_arg: false,
-        code: 'x',
-    },
-    LongOpt {
-        name: "unlock",
-        has_arg: false,
-        code: 'u',
-    },
-    LongOpt {
-        name: "nonblocking",
-        has_arg: false,
-        code: 'n',
-    },
-    LongOpt {
-        name: "nb",
-        has_arg: false,
-        code: 'n',
-    },
-    LongOpt {
-        name: "timeout",
-        has_arg: true,
-        code: 'w',
-    },
-    LongOpt {
-        name: "wait",
-        has_arg: true,
-        code: 'w',
-    },
-    LongOpt {
-        name: "conflict-exit-code",
-        has_arg: true,
-        code: 'E',
-    },
-    LongOpt {
-        name: "close",
-        has_arg: false,
-        code: 'o',
-    },
-    LongOpt {
-        name: "no-fork",
-        has_arg: false,
-        code: 'F',
-    },
-    LongOpt {
-        name: "verbose",
-        has_arg: false,
-        code: VERBOSE,
-    },
-    LongOpt {
-        name: "help",
-        has_arg: false,
-        code: 'h',
-    },
-    LongOpt {
-        name: "version",
-        has_arg: false,
-        code: 'V',
-    },
-    LongOpt {
-        name: "allow-remote-fs",
-        has_arg: false,
-        code: ALLOW_REMOTE_FS,
-    },
+    opt("shared", false, 's'),
+    opt("exclusive", false, 'x'),
+    opt("unlock", false, 'u'),
+    opt("nonblocking", false, 'n'),
+    opt("nb", false, 'n'),
+    opt("timeout", true, 'w'),
+    opt("wait", true, 'w'),
+    opt("conflict-exit-code", true, 'E'),
+    opt("close", false, 'o'),
+    opt("no-fork", false, 'F'),
+    opt("verbose", false, VERBOSE),
+    opt("help", false, 'h'),
+    opt("version", false, 'V'),
+    opt("allow-remote-fs", false, ALLOW_REMOTE_FS),
 ];
 
 /// Short options without an argument; `w` and `E` take one.
-const SHORT_FLAGS: &[u8] = b"sexnoFuhV?";
-const SHORT_WITH_ARG: &[u8] = b"wE";
+const SHORT_FLAGS: &str = "sexnoFuhV?";
+const SHORT_WITH_ARG: &str = "wE";
+
+/// One token of the command line, owned so the parser can be asked for
+/// an option's argument next.
+enum Token {
+    Short(char),
+    Long(String),
+    Operand(OsString),
+}
+
+fn next_token(parser: &mut lexopt::Parser) -> Option<Token> {
+    // Every option's attached value is taken before the next call, so
+    // `next` has no unexpected value to report.
+    match parser.next().ok()?? {
+        lexopt::Arg::Short(c) => Some(Token::Short(c)),
+        lexopt::Arg::Long(name) => Some(Token::Long(name.to_owned())),
+        lexopt::Arg::Value(value) => Some(Token::Operand(value)),
+    }
+}
+
+/// A lexopt parser over the arguments after `argv[0]`, reading short
+/// options as getopt does (`-w=1` is `-w` with the argument `=1`).
+fn parser(args: &[OsString]) -> lexopt::Parser {
+    let mut parser = lexopt::Parser::from_args(args.iter().cloned());
+    parser.set_short_equals(false);
+    parser
+}
 
 /// Parses the whole command line, `argv[0]` included.
 pub(crate) fn parse(argv: &[OsString]) -> Result<Parsed, UsageError> {
-    if argv.get(1).is_some_and(|a| a == "holders") {
-        return parse_holders(&argv[2..]);
+    match argv.get(1).and_then(|a| a.to_str()) {
+        Some("holders") => return parse_holders(&argv[2..]),
+        Some("locks") => return parse_locks(&argv[2..]),
+        _ => {}
     }
     if argv.len() < 2 {
         return Err(UsageError::getopt("not enough arguments".into()));
@@ -207,9 +198,18 @@ pub(crate) fn parse(argv: &[OsString]) -> Result<Parsed, UsageError> {
     let mut verbose = false;
     let mut allow_remote_fs = false;
 
-    let mut getopt = Getopt::new(argv);
-    while let Some(item) = getopt.next_opt()? {
-        let (code, arg) = item;
+    let mut parser = parser(&argv[1..]);
+    let mut operands = Vec::new();
+    // Options end at the first operand, as with getopt's leading `+`.
+    while let Some(token) = next_token(&mut parser) {
+        let (code, arg) = match token {
+            Token::Operand(first) => {
+                operands.push(first);
+                break;
+            }
+            Token::Short(c) => short_option(c, &mut parser)?,
+            Token::Long(name) => long_option(&name, &mut parser)?,
+        };
         match code {
             's' => op = Op::Shared,
             'x' | 'e' => op = Op::Exclusive,
@@ -238,6 +238,9 @@ pub(crate) fn parse(argv: &[OsString]) -> Result<Parsed, UsageError> {
             }
         }
     }
+    if let Some(rest) = parser.try_raw_args() {
+        operands.extend(rest);
+    }
 
     if no_fork && close {
         return Err(UsageError::plain(
@@ -245,8 +248,7 @@ pub(crate) fn parse(argv: &[OsString]) -> Result<Parsed, UsageError> {
         ));
     }
 
-    let operands = &argv[getopt.index..];
-    let target = match operands {
+    let target = match operands.as_slice() {
         [] => {
             return Err(UsageError::plain(
                 "requires file descriptor, file or directory".into(),
@@ -284,156 +286,139 @@ pub(crate) fn parse(argv: &[OsString]) -> Result<Parsed, UsageError> {
     }))
 }
 
-/// `holders [--json] [--] FILE`.
-fn parse_holders(args: &[OsString]) -> Result<Parsed, UsageError> {
-    let mut json = false;
-    let mut path = None;
-    let mut options_done = false;
-    for arg in args {
-        let bytes = arg.as_bytes();
-        if !options_done && bytes.starts_with(b"-") && bytes.len() > 1 {
-            match bytes {
-                b"--" => options_done = true,
-                b"--json" => json = true,
-                b"-h" | b"--help" => return Ok(Parsed::HoldersHelp),
-                _ => {
-                    return Err(UsageError::getopt(format!(
-                        "holders: unrecognized option '{}'",
-                        arg.to_string_lossy()
-                    )))
-                }
-            }
-        } else if path.is_none() {
-            path = Some(arg.clone());
-        } else {
-            return Err(UsageError::getopt("holders: takes one file".into()));
-        }
+/// A short option and its argument, with glibc's messages.
+fn short_option(
+    c: char,
+    parser: &mut lexopt::Parser,
+) -> Result<(char, Option<OsString>), UsageError> {
+    if SHORT_FLAGS.contains(c) {
+        return Ok((c, None));
     }
-    match path {
-        Some(path) => Ok(Parsed::Holders(HoldersOpts { json, path })),
-        None => Err(UsageError::getopt("holders: requires a file".into())),
+    if SHORT_WITH_ARG.contains(c) {
+        // Attached (`-w1`) or the next word, even one starting with `-`.
+        return match parser.value() {
+            Ok(arg) => Ok((c, Some(arg))),
+            Err(_) => Err(UsageError::getopt(format!(
+                "option requires an argument -- '{c}'"
+            ))),
+        };
     }
+    Err(UsageError::getopt(format!("invalid option -- '{c}'")))
 }
 
-/// A `getopt_long` over `argv` with the option string `+sexnoFuw:E:hV?`.
-struct Getopt<'a> {
-    argv: &'a [OsString],
-    /// The next argument to look at (getopt's `optind`).
-    index: usize,
-    /// The rest of a cluster of short options being read.
-    cluster: &'a [u8],
-}
-
-impl<'a> Getopt<'a> {
-    fn new(argv: &'a [OsString]) -> Self {
-        Getopt {
-            argv,
-            index: 1,
-            cluster: &[],
-        }
-    }
-
-    /// The next option and its argument; `None` at the first operand or
-    /// after `--`.
-    fn next_opt(&mut self) -> Result<Option<(char, Option<OsString>)>, UsageError> {
-        if self.cluster.is_empty() {
-            let Some(arg) = self.argv.get(self.index) else {
-                return Ok(None);
-            };
-            let bytes = arg.as_bytes();
-            if bytes == b"--" {
-                self.index += 1;
-                return Ok(None);
-            }
-            if let Some(long) = bytes.strip_prefix(b"--") {
-                self.index += 1;
-                return self.long(long).map(Some);
-            }
-            if bytes.len() < 2 || bytes[0] != b'-' {
-                return Ok(None);
-            }
-            self.cluster = &bytes[1..];
-            self.index += 1;
-        }
-        let c = self.cluster[0];
-        self.cluster = &self.cluster[1..];
-        if SHORT_FLAGS.contains(&c) {
-            return Ok(Some((char::from(c), None)));
-        }
-        if SHORT_WITH_ARG.contains(&c) {
-            let arg = if !self.cluster.is_empty() {
-                let rest = OsStr::from_bytes(self.cluster).to_owned();
-                self.cluster = &[];
-                rest
-            } else if let Some(next) = self.argv.get(self.index) {
-                self.index += 1;
-                next.clone()
-            } else {
+/// A long option (without its leading `--`) and its argument, matched
+/// exactly or by an unambiguous prefix as glibc `getopt_long` does.
+fn long_option(
+    name: &str,
+    parser: &mut lexopt::Parser,
+) -> Result<(char, Option<OsString>), UsageError> {
+    let attached = parser.optional_value();
+    // glibc's messages show the word as given, `=value` included.
+    let shown = match &attached {
+        Some(value) => format!("{name}={}", value.to_string_lossy()),
+        None => name.to_owned(),
+    };
+    let found = match LONG_OPTS.iter().find(|o| o.name == name) {
+        Some(exact) => exact,
+        None => {
+            let mut matches = LONG_OPTS.iter().filter(|o| o.name.starts_with(name));
+            let Some(first) = matches.next() else {
                 return Err(UsageError::getopt(format!(
-                    "option requires an argument -- '{}'",
-                    char::from(c)
+                    "unrecognized option '--{shown}'"
                 )));
             };
-            return Ok(Some((char::from(c), Some(arg))));
-        }
-        self.cluster = &[];
-        Err(UsageError::getopt(format!(
-            "invalid option -- '{}'",
-            String::from_utf8_lossy(&[c])
-        )))
-    }
-
-    /// A long option (without its leading `--`), matched exactly or by an
-    /// unambiguous prefix as glibc does.
-    fn long(&mut self, text: &[u8]) -> Result<(char, Option<OsString>), UsageError> {
-        let (name, value) = match text.iter().position(|&b| b == b'=') {
-            Some(eq) => (&text[..eq], Some(&text[eq + 1..])),
-            None => (text, None),
-        };
-        let shown = String::from_utf8_lossy(text);
-        let found = match LONG_OPTS.iter().find(|o| o.name.as_bytes() == name) {
-            Some(exact) => exact,
-            None => {
-                let mut matches = LONG_OPTS
-                    .iter()
-                    .filter(|o| o.name.as_bytes().starts_with(name));
-                let Some(first) = matches.next() else {
-                    return Err(UsageError::getopt(format!(
-                        "unrecognized option '--{shown}'"
-                    )));
-                };
-                // Prefixes of two names for the same option are not ambiguous.
-                let others: Vec<&LongOpt> = matches
-                    .filter(|o| o.code != first.code || o.has_arg != first.has_arg)
-                    .collect();
-                if !others.is_empty() {
-                    let mut message = format!("option '--{shown}' is ambiguous; possibilities:");
-                    for o in std::iter::once(first).chain(others) {
-                        message.push_str(&format!(" '--{}'", o.name));
-                    }
-                    return Err(UsageError::getopt(message));
+            // Prefixes of two names for the same option are not ambiguous.
+            let others: Vec<&LongOpt> = matches
+                .filter(|o| o.code != first.code || o.has_arg != first.has_arg)
+                .collect();
+            if !others.is_empty() {
+                let mut message = format!("option '--{shown}' is ambiguous; possibilities:");
+                for o in std::iter::once(first).chain(others) {
+                    message.push_str(&format!(" '--{}'", o.name));
                 }
-                first
+                return Err(UsageError::getopt(message));
             }
-        };
-        match (found.has_arg, value) {
-            (true, Some(value)) => Ok((found.code, Some(OsStr::from_bytes(value).to_owned()))),
-            (true, None) => match self.argv.get(self.index) {
-                Some(next) => {
-                    self.index += 1;
-                    Ok((found.code, Some(next.clone())))
-                }
-                None => Err(UsageError::getopt(format!(
-                    "option '--{}' requires an argument",
-                    found.name
-                ))),
-            },
-            (false, Some(_)) => Err(UsageError::getopt(format!(
-                "option '--{}' doesn't allow an argument",
+            first
+        }
+    };
+    match (found.has_arg, attached) {
+        (true, Some(value)) => Ok((found.code, Some(value))),
+        (true, None) => match parser.value() {
+            Ok(value) => Ok((found.code, Some(value))),
+            Err(_) => Err(UsageError::getopt(format!(
+                "option '--{}' requires an argument",
                 found.name
             ))),
-            (false, None) => Ok((found.code, None)),
+        },
+        (false, Some(_)) => Err(UsageError::getopt(format!(
+            "option '--{}' doesn't allow an argument",
+            found.name
+        ))),
+        (false, None) => Ok((found.code, None)),
+    }
+}
+
+/// `holders [--json] [--] FILE`.
+fn parse_holders(args: &[OsString]) -> Result<Parsed, UsageError> {
+    match subcommand("holders", "file", args)? {
+        Some((json, path)) => Ok(Parsed::Holders(HoldersOpts { json, path })),
+        None => Ok(Parsed::HoldersHelp),
+    }
+}
+
+/// `locks [--json] [--] DIR`.
+fn parse_locks(args: &[OsString]) -> Result<Parsed, UsageError> {
+    match subcommand("locks", "directory", args)? {
+        Some((json, dir)) => Ok(Parsed::Locks(LocksOpts { json, dir })),
+        None => Ok(Parsed::LocksHelp),
+    }
+}
+
+/// A subcommand's `--json` flag and its one operand, options anywhere;
+/// `None` for `--help`.
+fn subcommand(
+    name: &str,
+    what: &str,
+    args: &[OsString],
+) -> Result<Option<(bool, OsString)>, UsageError> {
+    let mut parser = parser(args);
+    let mut json = false;
+    let mut operand = None;
+    while let Some(token) = next_token(&mut parser) {
+        match token {
+            Token::Long(long) if long == "json" => {
+                if parser.optional_value().is_some() {
+                    return Err(UsageError::getopt(format!(
+                        "{name}: option '--json' doesn't allow an argument"
+                    )));
+                }
+                json = true;
+            }
+            Token::Long(long) if long == "help" => return Ok(None),
+            Token::Short('h') => return Ok(None),
+            Token::Long(long) => {
+                let shown = match parser.optional_value() {
+                    Some(value) => format!("{long}={}", value.to_string_lossy()),
+                    None => long,
+                };
+                return Err(UsageError::getopt(format!(
+                    "{name}: unrecognized option '--{shown}'"
+                )));
+            }
+            Token::Short(c) => {
+                return Err(UsageError::getopt(format!(
+                    "{name}: invalid option -- '{c}'"
+                )))
+            }
+            Token::Operand(value) if operand.is_none() => operand = Some(value),
+            Token::Operand(_) => {
+                return Err(UsageError::getopt(format!("{name}: takes one {what}")))
+            }
         }
+    }
+    match operand {
+        Some(operand) => Ok(Some((json, operand))),
+        None => Err(UsageError::getopt(format!("{name}: requires a {what}"))),
     }
 }
 
@@ -982,11 +967,53 @@ mod tests {
         assert_eq!(parse(&argv(&["holders", "-h"])), Ok(Parsed::HoldersHelp));
         assert!(parse(&argv(&["holders"])).is_err());
         assert!(parse(&argv(&["holders", "a", "b"])).is_err());
-        assert!(parse(&argv(&["holders", "--xml", "a"])).is_err());
+        assert_eq!(
+            message(&["holders", "--xml", "a"]),
+            "holders: unrecognized option '--xml'"
+        );
+        assert_eq!(
+            message(&["holders", "--json=1", "a"]),
+            "holders: option '--json' doesn't allow an argument"
+        );
+        assert_eq!(
+            message(&["holders", "-q", "a"]),
+            "holders: invalid option -- 'q'"
+        );
         // Only the first word selects the subcommand; `./holders` locks a file of that name.
         assert!(matches!(
             parse(&argv(&["./holders", "true"])),
             Ok(Parsed::Run(_))
         ));
+    }
+
+    #[test]
+    fn locks_subcommand() {
+        assert_eq!(
+            parse(&argv(&["locks", "/d"])),
+            Ok(Parsed::Locks(LocksOpts {
+                json: false,
+                dir: os("/d")
+            }))
+        );
+        assert_eq!(
+            parse(&argv(&["locks", "/d", "--json"])),
+            Ok(Parsed::Locks(LocksOpts {
+                json: true,
+                dir: os("/d")
+            }))
+        );
+        assert_eq!(parse(&argv(&["locks", "--help"])), Ok(Parsed::LocksHelp));
+        assert_eq!(message(&["locks"]), "locks: requires a directory");
+        assert_eq!(message(&["locks", "a", "b"]), "locks: takes one directory");
+    }
+
+    #[test]
+    fn short_option_equals_is_part_of_the_argument() {
+        // getopt has no `-w=1` form: the `=` belongs to the argument.
+        assert_eq!(
+            message(&["-w=1", "f", "true"]),
+            "invalid timeout value: '=1'"
+        );
+        assert_eq!(message(&["-s=", "f", "true"]), "invalid option -- '='");
     }
 }
