@@ -142,8 +142,8 @@ exit code (default 1) on conflict or timeout, 64 usage, 65 lock failure,
 }
 
 /// Where the full documentation is, for every help text.
-const DOCS: &str = "Documentation: docs/cli.md in the flockguard sources, or
-https://docs.rs/flockguard (the command-line tool section).";
+const DOCS: &str = "Full documentation: docs/cli.md in the flockguard source package;
+for the library behind it, https://docs.rs/flockguard.";
 
 fn holders_usage(prog: &str) -> String {
     format!(
