@@ -242,6 +242,10 @@ fn same_status_and_messages_as_util_linux_flock() {
     let cases: &[&[&str]] = &[
         &[],
         &["-z", "f", "true"],
+        &["-é", "f", "true"],
+        &["--é=ü", "f", "true"],
+        &["-w", "ü", "f", "true"],
+        &["-E", "é", "f", "true"],
         &["-:"],
         &["--foo=bar", "f", "true"],
         &["-w"],

@@ -73,7 +73,8 @@ fn main() {
         Ok(Parsed::Version) => print_stdout(&format!("{prog} {}\n", env!("CARGO_PKG_VERSION"))),
         Err(err) => {
             if let Some(message) = err.message {
-                warn_line!("{prog}: {message}");
+                let line = [prog.as_bytes(), b": ", &message, b"\n"].concat();
+                let _ = io::stderr().write_all(&line);
             }
             if err.try_help {
                 warn_line!("Try '{prog} --help' for more information.");

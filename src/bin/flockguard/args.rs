@@ -88,26 +88,34 @@ pub(crate) enum Parsed {
 
 /// A usage error: the message (without the program name) and whether the
 /// "Try '... --help'" line follows. Exit status EX_USAGE.
+///
+/// The message is bytes: like glibc and util-linux, it quotes the words
+/// of the command line as given, which need not be UTF-8.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct UsageError {
-    pub(crate) message: Option<String>,
+    pub(crate) message: Option<Vec<u8>>,
     pub(crate) try_help: bool,
 }
 
 impl UsageError {
-    fn getopt(message: String) -> Self {
+    fn getopt(message: impl Into<Vec<u8>>) -> Self {
         UsageError {
-            message: Some(message),
+            message: Some(message.into()),
             try_help: true,
         }
     }
 
-    fn plain(message: String) -> Self {
+    fn plain(message: impl Into<Vec<u8>>) -> Self {
         UsageError {
-            message: Some(message),
+            message: Some(message.into()),
             try_help: false,
         }
     }
+}
+
+/// `parts` joined into one message.
+fn bytes(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
 }
 
 /// A long option: name, whether it takes an argument, and its short twin
@@ -186,7 +194,7 @@ pub(crate) fn parse(argv: &[OsString]) -> Result<Parsed, UsageError> {
         _ => {}
     }
     if argv.len() < 2 {
-        return Err(UsageError::getopt("not enough arguments".into()));
+        return Err(UsageError::getopt("not enough arguments"));
     }
 
     let mut op = Op::Exclusive;
@@ -221,9 +229,8 @@ pub(crate) fn parse(argv: &[OsString]) -> Result<Parsed, UsageError> {
             'E' => {
                 let arg = arg.unwrap_or_default();
                 let code = parse_i32(&arg, "invalid exit code")?;
-                conflict_exit_code = u8::try_from(code).map_err(|_| {
-                    UsageError::plain("exit code out of range (expected 0 to 255)".into())
-                })?;
+                conflict_exit_code = u8::try_from(code)
+                    .map_err(|_| UsageError::plain("exit code out of range (expected 0 to 255)"))?;
             }
             VERBOSE => verbose = true,
             ALLOW_REMOTE_FS => allow_remote_fs = true,
@@ -244,14 +251,14 @@ pub(crate) fn parse(argv: &[OsString]) -> Result<Parsed, UsageError> {
 
     if no_fork && close {
         return Err(UsageError::plain(
-            "the --no-fork and --close options are incompatible".into(),
+            "the --no-fork and --close options are incompatible",
         ));
     }
 
     let target = match operands.as_slice() {
         [] => {
             return Err(UsageError::plain(
-                "requires file descriptor, file or directory".into(),
+                "requires file descriptor, file or directory",
             ))
         }
         [fd] => Target::Fd(parse_i32(fd, "bad file descriptor")?),
@@ -303,7 +310,15 @@ fn short_option(
             ))),
         };
     }
-    Err(UsageError::getopt(format!("invalid option -- '{c}'")))
+    // getopt reads bytes: a non-ASCII option character is reported by the
+    // first byte of its encoding.
+    let mut utf8 = [0; 4];
+    let first = &c.encode_utf8(&mut utf8).as_bytes()[..1];
+    Err(UsageError::getopt(bytes(&[
+        b"invalid option -- '",
+        first,
+        b"'",
+    ])))
 }
 
 /// A long option (without its leading `--`) and its argument, matched
@@ -315,26 +330,29 @@ fn long_option(
     let attached = parser.optional_value();
     // glibc's messages show the word as given, `=value` included.
     let shown = match &attached {
-        Some(value) => format!("{name}={}", value.to_string_lossy()),
-        None => name.to_owned(),
+        Some(value) => bytes(&[name.as_bytes(), b"=", value.as_bytes()]),
+        None => name.as_bytes().to_vec(),
     };
     let found = match LONG_OPTS.iter().find(|o| o.name == name) {
         Some(exact) => exact,
         None => {
             let mut matches = LONG_OPTS.iter().filter(|o| o.name.starts_with(name));
             let Some(first) = matches.next() else {
-                return Err(UsageError::getopt(format!(
-                    "unrecognized option '--{shown}'"
-                )));
+                return Err(UsageError::getopt(bytes(&[
+                    b"unrecognized option '--",
+                    &shown,
+                    b"'",
+                ])));
             };
             // Prefixes of two names for the same option are not ambiguous.
             let others: Vec<&LongOpt> = matches
                 .filter(|o| o.code != first.code || o.has_arg != first.has_arg)
                 .collect();
             if !others.is_empty() {
-                let mut message = format!("option '--{shown}' is ambiguous; possibilities:");
+                let mut message =
+                    bytes(&[b"option '--", &shown, b"' is ambiguous; possibilities:"]);
                 for o in std::iter::once(first).chain(others) {
-                    message.push_str(&format!(" '--{}'", o.name));
+                    message.extend_from_slice(format!(" '--{}'", o.name).as_bytes());
                 }
                 return Err(UsageError::getopt(message));
             }
@@ -397,13 +415,17 @@ fn subcommand(
             Token::Long(long) if long == "help" => return Ok(None),
             Token::Short('h') => return Ok(None),
             Token::Long(long) => {
-                let shown = match parser.optional_value() {
-                    Some(value) => format!("{long}={}", value.to_string_lossy()),
-                    None => long,
-                };
-                return Err(UsageError::getopt(format!(
-                    "{name}: unrecognized option '--{shown}'"
-                )));
+                let mut shown = long.into_bytes();
+                if let Some(value) = parser.optional_value() {
+                    shown.push(b'=');
+                    shown.extend_from_slice(value.as_bytes());
+                }
+                return Err(UsageError::getopt(bytes(&[
+                    name.as_bytes(),
+                    b": unrecognized option '--",
+                    &shown,
+                    b"'",
+                ])));
             }
             Token::Short(c) => {
                 return Err(UsageError::getopt(format!(
@@ -430,12 +452,14 @@ fn is_c_space(b: u8) -> bool {
 /// A base-10 `int32_t` as util-linux `strtos32_or_err` reads it: leading
 /// white space and a sign allowed, nothing after the digits.
 fn parse_i32(arg: &OsStr, what: &str) -> Result<i32, UsageError> {
-    let invalid = || UsageError::plain(format!("{what}: '{}'", arg.to_string_lossy()));
+    let invalid = || UsageError::plain(bytes(&[what.as_bytes(), b": '", arg.as_bytes(), b"'"]));
     let range = || {
-        UsageError::plain(format!(
-            "{what}: '{}': Numerical result out of range",
-            arg.to_string_lossy()
-        ))
+        UsageError::plain(bytes(&[
+            what.as_bytes(),
+            b": '",
+            arg.as_bytes(),
+            b"': Numerical result out of range",
+        ]))
     };
     let bytes = arg.as_bytes();
     let start = bytes
@@ -472,10 +496,7 @@ fn parse_i32(arg: &OsStr, what: &str) -> Result<i32, UsageError> {
 /// space allowed), then whole seconds and microseconds truncated toward zero.
 fn parse_timeout(arg: &OsStr) -> Result<Timeout, UsageError> {
     let value = parse_c_float(arg.as_bytes()).ok_or_else(|| {
-        UsageError::plain(format!(
-            "invalid timeout value: '{}'",
-            arg.to_string_lossy()
-        ))
+        UsageError::plain(bytes(&[b"invalid timeout value: '", arg.as_bytes(), b"'"]))
     })?;
     Ok(classify_timeout(value))
 }
@@ -639,7 +660,7 @@ mod tests {
     }
 
     fn message(args: &[&str]) -> String {
-        err(args).message.unwrap_or_default()
+        String::from_utf8_lossy(&err(args).message.unwrap_or_default()).into_owned()
     }
 
     fn os(s: &str) -> OsString {
@@ -855,7 +876,7 @@ mod tests {
             "bad file descriptor: '99999999999': Numerical result out of range"
         );
         let none = parse(&argv(&[])).unwrap_err();
-        assert_eq!(none.message.as_deref(), Some("not enough arguments"));
+        assert_eq!(none.message.as_deref(), Some(&b"not enough arguments"[..]));
         assert!(none.try_help);
         assert_eq!(
             message(&["-oF", "f", "true"]),
@@ -928,7 +949,7 @@ mod tests {
         for bad in ["", "abc", "2 ", "1e", ".", "0x", "1,5", "- 1", "1.5s"] {
             assert_eq!(
                 t(bad).unwrap_err().message.unwrap(),
-                format!("invalid timeout value: '{bad}'"),
+                format!("invalid timeout value: '{bad}'").into_bytes(),
                 "{bad:?}"
             );
         }
