@@ -1747,3 +1747,40 @@ fn releasing_the_lock_raises_close_nowrite_not_close_write() {
         assert!(nowrite >= 1, "{args:?}: no close seen");
     }
 }
+
+#[test]
+fn locks_enters_mount_points_below_the_directory() {
+    if !support::is_root() {
+        support::skip(
+            "locks_enters_mount_points_below_the_directory",
+            "needs root to mount",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sub = dir.path().join("mnt");
+    std::fs::create_dir(&sub).expect("mkdir");
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&sub)
+        .status()
+        .expect("mount");
+    assert!(ok.success(), "mount tmpfs failed");
+    let _mount = Mount(sub.clone());
+    let path = sub.join("on-tmpfs.lock");
+    let holder = ours_holding(&["-s"], &path);
+    let out = output(fg().arg("locks").arg(dir.path()));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 1, "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with(&format!("{}: pid {} (", path.display(), holder.pid())),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).ends_with(") holds shared\n"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(holder.finish().status.success());
+}
