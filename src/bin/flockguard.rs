@@ -247,7 +247,7 @@ fn lock_and_run(prog: &str, opts: &Opts) -> Result<i32, i32> {
                 .map_or_else(|_| format!("descriptor {raw}"), |p| p.display().to_string());
             let file = options
                 .adopt(File::from(owned))
-                .map_err(|err| open_failure(prog, &err))?;
+                .map_err(|err| open_failure(prog, &err.error))?;
             (file, patience, name)
         }
     };
