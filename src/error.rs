@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::fs_policy::classify;
-use crate::holders::Holder;
+use crate::holder::Holder;
 use crate::mode::FlockMode;
 
 /// Everything that can go wrong while opening, locking or converting a lock.

@@ -77,6 +77,7 @@ mod acquire;
 mod error;
 mod fs_policy;
 mod guard;
+mod holder;
 mod holders;
 mod lockfile;
 mod mode;
@@ -99,6 +100,7 @@ pub use mode::{Exclusive, FlockMode, Mode, Shared};
 pub use options::{LockOptions, RemoteFs};
 pub use removal::{block_flock_verified, try_flock_verified};
 
-pub use holders::{holders, Holder, LockProcess, PidStatus};
+pub use holder::{Holder, LockProcess, PidStatus};
+pub use holders::holders;
 pub use timed::{flock_timeout, TimeoutError, Wait};
 pub use wait::CancelToken;

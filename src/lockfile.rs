@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Error;
 use crate::guard::LockGuard;
+use crate::holder::Holder;
+use crate::holders;
 use crate::mode::{FlockMode, Mode};
 use crate::options::{display_path, LockOptions};
 use crate::sys;
@@ -147,6 +149,47 @@ impl LockFile {
     /// The process that opened the file; only it may change the lock.
     pub fn owner_pid(&self) -> u32 {
         self.owner
+    }
+
+    /// Lists the processes that hold or wait for a `flock(2)` lock on this
+    /// open file's inode; see [`holders`](crate::holders()).
+    ///
+    /// Another descriptor of this process that holds the lock is listed
+    /// with this process's PID.
+    ///
+    /// # Errors
+    /// [`Error::Holders`] if `statx(2)` fails or `/proc` cannot be read.
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{Exclusive, LockFile};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let held = LockFile::open(&path)?.lock::<Exclusive>()?;
+    /// let other = LockFile::open(&path)?;
+    /// let holders = other.holders()?;
+    /// assert_eq!(holders[0].pid, std::process::id());
+    /// # drop(held);
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    pub fn holders(&self) -> Result<Vec<Holder>, Error> {
+        let path = self.error_path();
+        let id = sys::statx_fd(self.as_fd()).map_err(|source| Error::Holders {
+            path: path.clone(),
+            file: path.clone(),
+            source,
+        })?;
+        holders::holders_of(id, &path)
+    }
+
+    /// [`holders`](Self::holders) within `budget`, for messages: an empty
+    /// list when the file cannot be examined.
+    pub(crate) fn holders_within(&self, budget: std::time::Duration) -> Vec<Holder> {
+        let path = self.error_path();
+        sys::statx_fd(self.as_fd())
+            .ok()
+            .and_then(|id| holders::holders_within(id, &path, budget).ok())
+            .unwrap_or_default()
     }
 
     /// The path for messages: the opened path, or what `/proc/self/fd` says.

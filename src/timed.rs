@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::guard::LockGuard;
-use crate::holders::Holder;
+use crate::holder::Holder;
+use crate::holders::WAIT_DIAGNOSTICS_BUDGET;
 use crate::lockfile::LockFile;
 use crate::mode::{FlockMode, Mode};
 use crate::options::LockOptions;
@@ -178,7 +179,7 @@ impl LockFile {
         }
         let notify = |file: &LockFile| {
             if let Some(notice) = on_wait {
-                notice(&file.holders().unwrap_or_default());
+                notice(&file.holders_within(WAIT_DIAGNOSTICS_BUDGET));
             }
         };
         let deadline = timeout.and_then(|t| start.checked_add(t));
@@ -239,9 +240,9 @@ impl LockFile {
                 path,
                 mode,
                 waited,
-                // Diagnostics must not hide the timeout: a failed read of
-                // /proc leaves the list empty.
-                holders: self.holders().unwrap_or_default(),
+                // Diagnostics must not hide the timeout or delay it much:
+                // a failed read of /proc leaves the list empty.
+                holders: self.holders_within(WAIT_DIAGNOSTICS_BUDGET),
                 context: context.map(String::into_boxed_str),
             },
             Stop::Cancelled => Error::Cancelled { path, mode, waited },

@@ -31,6 +31,7 @@ fn dispatch(args: &[String]) {
             drop(guard);
         }
         "fork" => fork_hold(&args[1], &args[2]),
+        "fds" => hold_descriptors(args[1].parse().unwrap()),
         other => panic!("unknown child command {other}"),
     }
 }
@@ -62,6 +63,45 @@ fn fork_hold(path: &str, then: &str) {
     if then == "stay" {
         support::wait_for_parent(|_| {});
     }
+}
+
+/// Child: keeps `count` descriptors open (duplicates of one) until stdin
+/// closes, raising its descriptor limit as far as needed and allowed.
+fn hold_descriptors(count: usize) {
+    raise_nofile(count as u64 + 64);
+    let first = std::fs::File::open("/dev/null").unwrap();
+    let mut all = Vec::with_capacity(count);
+    for _ in 0..count {
+        all.push(first.try_clone().unwrap());
+    }
+    support::tell("ready");
+    support::wait_for_parent(|_| {});
+    drop(all);
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to at least `want` (and the hard one, as
+/// root); returns the soft limit in force.
+fn raise_nofile(want: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct passed.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur < want {
+            let wanted = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: lim.rlim_max.max(want),
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    lim.rlim_cur
 }
 
 fn holder(mode: &str, path: &Path) -> Child {
@@ -441,4 +481,221 @@ fn holders_on_a_btrfs_subvolume_where_st_dev_differs() {
     }
     drop(file);
     assert!(child.release().success());
+}
+
+/// Threads that take and drop `flock` locks on files of their own, so that
+/// `/proc/locks` changes between the pages of every read, while this
+/// process keeps `filler` other locks so that it is several pages long.
+struct Churn {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+    filler: Vec<flockguard::LockGuard<Shared>>,
+    dir: tempfile::TempDir,
+}
+
+impl Churn {
+    fn start(filler: usize, threads: usize) -> Churn {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let filler = (0..filler)
+            .map(|i| {
+                LockFile::open(dir.path().join(format!("filler{i}")))
+                    .unwrap()
+                    .lock::<Shared>()
+                    .unwrap()
+            })
+            .collect();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|t| {
+                let stop = stop.clone();
+                let files: Vec<std::fs::File> = (0..8)
+                    .map(|i| {
+                        std::fs::File::create(dir.path().join(format!("churn{t}-{i}"))).unwrap()
+                    })
+                    .collect();
+                std::thread::spawn(move || {
+                    use std::os::fd::AsRawFd;
+                    let mut cycles = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        // A varying number held at once moves the lines
+                        // after them by more than one.
+                        let n = 1 + (cycles % files.len() as u64) as usize;
+                        for f in &files[..n] {
+                            // SAFETY: flock on a descriptor this closure owns.
+                            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+                        }
+                        // Leaves the CPUs to the readers now and then.
+                        if cycles % 16 == 0 {
+                            std::thread::sleep(Duration::from_micros(50));
+                        }
+                        for f in &files[..n] {
+                            // SAFETY: as above.
+                            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+                        }
+                        cycles += 1;
+                    }
+                    cycles
+                })
+            })
+            .collect();
+        Churn {
+            stop,
+            threads,
+            filler,
+            dir,
+        }
+    }
+
+    /// Takes one more long-held lock, moving the lines after it.
+    fn grow(&mut self) {
+        let name = format!("filler{}", self.filler.len());
+        let file = LockFile::open(self.dir.path().join(name)).unwrap();
+        self.filler.push(file.lock::<Shared>().unwrap());
+    }
+
+    /// Stops the threads; returns how many lock-and-release cycles they ran.
+    fn finish(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads.into_iter().map(|t| t.join().unwrap()).sum()
+    }
+}
+
+/// Calls `holders()` `calls` times; counts the calls where one of
+/// `expected` (pid, mode) is listed more than once, where one is missing,
+/// and where anything else is listed.
+/// Every 25 calls `churn` takes one more long-held lock, so the lines of
+/// `path` cross page boundaries during the run.
+fn count_wrong(
+    churn: &mut Churn,
+    path: &Path,
+    expected: &[(u32, FlockMode)],
+    calls: usize,
+) -> (usize, usize, usize) {
+    let (mut duplicated, mut missed, mut other) = (0, 0, 0);
+    for call in 0..calls {
+        if call % 25 == 0 {
+            churn.grow();
+        }
+        let list = flockguard::holders(path).unwrap();
+        let mut dup = false;
+        let mut miss = false;
+        for &(pid, mode) in expected {
+            match list
+                .iter()
+                .filter(|h| h.pid == pid && h.mode == mode)
+                .count()
+            {
+                0 => miss = true,
+                1 => {}
+                _ => dup = true,
+            }
+        }
+        let extra = list
+            .iter()
+            .any(|h| h.waiting || !expected.contains(&(h.pid, h.mode)));
+        duplicated += usize::from(dup);
+        missed += usize::from(miss);
+        other += usize::from(extra);
+    }
+    (duplicated, missed, other)
+}
+
+fn proc_locks_pages() -> usize {
+    std::fs::read("/proc/locks").unwrap().len().div_ceil(4096)
+}
+
+/// A stable holder is listed exactly once while `/proc/locks` is longer
+/// than a page and other threads lock and unlock: the kernel serves the
+/// file a page per read(2), so lines shift between pages.
+#[test]
+fn a_stable_holder_is_listed_once_under_churn() {
+    const CALLS: usize = 3000;
+    let (_dir, path) = support::lock_path();
+    let (_dir2, path2) = support::lock_path();
+    let one = holder("exclusive", &path);
+    let readers = [holder("shared", &path2), holder("shared", &path2)];
+    let mut churn = Churn::start(300, 4);
+    let pages = proc_locks_pages();
+    assert!(pages > 2, "/proc/locks is only {pages} pages");
+    let start = std::time::Instant::now();
+    let exclusive = count_wrong(
+        &mut churn,
+        &path,
+        &[(one.pid(), FlockMode::Exclusive)],
+        CALLS,
+    );
+    let shared = count_wrong(
+        &mut churn,
+        &path2,
+        &[
+            (readers[0].pid(), FlockMode::Shared),
+            (readers[1].pid(), FlockMode::Shared),
+        ],
+        CALLS,
+    );
+    let took = start.elapsed();
+    let cycles = churn.finish();
+    eprintln!(
+        "churn: {pages} pages, {cycles} lock cycles, {:?} per call; wrong answers in {CALLS} calls \
+         (duplicated, missed, other): one exclusive holder {exclusive:?}, two readers {shared:?}",
+        took / (2 * CALLS as u32)
+    );
+    assert!(cycles > 0);
+    assert_eq!(exclusive, (0, 0, 0), "one exclusive holder");
+    assert_eq!(shared, (0, 0, 0), "two readers");
+    assert!(one.release().success());
+    for r in readers {
+        assert!(r.release().success());
+    }
+}
+
+/// The timeout error names the holders within a budget: a lock whose
+/// taker exited lives on in a forked child, which only a scan of every
+/// process's descriptors finds, and other processes hold thousands.
+#[test]
+fn a_timed_wait_ends_soon_after_its_deadline_whatever_the_machine_holds() {
+    const PROCESSES: usize = 40;
+    let per_process = (raise_nofile(3064).saturating_sub(64) as usize).min(3000);
+    let (_dir, path) = support::lock_path();
+    let mut crowd: Vec<Child> = (0..PROCESSES)
+        .map(|_| Child::spawn(&["fds", &per_process.to_string()]))
+        .collect();
+    for c in &mut crowd {
+        c.expect_line("ready", LINE);
+    }
+    let mut child = Child::spawn(&["fork", path.to_str().unwrap(), "exit"]);
+    let line = child.expect_line("forked ", LINE);
+    let forked: u32 = line["forked ".len()..].parse().unwrap();
+    let taker = child.pid();
+    assert!(child.child.wait().unwrap().success());
+
+    let timeout = Duration::from_millis(10);
+    let start = std::time::Instant::now();
+    let err = flockguard::flock_timeout::<Exclusive>(&path, timeout).unwrap_err();
+    let bounded = start.elapsed();
+    assert!(err.is_timeout(), "{err}");
+    assert_eq!(err.holders().len(), 1, "{err}");
+    assert_eq!(err.holders()[0].pid, taker);
+
+    let start = std::time::Instant::now();
+    let full = flockguard::holders(&path).unwrap();
+    let unbounded = start.elapsed();
+    eprintln!(
+        "deadline: {PROCESSES} processes x {per_process} descriptors, taker exited: \
+         flock_timeout({timeout:?}) returned after {bounded:?}; holders() took {unbounded:?}"
+    );
+    assert_eq!(full.len(), 1);
+    assert_eq!(full[0].status, PidStatus::Exited);
+    assert_eq!(
+        full[0].sharers.iter().map(|p| p.pid).collect::<Vec<_>>(),
+        [forked]
+    );
+    // Generous: catches a return seconds late, not milliseconds.
+    assert!(bounded < Duration::from_millis(500), "{bounded:?}");
+    for c in crowd {
+        assert!(c.release().success());
+    }
+    assert!(child.release().success());
+    support::wait_free(&path);
 }
