@@ -487,7 +487,7 @@ pub(crate) fn proc_fdinfo_dir(pid: u32, tid: Option<u32>) -> io::Result<FdinfoDi
 /// Reads `fdinfo/FD` of an open [`FdinfoDir`] into `buf` (replacing its
 /// contents).
 pub(crate) fn proc_fdinfo(dir: &FdinfoDir, fd: u32, buf: &mut Vec<u8>) -> io::Result<()> {
-    use std::io::Read;
+    const STEP: usize = 4096;
     let name = fd.to_string();
     let file = retry(|| {
         rustix::fs::openat(
@@ -498,7 +498,17 @@ pub(crate) fn proc_fdinfo(dir: &FdinfoDir, fd: u32, buf: &mut Vec<u8>) -> io::Re
         )
     })?;
     buf.clear();
-    std::fs::File::from(file).read_to_end(buf).map(drop)
+    loop {
+        let len = buf.len();
+        buf.resize(len + STEP, 0);
+        let n = retry(|| rustix::io::read(&file, &mut buf[len..]))?;
+        buf.truncate(len + n);
+        // The kernel renders the whole file at the first read: a short
+        // read is the end, which saves the read(2) that would return 0.
+        if n < STEP {
+            return Ok(());
+        }
+    }
 }
 
 /// Whether an error from a `/proc/PID` read means the process (or the
