@@ -720,7 +720,7 @@ fn dev_ino_needle(target: Target) -> Vec<u8> {
 #[cfg(test)]
 pub(crate) fn flock_entries(text: &[u8], target: Target) -> Vec<LockEntry> {
     let walk = Walk::of(&split_lines(text), target, &dev_ino_needle(target));
-    walk.hits.into_iter().map(|(_, e)| e).collect()
+    walk.hits.into_iter().map(|h| h.entry).collect()
 }
 
 /// The `FLOCK` entries of the `lock:` lines of a `/proc/PID/fdinfo/FD` file.
@@ -1018,5 +1018,105 @@ bad line
         assert_eq!(proc_stat_state(b"42 (a) Z) Z 1 42"), Some(b'Z'));
         assert_eq!(proc_stat_state(b"42 (x y) R 1"), Some(b'R'));
         assert_eq!(proc_stat_state(b"garbage"), None);
+    }
+
+    /// `n` lines of unrelated locks, numbered from `from`.
+    fn filler(from: usize, n: usize) -> Vec<String> {
+        (from..from + n)
+            .map(|i| format!("{i}: FLOCK  ADVISORY  WRITE 900 fe:00:{} 0 EOF", 50_000 + i))
+            .collect()
+    }
+
+    fn walk<'a>(lines: &'a [String]) -> Walk<'a> {
+        let lines: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+        Walk::of(&lines, TARGET, &dev_ino_needle(TARGET))
+    }
+
+    const MINE: &str = "FLOCK  ADVISORY  WRITE 4242 fe:00:1234 0 EOF";
+
+    #[test]
+    fn a_record_shown_again_after_the_list_moved_is_counted_once() {
+        // Page 1 ends with the holder; two locks taken before it push it,
+        // and the line before it, into page 2 as well.
+        let mut one = filler(1, 70);
+        one.push(format!("71: {MINE}"));
+        let mut two = vec![one[69].replacen("70:", "72:", 1), format!("73: {MINE}")];
+        two.extend(filler(74, 10));
+        let walks = [walk(&one), walk(&two)];
+        assert_eq!(
+            count_once(&walks),
+            [entry(4242, FlockMode::Exclusive, false)]
+        );
+    }
+
+    #[test]
+    fn the_last_line_of_a_page_shown_first_on_the_next_is_counted_once() {
+        let mut one = filler(1, 5);
+        one.push(format!("6: {MINE}"));
+        let mut two = vec![format!("7: {MINE}")];
+        two.extend(filler(8, 3).into_iter().map(|l| l.replace("90", "91")));
+        assert_eq!(count_once(&[walk(&one), walk(&two)]).len(), 1);
+    }
+
+    #[test]
+    fn two_locks_of_one_process_on_either_side_of_a_page_boundary_both_count() {
+        // Same PID, mode and file (two open file descriptions), different
+        // neighbours: two records.
+        let mut one = filler(1, 70);
+        one.push(format!("71: {MINE}"));
+        one.extend(filler(72, 2));
+        let mut two = filler(200, 2);
+        two.push(format!("76: {MINE}"));
+        two.extend(filler(300, 2));
+        assert_eq!(count_once(&[walk(&one), walk(&two)]).len(), 2);
+        // Within one page (one walk) nothing is merged.
+        let mut same = filler(1, 3);
+        same.push(format!("4: {MINE}"));
+        same.push(format!("5: {MINE}"));
+        assert_eq!(count_once(&[walk(&same)]).len(), 2);
+    }
+
+    #[test]
+    fn passes_that_disagree_are_decided_by_the_median() {
+        let x = entry(1, FlockMode::Shared, false);
+        let y = entry(2, FlockMode::Shared, false);
+        assert_eq!(median(vec![x, x, y], &[x, y], &[x, y]), [x, y]);
+        assert_eq!(median(vec![x], &[x, y], &[y, x]), [x, y]);
+        assert_eq!(median(vec![x, y], &[x], &[]), [x]);
+        assert!(same_counts(&[x, y], &[y, x]));
+        assert!(!same_counts(&[x, x], &[x, y]));
+    }
+
+    #[test]
+    fn waiter_lines_and_positions_are_recognised() {
+        assert!(is_waiter_line(
+            b"2: -> FLOCK  ADVISORY  READ 4250 fe:00:1234 0 EOF"
+        ));
+        assert!(is_waiter_line(
+            b"2:  -> FLOCK  ADVISORY  READ 4250 fe:00:1234 0 EOF"
+        ));
+        assert!(!is_waiter_line(
+            b"2: FLOCK  ADVISORY  READ 4250 fe:00:1234 0 EOF"
+        ));
+        assert!(!is_waiter_line(b"no colon"));
+        assert_eq!(
+            without_position(b"12: FLOCK  ADVISORY  READ 1 fe:00:1 0 EOF"),
+            b"FLOCK  ADVISORY  READ 1 fe:00:1 0 EOF"
+        );
+    }
+
+    #[test]
+    fn mountinfo_with_a_mount_point_that_is_not_utf8_still_parses() {
+        use std::os::unix::ffi::OsStrExt;
+        let mut info = MOUNTINFO.as_bytes().to_vec();
+        info.extend_from_slice(b"\n50 27 0:60 / /mnt/\xff\xfe\\012x rw - tmpfs tmpfs rw\n");
+        assert_eq!(mount_dev(&info, 40), Some((0, 45)));
+        assert_eq!(mount_dev(&info, 50), Some((0, 60)));
+        let line = info
+            .split(|&b| b == b'\n')
+            .find(|l| l.starts_with(b"50 "))
+            .unwrap();
+        let m = parse_mountinfo_line(line).unwrap();
+        assert_eq!(m.mount_point.as_os_str().as_bytes(), b"/mnt/\xff\xfe\nx");
     }
 }
