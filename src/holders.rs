@@ -99,11 +99,12 @@ pub fn holders(path: impl AsRef<Path>) -> Result<Vec<Holder>, Error> {
 /// The holders of the file identified by `id`, found exactly however long
 /// it takes; `path` is for errors.
 pub(crate) fn holders_of(id: MountedId, path: &Path) -> Result<Vec<Holder>, Error> {
-    collect(id, path, &Budget(None))
+    collect(id, path, &Budget::new(None))
 }
 
-/// As [`holders_of`], best effort within `budget`: the first page of
-/// `/proc/locks` is always read, every later step (the rest of the file,
+/// As [`holders_of`], best effort within `budget`, counted from the end of
+/// the first page of `/proc/locks` (which is always read, and can take
+/// milliseconds when cold): every later step (the rest of the file,
 /// the rereads, verifying each entry, the search for sharers) only starts
 /// before the budget is spent. Entries not verified in time are
 /// [`PidStatus::Unverified`]; a search for sharers cut short leaves
@@ -113,15 +114,34 @@ pub(crate) fn holders_within(
     path: &Path,
     budget: Duration,
 ) -> Result<Vec<Holder>, Error> {
-    collect(id, path, &Budget(Instant::now().checked_add(budget)))
+    collect(id, path, &Budget::new(Some(budget)))
 }
 
-/// A deadline for the diagnostics; `None` for none.
-struct Budget(Option<Instant>);
+/// The time diagnostics may take: `allowance` counted from the end of the
+/// first page of `/proc/locks` (see [`Budget::start`]); `None` for no limit.
+struct Budget {
+    allowance: Option<Duration>,
+    deadline: std::cell::Cell<Option<Instant>>,
+}
 
 impl Budget {
+    fn new(allowance: Option<Duration>) -> Budget {
+        Budget {
+            allowance,
+            deadline: std::cell::Cell::new(None),
+        }
+    }
+
+    /// Starts the clock (once).
+    fn start(&self) {
+        if self.deadline.get().is_none() {
+            self.deadline
+                .set(self.allowance.and_then(|a| Instant::now().checked_add(a)));
+        }
+    }
+
     fn spent(&self) -> bool {
-        self.0.is_some_and(|d| Instant::now() >= d)
+        self.deadline.get().is_some_and(|d| Instant::now() >= d)
     }
 }
 
@@ -147,11 +167,19 @@ fn collect(id: MountedId, path: &Path, budget: &Budget) -> Result<Vec<Holder>, E
     let mut entries = read_entries(target, budget).map_err(failed("/proc/locks"))?;
     // The kernel prints each waiter after the lock blocking it, which may
     // come before other holders; list every holder first.
-    entries.sort_by_key(|e| e.waiting);
-    let mut holders: Vec<Holder> = entries
-        .into_iter()
-        .map(|e| describe(e, target, budget))
-        .collect();
+    entries.sort_by_key(|(e, _)| e.waiting);
+    let mut holders: Vec<Holder> = Vec::new();
+    for (entry, n) in entries {
+        let (holder, held) = describe(entry, target, budget);
+        // A process with one descriptor holding the lock holds one record
+        // of it (a description holds one flock lock), however many the
+        // passes counted; one found holding it holds at least one.
+        let n = match held {
+            Some(fds) if holder.status == PidStatus::Confirmed && !entry.waiting => n.clamp(1, fds),
+            _ => n,
+        };
+        holders.extend(std::iter::repeat(holder).take(n));
+    }
     find_sharers(&mut holders, target, budget);
     Ok(holders)
 }
@@ -245,7 +273,9 @@ fn read_pass(
             return Ok(if first_page { Some(chunks) } else { None });
         }
         let mut chunk = Vec::new();
-        if sys::proc_locks_read(&mut file, &mut chunk)? == 0 {
+        let n = sys::proc_locks_read(&mut file, &mut chunk)?;
+        budget.start();
+        if n == 0 {
             return Ok(Some(chunks));
         }
         chunks.push(chunk);
@@ -270,7 +300,7 @@ fn is_waiter_line(line: &[u8]) -> bool {
 
 /// The `FLOCK` entries on `target`, each record counted once; see the
 /// module documentation.
-fn read_entries(target: Target, budget: &Budget) -> std::io::Result<Vec<LockEntry>> {
+fn read_entries(target: Target, budget: &Budget) -> std::io::Result<Vec<(LockEntry, usize)>> {
     let needle = dev_ino_needle(target);
     let Some(chunks) = read_pass(0, budget, true)? else {
         return Ok(Vec::new());
@@ -282,18 +312,40 @@ fn read_entries(target: Target, budget: &Budget) -> std::io::Result<Vec<LockEntr
         .collect();
     let a = count_once(&walks);
     if walks.len() < 2 || budget.spent() {
-        return Ok(a);
+        return Ok(tally(&a, &[]));
     }
     let Some(b) = shifted_pass(&first, 2, target, &needle, budget)? else {
-        return Ok(a);
+        return Ok(tally(&a, &[]));
     };
     if same_counts(&a, &b) {
-        return Ok(a);
+        return Ok(tally(&a, &[]));
     }
     let Some(c) = shifted_pass(&first, 4, target, &needle, budget)? else {
-        return Ok(a);
+        return Ok(tally(&a, &[&b]));
     };
-    Ok(median(a, &b, &c))
+    Ok(tally(&a, &[&b, &c]))
+}
+
+/// Each distinct entry of the passes, in the order first seen, with its
+/// count: the first pass's, or with three passes the median. An entry only
+/// some passes saw may get 0; [`collect`] keeps it when its process is
+/// found holding the lock.
+fn tally(a: &[LockEntry], others: &[&[LockEntry]]) -> Vec<(LockEntry, usize)> {
+    let mut out: Vec<(LockEntry, usize)> = Vec::new();
+    for e in a.iter().chain(others.iter().flat_map(|o| o.iter())) {
+        if out.iter().any(|(k, _)| k == e) {
+            continue;
+        }
+        let n = if let [b, c] = others {
+            let mut n = [count(a, e), count(b, e), count(c, e)];
+            n.sort_unstable();
+            n[1]
+        } else {
+            count(a, e)
+        };
+        out.push((*e, n));
+    }
+    out
 }
 
 /// A second pass whose page boundaries are moved by `1/part` of the first
@@ -376,34 +428,6 @@ fn same_counts(a: &[LockEntry], b: &[LockEntry]) -> bool {
     a.len() == b.len() && a.iter().all(|e| count(a, e) == count(b, e))
 }
 
-/// `a` with each entry's count set to the median of its counts in the
-/// three passes: extra copies dropped from the end, missing ones appended.
-fn median(a: Vec<LockEntry>, b: &[LockEntry], c: &[LockEntry]) -> Vec<LockEntry> {
-    let mut keys: Vec<LockEntry> = Vec::new();
-    for e in a.iter().chain(b).chain(c) {
-        if !keys.contains(e) {
-            keys.push(*e);
-        }
-    }
-    let wanted = |e: &LockEntry| {
-        let mut n = [count(&a, e), count(b, e), count(c, e)];
-        n.sort_unstable();
-        n[1]
-    };
-    let mut out: Vec<LockEntry> = Vec::new();
-    for e in &a {
-        if count(&out, e) < wanted(e) {
-            out.push(*e);
-        }
-    }
-    for e in &keys {
-        for _ in count(&out, e)..wanted(e) {
-            out.push(*e);
-        }
-    }
-    out
-}
-
 // ---- the processes behind the entries -----------------------------------
 
 /// A file as `/proc/locks` names it: superblock device and inode.
@@ -467,8 +491,9 @@ fn liveness(pid: u32) -> Liveness {
     }
 }
 
-/// Builds a [`Holder`] from a `/proc/locks` entry, checking the PID.
-fn describe(entry: LockEntry, target: Target, budget: &Budget) -> Holder {
+/// Builds a [`Holder`] from a `/proc/locks` entry, checking the PID; with
+/// the number of the PID's descriptors found holding the lock.
+fn describe(entry: LockEntry, target: Target, budget: &Budget) -> (Holder, Option<usize>) {
     let mut holder = Holder {
         pid: entry.pid,
         mode: entry.mode,
@@ -479,46 +504,51 @@ fn describe(entry: LockEntry, target: Target, budget: &Budget) -> Holder {
         sharers_complete: true,
     };
     if budget.spent() {
-        return holder;
+        return (holder, None);
     }
     let live = liveness(entry.pid);
     if live != Liveness::Gone {
         holder.cmdline = cmdline(entry.pid);
     }
+    let mut held = None;
     holder.status = match live {
         Liveness::Gone => PidStatus::Exited,
         Liveness::Unknown => PidStatus::Unverified,
         Liveness::Alive(_) if entry.waiting => PidStatus::Confirmed,
-        Liveness::Alive(task) => match holds(entry.pid, task, entry, target, budget) {
-            Some(true) => PidStatus::Confirmed,
-            Some(false) => PidStatus::NotHolding,
-            None => PidStatus::Unverified,
-        },
+        Liveness::Alive(task) => {
+            held = holds(entry.pid, task, entry, target, budget);
+            match held {
+                Some(0) => PidStatus::NotHolding,
+                Some(_) => PidStatus::Confirmed,
+                None => PidStatus::Unverified,
+            }
+        }
     };
-    holder
+    (holder, held)
 }
 
-/// Whether a descriptor of process `pid` holds the lock of `entry` (same
+/// How many descriptors of process `pid` hold the lock of `entry` (same
 /// mode, taken by the same PID); `None` when its descriptors could not all
-/// be read or the budget ran out.
+/// be read or the budget ran out before one was found.
 fn holds(
     pid: u32,
     task: Option<u32>,
     entry: LockEntry,
     target: Target,
     budget: &Budget,
-) -> Option<bool> {
+) -> Option<usize> {
     let dir = sys::proc_fdinfo_dir(pid, task).ok()?;
     let mut buf = Vec::new();
     let mut unreadable = false;
+    let mut found = 0;
     for &fd in &dir.fds {
         if budget.spent() {
-            return None;
+            break;
         }
         match sys::proc_fdinfo(&dir, fd, &mut buf) {
             Ok(()) => {
                 if fdinfo_locks(&buf).any(|e| is_lock_of(&e, &entry, target)) {
-                    return Some(true);
+                    found += 1;
                 }
             }
             // Closed since the listing.
@@ -526,7 +556,11 @@ fn holds(
             Err(_) => unreadable = true,
         }
     }
-    (!unreadable).then_some(false)
+    if found > 0 {
+        // Descriptors not read in time only could have added to the count.
+        return Some(if budget.spent() { usize::MAX } else { found });
+    }
+    (!unreadable && !budget.spent()).then_some(0)
 }
 
 /// Whether an fdinfo `lock:` entry is the lock `entry` stands for.
@@ -1080,9 +1114,11 @@ bad line
     fn passes_that_disagree_are_decided_by_the_median() {
         let x = entry(1, FlockMode::Shared, false);
         let y = entry(2, FlockMode::Shared, false);
-        assert_eq!(median(vec![x, x, y], &[x, y], &[x, y]), [x, y]);
-        assert_eq!(median(vec![x], &[x, y], &[y, x]), [x, y]);
-        assert_eq!(median(vec![x, y], &[x], &[]), [x]);
+        assert_eq!(tally(&[x, x, y], &[&[x, y], &[x, y]]), [(x, 1), (y, 1)]);
+        assert_eq!(tally(&[x], &[&[x, y], &[y, x]]), [(x, 1), (y, 1)]);
+        assert_eq!(tally(&[x, y], &[&[x], &[]]), [(x, 1), (y, 0)]);
+        assert_eq!(tally(&[x, x], &[]), [(x, 2)]);
+        assert_eq!(tally(&[x], &[&[y]]), [(x, 1), (y, 0)]);
         assert!(same_counts(&[x, y], &[y, x]));
         assert!(!same_counts(&[x, x], &[x, y]));
     }

@@ -1003,7 +1003,11 @@ fn control_characters_in_a_holders_command_line_are_escaped() {
     );
     let err = flockguard::flock_timeout::<Exclusive>(&path, Duration::ZERO).unwrap_err();
     let message = err.to_string();
-    assert!(message.contains("\\x1b[2J"), "{message}");
+    // The timeout's diagnostics are bounded: under load the command line
+    // may not have been read in time.
+    if err.holders().iter().any(|h| h.cmdline.is_some()) {
+        assert!(message.contains("\\x1b[2J"), "{message}");
+    }
     assert!(!message.chars().any(char::is_control), "{message:?}");
     assert!(child.release().success());
 }
