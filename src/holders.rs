@@ -272,10 +272,9 @@ fn read_pass(
         if (!first_page || !chunks.is_empty()) && budget.spent() {
             return Ok(if first_page { Some(chunks) } else { None });
         }
-        let mut chunk = Vec::new();
-        let n = sys::proc_locks_read(&mut file, &mut chunk)?;
+        let chunk = sys::proc_locks_read(&mut file)?;
         budget.start();
-        if n == 0 {
+        if chunk.is_empty() {
             return Ok(Some(chunks));
         }
         chunks.push(chunk);

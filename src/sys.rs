@@ -379,23 +379,24 @@ pub(crate) fn proc_locks_seek(file: &mut std::fs::File, offset: u64) -> io::Resu
     file.seek(io::SeekFrom::Start(offset)).map(drop)
 }
 
-/// One `read(2)` of an open `/proc/locks`, appended to `buf`; returns the
-/// number of bytes (0 at the end). The kernel serves at most one page of
-/// whole lines per call, taken under its lock-list lock, and walks the list
-/// from its start again for the next call.
-pub(crate) fn proc_locks_read(file: &mut std::fs::File, buf: &mut Vec<u8>) -> io::Result<usize> {
+/// One `read(2)` of an open `/proc/locks`: its bytes, empty at the end.
+/// The kernel serves at most one page of whole lines per call, taken under
+/// its lock-list lock, and walks the list from its start again for the
+/// next call.
+pub(crate) fn proc_locks_read(file: &mut std::fs::File) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    const CHUNK: usize = 64 * 1024;
-    let len = buf.len();
-    buf.resize(len + CHUNK, 0);
-    let got = loop {
-        match file.read(&mut buf[len..]) {
+    // `vec![0; n]` is one zeroed allocation; growing a Vec to it would
+    // write every byte.
+    let mut buf = vec![0; 64 * 1024];
+    let n = loop {
+        match file.read(&mut buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => break other,
+            other => break other?,
         }
     };
-    buf.truncate(len + *got.as_ref().unwrap_or(&0));
-    got
+    buf.truncate(n);
+    buf.shrink_to_fit();
+    Ok(buf)
 }
 
 /// The contents of `/proc/self/mountinfo`.
@@ -487,7 +488,6 @@ pub(crate) fn proc_fdinfo_dir(pid: u32, tid: Option<u32>) -> io::Result<FdinfoDi
 /// Reads `fdinfo/FD` of an open [`FdinfoDir`] into `buf` (replacing its
 /// contents).
 pub(crate) fn proc_fdinfo(dir: &FdinfoDir, fd: u32, buf: &mut Vec<u8>) -> io::Result<()> {
-    const STEP: usize = 4096;
     let name = fd.to_string();
     let file = retry(|| {
         rustix::fs::openat(
@@ -498,14 +498,13 @@ pub(crate) fn proc_fdinfo(dir: &FdinfoDir, fd: u32, buf: &mut Vec<u8>) -> io::Re
         )
     })?;
     buf.clear();
+    let mut step = [0u8; 4096];
     loop {
-        let len = buf.len();
-        buf.resize(len + STEP, 0);
-        let n = retry(|| rustix::io::read(&file, &mut buf[len..]))?;
-        buf.truncate(len + n);
+        let n = retry(|| rustix::io::read(&file, &mut step))?;
+        buf.extend_from_slice(&step[..n]);
         // The kernel renders the whole file at the first read: a short
         // read is the end, which saves the read(2) that would return 0.
-        if n < STEP {
+        if n < step.len() {
             return Ok(());
         }
     }
