@@ -27,6 +27,11 @@
 //!   with the boundaries moved by a quarter page, decides: each entry gets
 //!   the median of the three counts.
 //!
+//! - last, the count is checked against the process: a PID found holding
+//!   the lock through one descriptor holds one record of it (an open file
+//!   description holds at most one `flock` lock), and one found holding it
+//!   holds at least one, even if the passes missed it.
+//!
 //! At most three passes: `3 × (pages + 1)` reads and two seeks.
 
 use std::ffi::OsString;

@@ -36,7 +36,8 @@ fn dispatch(args: &[String]) {
             support::wait_for_parent(|_| {});
             drop(guard);
         }
-        "fork" => fork_hold(&args[1], &args[2]),
+        "fork" => fork_hold(&args[1], &args[2], FlockMode::Exclusive),
+        "fork-shared" => fork_hold(&args[1], &args[2], FlockMode::Shared),
         "fds" => hold_descriptors(args[1].parse().unwrap()),
         "print" => print_holders(&args[1]),
         "emfile" => {
@@ -59,8 +60,8 @@ child_entry!(dispatch);
 /// Child: takes an exclusive lock, forks, closes its own descriptor and
 /// either exits (`exit`) or stays until stdin closes (`stay`). The forked
 /// process keeps the lock until stdin closes.
-fn fork_hold(path: &str, then: &str) {
-    let guard = LockFile::open(path).unwrap().lock::<Exclusive>().unwrap();
+fn fork_hold(path: &str, then: &str, mode: FlockMode) {
+    let guard = LockFile::open(path).unwrap().lock_mode(mode).unwrap();
     // SAFETY: the forked process only calls the async-signal-safe read(2)
     // and _exit(2) before it ends.
     let pid = unsafe { libc::fork() };
@@ -1010,4 +1011,38 @@ fn control_characters_in_a_holders_command_line_are_escaped() {
     }
     assert!(!message.chars().any(char::is_control), "{message:?}");
     assert!(child.release().success());
+}
+
+/// Two shared locks whose takers exited, each living on in a forked
+/// process: one scan of every process's descriptors finds both.
+#[test]
+fn two_forked_readers_whose_takers_exited_are_each_found() {
+    let (_dir, path) = support::lock_path();
+    let mut expected = Vec::new();
+    let mut children = Vec::new();
+    for _ in 0..2 {
+        let mut child = Child::spawn(&["fork-shared", path.to_str().unwrap(), "exit"]);
+        let line = child.expect_line("forked ", LINE);
+        let forked: u32 = line["forked ".len()..].parse().unwrap();
+        expected.push((child.pid(), forked));
+        assert!(child.child.wait().unwrap().success());
+        children.push(child);
+    }
+    let list = flockguard::holders(&path).unwrap();
+    let mut got: Vec<(u32, Vec<u32>)> = list
+        .iter()
+        .map(|h| {
+            assert_eq!(h.status, PidStatus::Exited, "{h}");
+            assert!(h.sharers_complete);
+            (h.pid, h.sharers.iter().map(|p| p.pid).collect())
+        })
+        .collect();
+    got.sort();
+    expected.sort();
+    let expected: Vec<(u32, Vec<u32>)> = expected.into_iter().map(|(t, f)| (t, vec![f])).collect();
+    assert_eq!(got, expected);
+    for child in children {
+        assert!(child.release().success());
+    }
+    support::wait_free(&path);
 }
