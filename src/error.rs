@@ -176,7 +176,9 @@ pub enum Error {
         /// How long the call waited.
         waited: Duration,
         /// Who held or waited for the lock when the wait ended (empty if
-        /// none was visible or `/proc` could not be read).
+        /// none was visible or `/proc` could not be read), found within a
+        /// few milliseconds: entries not verified in time are
+        /// [`PidStatus::Unverified`](crate::PidStatus::Unverified).
         holders: Vec<Holder>,
         /// The caller's description of what the lock protects, from
         /// [`Wait::context`](crate::Wait::context).
