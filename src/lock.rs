@@ -700,9 +700,7 @@ impl LockFile {
             waited: start.elapsed(),
             // Diagnostics must not hide the timeout or delay it past a few
             // milliseconds: a failed read of /proc leaves the list empty.
-            holders: self
-                .holders_within(holders::WAIT_DIAGNOSTICS_BUDGET)
-                .into(),
+            holders: self.holders_within(holders::WAIT_DIAGNOSTICS_BUDGET).into(),
             context: context.map(Box::from),
         }
     }

@@ -61,7 +61,10 @@ child_entry!(dispatch);
 /// either exits (`exit`) or stays until stdin closes (`stay`). The forked
 /// process keeps the lock until stdin closes.
 fn fork_hold(path: &str, then: &str, mode: FlockMode) {
-    let guard = LockFile::open(path).unwrap().lock_any(mode, flockguard::Wait::forever()).unwrap();
+    let guard = LockFile::open(path)
+        .unwrap()
+        .lock_any(mode, flockguard::Wait::forever())
+        .unwrap();
     // SAFETY: the forked process only calls the async-signal-safe read(2)
     // and _exit(2) before it ends.
     let pid = unsafe { libc::fork() };
