@@ -6,6 +6,7 @@
 //! set to the release it booted; there a test that cannot set up its
 //! filesystem fails instead of skipping.
 
+#[macro_use]
 mod support;
 
 use std::os::fd::AsFd;
@@ -28,6 +29,16 @@ fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+/// Child: opens and locks `args[0]` `args[1]` times, for strace to count.
+fn dispatch(args: &[String]) {
+    let times: u32 = args[1].parse().unwrap();
+    for _ in 0..times {
+        drop(try_flock::<Exclusive>(&args[0]).unwrap());
+    }
+}
+
+child_entry!(dispatch);
 
 fn in_guest() -> bool {
     std::env::var_os(GUEST_KERNEL).is_some()
@@ -242,4 +253,49 @@ fn overlay_is_lockable_and_locks_the_overlay_inode() {
     let guard = try_flock::<Exclusive>(merged.join("verdict.lock")).unwrap();
     assert!(holders(&upper_file).unwrap().is_empty());
     drop(guard);
+}
+
+#[test]
+fn each_open_checks_the_filesystem_unless_the_kernel_names_the_mount_uniquely() {
+    const TEST: &str = "each_open_checks_the_filesystem_unless_the_kernel_names_the_mount_uniquely";
+    const OPENS: usize = 3;
+    let (dir, path) = support::lock_path();
+    let log = dir.path().join("strace.log");
+    let exe = std::env::current_exe().unwrap();
+    let out = match Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=fstatfs,statfs", "-o"])
+        .arg(&log)
+        .arg(exe)
+        .args([
+            "__child_entry",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env(
+            support::CHILD_ENV,
+            format!("{}{}{OPENS}", path.display(), support::ARG_SEP),
+        )
+        .output()
+    {
+        Ok(out) => out,
+        Err(err) => return cannot(TEST, &format!("cannot run strace: {err}")),
+    };
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("ptrace") {
+            return cannot(TEST, stderr.trim());
+        }
+        panic!("child failed: {out:?}");
+    }
+    let trace = std::fs::read_to_string(&log).unwrap();
+    let calls = trace.lines().filter(|l| l.contains("fstatfs(")).count();
+    let expected = if kernel_version() >= (6, 8) { 1 } else { OPENS };
+    assert_eq!(
+        calls,
+        expected,
+        "Linux {:?}, {OPENS} opens on one mount:\n{trace}",
+        kernel_version()
+    );
 }

@@ -244,16 +244,38 @@ fn remote_fs_allow_locks_on_nfs() {
         assert_eq!(list[0].mode, FlockMode::Exclusive);
         drop(guard);
     }
+    // That record belongs to one mount's inode: through another mount of
+    // the same export the holder is not listed, though the lock excludes.
+    let [v4a, v4b, v3, _] = nfs.paths("holders.lock");
+    let guard = open_allowed(&v4a).try_lock::<Exclusive>().unwrap();
+    for other in [&v4b, &v3] {
+        assert!(!can_lock::<Shared>(other), "{}", other.display());
+        let list = holders(other).unwrap();
+        record(&format!(
+            "held through {}: holders through {}: {list:?}",
+            v4a.display(),
+            other.display()
+        ));
+        assert!(list.is_empty(), "{}: {list:?}", other.display());
+    }
+    drop(guard);
 }
 
 #[test]
 fn flock_on_nfs_excludes_across_opens_mounts_and_versions() {
     const TEST: &str = "flock_on_nfs_excludes_across_opens_mounts_and_versions";
     let Some(nfs) = Nfs::get(TEST) else { return };
-    let [v4a, v4b, v3, _] = nfs.paths("across.lock");
+    let [v4a, v4b, v3, server] = nfs.paths("across.lock");
     let clients = [&v4a, &v4b, &v3];
+    // Created on the server, as a lock file left from an earlier run is.
+    std::fs::write(&server, b"").unwrap();
     for holder in clients {
         let guard = open_allowed(holder).try_lock::<Exclusive>().unwrap();
+        record(&format!(
+            "exclusive via {}: server inode {:?}",
+            holder.display(),
+            lock_lines(&server)
+        ));
         for other in clients {
             let t0 = Instant::now();
             assert!(
@@ -362,6 +384,12 @@ fn proc_locks_shows_a_client_flock_line_and_a_server_posix_line() {
             posix[0].pid, me,
             "{version}: the server's lock names the client"
         );
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", posix[0].pid));
+        record(&format!(
+            "{version}: the server's POSIX lock is owned by pid {} ({:?})",
+            posix[0].pid,
+            comm.as_deref().map(str::trim)
+        ));
         assert!(
             on_server.iter().all(|l| l.kind != "FLOCK"),
             "{version}: {on_server:?}"
