@@ -445,6 +445,26 @@ fn a_failed_nonblocking_upgrade_keeps_the_shared_lock_on_nfs() {
         assert!(can_lock::<Exclusive>(&path));
     }
     record("a failed LOCK_EX|LOCK_NB upgrade keeps the shared lock on NFSv4 and NFSv3, and loses it on tmpfs");
+
+    // Through the crate under RemoteFs::Allow, the file that a failed
+    // try_upgrade hands back therefore still holds the shared lock there.
+    for dir in [&nfs.v4a, &nfs.v3] {
+        let path = dir.join("try-upgrade.lock");
+        let a = open_allowed(&path).try_lock::<Shared>().unwrap();
+        let b = open_allowed(&path).try_lock::<Shared>().unwrap();
+        let handed_back = a
+            .try_upgrade()
+            .expect_err("upgrade granted beside another shared holder");
+        drop(b);
+        assert!(
+            !can_lock::<Exclusive>(&path),
+            "{}: the file try_upgrade handed back holds no lock",
+            path.display()
+        );
+        assert!(can_lock::<Shared>(&path), "{}", path.display());
+        drop(handed_back);
+        assert!(can_lock::<Exclusive>(&path), "{}", path.display());
+    }
 }
 
 fn rw_create(path: &Path) -> File {
