@@ -917,12 +917,12 @@ impl<M: Mode> LockGuard<M> {
             Err(source) => {
                 let mut error = file.flock_error(N::MODE, source);
                 if let Error::WouldBlock { shared_lost, .. } = &mut error {
-                    // flock(2) removes the old lock before it looks for
-                    // conflicts, so a refused upgrade has lost it.
+                    // Local flock(2) removes the old lock before it looks
+                    // for conflicts; NFS keeps it. LOCK_UN below makes
+                    // "lost" true on both.
                     *shared_lost = M::MODE == FlockMode::Shared;
-                } else {
-                    let _ = sys::funlock(file.as_fd());
                 }
+                let _ = sys::funlock(file.as_fd());
                 Err(LockError::new(error, file))
             }
         }
