@@ -81,6 +81,8 @@ mod holders;
 mod lockfile;
 mod mode;
 mod options;
+#[cfg(feature = "postgres")]
+pub mod pg;
 mod removal;
 mod sys;
 mod timed;

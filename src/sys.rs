@@ -371,3 +371,11 @@ pub(crate) mod errno {
     pub(crate) const NAMETOOLONG: i32 = Errno::NAMETOOLONG.raw_os_error();
     pub(crate) const LOOP: i32 = Errno::LOOP.raw_os_error();
 }
+
+/// This host's name (`/proc/sys/kernel/hostname`), if it can be read.
+#[cfg(feature = "postgres")]
+pub(crate) fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
