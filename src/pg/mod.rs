@@ -379,22 +379,10 @@ impl PgLock {
             Err(error) => return Err(LockError { error, handle: self }),
         };
         match result {
-            Ok(Grant { granted: true, token: fence, .. }) => {
-                if token.is_some_and(CancelToken::is_cancelled) {
-                    // Granted after the caller gave up: give it back.
-                    let released = self.session.as_ref().map(|s| s.release(M::MODE, key));
-                    if !matches!(released, Some(Ok(true))) {
-                        self.session = None;
-                    }
-                    let error = Error::PgCancelled {
-                        name: self.name.clone(),
-                        mode: M::MODE,
-                        waited: start.elapsed(),
-                    };
-                    return Err(LockError { error, handle: self });
-                }
-                Ok(PgGuard::new(self, fence))
-            }
+            Ok(Grant {
+                granted: true,
+                token: fence,
+            }) => Ok(PgGuard::new(self, fence)),
             Ok(Grant { granted: false, .. }) => {
                 let error = Error::PgWouldBlock {
                     name: self.name.clone(),

@@ -463,14 +463,23 @@ impl Session {
             out
         };
         let cancel = self.cancel.clone();
+        let mut sent = None;
         let answer = block_on(fut, token, || {
             let cancel = cancel.clone();
+            let (tx, rx) = mpsc::sync_channel(1);
             if let Ok(rt) = runtime() {
                 rt.spawn(async move {
-                    let _ = cancel.cancel_query(NoTls).await;
+                    let _ = within(ROUND_TRIP, cancel.cancel_query(NoTls)).await;
+                    let _ = tx.send(());
                 });
+                sent = Some(rx);
             }
         })?;
+        if let Some(done) = sent {
+            // The server signals the backend before it closes the cancel
+            // connection; once that happened no later statement can be hit.
+            let _ = done.recv_timeout(ROUND_TRIP + ROUND_TRIP);
+        }
         match answer {
             Ok(Ok(row)) => self.check_backend(row, pid_column),
             Ok(Err(err)) => Err(classify(err)),
@@ -528,7 +537,7 @@ impl Session {
             (true, Some(d)) => Some(d.saturating_add(ROUND_TRIP)),
             (true, None) => None,
         };
-        let row = self.round_trip(
+        let result = self.round_trip(
             |s| {
                 match op {
                     Op::Try(FlockMode::Exclusive) => &s.try_exclusive,
@@ -545,13 +554,37 @@ impl Session {
             2,
             deadline,
             token,
-        )?;
+        );
+        if let (Some(token), Op::Wait(mode)) = (token, op) {
+            if token.is_cancelled() && !matches!(result, Err(Failure::Lost(..))) {
+                // The caller gave up: whether the grant or the cancel came
+                // first (or the cancel hit the statement after the grant),
+                // the session must not keep the lock.
+                return self.release_after_cancel(mode, key);
+            }
+        }
+        let row = result?;
         let granted: bool = row.try_get(0).map_err(protocol)?;
         let token: Option<i64> = row.try_get(1).map_err(protocol)?;
         Ok(Grant {
             granted,
             token: token.map_or(0, |t| t as u64),
         })
+    }
+
+    /// Releases whatever a cancelled wait may have been granted, then
+    /// reports the cancel.
+    fn release_after_cancel(&self, mode: FlockMode, key: i64) -> Result<Grant, Failure> {
+        for _ in 0..3 {
+            match self.release(mode, key) {
+                Ok(_) => return Err(Failure::Cancelled),
+                // A cancel request that arrived late cancelled the release.
+                Err(Failure::Cancelled) => continue,
+                Err(other) => return Err(other),
+            }
+        }
+        self.abandon(PgLoss::Closed);
+        Err(Failure::Lost(PgLoss::Closed, None))
     }
 
     /// Releases one hold of `mode`; `Ok(false)` if the session held none.
