@@ -666,3 +666,172 @@ fn a_partitioned_holder_loses_the_lock_within_the_bound() {
     assert!(matches!(err.error, Error::PgLost { .. }), "{err}");
     drop(proxy);
 }
+
+/// One step of the model test, on handle `0..3`.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    TryExclusive(usize),
+    TryShared(usize),
+    Unlock(usize),
+    Downgrade(usize),
+    TryUpgrade(usize),
+    Drop(usize),
+}
+
+/// A handle in the model test and what the model says it holds.
+enum Slot {
+    Idle(PgLock),
+    Shared(PgGuard<Shared>),
+    Exclusive(PgGuard<Exclusive>),
+    Empty,
+}
+
+impl Slot {
+    fn held(&self) -> Option<FlockMode> {
+        match self {
+            Slot::Shared(_) => Some(FlockMode::Shared),
+            Slot::Exclusive(_) => Some(FlockMode::Exclusive),
+            _ => None,
+        }
+    }
+
+    fn backend_pid(&self) -> Option<i32> {
+        match self {
+            Slot::Idle(l) => l.backend_pid(),
+            Slot::Shared(g) => g.backend_pid(),
+            Slot::Exclusive(g) => g.backend_pid(),
+            Slot::Empty => None,
+        }
+    }
+}
+
+#[test]
+fn random_operation_sequences_match_the_model() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let Some(url) = server("random_operation_sequences_match_the_model") else {
+        return;
+    };
+    let sql = Sql::connect(&url);
+    let step = (0usize..6, 0usize..3).prop_map(|(k, h)| match k {
+        0 => Step::TryExclusive(h),
+        1 => Step::TryShared(h),
+        2 => Step::Unlock(h),
+        3 => Step::Downgrade(h),
+        4 => Step::TryUpgrade(h),
+        _ => Step::Drop(h),
+    });
+    let mut runner = TestRunner::new(Config {
+        cases: 12,
+        ..Config::default()
+    });
+    runner
+        .run(&proptest::collection::vec(step, 1..24), |steps| {
+            let name = unique("model");
+            let mut slots: Vec<Slot> = (0..3)
+                .map(|_| Slot::Idle(PgLock::connect(&url, &name).unwrap()))
+                .collect();
+            let mut last_token = 0u64;
+            for step in steps {
+                let h = match step {
+                    Step::TryExclusive(h)
+                    | Step::TryShared(h)
+                    | Step::Unlock(h)
+                    | Step::Downgrade(h)
+                    | Step::TryUpgrade(h)
+                    | Step::Drop(h) => h,
+                };
+                let others: Vec<FlockMode> = (0..3)
+                    .filter(|&i| i != h)
+                    .filter_map(|i| slots[i].held())
+                    .collect();
+                let slot = std::mem::replace(&mut slots[h], Slot::Empty);
+                let mut token = None;
+                slots[h] = match (step, slot) {
+                    (Step::TryExclusive(_), Slot::Idle(l)) => match l.try_lock::<Exclusive>() {
+                        Ok(g) => {
+                            prop_assert!(others.is_empty(), "exclusive granted beside {others:?}");
+                            token = Some(g.fencing_token());
+                            Slot::Exclusive(g)
+                        }
+                        Err(e) => {
+                            prop_assert!(e.is_would_block(), "{e}");
+                            prop_assert!(!others.is_empty(), "refused with no other holder");
+                            Slot::Idle(e.into_inner())
+                        }
+                    },
+                    (Step::TryShared(_), Slot::Idle(l)) => match l.try_lock::<Shared>() {
+                        Ok(g) => {
+                            prop_assert!(!others.contains(&FlockMode::Exclusive));
+                            token = Some(g.fencing_token());
+                            Slot::Shared(g)
+                        }
+                        Err(e) => {
+                            prop_assert!(e.is_would_block(), "{e}");
+                            prop_assert!(others.contains(&FlockMode::Exclusive));
+                            Slot::Idle(e.into_inner())
+                        }
+                    },
+                    (Step::Unlock(_), Slot::Shared(g)) => Slot::Idle(g.unlock().unwrap()),
+                    (Step::Unlock(_), Slot::Exclusive(g)) => Slot::Idle(g.unlock().unwrap()),
+                    (Step::Downgrade(_), Slot::Exclusive(g)) => {
+                        let g = g.downgrade().unwrap();
+                        token = Some(g.fencing_token());
+                        Slot::Shared(g)
+                    }
+                    (Step::TryUpgrade(_), Slot::Shared(g)) => match g.try_upgrade() {
+                        Ok(g) => {
+                            prop_assert!(others.is_empty(), "upgrade granted beside {others:?}");
+                            token = Some(g.fencing_token());
+                            Slot::Exclusive(g)
+                        }
+                        Err(e) => {
+                            prop_assert!(e.is_would_block(), "{e}");
+                            prop_assert!(!others.is_empty());
+                            let g = e.into_inner();
+                            prop_assert!(g.is_held().unwrap(), "a failed try_upgrade lost the shared lock");
+                            Slot::Shared(g)
+                        }
+                    },
+                    (Step::Drop(_), slot @ (Slot::Shared(_) | Slot::Exclusive(_))) => {
+                        let pid = slot.backend_pid().unwrap();
+                        drop(slot);
+                        wait_until("a dropped guard's session ends", || {
+                            !sql.locks(&name).iter().any(|l| l.0 == pid)
+                        });
+                        Slot::Idle(PgLock::connect(&url, &name).unwrap())
+                    }
+                    (_, slot) => slot,
+                };
+                if let Some(t) = token {
+                    prop_assert!(t > last_token, "token {t} after {last_token}");
+                    last_token = t;
+                }
+                // The server agrees with the model.
+                let mut expected: Vec<(i32, String)> = slots
+                    .iter()
+                    .filter_map(|s| {
+                        let mode = match s.held()? {
+                            FlockMode::Exclusive => "ExclusiveLock",
+                            FlockMode::Shared => "ShareLock",
+                        };
+                        Some((s.backend_pid()?, mode.to_owned()))
+                    })
+                    .collect();
+                expected.sort();
+                let mut actual: Vec<(i32, String)> = sql
+                    .locks(&name)
+                    .into_iter()
+                    .filter(|l| l.2)
+                    .map(|l| (l.0, l.1))
+                    .collect();
+                actual.sort();
+                prop_assert_eq!(actual, expected, "after {:?}", step);
+                let exclusive = slots.iter().filter(|s| s.held() == Some(FlockMode::Exclusive)).count();
+                let shared = slots.iter().filter(|s| s.held() == Some(FlockMode::Shared)).count();
+                prop_assert!(exclusive <= 1 && (exclusive == 0 || shared == 0));
+            }
+            Ok(())
+        })
+        .unwrap();
+}

@@ -449,6 +449,12 @@ impl<M: Mode> PgGuard<M> {
         self.lock.as_ref().map_or("", |l| l.name.as_str())
     }
 
+    /// The server process serving the guard's session, the one
+    /// [`PgHolder::backend_pid`] reports for it.
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.lock.as_ref().and_then(PgLock::backend_pid)
+    }
+
     /// The mode held.
     pub fn mode(&self) -> FlockMode {
         M::MODE
