@@ -4,12 +4,10 @@
 //! of client errors. [`super`] calls these and owns the lock state.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use tokio::runtime::Handle;
-use tokio::task::JoinHandle;
+use tokio::runtime::Runtime;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement};
@@ -51,27 +49,28 @@ fn session_options() -> String {
     )
 }
 
-/// The runtime that drives every session's socket, timers and heartbeat on
-/// one background thread; a fork child gets a runtime of its own.
-fn runtime() -> std::io::Result<Handle> {
-    static RUNTIME: Mutex<Option<(u32, Handle)>> = Mutex::new(None);
-    let mut slot = RUNTIME.lock().unwrap_or_else(PoisonError::into_inner);
-    let pid = std::process::id();
-    if let Some((owner, handle)) = &*slot {
-        if *owner == pid {
-            return Ok(handle.clone());
-        }
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// A single-thread runtime for one session. The calling thread drives it
+/// during each call, so a round trip costs no hand-off between threads.
+fn new_runtime() -> std::io::Result<Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
-        .build()?;
-    let handle = runtime.handle().clone();
-    std::thread::Builder::new()
-        .name("flockguard-pg".into())
-        .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
-    *slot = Some((pid, handle.clone()));
-    Ok(handle)
+        .build()
+}
+
+/// Runs `fut` to completion on `rt` on this thread; inside another
+/// runtime's context, where that is refused, on a helper thread.
+fn drive<F>(rt: &Runtime, fut: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| s.spawn(|| rt.block_on(fut)).join())
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    } else {
+        rt.block_on(fut)
+    }
 }
 
 /// Why a round trip produced no answer.
@@ -119,37 +118,28 @@ pub(crate) fn classify(err: tokio_postgres::Error) -> Failure {
     }
 }
 
-/// Runs `fut` on the background runtime and waits for its output; a
-/// cancelled `token` calls `on_cancel` once and keeps waiting for the output.
-fn block_on<T: Send + 'static>(
-    fut: impl Future<Output = T> + Send + 'static,
+/// Awaits `fut`; when `token` is cancelled meanwhile, sends the server a
+/// cancel request, waits until it has been delivered, and then awaits `fut`
+/// (which the server ends with 57014 unless it had finished).
+async fn with_cancel<F: Future>(
+    fut: F,
     token: Option<&CancelToken>,
-    mut on_cancel: impl FnMut(),
-) -> Result<T, Failure> {
-    let handle = runtime()
-        .map_err(|_| Failure::Lost(PgLoss::NoAnswer(Duration::ZERO), None))?;
-    let (tx, rx) = mpsc::sync_channel(1);
-    handle.spawn(async move {
-        let _ = tx.send(fut.await);
-    });
-    let mut cancelled = false;
+    cancel: &tokio_postgres::CancelToken,
+) -> F::Output {
+    let Some(token) = token else {
+        return fut.await;
+    };
+    let mut fut = std::pin::pin!(fut);
     loop {
-        let got = match token {
-            Some(token) if !cancelled => {
-                if token.is_cancelled() {
-                    cancelled = true;
-                    on_cancel();
-                    continue;
-                }
-                match rx.recv_timeout(CANCEL_POLL) {
-                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                    other => other.map_err(|_| ()),
-                }
-            }
-            _ => rx.recv().map_err(|_| ()),
-        };
-        // The task only drops its sender unsent if the runtime shut down.
-        return got.map_err(|()| Failure::Lost(PgLoss::Closed, None));
+        if token.is_cancelled() {
+            // The server signals the backend before it closes the cancel
+            // connection; after that no later statement can be hit.
+            let _ = within(ROUND_TRIP, cancel.cancel_query(NoTls)).await;
+            return fut.await;
+        }
+        if let Ok(out) = tokio::time::timeout(CANCEL_POLL, fut.as_mut()).await {
+            return out;
+        }
     }
 }
 
@@ -271,23 +261,34 @@ pub(crate) struct Grant {
     pub(crate) token: u64,
 }
 
-struct Shared {
-    /// Set when the heartbeat found the session dead or unreachable.
+/// What a session's calls and its heartbeat share.
+struct Core {
+    /// `None` once shut down.
+    rt: Mutex<Option<Runtime>>,
+    client: Client,
+    /// Set when the heartbeat or a call found the session dead or unreachable.
     lost: Mutex<Option<PgLoss>>,
-    /// Round trips in progress; the heartbeat stays quiet while any is.
-    in_flight: AtomicUsize,
-    closing: AtomicBool,
+}
+
+impl Drop for Core {
+    /// Shuts the runtime down without waiting, which closes the socket; the
+    /// server ends the session and frees its locks when it reads the close.
+    fn drop(&mut self) {
+        let rt = self.rt.get_mut().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(rt) = rt {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// An open session with its prepared statements and heartbeat.
 pub(crate) struct Session {
-    client: Arc<Client>,
+    core: Arc<Core>,
     cancel: tokio_postgres::CancelToken,
-    statements: Arc<Statements>,
+    statements: Statements,
     backend_pid: i32,
-    shared: Arc<Shared>,
-    connection: Option<JoinHandle<()>>,
-    heartbeat: Option<JoinHandle<()>>,
+    /// Dropping it stops the heartbeat thread.
+    _heartbeat: mpsc::Sender<()>,
     /// `application_name` around the grant time: `flockguard PID ` and ` HOST`.
     stamp: (String, String),
 }
@@ -314,7 +315,7 @@ impl From<tokio_postgres::Error> for ConnectError {
 }
 
 /// Opens a client with the session settings; the connection runs as a task.
-async fn open_client(url: String) -> Result<(Client, JoinHandle<()>, String, String), ConnectError> {
+async fn open_client(url: &str) -> Result<(Client, String, String), ConnectError> {
     let mut config: Config = url.parse()?;
     let host = sys::hostname().unwrap_or_default();
     let pid = std::process::id();
@@ -339,10 +340,10 @@ async fn open_client(url: String) -> Result<(Client, JoinHandle<()>, String, Str
         config.connect_timeout(CONNECT_TIMEOUT);
     }
     let (client, connection) = config.connect(NoTls).await?;
-    let connection = tokio::spawn(async move {
+    tokio::spawn(async move {
         let _ = connection.await;
     });
-    Ok((client, connection, prefix, suffix))
+    Ok((client, prefix, suffix))
 }
 
 /// Creates the fencing sequence if it is missing; races with other
@@ -380,45 +381,47 @@ impl Session {
     /// Connects, creates the fencing sequence if needed, prepares the
     /// statements and starts the heartbeat.
     pub(crate) fn open(url: &str) -> Result<Session, ConnectError> {
-        let url = url.to_owned();
-        let opened = block_on(
-            within(CONNECT_TIMEOUT + ROUND_TRIP, async move {
-                let (client, connection, prefix, suffix) = open_client(url).await?;
-                let setup = async {
-                    ensure_fence(&client).await?;
-                    let statements = Statements::prepare(&client).await?;
-                    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
-                    Ok::<_, ConnectError>((statements, pid))
-                };
-                match setup.await {
-                    Ok((statements, pid)) => Ok((client, connection, prefix, suffix, statements, pid)),
-                    Err(err) => {
-                        connection.abort();
-                        Err(err)
-                    }
-                }
+        let rt = new_runtime().map_err(|e| ConnectError::Connect(Box::new(e)))?;
+        let opened = drive(
+            &rt,
+            within(CONNECT_TIMEOUT + ROUND_TRIP, async {
+                let (client, prefix, suffix) = open_client(url).await?;
+                ensure_fence(&client).await?;
+                let statements = Statements::prepare(&client).await?;
+                let pid: i32 = client
+                    .query_one("SELECT pg_backend_pid()", &[])
+                    .await?
+                    .get(0);
+                Ok::<_, ConnectError>((client, prefix, suffix, statements, pid))
             }),
-            None,
-            || {},
-        )
-        .map_err(|_| ConnectError::Connect("the client runtime could not start".into()))?;
-        let (client, connection, prefix, suffix, statements, backend_pid) = opened
-            .map_err(|_| ConnectError::Connect("no answer from the server within 15s".into()))??;
-        let client = Arc::new(client);
-        let shared = Arc::new(Shared {
-            lost: Mutex::new(None),
-            in_flight: AtomicUsize::new(0),
-            closing: AtomicBool::new(false),
-        });
-        let heartbeat = runtime().ok().map(|rt| rt.spawn(heartbeat(Arc::clone(&client), Arc::clone(&shared))));
-        Ok(Session {
-            cancel: client.cancel_token(),
+        );
+        let (client, prefix, suffix, statements, backend_pid) = match opened {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(err)) => {
+                rt.shutdown_background();
+                return Err(err);
+            }
+            Err(_) => {
+                rt.shutdown_background();
+                return Err(ConnectError::Connect(
+                    "no answer from the server within 15s".into(),
+                ));
+            }
+        };
+        let cancel = client.cancel_token();
+        let core = Arc::new(Core {
+            rt: Mutex::new(Some(rt)),
             client,
-            statements: Arc::new(statements),
+            lost: Mutex::new(None),
+        });
+        let heartbeat = start_heartbeat(Arc::downgrade(&core))
+            .map_err(|e| ConnectError::Connect(Box::new(e)))?;
+        Ok(Session {
+            core,
+            cancel,
+            statements,
             backend_pid,
-            shared,
-            connection: Some(connection),
-            heartbeat,
+            _heartbeat: heartbeat,
             stamp: (prefix, suffix),
         })
     }
@@ -428,61 +431,62 @@ impl Session {
         self.backend_pid
     }
 
-    /// A loss the heartbeat already found, or a closed connection.
+    /// A loss the heartbeat or an earlier call found, or a closed connection.
     pub(crate) fn known_loss(&self) -> Option<PgLoss> {
-        let lost = *self.shared.lost.lock().unwrap_or_else(PoisonError::into_inner);
-        lost.or_else(|| self.client.is_closed().then_some(PgLoss::Closed))
+        let lost = *self
+            .core
+            .lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        lost.or_else(|| self.core.client.is_closed().then_some(PgLoss::Closed))
+    }
+
+    /// Runs `fut` on the session's runtime, on this thread.
+    fn run<F>(&self, fut: F) -> Result<F::Output, Failure>
+    where
+        F: Future + Send,
+        F::Output: Send,
+    {
+        if let Some(loss) = self.known_loss() {
+            return Err(Failure::Lost(loss, None));
+        }
+        let rt = self.core.rt.lock().unwrap_or_else(PoisonError::into_inner);
+        let rt = rt.as_ref().ok_or(Failure::Lost(PgLoss::Closed, None))?;
+        Ok(drive(rt, fut))
     }
 
     /// Runs one statement with a deadline for the answer (`None`: no
-    /// deadline) and an optional cancel token.
+    /// deadline) and an optional cancel token; `pid_column` holds the
+    /// answering backend.
     fn round_trip(
         &self,
-        statement: impl FnOnce(&Statements) -> Statement,
-        params: Vec<Box<dyn ToSql + Send + Sync>>,
+        statement: &Statement,
+        params: &[&(dyn ToSql + Sync)],
         pid_column: usize,
         deadline: Option<Duration>,
         token: Option<&CancelToken>,
     ) -> Result<Row, Failure> {
-        if let Some(loss) = self.known_loss() {
-            return Err(Failure::Lost(loss, None));
-        }
-        let client = Arc::clone(&self.client);
-        let statement = statement(&self.statements);
-        let shared = Arc::clone(&self.shared);
-        shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        let fut = async move {
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
-            let query = client.query_one(&statement, &refs);
-            let out = match deadline {
-                Some(d) => tokio::time::timeout(d, query).await.map_err(|_| d),
-                None => Ok(query.await),
-            };
-            shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-            out
-        };
-        let cancel = self.cancel.clone();
-        let mut sent = None;
-        let answer = block_on(fut, token, || {
-            let cancel = cancel.clone();
-            let (tx, rx) = mpsc::sync_channel(1);
-            if let Ok(rt) = runtime() {
-                rt.spawn(async move {
-                    let _ = within(ROUND_TRIP, cancel.cancel_query(NoTls)).await;
-                    let _ = tx.send(());
-                });
-                sent = Some(rx);
-            }
-        })?;
-        if let Some(done) = sent {
-            // The server signals the backend before it closes the cancel
-            // connection; once that happened no later statement can be hit.
-            let _ = done.recv_timeout(ROUND_TRIP + ROUND_TRIP);
-        }
+        let client = &self.core.client;
+        let answer = self.run(with_cancel(
+            async {
+                let query = client.query_one(statement, params);
+                match deadline {
+                    Some(d) => tokio::time::timeout(d, query).await.map_err(|_| d),
+                    None => Ok(query.await),
+                }
+            },
+            token,
+            &self.cancel,
+        ))?;
         match answer {
             Ok(Ok(row)) => self.check_backend(row, pid_column),
-            Ok(Err(err)) => Err(classify(err)),
+            Ok(Err(err)) => {
+                let failure = classify(err);
+                if let Failure::Lost(loss, _) = &failure {
+                    self.abandon(*loss);
+                }
+                Err(failure)
+            }
             Err(waited) => {
                 self.abandon(PgLoss::NoAnswer(waited));
                 Err(Failure::Lost(PgLoss::NoAnswer(waited), None))
@@ -504,12 +508,13 @@ impl Session {
         Ok(row)
     }
 
-    /// Marks the session lost and closes its connection.
+    /// Marks the session lost; its socket closes when it is dropped.
     fn abandon(&self, loss: PgLoss) {
-        *self.shared.lost.lock().unwrap_or_else(PoisonError::into_inner) = Some(loss);
-        if let Some(connection) = &self.connection {
-            connection.abort();
-        }
+        *self
+            .core
+            .lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(loss);
     }
 
     /// Runs an acquiring statement.
@@ -526,35 +531,29 @@ impl Session {
             // 0 would mean "no limit"; a zero wait is one millisecond.
             Some(d) => d.as_millis().clamp(1, i32::MAX as u128).to_string(),
         };
-        let mut params: Vec<Box<dyn ToSql + Send + Sync>> =
-            vec![Box::new(key), Box::new(prefix), Box::new(suffix)];
         let waits = matches!(op, Op::Wait(_) | Op::Upgrade);
-        if waits {
-            params.push(Box::new(lock_timeout));
-        }
+        let with_timeout: [&(dyn ToSql + Sync); 4] = [&key, &prefix, &suffix, &lock_timeout];
+        let params = if waits {
+            &with_timeout[..]
+        } else {
+            &with_timeout[..3]
+        };
         let deadline = match (waits, timeout) {
             (false, _) => Some(ROUND_TRIP),
             (true, Some(d)) => Some(d.saturating_add(ROUND_TRIP)),
             (true, None) => None,
         };
-        let result = self.round_trip(
-            |s| {
-                match op {
-                    Op::Try(FlockMode::Exclusive) => &s.try_exclusive,
-                    Op::Try(FlockMode::Shared) => &s.try_shared,
-                    Op::Wait(FlockMode::Exclusive) => &s.lock_exclusive,
-                    Op::Wait(FlockMode::Shared) => &s.lock_shared,
-                    Op::Downgrade => &s.downgrade,
-                    Op::TryUpgrade => &s.try_upgrade,
-                    Op::Upgrade => &s.upgrade,
-                }
-                .clone()
-            },
-            params,
-            2,
-            deadline,
-            token,
-        );
+        let s = &self.statements;
+        let statement = match op {
+            Op::Try(FlockMode::Exclusive) => &s.try_exclusive,
+            Op::Try(FlockMode::Shared) => &s.try_shared,
+            Op::Wait(FlockMode::Exclusive) => &s.lock_exclusive,
+            Op::Wait(FlockMode::Shared) => &s.lock_shared,
+            Op::Downgrade => &s.downgrade,
+            Op::TryUpgrade => &s.try_upgrade,
+            Op::Upgrade => &s.upgrade,
+        };
+        let result = self.round_trip(statement, params, 2, deadline, token);
         if let (Some(token), Op::Wait(mode)) = (token, op) {
             if token.is_cancelled() && !matches!(result, Err(Failure::Lost(..))) {
                 // The caller gave up: whether the grant or the cancel came
@@ -589,16 +588,11 @@ impl Session {
 
     /// Releases one hold of `mode`; `Ok(false)` if the session held none.
     pub(crate) fn release(&self, mode: FlockMode, key: i64) -> Result<bool, Failure> {
-        let row = self.round_trip(
-            |s| match mode {
-                FlockMode::Exclusive => s.unlock_exclusive.clone(),
-                FlockMode::Shared => s.unlock_shared.clone(),
-            },
-            vec![Box::new(key)],
-            1,
-            Some(ROUND_TRIP),
-            None,
-        )?;
+        let statement = match mode {
+            FlockMode::Exclusive => &self.statements.unlock_exclusive,
+            FlockMode::Shared => &self.statements.unlock_shared,
+        };
+        let row = self.round_trip(statement, &[&key], 1, Some(ROUND_TRIP), None)?;
         row.try_get(0).map_err(protocol)
     }
 
@@ -610,8 +604,8 @@ impl Session {
             FlockMode::Shared => "ShareLock",
         };
         let row = self.round_trip(
-            |s| s.is_held.clone(),
-            vec![Box::new(classid), Box::new(objid), Box::new(pg_mode)],
+            &self.statements.is_held,
+            &[&classid, &objid, &pg_mode],
             1,
             Some(ROUND_TRIP),
             None,
@@ -621,54 +615,42 @@ impl Session {
 
     /// Everyone holding or waiting for the lock, on this session.
     pub(crate) fn holders(&self, key: i64) -> Result<Vec<PgHolder>, Failure> {
-        if let Some(loss) = self.known_loss() {
-            return Err(Failure::Lost(loss, None));
-        }
-        let client = Arc::clone(&self.client);
-        let statement = self.statements.holders.clone();
         let (classid, objid) = lock_columns(key);
-        let answer = block_on(
-            async move {
-                tokio::time::timeout(ROUND_TRIP, client.query(&statement, &[&classid, &objid]))
-                    .await
-            },
-            None,
-            || {},
-        )?;
+        let client = &self.core.client;
+        let statement = &self.statements.holders;
+        let answer = self.run(within(
+            ROUND_TRIP,
+            client.query(statement, &[&classid, &objid]),
+        ))?;
         match answer {
             Ok(Ok(rows)) => rows.iter().map(holder_from_row).collect(),
             Ok(Err(err)) => Err(classify(err)),
-            Err(_) => Err(Failure::Lost(PgLoss::NoAnswer(ROUND_TRIP), None)),
+            Err(_) => {
+                self.abandon(PgLoss::NoAnswer(ROUND_TRIP));
+                Err(Failure::Lost(PgLoss::NoAnswer(ROUND_TRIP), None))
+            }
         }
     }
 
-    /// Runs SQL as it is, for the benchmarks' baseline.
+    /// Sends the statements of a `try` + unlock pair as they are, for the
+    /// benchmarks' baseline.
     pub(crate) fn raw_pair(&self, key: i64, mode: FlockMode) -> Result<bool, Failure> {
-        let client = Arc::clone(&self.client);
+        let s = &self.statements;
         let (try_stmt, unlock) = match mode {
-            FlockMode::Exclusive => (
-                self.statements.try_exclusive.clone(),
-                self.statements.unlock_exclusive.clone(),
-            ),
-            FlockMode::Shared => (
-                self.statements.try_shared.clone(),
-                self.statements.unlock_shared.clone(),
-            ),
+            FlockMode::Exclusive => (&s.try_exclusive, &s.unlock_exclusive),
+            FlockMode::Shared => (&s.try_shared, &s.unlock_shared),
         };
-        let (prefix, suffix) = self.stamp.clone();
-        let answer = block_on(
-            async move {
-                let row = client.query_one(&try_stmt, &[&key, &prefix, &suffix]).await?;
-                let got: bool = row.get(0);
-                if got {
-                    client.query_one(&unlock, &[&key]).await?;
-                }
-                Ok::<bool, tokio_postgres::Error>(got)
-            },
-            None,
-            || {},
-        )?;
-        answer.map_err(classify)
+        let (prefix, suffix) = &self.stamp;
+        let client = &self.core.client;
+        let got = self.run(async {
+            let row = client.query_one(try_stmt, &[&key, prefix, suffix]).await?;
+            let got: bool = row.get(0);
+            if got {
+                client.query_one(unlock, &[&key]).await?;
+            }
+            Ok::<bool, tokio_postgres::Error>(got)
+        })?;
+        got.map_err(classify)
     }
 }
 
@@ -706,68 +688,49 @@ fn holder_from_row(row: &Row) -> Result<PgHolder, Failure> {
     })
 }
 
-/// Keeps an idle session under `idle_session_timeout`, and marks it lost
-/// when the server stops answering or the connection closes.
-async fn heartbeat(client: Arc<Client>, shared: Arc<Shared>) {
-    let mut ticks = tokio::time::interval(HEARTBEAT);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    loop {
-        ticks.tick().await;
-        if shared.closing.load(Ordering::SeqCst) || client.is_closed() {
-            return;
-        }
-        if shared.in_flight.load(Ordering::SeqCst) > 0 {
-            continue;
-        }
-        let loss = match tokio::time::timeout(ROUND_TRIP, client.simple_query("SELECT 1")).await {
-            Ok(Ok(_)) => continue,
-            Ok(Err(_)) => PgLoss::Closed,
-            Err(_) => PgLoss::NoAnswer(ROUND_TRIP),
-        };
-        *shared.lost.lock().unwrap_or_else(PoisonError::into_inner) = Some(loss);
-        return;
-    }
-}
-
-impl Drop for Session {
-    /// Ends the session without waiting: the client's drop sends the
-    /// server a Terminate, which frees every lock the session held; a
-    /// connection that cannot finish within [`ROUND_TRIP`] is cut.
-    fn drop(&mut self) {
-        self.shared.closing.store(true, Ordering::SeqCst);
-        if let Some(heartbeat) = self.heartbeat.take() {
-            heartbeat.abort();
-        }
-        if let (Some(connection), Ok(rt)) = (self.connection.take(), runtime()) {
-            rt.spawn(async move {
-                let abort = connection.abort_handle();
-                if tokio::time::timeout(ROUND_TRIP, connection).await.is_err() {
-                    abort.abort();
+/// Starts the thread that keeps an idle session under
+/// `idle_session_timeout` and marks it lost when the server stops answering
+/// or the connection closes. It skips a beat while a call is in progress,
+/// and ends when the session is dropped.
+fn start_heartbeat(core: Weak<Core>) -> std::io::Result<mpsc::Sender<()>> {
+    let (stop, stopped) = mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("flockguard-pg-heartbeat".into())
+        .spawn(move || loop {
+            if stopped.recv_timeout(HEARTBEAT) != Err(mpsc::RecvTimeoutError::Timeout) {
+                return;
+            }
+            let Some(core) = core.upgrade() else { return };
+            let loss = {
+                let Ok(rt) = core.rt.try_lock() else { continue };
+                let Some(rt) = rt.as_ref() else { return };
+                match rt.block_on(within(ROUND_TRIP, core.client.simple_query("SELECT 1"))) {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(_)) => PgLoss::Closed,
+                    Err(_) => PgLoss::NoAnswer(ROUND_TRIP),
                 }
-            });
-        }
-    }
+            };
+            *core.lost.lock().unwrap_or_else(PoisonError::into_inner) = Some(loss);
+            return;
+        })?;
+    Ok(stop)
 }
 
 /// Lists the holders of `key` over a fresh session without the fencing
 /// setup; the session is closed afterwards.
 pub(crate) fn holders_once(url: &str, key: i64) -> Result<Vec<PgHolder>, ConnectError> {
-    let url = url.to_owned();
     let (classid, objid) = lock_columns(key);
-    let rows = block_on(
-        within(CONNECT_TIMEOUT + ROUND_TRIP, async move {
-            let (client, connection, _, _) = open_client(url).await?;
-            let rows = client.query(HOLDERS_SQL, &[&classid, &objid]).await;
-            drop(client);
-            let _ = tokio::time::timeout(ROUND_TRIP, connection).await;
-            Ok::<_, ConnectError>(rows?)
+    let rt = new_runtime().map_err(|e| ConnectError::Connect(Box::new(e)))?;
+    let rows = drive(
+        &rt,
+        within(CONNECT_TIMEOUT + ROUND_TRIP, async {
+            let (client, _, _) = open_client(url).await?;
+            Ok::<_, ConnectError>(client.query(HOLDERS_SQL, &[&classid, &objid]).await?)
         }),
-        None,
-        || {},
-    )
-    .map_err(|_| ConnectError::Connect("the client runtime could not start".into()))?
-    .map_err(|_| ConnectError::Connect("no answer from the server within 15s".into()))??;
+    );
+    rt.shutdown_background();
+    let rows = rows
+        .map_err(|_| ConnectError::Connect("no answer from the server within 15s".into()))??;
     rows.iter()
         .map(holder_from_row)
         .collect::<Result<_, _>>()
