@@ -135,5 +135,7 @@ fn main() {
         "paired try_unlock: pglock {ours:.1} µs, raw_sql {floor:.1} µs, ratio {ratio:.3} (median of {rounds} rounds of {block})"
     );
     let h = handoff(&url, handoffs);
-    println!("handoff: median {h:.1} µs from unlock to the blocked waiter's grant ({handoffs} handoffs)");
+    println!(
+        "handoff: median {h:.1} µs from unlock to the blocked waiter's grant ({handoffs} handoffs)"
+    );
 }

@@ -239,7 +239,7 @@ pub enum Error {
     /// A non-blocking attempt found the PostgreSQL lock held in a
     /// conflicting mode by another session.
     #[cfg(feature = "postgres")]
-    #[error("PostgreSQL lock `{name}` is held by another session; {mode} lock not taken")]
+    #[error("advisory lock `{name}` is held by another PostgreSQL session; {mode} lock not taken")]
     PgWouldBlock {
         /// The lock name.
         name: String,
@@ -327,7 +327,7 @@ pub enum Error {
 
     /// The server refused a statement for another reason.
     #[cfg(feature = "postgres")]
-    #[error("PostgreSQL refused a statement for lock `{name}`")]
+    #[error("the PostgreSQL server refused a statement for lock `{name}`")]
     PgQuery {
         /// The lock name.
         name: String,

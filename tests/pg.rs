@@ -155,7 +155,13 @@ fn two_handles_in_one_process_contend() {
     assert!(err.to_string().contains(&name), "{err}");
     let b = err.into_inner();
     let err = b.try_lock::<Shared>().unwrap_err();
-    assert!(matches!(err.error, Error::PgWouldBlock { mode: FlockMode::Shared, .. }));
+    assert!(matches!(
+        err.error,
+        Error::PgWouldBlock {
+            mode: FlockMode::Shared,
+            ..
+        }
+    ));
     let b = err.into_inner();
     let first = held.fencing_token();
     assert!(held.is_held().unwrap());
@@ -217,7 +223,10 @@ fn two_processes_contend_and_holders_name_the_client() {
         pg::holders(&url, &name).unwrap().iter().any(|h| h.waiting)
     });
     let listed = pg::holders(&url, &name).unwrap();
-    assert!(listed.iter().any(|h| h.waiting && h.since.is_some()), "{listed:?}");
+    assert!(
+        listed.iter().any(|h| h.waiting && h.since.is_some()),
+        "{listed:?}"
+    );
     assert!(child.release().success());
     let guard = waiter.join().unwrap().unwrap();
     assert!(guard.fencing_token() > child_token);
@@ -230,7 +239,10 @@ fn downgrade_keeps_the_lock_while_a_writer_waits() {
     };
     let name = unique("downgrade");
     let sql = Sql::connect(&url);
-    let writer = PgLock::connect(&url, &name).unwrap().lock::<Exclusive>().unwrap();
+    let writer = PgLock::connect(&url, &name)
+        .unwrap()
+        .lock::<Exclusive>()
+        .unwrap();
     assert!(writer.is_held().unwrap());
     let queued = PgLock::connect(&url, &name).unwrap();
     let waiter = std::thread::spawn(move || queued.lock_timeout::<Exclusive>(WAIT));
@@ -239,7 +251,10 @@ fn downgrade_keeps_the_lock_while_a_writer_waits() {
     assert!(reader.is_held().unwrap());
     let locks = sql.locks(&name);
     assert!(locks.iter().any(|l| l.1 == "ShareLock" && l.2), "{locks:?}");
-    assert!(!locks.iter().any(|l| l.1 == "ExclusiveLock" && l.2), "{locks:?}");
+    assert!(
+        !locks.iter().any(|l| l.1 == "ExclusiveLock" && l.2),
+        "{locks:?}"
+    );
     assert!(!waiter.is_finished());
     let back = reader.unlock().unwrap();
     let got = waiter.join().unwrap().unwrap();
@@ -253,8 +268,14 @@ fn try_upgrade_keeps_the_shared_lock_on_contention() {
         return;
     };
     let name = unique("try-upgrade");
-    let a = PgLock::connect(&url, &name).unwrap().try_lock::<Shared>().unwrap();
-    let b = PgLock::connect(&url, &name).unwrap().try_lock::<Shared>().unwrap();
+    let a = PgLock::connect(&url, &name)
+        .unwrap()
+        .try_lock::<Shared>()
+        .unwrap();
+    let b = PgLock::connect(&url, &name)
+        .unwrap()
+        .try_lock::<Shared>()
+        .unwrap();
     let first = a.fencing_token();
     let err = a.try_upgrade().unwrap_err();
     assert!(err.is_would_block(), "{err}");
@@ -278,12 +299,19 @@ fn try_upgrade_keeps_the_shared_lock_on_contention() {
 
 #[test]
 fn two_upgrading_readers_deadlock_and_the_loser_keeps_its_shared_lock() {
-    let Some(url) = server("two_upgrading_readers_deadlock_and_the_loser_keeps_its_shared_lock") else {
+    let Some(url) = server("two_upgrading_readers_deadlock_and_the_loser_keeps_its_shared_lock")
+    else {
         return;
     };
     let name = unique("deadlock");
-    let a = PgLock::connect(&url, &name).unwrap().lock::<Shared>().unwrap();
-    let b = PgLock::connect(&url, &name).unwrap().lock::<Shared>().unwrap();
+    let a = PgLock::connect(&url, &name)
+        .unwrap()
+        .lock::<Shared>()
+        .unwrap();
+    let b = PgLock::connect(&url, &name)
+        .unwrap()
+        .lock::<Shared>()
+        .unwrap();
     let ta = std::thread::spawn(move || a.upgrade());
     let tb = std::thread::spawn(move || b.upgrade());
     // The server fails one at once (after deadlock_timeout); release that one
@@ -303,7 +331,10 @@ fn two_upgrading_readers_deadlock_and_the_loser_keeps_its_shared_lock() {
     assert!(matches!(err.error, Error::PgDeadlock { .. }), "{err}");
     assert!(err.to_string().contains(&name));
     let kept = err.into_inner();
-    assert!(kept.is_held().unwrap(), "the loser must keep its shared lock");
+    assert!(
+        kept.is_held().unwrap(),
+        "the loser must keep its shared lock"
+    );
     assert!(!winner.is_finished());
     kept.unlock().unwrap();
     let w = winner.join().unwrap().unwrap();
@@ -316,17 +347,29 @@ fn the_server_enforces_the_deadline_and_reports_the_holders() {
         return;
     };
     let name = unique("timeout");
-    let held = PgLock::connect(&url, &name).unwrap().lock::<Exclusive>().unwrap();
+    let held = PgLock::connect(&url, &name)
+        .unwrap()
+        .lock::<Exclusive>()
+        .unwrap();
     let lock = PgLock::connect(&url, &name).unwrap();
     let start = Instant::now();
-    let err = lock.lock_timeout::<Shared>(Duration::from_millis(300)).unwrap_err();
+    let err = lock
+        .lock_timeout::<Shared>(Duration::from_millis(300))
+        .unwrap_err();
     let took = start.elapsed();
     assert!(err.is_timeout(), "{err}");
-    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
     let holders = err.error.holders_pg();
     assert_eq!(holders.len(), 1, "{err}");
     assert_eq!(holders[0].client_pid, Some(std::process::id()));
-    assert!(err.to_string().contains(&format!("process {}", std::process::id())), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("process {}", std::process::id())),
+        "{err}"
+    );
     // The session is usable again.
     let lock = err.into_inner();
     let err = lock.lock_timeout::<Exclusive>(Duration::ZERO).unwrap_err();
@@ -357,19 +400,28 @@ fn cancel_ends_the_server_side_wait_and_never_leaves_a_lock_held() {
     };
     let name = unique("cancel");
     let sql = Sql::connect(&url);
-    let held = PgLock::connect(&url, &name).unwrap().lock::<Exclusive>().unwrap();
+    let held = PgLock::connect(&url, &name)
+        .unwrap()
+        .lock::<Exclusive>()
+        .unwrap();
     let token = CancelToken::new();
     let lock = PgLock::connect(&url, &name).unwrap();
     let pid = lock.backend_pid().unwrap();
     let t = token.clone();
     let waiter = std::thread::spawn(move || lock.lock_cancellable::<Exclusive>(&t, None));
-    wait_until("the waiter queues", || sql.locks(&name).iter().any(|l| l.0 == pid));
+    wait_until("the waiter queues", || {
+        sql.locks(&name).iter().any(|l| l.0 == pid)
+    });
     let start = Instant::now();
     token.cancel();
     let err = waiter.join().unwrap().unwrap_err();
     assert!(err.error.is_cancelled(), "{err}");
     assert!(start.elapsed() < Duration::from_secs(2));
-    assert!(!sql.locks(&name).iter().any(|l| l.0 == pid), "{:?}", sql.locks(&name));
+    assert!(
+        !sql.locks(&name).iter().any(|l| l.0 == pid),
+        "{:?}",
+        sql.locks(&name)
+    );
     drop(held);
 
     // Cancel at about the moment the holder lets go: whichever wins, a
@@ -377,12 +429,17 @@ fn cancel_ends_the_server_side_wait_and_never_leaves_a_lock_held() {
     let (mut cancelled, mut granted) = (0, 0);
     let mut lock = err.into_inner();
     for round in 0..40u64 {
-        let holder = PgLock::connect(&url, &name).unwrap().lock::<Exclusive>().unwrap();
+        let holder = PgLock::connect(&url, &name)
+            .unwrap()
+            .lock::<Exclusive>()
+            .unwrap();
         let pid = lock.backend_pid().unwrap();
         let token = CancelToken::new();
         let t = token.clone();
         let waiter = std::thread::spawn(move || lock.lock_cancellable::<Exclusive>(&t, None));
-        wait_until("the waiter queues", || sql.locks(&name).iter().any(|l| l.0 == pid));
+        wait_until("the waiter queues", || {
+            sql.locks(&name).iter().any(|l| l.0 == pid)
+        });
         let unlocker = std::thread::spawn(move || holder.unlock().unwrap());
         std::thread::sleep(Duration::from_micros(round * 25));
         token.cancel();
@@ -397,7 +454,11 @@ fn cancel_ends_the_server_side_wait_and_never_leaves_a_lock_held() {
             Err(err) => {
                 cancelled += 1;
                 assert!(err.error.is_cancelled(), "{err}");
-                let mine: Vec<_> = sql.locks(&name).into_iter().filter(|l| l.0 == pid).collect();
+                let mine: Vec<_> = sql
+                    .locks(&name)
+                    .into_iter()
+                    .filter(|l| l.0 == pid)
+                    .collect();
                 assert!(mine.is_empty(), "a cancelled caller holds {mine:?}");
                 lock = err.into_inner();
             }
@@ -409,7 +470,8 @@ fn cancel_ends_the_server_side_wait_and_never_leaves_a_lock_held() {
 
 #[test]
 fn fencing_tokens_increase_across_1000_acquisitions_by_four_clients() {
-    let Some(url) = server("fencing_tokens_increase_across_1000_acquisitions_by_four_clients") else {
+    let Some(url) = server("fencing_tokens_increase_across_1000_acquisitions_by_four_clients")
+    else {
         return;
     };
     let name = unique("fencing");
@@ -453,14 +515,19 @@ fn fencing_tokens_increase_across_1000_acquisitions_by_four_clients() {
             continue;
         }
         exclusive += 1;
-        assert!(order[..i].iter().all(|e| e.0 < token), "token {token} at {i} not above all earlier");
-        assert!(order[i + 1..].iter().all(|e| e.0 > token), "token {token} at {i} not below all later");
+        assert!(
+            order[..i].iter().all(|e| e.0 < token),
+            "token {token} at {i} not above all earlier"
+        );
+        assert!(
+            order[i + 1..].iter().all(|e| e.0 > token),
+            "token {token} at {i} not below all later"
+        );
     }
     assert_eq!(exclusive, 750);
     eprintln!(
         "fencing: 1000 acquisitions by 4 clients, tokens {}..={}, all distinct",
-        sorted[0],
-        sorted[999]
+        sorted[0], sorted[999]
     );
 }
 
@@ -516,14 +583,19 @@ fn eight_processes_lose_no_update() {
     }
     let n = sql.i64(&format!("SELECT n FROM {table}"), &[]);
     sql.exec(&format!("DROP TABLE {table}"));
-    eprintln!("counter: 8 processes, {} operations, {writes} writes, counter {n}, lost {}", 8 * ops, writes - n);
+    eprintln!(
+        "counter: 8 processes, {} operations, {writes} writes, counter {n}, lost {}",
+        8 * ops,
+        writes - n
+    );
     assert_eq!(n, writes, "lost updates");
     assert_eq!(writes, 8 * i64::from(ops) / 2);
 }
 
 #[test]
 fn a_terminated_session_is_reported_lost_and_the_lock_goes_to_a_waiter() {
-    let Some(url) = server("a_terminated_session_is_reported_lost_and_the_lock_goes_to_a_waiter") else {
+    let Some(url) = server("a_terminated_session_is_reported_lost_and_the_lock_goes_to_a_waiter")
+    else {
         return;
     };
     let name = unique("terminated");
@@ -537,15 +609,29 @@ fn a_terminated_session_is_reported_lost_and_the_lock_goes_to_a_waiter() {
         let g = waiter.lock_timeout::<Exclusive>(WAIT);
         (Instant::now(), g)
     });
-    wait_until("the waiter queues", || sql.locks(&name).iter().any(|l| !l.2));
+    wait_until("the waiter queues", || {
+        sql.locks(&name).iter().any(|l| !l.2)
+    });
     let killed = Instant::now();
     sql.terminate(pid);
     let (at, got) = w.join().unwrap();
     let got = got.unwrap();
-    eprintln!("terminated: waiter granted {:?} after pg_terminate_backend", at - killed);
+    eprintln!(
+        "terminated: waiter granted {:?} after pg_terminate_backend",
+        at - killed
+    );
     assert!(got.fencing_token() > first);
     let err = held.is_held().unwrap_err();
-    assert!(matches!(err, Error::PgLost { mode: Some(FlockMode::Exclusive), .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::PgLost {
+                mode: Some(FlockMode::Exclusive),
+                ..
+            }
+        ),
+        "{err}"
+    );
     let err = held.unlock().unwrap_err();
     assert!(matches!(err.error, Error::PgLost { .. }), "{err}");
     // The handle reconnects at its next acquisition.
@@ -573,7 +659,9 @@ impl Blackhole {
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
-                let Ok(server) = TcpStream::connect(target) else { return };
+                let Ok(server) = TcpStream::connect(target) else {
+                    return;
+                };
                 {
                     let mut all = s.lock().unwrap();
                     all.push(client.try_clone().unwrap());
@@ -631,18 +719,27 @@ fn a_partitioned_holder_loses_the_lock_within_the_bound() {
         tokio_postgres::config::Host::Tcp(h) => h.clone(),
         #[allow(unreachable_patterns)] // Unix sockets exist only on unix
         _ => {
-            support::skip("a_partitioned_holder_loses_the_lock_within_the_bound", "the server URL is not TCP");
+            support::skip(
+                "a_partitioned_holder_loses_the_lock_within_the_bound",
+                "the server URL is not TCP",
+            );
             return;
         }
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let target: std::net::SocketAddr = format!("{host}:{port}").parse().unwrap();
-    assert!(target.ip().is_loopback(), "the partition test only cuts loopback traffic");
+    assert!(
+        target.ip().is_loopback(),
+        "the partition test only cuts loopback traffic"
+    );
     let proxy = Blackhole::start(target);
     let via_proxy = url.replacen(&format!(":{port}"), &format!(":{}", proxy.port), 1);
     assert_ne!(via_proxy, url);
 
-    let held = PgLock::connect(&via_proxy, &name).unwrap().lock::<Exclusive>().unwrap();
+    let held = PgLock::connect(&via_proxy, &name)
+        .unwrap()
+        .lock::<Exclusive>()
+        .unwrap();
     let first = held.fencing_token();
     assert!(held.is_held().unwrap());
     // Let a heartbeat or two pass, then cut.
@@ -650,7 +747,9 @@ fn a_partitioned_holder_loses_the_lock_within_the_bound() {
     proxy.cut.store(true, Ordering::SeqCst);
     let cut_at = Instant::now();
     let other = PgLock::connect(&url, &name).unwrap();
-    let got = other.lock_timeout::<Exclusive>(Duration::from_secs(30)).unwrap();
+    let got = other
+        .lock_timeout::<Exclusive>(Duration::from_secs(30))
+        .unwrap();
     let bound = cut_at.elapsed();
     eprintln!("partition: another client got the lock {bound:?} after the cut");
     assert!(bound <= Duration::from_secs(15), "{bound:?}");
@@ -658,7 +757,13 @@ fn a_partitioned_holder_loses_the_lock_within_the_bound() {
     let start = Instant::now();
     let err = held.is_held().unwrap_err();
     assert!(
-        matches!(err, Error::PgLost { reason: PgLoss::NoAnswer(_) | PgLoss::Closed, .. }),
+        matches!(
+            err,
+            Error::PgLost {
+                reason: PgLoss::NoAnswer(_) | PgLoss::Closed,
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(start.elapsed() <= Duration::from_secs(6));
@@ -789,7 +894,10 @@ fn random_operation_sequences_match_the_model() {
                             prop_assert!(e.is_would_block(), "{e}");
                             prop_assert!(!others.is_empty());
                             let g = e.into_inner();
-                            prop_assert!(g.is_held().unwrap(), "a failed try_upgrade lost the shared lock");
+                            prop_assert!(
+                                g.is_held().unwrap(),
+                                "a failed try_upgrade lost the shared lock"
+                            );
                             Slot::Shared(g)
                         }
                     },
@@ -827,8 +935,14 @@ fn random_operation_sequences_match_the_model() {
                     .collect();
                 actual.sort();
                 prop_assert_eq!(actual, expected, "after {:?}", step);
-                let exclusive = slots.iter().filter(|s| s.held() == Some(FlockMode::Exclusive)).count();
-                let shared = slots.iter().filter(|s| s.held() == Some(FlockMode::Shared)).count();
+                let exclusive = slots
+                    .iter()
+                    .filter(|s| s.held() == Some(FlockMode::Exclusive))
+                    .count();
+                let shared = slots
+                    .iter()
+                    .filter(|s| s.held() == Some(FlockMode::Shared))
+                    .count();
                 prop_assert!(exclusive <= 1 && (exclusive == 0 || shared == 0));
             }
             Ok(())

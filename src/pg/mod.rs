@@ -152,16 +152,22 @@ impl<T> From<LockError<T>> for std::io::Error {
 /// next acquisition if it was lost. Its `application_name` carries this
 /// process's id and host name, which [`holders`] reports.
 pub struct PgLock {
-    name: String,
+    // Boxed, as the session: the handle travels in every `LockError` and guard.
+    target: Box<Target>,
     key: i64,
+    session: Option<Box<Session>>,
+}
+
+/// What a [`PgLock`] connects to.
+struct Target {
+    name: String,
     url: String,
-    session: Option<Session>,
 }
 
 impl fmt::Debug for PgLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgLock")
-            .field("name", &self.name)
+            .field("name", &self.target.name)
             .field("key", &self.key)
             .field("backend_pid", &self.backend_pid())
             .finish()
@@ -195,9 +201,11 @@ impl PgLock {
             });
         }
         let mut lock = PgLock {
-            name: name.to_owned(),
+            target: Box::new(Target {
+                name: name.to_owned(),
+                url: url.to_owned(),
+            }),
             key: lock_key(name),
-            url: url.to_owned(),
             session: None,
         };
         lock.ready()?;
@@ -206,7 +214,7 @@ impl PgLock {
 
     /// The lock name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.target.name
     }
 
     /// The advisory-lock key of the name ([`lock_key`]).
@@ -216,7 +224,7 @@ impl PgLock {
 
     /// The server process serving the session, while one is open.
     pub fn backend_pid(&self) -> Option<i32> {
-        self.session.as_ref().map(Session::backend_pid)
+        self.session.as_deref().map(Session::backend_pid)
     }
 
     /// Takes the lock in mode `M` if no other session holds it in a
@@ -293,25 +301,29 @@ impl PgLock {
 
     /// The open session, reopening a lost one.
     fn ready(&mut self) -> Result<&Session, Error> {
-        if self.session.as_ref().is_some_and(|s| s.known_loss().is_some()) {
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.known_loss().is_some())
+        {
             self.session = None;
         }
         if self.session.is_none() {
-            let session = Session::open(&self.url).map_err(|err| match err {
+            let session = Session::open(&self.target.url).map_err(|err| match err {
                 ConnectError::Connect(source) => Error::PgConnect {
-                    name: self.name.clone(),
+                    name: self.target.name.clone(),
                     source,
                 },
                 ConnectError::Fencing(source) => Error::PgFencing {
-                    name: self.name.clone(),
+                    name: self.target.name.clone(),
                     source,
                 },
             })?;
-            self.session = Some(session);
+            self.session = Some(Box::new(session));
         }
         // Just set when it was None.
-        self.session.as_ref().ok_or_else(|| Error::PgLost {
-            name: self.name.clone(),
+        self.session.as_deref().ok_or_else(|| Error::PgLost {
+            name: self.target.name.clone(),
             mode: None,
             reason: PgLoss::Closed,
             source: None,
@@ -327,7 +339,7 @@ impl PgLock {
         wanted: Option<FlockMode>,
         waited: Duration,
     ) -> Error {
-        let name = self.name.clone();
+        let name = self.target.name.clone();
         let mode = wanted.unwrap_or(FlockMode::Exclusive);
         match failure {
             Failure::Lost(reason, source) => {
@@ -368,15 +380,23 @@ impl PgLock {
         let key = self.key;
         if token.is_some_and(CancelToken::is_cancelled) {
             let error = Error::PgCancelled {
-                name: self.name.clone(),
+                name: self.target.name.clone(),
                 mode: M::MODE,
                 waited: Duration::ZERO,
             };
-            return Err(LockError { error, handle: self });
+            return Err(LockError {
+                error,
+                handle: self,
+            });
         }
         let result = match self.ready() {
             Ok(session) => session.acquire(op, key, timeout, token),
-            Err(error) => return Err(LockError { error, handle: self }),
+            Err(error) => {
+                return Err(LockError {
+                    error,
+                    handle: self,
+                })
+            }
         };
         match result {
             Ok(Grant {
@@ -385,14 +405,20 @@ impl PgLock {
             }) => Ok(PgGuard::new(self, fence)),
             Ok(Grant { granted: false, .. }) => {
                 let error = Error::PgWouldBlock {
-                    name: self.name.clone(),
+                    name: self.target.name.clone(),
                     mode: M::MODE,
                 };
-                Err(LockError { error, handle: self })
+                Err(LockError {
+                    error,
+                    handle: self,
+                })
             }
             Err(failure) => {
                 let error = self.failure(failure, None, Some(M::MODE), start.elapsed());
-                Err(LockError { error, handle: self })
+                Err(LockError {
+                    error,
+                    handle: self,
+                })
             }
         }
     }
@@ -416,7 +442,10 @@ impl<M: Mode> fmt::Debug for PgGuard<M> {
             .field("name", &self.name())
             .field("mode", &M::MODE)
             .field("fencing_token", &self.token)
-            .field("backend_pid", &self.lock.as_ref().and_then(PgLock::backend_pid))
+            .field(
+                "backend_pid",
+                &self.lock.as_ref().and_then(PgLock::backend_pid),
+            )
             .finish()
     }
 }
@@ -446,7 +475,7 @@ impl<M: Mode> PgGuard<M> {
 
     /// The lock name.
     pub fn name(&self) -> &str {
-        self.lock.as_ref().map_or("", |l| l.name.as_str())
+        self.lock.as_ref().map_or("", |l| l.target.name.as_str())
     }
 
     /// The server process serving the guard's session, the one
@@ -476,16 +505,21 @@ impl<M: Mode> PgGuard<M> {
     /// server errors.
     pub fn is_held(&self) -> Result<bool, Error> {
         let lock = self.inner();
-        let session = lock.session.as_ref().ok_or_else(|| self.lost(PgLoss::Closed, None))?;
+        let session = lock
+            .session
+            .as_ref()
+            .ok_or_else(|| self.lost(PgLoss::Closed, None))?;
         session.holds(M::MODE, lock.key).map_err(|f| match f {
             Failure::Lost(reason, source) => self.lost(reason, source),
             Failure::Other(source) | Failure::Privilege(source) | Failure::Deadlock(source) => {
                 Error::PgQuery {
-                    name: lock.name.clone(),
+                    name: lock.target.name.clone(),
                     source,
                 }
             }
-            Failure::Timeout | Failure::Cancelled => self.lost(PgLoss::NoAnswer(session::ROUND_TRIP), None),
+            Failure::Timeout | Failure::Cancelled => {
+                self.lost(PgLoss::NoAnswer(session::ROUND_TRIP), None)
+            }
         })
     }
 
@@ -516,7 +550,7 @@ impl<M: Mode> PgGuard<M> {
             Ok(true) => Ok(lock),
             Ok(false) => Err(LockError {
                 error: Error::PgLost {
-                    name: lock.name.clone(),
+                    name: lock.target.name.clone(),
                     mode: Some(M::MODE),
                     reason: PgLoss::NotHeld,
                     source: None,
@@ -528,7 +562,10 @@ impl<M: Mode> PgGuard<M> {
                     lock.session = None;
                 }
                 let error = lock.failure(failure, Some(M::MODE), Some(M::MODE), Duration::ZERO);
-                Err(LockError { error, handle: lock })
+                Err(LockError {
+                    error,
+                    handle: lock,
+                })
             }
         }
     }
@@ -553,13 +590,16 @@ impl<M: Mode> PgGuard<M> {
             }) => Ok(self.into_mode(token)),
             Ok(Grant { granted: false, .. }) => {
                 let error = Error::PgWouldBlock {
-                    name: lock.name.clone(),
+                    name: lock.target.name.clone(),
                     mode: N::MODE,
                 };
-                Err(LockError { error, handle: self })
+                Err(LockError {
+                    error,
+                    handle: self,
+                })
             }
             Err(failure) => {
-                let name = lock.name.clone();
+                let name = lock.target.name.clone();
                 let error = match failure {
                     Failure::Lost(reason, source) => self.lost(reason, source),
                     Failure::Timeout => Error::PgTimeout {
@@ -581,7 +621,10 @@ impl<M: Mode> PgGuard<M> {
                     Failure::Privilege(source) => Error::PgFencing { name, source },
                     Failure::Other(source) => Error::PgQuery { name, source },
                 };
-                Err(LockError { error, handle: self })
+                Err(LockError {
+                    error,
+                    handle: self,
+                })
             }
         }
     }
@@ -757,7 +800,7 @@ mod tests {
         }
         assert_eq!(
             cases[0].to_string(),
-            "PostgreSQL lock `jobs/nightly` is held by another session; shared lock not taken"
+            "advisory lock `jobs/nightly` is held by another PostgreSQL session; shared lock not taken"
         );
         assert!(cases[0].is_would_block() && cases[1].is_timeout() && cases[2].is_cancelled());
         assert_eq!(
@@ -772,5 +815,4 @@ mod tests {
         assert!(cases[4].to_string().contains("pooler in transaction mode"));
         assert_eq!(cases[3].kind(), std::io::ErrorKind::ConnectionAborted);
     }
-
 }

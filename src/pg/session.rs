@@ -145,7 +145,10 @@ async fn with_cancel<F: Future>(
 
 /// `fut` with a deadline; the timer is created when the future first runs,
 /// inside the runtime.
-async fn within<T>(limit: Duration, fut: impl Future<Output = T>) -> Result<T, tokio::time::error::Elapsed> {
+async fn within<T>(
+    limit: Duration,
+    fut: impl Future<Output = T>,
+) -> Result<T, tokio::time::error::Elapsed> {
     tokio::time::timeout(limit, fut).await
 }
 
@@ -195,7 +198,8 @@ const DOWNGRADE_SQL: &str = "SELECT true, nextval('public.flockguard_fence'), pg
      FROM (SELECT pg_advisory_unlock($1) AS released \
            FROM (SELECT pg_advisory_lock_shared($1) OFFSET 0) s OFFSET 0) u";
 
-const TRY_UPGRADE_SQL: &str = "SELECT l.got, CASE WHEN l.got THEN nextval('public.flockguard_fence') END, \
+const TRY_UPGRADE_SQL: &str =
+    "SELECT l.got, CASE WHEN l.got THEN nextval('public.flockguard_fence') END, \
      pg_backend_pid(), CASE WHEN l.got THEN pg_advisory_unlock_shared($1) END, \
      CASE WHEN l.got THEN set_config('application_name', \
      $2 || floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint || $3, false) END \
@@ -274,7 +278,11 @@ impl Drop for Core {
     /// Shuts the runtime down without waiting, which closes the socket; the
     /// server ends the session and frees its locks when it reads the close.
     fn drop(&mut self) {
-        let rt = self.rt.get_mut().unwrap_or_else(PoisonError::into_inner).take();
+        let rt = self
+            .rt
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(rt) = rt {
             rt.shutdown_background();
         }
@@ -350,10 +358,7 @@ async fn open_client(url: &str) -> Result<(Client, String, String), ConnectError
 /// clients creating it are harmless.
 async fn ensure_fence(client: &Client) -> Result<(), ConnectError> {
     let row = client
-        .query_one(
-            "SELECT to_regclass($1) IS NOT NULL",
-            &[&FENCE_SEQUENCE],
-        )
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&FENCE_SEQUENCE])
         .await?;
     if row.get::<_, bool>(0) {
         return Ok(());
@@ -729,8 +734,8 @@ pub(crate) fn holders_once(url: &str, key: i64) -> Result<Vec<PgHolder>, Connect
         }),
     );
     rt.shutdown_background();
-    let rows = rows
-        .map_err(|_| ConnectError::Connect("no answer from the server within 15s".into()))??;
+    let rows =
+        rows.map_err(|_| ConnectError::Connect("no answer from the server within 15s".into()))??;
     rows.iter()
         .map(holder_from_row)
         .collect::<Result<_, _>>()
