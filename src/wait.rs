@@ -1,4 +1,5 @@
-//! The waiting machinery behind timed acquisition, kept apart from the
+//! Waiting for a lock: the public [`Wait`] description and [`CancelToken`],
+//! and the machinery behind waits that need events, kept apart from the
 //! blocking call so that another front-end (an async runtime polling the
 //! same descriptors) can drive it step by step.
 //!
@@ -12,22 +13,170 @@
 //!
 //! A release by `flock(LOCK_UN)` without a close raises nothing, and the
 //! watch may be unavailable (`fs.inotify.max_user_instances` reached, no
-//! descriptors left); a bounded back-off retry covers both. The steps are
-//! [`Waiter::try_acquire`], [`Waiter::next_timeout`], [`Waiter::event_fd`]
-//! / [`Waiter::cancel_fd`] and [`Waiter::on_ready`]; [`Waiter::block`]
-//! composes them with `ppoll(2)`.
+//! descriptors left); a bounded back-off retry covers both.
 
 use std::fmt;
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::holders::Holder;
 use crate::mode::FlockMode;
 use crate::sys;
 
-/// First back-off interval.
+/// How an acquisition waits: not at all, in the kernel, or until a
+/// deadline; with an optional notice, [`CancelToken`] and description.
+///
+/// `Wait` is `Send`; `'a` is the lifetime of what the notice borrows, and a
+/// `Wait<'static>` can move to another thread or task.
+///
+/// Passed to [`LockFile::lock_with`](crate::LockFile::lock_with) and
+/// [`LockFile::lock_any`](crate::LockFile::lock_any). A wait with a deadline
+/// or a token sleeps on the holder's close (inotify) and retries with a
+/// bounded back-off otherwise; a wait without either blocks in `flock(2)`.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use flockguard::{CancelToken, Exclusive, LockFile, Wait};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("cache.lock");
+/// let token = CancelToken::new();
+/// let wait = Wait::timeout(Duration::from_secs(5))
+///     .on_wait(|holders| eprintln!("waiting for {} holder(s)", holders.len()))
+///     .cancel(token.clone())
+///     .context("cache entry abc123");
+/// let guard = LockFile::open(&path)?.lock_with::<Exclusive>(wait)?;
+/// # drop(guard);
+/// # Ok::<(), flockguard::Error>(())
+/// ```
+#[must_use = "a Wait does nothing until passed to LockFile::lock_with"]
+pub struct Wait<'a> {
+    pub(crate) deadline: Deadline,
+    pub(crate) notice: Option<Notice<'a>>,
+    pub(crate) cancel: Option<CancelToken>,
+    pub(crate) context: Option<String>,
+}
+
+/// The callback of [`Wait::on_wait`].
+pub(crate) type Notice<'a> = Box<dyn FnOnce(&[Holder]) + Send + 'a>;
+
+/// When a [`Wait`] gives up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Deadline {
+    /// Try once.
+    None,
+    /// Never: block until the lock is taken (or the token cancels).
+    Forever,
+    /// At this instant.
+    At(Instant),
+    /// This long after the acquisition starts.
+    After(Duration),
+}
+
+impl Deadline {
+    /// The instant, for a wait that started at `start`; `None` for no limit.
+    pub(crate) fn resolve(self, start: Instant) -> Option<Instant> {
+        match self {
+            Deadline::None => Some(start),
+            Deadline::Forever => None,
+            Deadline::At(at) => Some(at),
+            // Far beyond any real deadline: the same as no limit.
+            Deadline::After(d) => start.checked_add(d),
+        }
+    }
+}
+
+impl<'a> Wait<'a> {
+    /// Do not wait: one `LOCK_NB` attempt, [`Error::WouldBlock`](crate::Error::WouldBlock) on contention.
+    pub fn none() -> Self {
+        Wait::with(Deadline::None)
+    }
+
+    /// Wait as long as it takes: in `flock(2)`, or on events when a
+    /// [`CancelToken`] is attached.
+    pub fn forever() -> Self {
+        Wait::with(Deadline::Forever)
+    }
+
+    /// Wait at most `timeout`, then fail with [`Error::Timeout`](crate::Error::Timeout).
+    pub fn timeout(timeout: Duration) -> Self {
+        Wait::with(Deadline::After(timeout))
+    }
+
+    /// Wait until `deadline`, then fail with [`Error::Timeout`](crate::Error::Timeout).
+    pub fn until(deadline: Instant) -> Self {
+        Wait::with(Deadline::At(deadline))
+    }
+
+    fn with(deadline: Deadline) -> Self {
+        Wait {
+            deadline,
+            notice: None,
+            cancel: None,
+            context: None,
+        }
+    }
+
+    /// Calls `notice` once, with the current holders, just before the call
+    /// starts waiting; never when the lock is free at once.
+    pub fn on_wait(mut self, notice: impl FnOnce(&[Holder]) + Send + 'a) -> Self {
+        self.notice = Some(Box::new(notice));
+        self
+    }
+
+    /// Gives up with [`Error::Cancelled`](crate::Error::Cancelled) when
+    /// `token` is cancelled, from any thread.
+    pub fn cancel(mut self, token: CancelToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
+    /// Describes what the lock protects, for the timeout message.
+    pub fn context(mut self, context: impl Into<String>) -> Self {
+        self.context = Some(context.into());
+        self
+    }
+}
+
+impl fmt::Debug for Wait<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wait")
+            .field("deadline", &self.deadline)
+            .field("on_wait", &self.notice.is_some())
+            .field("cancel", &self.cancel)
+            .field("context", &self.context)
+            .finish()
+    }
+}
+
+/// Waits for `mode` on `fd` until it is taken, the deadline passes or the
+/// token cancels. `Err` is a `flock(2)` failure other than contention.
+pub(crate) fn acquire(
+    fd: BorrowedFd<'_>,
+    path: Option<&Path>,
+    mode: FlockMode,
+    deadline: Option<Instant>,
+    cancel: Option<&CancelToken>,
+) -> io::Result<Result<(), Stop>> {
+    let mut waiter = Waiter::new(fd, path, deadline, cancel);
+    loop {
+        if let Some(Stop::Cancelled) = waiter.stop(Instant::now()) {
+            return Ok(Err(Stop::Cancelled));
+        }
+        if waiter.try_acquire(fd, mode)? {
+            return Ok(Ok(()));
+        }
+        if let Some(stop) = waiter.stop(Instant::now()) {
+            return Ok(Err(stop));
+        }
+        waiter.block();
+    }
+}
+
 const BACKOFF_FIRST: Duration = Duration::from_millis(2);
 /// Longest back-off interval. A release by `LOCK_UN` without a close (or
 /// any release, without a close watch) is noticed within this long, and a
@@ -64,7 +213,7 @@ const AFTER_CLOSE: [Duration; 3] = [
 /// let file = LockFile::open(&path)?;
 /// let err = std::thread::scope(|s| {
 ///     s.spawn(move || canceller.cancel());
-///     file.lock_with::<Exclusive>(Wait::new(None).cancel(&token))
+///     file.lock_with::<Exclusive>(Wait::forever().cancel(token))
 /// })
 /// .unwrap_err();
 /// assert!(err.error.is_cancelled());
@@ -183,8 +332,7 @@ pub(crate) struct Waiter<'a> {
 }
 
 impl<'a> Waiter<'a> {
-    /// Sets up the event sources for waiting on `file`, reusing the
-    /// inotify instance `reuse` if given (see [`finish`](Self::finish)).
+    /// Sets up the event sources for waiting on `file`.
     ///
     /// The close watch is placed on the open file's inode through
     /// `/proc/self/fd` (so a rename or unlink of the path does not matter),
@@ -195,10 +343,9 @@ impl<'a> Waiter<'a> {
         path: Option<&Path>,
         deadline: Option<Instant>,
         cancel: Option<&'a CancelToken>,
-        reuse: Option<OwnedFd>,
     ) -> Self {
         Waiter {
-            events: Watch::new(file, path, reuse),
+            events: Watch::new(file, path),
             cancel,
             cancel_fd: cancel.and_then(CancelToken::register),
             deadline,
@@ -212,10 +359,6 @@ impl<'a> Waiter<'a> {
     /// Ends the wait: removes the close watch and returns the inotify
     /// instance, which the caller keeps for the next wait rather than
     /// closing it now (see [`Watch`]).
-    pub(crate) fn finish(&mut self) -> Option<OwnedFd> {
-        self.events.take()?.into_instance()
-    }
-
     /// Whether close events are being watched.
     #[cfg(test)]
     pub(crate) fn is_watching(&self) -> bool {
@@ -344,29 +487,16 @@ impl fmt::Debug for Waiter<'_> {
 
 /// An inotify instance with one watch for closes of the lock file.
 ///
-/// Closing an instance soon after its watch fired waits for the kernel to
-/// retire the watch (an SRCU grace period, milliseconds), so a
-/// finished wait removes the watch and hands the instance back for the
-/// [`LockFile`](crate::LockFile) to keep instead of closing it.
 struct Watch {
-    /// `None` only once handed back by [`into_instance`](Self::into_instance).
     inotify: Option<OwnedFd>,
     wd: i32,
 }
 
 impl Watch {
-    /// Watches closes of `file` with `reuse` (drained first) or a new
-    /// instance; `None` if that is not possible.
-    fn new(file: BorrowedFd<'_>, path: Option<&Path>, reuse: Option<OwnedFd>) -> Option<Watch> {
-        let inotify = match reuse {
-            Some(fd) => {
-                // Stale events (the IN_IGNORED of the last removal) would
-                // cause one needless wake-up.
-                sys::inotify_drain(fd.as_fd()).ok()?;
-                fd
-            }
-            None => sys::inotify_new().ok()?,
-        };
+    /// Watches closes of `file` with a new instance; `None` if that is not
+    /// possible.
+    fn new(file: BorrowedFd<'_>, path: Option<&Path>) -> Option<Watch> {
+        let inotify = sys::inotify_new().ok()?;
         let link = format!("/proc/self/fd/{}", file.as_raw_fd());
         let wd = match sys::inotify_watch_close(inotify.as_fd(), Path::new(&link)) {
             Ok(wd) => wd,
@@ -392,13 +522,6 @@ impl Watch {
 
     fn fd(&self) -> Option<BorrowedFd<'_>> {
         self.inotify.as_ref().map(AsFd::as_fd)
-    }
-
-    /// Removes the watch and returns the instance for reuse.
-    fn into_instance(mut self) -> Option<OwnedFd> {
-        let inotify = self.inotify.take()?;
-        sys::inotify_unwatch(inotify.as_fd(), self.wd).ok()?;
-        Some(inotify)
     }
 }
 
@@ -427,7 +550,7 @@ mod tests {
         let (_dir, path) = lock_file();
         let file = LockFile::open(&path).unwrap();
         let now = Instant::now();
-        let mut w = Waiter::new(file.as_fd(), None, None, None, None);
+        let mut w = Waiter::new(file.as_fd(), None, None, None);
         assert!(w.is_watching());
         let steps: Vec<Duration> = (0..10).map(|_| w.next_timeout(now)).collect();
         assert_eq!(steps[0], BACKOFF_FIRST);
@@ -436,7 +559,7 @@ mod tests {
         assert!(steps.windows(2).all(|w| w[0] <= w[1]));
 
         let deadline = now + Duration::from_millis(3);
-        let mut w = Waiter::new(file.as_fd(), None, Some(deadline), None, None);
+        let mut w = Waiter::new(file.as_fd(), None, Some(deadline), None);
         for _ in 0..5 {
             w.next_timeout(now);
         }
@@ -450,7 +573,7 @@ mod tests {
     fn a_close_of_the_file_wakes_the_waiter_and_schedules_quick_retries() {
         let (_dir, path) = lock_file();
         let file = LockFile::open(&path).unwrap();
-        let mut w = Waiter::new(file.as_fd(), None, None, None, None);
+        let mut w = Waiter::new(file.as_fd(), None, None, None);
         let other = LockFile::open(&path).unwrap();
         drop(other);
         // Readable at once: the close event is queued.
@@ -472,7 +595,7 @@ mod tests {
     fn a_close_of_another_file_does_not_wake_the_waiter() {
         let (dir, path) = lock_file();
         let file = LockFile::open(&path).unwrap();
-        let w = Waiter::new(file.as_fd(), None, None, None, None);
+        let w = Waiter::new(file.as_fd(), None, None, None);
         drop(LockFile::open(dir.path().join("other.lock")).unwrap());
         let ready = sys::poll_readable([w.event_fd(), None], Some(Duration::ZERO)).unwrap();
         assert_eq!(ready, [false, false]);
@@ -483,7 +606,7 @@ mod tests {
         let (_dir, path) = lock_file();
         let file = LockFile::open(&path).unwrap();
         let token = CancelToken::new();
-        let w = Waiter::new(file.as_fd(), None, None, Some(&token), None);
+        let w = Waiter::new(file.as_fd(), None, None, Some(&token));
         assert_eq!(w.stop(Instant::now()), None);
         let canceller = token.clone();
         std::thread::spawn(move || canceller.cancel())
@@ -501,7 +624,7 @@ mod tests {
         let file = LockFile::open(&path).unwrap();
         let token = CancelToken::new();
         token.cancel();
-        let w = Waiter::new(file.as_fd(), None, None, Some(&token), None);
+        let w = Waiter::new(file.as_fd(), None, None, Some(&token));
         let ready =
             sys::poll_readable([None, w.cancel_fd()], Some(Duration::from_secs(30))).unwrap();
         assert_eq!(ready, [false, true]);
@@ -512,8 +635,8 @@ mod tests {
         let (_dir, path) = lock_file();
         let file = LockFile::open(&path).unwrap();
         let token = CancelToken::new();
-        let a = Waiter::new(file.as_fd(), None, None, Some(&token), None);
-        let b = Waiter::new(file.as_fd(), None, None, Some(&token), None);
+        let a = Waiter::new(file.as_fd(), None, None, Some(&token));
+        let b = Waiter::new(file.as_fd(), None, None, Some(&token));
         assert_eq!(token.wakers().len(), 2);
         drop(a);
         assert_eq!(token.wakers().len(), 1);

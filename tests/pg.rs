@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flockguard::pg::{self, PgGuard, PgLock, PgLoss};
-use flockguard::{CancelToken, Error, Exclusive, FlockMode, Shared};
+use flockguard::{CancelToken, Error, Exclusive, FlockMode, Shared, Wait};
 use support::Child;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -408,7 +408,7 @@ fn cancel_ends_the_server_side_wait_and_never_leaves_a_lock_held() {
     let lock = PgLock::connect(&url, &name).unwrap();
     let pid = lock.backend_pid().unwrap();
     let t = token.clone();
-    let waiter = std::thread::spawn(move || lock.lock_cancellable::<Exclusive>(&t, None));
+    let waiter = std::thread::spawn(move || lock.lock_with::<Exclusive>(Wait::forever().cancel(t)));
     wait_until("the waiter queues", || {
         sql.locks(&name).iter().any(|l| l.0 == pid)
     });
@@ -436,7 +436,8 @@ fn cancel_ends_the_server_side_wait_and_never_leaves_a_lock_held() {
         let pid = lock.backend_pid().unwrap();
         let token = CancelToken::new();
         let t = token.clone();
-        let waiter = std::thread::spawn(move || lock.lock_cancellable::<Exclusive>(&t, None));
+        let waiter =
+            std::thread::spawn(move || lock.lock_with::<Exclusive>(Wait::forever().cancel(t)));
         wait_until("the waiter queues", || {
             sql.locks(&name).iter().any(|l| l.0 == pid)
         });

@@ -59,92 +59,8 @@ pub use key::lock_key;
 use session::{ConnectError, Failure, Grant, Op, Session};
 
 use crate::mode::{Exclusive, FlockMode, Mode, Shared};
-use crate::{CancelToken, Error};
-
-/// A failure that hands the handle back: the session ([`PgLock`]) or the
-/// guard, usable for another attempt.
-///
-/// # Examples
-/// ```no_run
-/// use flockguard::{pg::PgLock, Exclusive};
-/// # let url = "postgresql://app@db.internal/app";
-/// let lock = PgLock::connect(url, "deploy")?;
-/// let guard = match lock.try_lock::<Exclusive>() {
-///     Ok(guard) => guard,
-///     Err(busy) if busy.is_would_block() => busy.into_inner().lock::<Exclusive>()?,
-///     Err(other) => return Err(other.into()),
-/// };
-/// # drop(guard);
-/// # Ok::<(), flockguard::Error>(())
-/// ```
-pub struct LockError<T> {
-    /// What went wrong.
-    pub error: Error,
-    /// The handle, to retry with.
-    pub handle: T,
-}
-
-impl<T> LockError<T> {
-    /// The handle, to retry without reconnecting.
-    pub fn into_inner(self) -> T {
-        self.handle
-    }
-
-    /// Splits into the error and the handle.
-    pub fn into_parts(self) -> (Error, T) {
-        (self.error, self.handle)
-    }
-
-    /// The error.
-    pub fn error(&self) -> &Error {
-        &self.error
-    }
-
-    /// Whether the lock was held elsewhere ([`Error::PgWouldBlock`]).
-    pub fn is_would_block(&self) -> bool {
-        self.error.is_would_block()
-    }
-
-    /// Whether the server ended the wait at its deadline ([`Error::PgTimeout`]).
-    pub fn is_timeout(&self) -> bool {
-        self.error.is_timeout()
-    }
-}
-
-impl<T: fmt::Debug> fmt::Debug for LockError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LockError")
-            .field("error", &self.error)
-            .field("handle", &self.handle)
-            .finish()
-    }
-}
-
-impl<T> fmt::Display for LockError<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.error, f)
-    }
-}
-
-impl<T: fmt::Debug> std::error::Error for LockError<T> {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        std::error::Error::source(&self.error)
-    }
-}
-
-impl<T> From<LockError<T>> for Error {
-    /// Keeps the error; the handle is dropped, which closes its session.
-    fn from(err: LockError<T>) -> Error {
-        err.error
-    }
-}
-
-impl<T> From<LockError<T>> for std::io::Error {
-    /// As `From<Error>`; the handle is dropped.
-    fn from(err: LockError<T>) -> std::io::Error {
-        err.error.into()
-    }
-}
+use crate::wait::Deadline;
+use crate::{CancelToken, Error, LockError, Wait};
 
 /// One PostgreSQL session for one lock name, holding no lock.
 ///
@@ -260,22 +176,51 @@ impl PgLock {
         self.acquire(Op::Wait(M::MODE), Some(timeout), None)
     }
 
-    /// Waits for the lock in mode `M` until `token` is cancelled, or at most
-    /// `timeout` if one is given.
+    /// Waits until `deadline` for the lock in mode `M` (enforced by the
+    /// server, as [`lock_timeout`](Self::lock_timeout)).
+    ///
+    /// # Errors
+    /// As [`lock_timeout`](Self::lock_timeout).
+    pub fn lock_until<M: Mode>(self, deadline: Instant) -> Result<PgGuard<M>, LockError<PgLock>> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.acquire(Op::Wait(M::MODE), Some(left), None)
+    }
+
+    /// Acquires as `wait` says: not at all ([`Wait::none`]), until taken
+    /// ([`Wait::forever`]) or until a deadline, and until its
+    /// [`CancelToken`] is cancelled.
     ///
     /// A cancel sends the server a cancel request, which ends the
     /// server-side wait; a lock granted before the request arrived is
-    /// released before this returns, so a caller that gave up never holds it.
+    /// released before this returns, so a caller that gave up never holds
+    /// it. The wait's notice ([`Wait::on_wait`]) and context, which describe
+    /// file locks, are not used.
     ///
     /// # Errors
-    /// [`Error::PgCancelled`] after a cancel; otherwise as
+    /// [`Error::PgCancelled`] after a cancel; [`Error::PgWouldBlock`] for
+    /// [`Wait::none`] on contention; otherwise as
     /// [`lock_timeout`](Self::lock_timeout).
-    pub fn lock_cancellable<M: Mode>(
-        self,
-        token: &CancelToken,
-        timeout: Option<Duration>,
-    ) -> Result<PgGuard<M>, LockError<PgLock>> {
-        self.acquire(Op::Wait(M::MODE), timeout, Some(token))
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use flockguard::{pg::PgLock, CancelToken, Exclusive, Wait};
+    /// let token = CancelToken::new();
+    /// let lock = PgLock::connect("host=db.internal user=app", "nightly")?;
+    /// let guard = lock.lock_with::<Exclusive>(Wait::forever().cancel(token.clone()))?;
+    /// # drop(guard);
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    pub fn lock_with<M: Mode>(self, wait: Wait<'_>) -> Result<PgGuard<M>, LockError<PgLock>> {
+        let token = wait.cancel.as_ref();
+        match wait.deadline {
+            Deadline::None => self.acquire(Op::Try(M::MODE), None, token),
+            Deadline::Forever => self.acquire(Op::Wait(M::MODE), None, token),
+            Deadline::After(d) => self.acquire(Op::Wait(M::MODE), Some(d), token),
+            Deadline::At(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                self.acquire(Op::Wait(M::MODE), Some(left), token)
+            }
+        }
     }
 
     /// Everyone holding or waiting for this lock, on this session.
@@ -740,6 +685,7 @@ mod tests {
     #[test]
     fn handles_cross_threads() {
         assert_send_sync::<PgLock>();
+        assert_send_sync::<PgHolder>();
         assert_send_sync::<PgGuard<Exclusive>>();
         assert_send_sync::<PgGuard<Shared>>();
         assert_send_sync::<LockError<PgLock>>();
