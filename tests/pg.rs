@@ -26,6 +26,7 @@ fn dispatch(args: &[String]) {
     match args[0].as_str() {
         "hold" => child_hold(&url, &args[1], &args[2]),
         "counter" => child_counter(&url, &args[1], &args[2], args[3].parse().unwrap()),
+        "leaks" => child_leaks(&url),
         other => panic!("unknown child command {other}"),
     }
 }
@@ -949,4 +950,215 @@ fn random_operation_sequences_match_the_model() {
             Ok(())
         })
         .unwrap();
+}
+
+/// A server of the test's own, from `.ci/pg-server`, stopped on drop.
+struct OwnServer {
+    dir: std::path::PathBuf,
+    url: String,
+}
+
+impl OwnServer {
+    fn start(test: &str) -> Option<OwnServer> {
+        let dir = std::env::temp_dir().join(format!("flockguard-pg-{test}-{}", std::process::id()));
+        let out = std::process::Command::new(Self::script())
+            .arg("start")
+            .arg(&dir)
+            .output()
+            .expect("run .ci/pg-server");
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            assert!(
+                std::env::var_os("FLOCKGUARD_PG_REQUIRED").is_none(),
+                "{test}: cannot start a server of its own: {why}"
+            );
+            support::skip(test, &format!("cannot start a server of its own: {why}"));
+            return None;
+        }
+        let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        Some(OwnServer { dir, url })
+    }
+
+    fn script() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/pg-server")
+    }
+
+    fn restart(&self) {
+        let status = std::process::Command::new(Self::script())
+            .arg("restart")
+            .arg(&self.dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(Self::script())
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+#[test]
+fn a_server_restart_is_reported_lost_and_the_handle_reconnects() {
+    let test = "a_server_restart_is_reported_lost_and_the_handle_reconnects";
+    if server(test).is_none() {
+        return;
+    }
+    let Some(own) = OwnServer::start("restart") else {
+        return;
+    };
+    let name = unique("restart");
+    let held = PgLock::connect(&own.url, &name)
+        .unwrap()
+        .lock::<Exclusive>()
+        .unwrap();
+    let first = held.fencing_token();
+    own.restart();
+    let err = held.is_held().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::PgLost {
+                mode: Some(FlockMode::Exclusive),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = held.unlock().unwrap_err();
+    assert!(matches!(err.error, Error::PgLost { .. }), "{err}");
+    let again = err.into_inner().try_lock::<Exclusive>().unwrap();
+    assert!(again.fencing_token() > first, "tokens survive a restart");
+    assert!(again.is_held().unwrap());
+}
+
+#[test]
+fn a_role_that_cannot_create_the_sequence_is_told_what_to_run() {
+    let test = "a_role_that_cannot_create_the_sequence_is_told_what_to_run";
+    let Some(url) = server(test) else {
+        return;
+    };
+    let sql = Sql::connect(&url);
+    let suffix = std::process::id();
+    let (role, db) = (
+        format!("fg_limited_{suffix}"),
+        format!("fg_nofence_{suffix}"),
+    );
+    sql.exec(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+    sql.exec(&format!("DROP ROLE IF EXISTS {role}"));
+    sql.exec(&format!("CREATE ROLE {role} LOGIN"));
+    sql.exec(&format!("CREATE DATABASE {db}"));
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        #[allow(unreachable_patterns)] // Unix sockets exist only on unix
+        _ => panic!("TCP URL expected"),
+    };
+    let port = config.get_ports()[0];
+    let limited = format!("host={host} port={port} user={role} dbname={db}");
+    let err = PgLock::connect(&limited, "fenced").unwrap_err();
+    assert!(matches!(err, Error::PgFencing { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("`fenced`")
+            && msg.contains("CREATE SEQUENCE IF NOT EXISTS public.flockguard_fence"),
+        "{msg}"
+    );
+    // Running what the message says makes it work.
+    let sql_run = msg.split('`').rev().nth(1).unwrap().to_owned();
+    let owner = Sql::connect(&format!(
+        "host={host} port={port} user=postgres dbname={db}"
+    ));
+    owner.exec(&sql_run);
+    let guard = PgLock::connect(&limited, "fenced")
+        .unwrap()
+        .try_lock::<Exclusive>()
+        .unwrap();
+    assert!(guard.fencing_token() >= 1);
+    drop(guard);
+    drop(owner);
+    sql.exec(&format!("DROP DATABASE {db} WITH (FORCE)"));
+    sql.exec(&format!("DROP ROLE {role}"));
+}
+
+#[test]
+fn sessions_and_threads_end_with_their_handles() {
+    let Some(_url) = server("sessions_and_threads_end_with_their_handles") else {
+        return;
+    };
+    // In a child, so that other tests' sessions and threads do not count.
+    let mut child = Child::spawn(&["leaks"]);
+    let line = child.expect_line("LEAKS", WAIT);
+    assert!(child.release().success());
+    assert_eq!(line, "LEAKS sessions 0 threads 0", "{line}");
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// In a child: opens, locks, drops and unlocks handles, then reports how
+/// many sessions (by application_name) and threads are left over.
+fn child_leaks(url: &str) {
+    let sql = Sql::connect(url);
+    let mine = format!("flockguard {} %", std::process::id());
+    let sessions = || {
+        sql.i64(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1",
+            &[&mine],
+        )
+    };
+    let (threads_before, sessions_before) = (threads(), sessions());
+    for i in 0..10 {
+        let name = unique(&format!("leaks-{i}"));
+        let lock = PgLock::connect(url, &name).unwrap();
+        let guard = lock.try_lock::<Exclusive>().unwrap();
+        if i % 2 == 0 {
+            drop(guard);
+        } else {
+            let err = PgLock::connect(url, &name)
+                .unwrap()
+                .try_lock::<Shared>()
+                .unwrap_err();
+            drop(err);
+            drop(guard.unlock().unwrap());
+        }
+    }
+    let deadline = Instant::now() + WAIT;
+    while (sessions() > sessions_before || threads() > threads_before) && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    support::tell(&format!(
+        "LEAKS sessions {} threads {}",
+        sessions() - sessions_before,
+        threads().saturating_sub(threads_before)
+    ));
+}
+
+#[test]
+fn calls_from_inside_an_async_runtime_work() {
+    let Some(url) = server("calls_from_inside_an_async_runtime_work") else {
+        return;
+    };
+    let name = unique("async");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let token = rt.block_on(async {
+        let guard = PgLock::connect(&url, &name)
+            .unwrap()
+            .try_lock::<Exclusive>()
+            .unwrap();
+        assert!(guard.is_held().unwrap());
+        let t = guard.fencing_token();
+        guard.unlock().unwrap();
+        t
+    });
+    assert!(token > 0);
 }
