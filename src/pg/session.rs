@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::sync::{mpsc, Arc, Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 use tokio_postgres::error::SqlState;
@@ -116,6 +116,23 @@ pub(crate) fn classify(err: tokio_postgres::Error) -> Failure {
     } else {
         Failure::Other(err)
     }
+}
+
+/// Awaits `fut` under the heartbeat's watch: `Err(limit)` once the thread
+/// finds the deadline passed.
+async fn watched<F: Future>(core: &Core, limit: Duration, fut: F) -> Result<F::Output, Duration> {
+    *core.watch.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + limit);
+    let mut fut = std::pin::pin!(fut);
+    let mut expired = std::pin::pin!(core.expired.notified());
+    let out = std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Ok(out));
+        }
+        expired.as_mut().poll(cx).map(|()| Err(limit))
+    })
+    .await;
+    *core.watch.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    out
 }
 
 /// Awaits `fut`; when `token` is cancelled meanwhile, sends the server a
@@ -272,6 +289,11 @@ struct Core {
     client: Client,
     /// Set when the heartbeat or a call found the session dead or unreachable.
     lost: Mutex<Option<PgLoss>>,
+    /// The deadline of the short round trip in progress, if any; the
+    /// heartbeat thread, which wakes every [`HEARTBEAT`], enforces it through
+    /// `expired`, so a round trip arms no timer of its own.
+    watch: Mutex<Option<Instant>>,
+    expired: tokio::sync::Notify,
 }
 
 impl Drop for Core {
@@ -418,6 +440,8 @@ impl Session {
             rt: Mutex::new(Some(rt)),
             client,
             lost: Mutex::new(None),
+            watch: Mutex::new(None),
+            expired: tokio::sync::Notify::new(),
         });
         let heartbeat = start_heartbeat(Arc::downgrade(&core))
             .map_err(|e| ConnectError::Connect(Box::new(e)))?;
@@ -471,11 +495,13 @@ impl Session {
         deadline: Option<Duration>,
         token: Option<&CancelToken>,
     ) -> Result<Row, Failure> {
-        let client = &self.core.client;
+        let core = &*self.core;
         let answer = self.run(with_cancel(
             async {
-                let query = client.query_one(statement, params);
+                let query = core.client.query_one(statement, params);
                 match deadline {
+                    // The heartbeat's watch: up to one beat late, no timer.
+                    Some(d) if d == ROUND_TRIP => watched(core, d, query).await,
                     Some(d) => tokio::time::timeout(d, query).await.map_err(|_| d),
                     None => Ok(query.await),
                 }
@@ -707,7 +733,14 @@ fn start_heartbeat(core: Weak<Core>) -> std::io::Result<mpsc::Sender<()>> {
             }
             let Some(core) = core.upgrade() else { return };
             let loss = {
-                let Ok(rt) = core.rt.try_lock() else { continue };
+                let Ok(rt) = core.rt.try_lock() else {
+                    // A call is in progress: end it if it is past its deadline.
+                    let watch = *core.watch.lock().unwrap_or_else(PoisonError::into_inner);
+                    if watch.is_some_and(|at| Instant::now() >= at) {
+                        core.expired.notify_waiters();
+                    }
+                    continue;
+                };
                 let Some(rt) = rt.as_ref() else { return };
                 match rt.block_on(within(ROUND_TRIP, core.client.simple_query("SELECT 1"))) {
                     Ok(Ok(_)) => continue,
