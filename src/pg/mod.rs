@@ -38,7 +38,7 @@
 //! `SELECT 1` every 2 s, so a client cut off from the server loses its locks
 //! within 10 s). The client learns of a loss at its next round trip:
 //! [`PgGuard::is_held`] and [`PgGuard::unlock`] then fail with
-//! [`Error::PgLost`]. A round trip that gets no answer within 5 s abandons
+//! [`Error::PgLost`]. A round trip that gets no answer within 5–7 s abandons
 //! the session. See `docs/postgres.md` for the guarantees and their limits.
 //!
 //! # Names
@@ -446,7 +446,7 @@ impl<M: Mode> PgGuard<M> {
     ///
     /// # Errors
     /// [`Error::PgLost`] if the session is gone, or did not answer within
-    /// 5 s (the lock must then be assumed lost); [`Error::PgQuery`] for other
+    /// 5–7 s (the lock must then be assumed lost); [`Error::PgQuery`] for other
     /// server errors.
     pub fn is_held(&self) -> Result<bool, Error> {
         let lock = self.inner();
