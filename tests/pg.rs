@@ -27,6 +27,7 @@ fn dispatch(args: &[String]) {
         "hold" => child_hold(&url, &args[1], &args[2]),
         "counter" => child_counter(&url, &args[1], &args[2], args[3].parse().unwrap()),
         "leaks" => child_leaks(&url),
+        "unlocked" => child_unlocked(&url, &args[1], args[2].parse().unwrap()),
         other => panic!("unknown child command {other}"),
     }
 }
@@ -558,6 +559,49 @@ fn child_counter(url: &str, name: &str, table: &str, ops: u32) {
         }
     }
     support::tell(&format!("DONE {writes}"));
+}
+
+/// In a child: the writers' read-pause-write of [`child_counter`] with no
+/// lock, the control that shows the counter test can fail.
+fn child_unlocked(url: &str, table: &str, writes: u32) {
+    let sql = Sql::connect(url);
+    for _ in 0..writes {
+        let v = sql.i64(&format!("SELECT n FROM {table}"), &[]);
+        std::thread::sleep(Duration::from_micros(200));
+        sql.exec(&format!("UPDATE {table} SET n = {}", v + 1));
+    }
+    support::tell("DONE");
+}
+
+#[test]
+fn without_the_lock_the_counter_loses_updates() {
+    let Some(url) = server("without_the_lock_the_counter_loses_updates") else {
+        return;
+    };
+    let table = format!("flockguard_control_{}", std::process::id());
+    let sql = Sql::connect(&url);
+    sql.exec(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (n bigint); INSERT INTO {table} VALUES (0)"
+    ));
+    let mut children: Vec<Child> = (0..8)
+        .map(|_| Child::spawn(&["unlocked", &table, "50"]))
+        .collect();
+    for c in &mut children {
+        c.expect_line("DONE", Duration::from_secs(300));
+    }
+    for c in children {
+        assert!(c.release().success());
+    }
+    let n = sql.i64(&format!("SELECT n FROM {table}"), &[]);
+    sql.exec(&format!("DROP TABLE {table}"));
+    eprintln!(
+        "control: 8 processes, 400 unlocked writes, counter {n}, lost {}",
+        400 - n
+    );
+    assert!(
+        n < 400,
+        "no update was lost without the lock; the counter test proves nothing"
+    );
 }
 
 #[test]
