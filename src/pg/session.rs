@@ -1,7 +1,7 @@
 //! One PostgreSQL session and the statements the lock types send through it:
-//! the background runtime, connecting with the liveness settings, the
-//! heartbeat, round trips with a deadline, cancel requests and the mapping
-//! of client errors. [`super`] calls these and owns the lock state.
+//! the session's runtime, connecting with the liveness settings, the
+//! heartbeat thread, round trips with a deadline, cancel requests and the
+//! mapping of client errors. [`super`] calls these and owns the lock state.
 
 use std::future::Future;
 use std::sync::{mpsc, Arc, Mutex, PoisonError, Weak};
