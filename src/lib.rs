@@ -120,6 +120,8 @@
 //!
 //! # Features
 //! - `cli`: the `flockguard` command, a drop-in for util-linux `flock(1)`.
+//! - `postgres`: the module `pg`, the same typed guards over PostgreSQL
+//!   advisory locks for processes on several hosts, with fencing tokens.
 //!
 //! The default build depends on `rustix` and `thiserror` only.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -137,6 +139,7 @@ mod lock;
 mod mode;
 mod open;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod pg;
 mod sys;
 mod wait;
