@@ -3,8 +3,8 @@
 //!
 //! Needs a server: `export FLOCKGUARD_PG_URL="$(.ci/pg-server start)"`;
 //! without one it prints a SKIPPED line and exits. Full run:
-//! `cargo bench --features postgres --bench pg` (about a minute); smoke run:
-//! `cargo bench --features postgres --bench pg -- --test`.
+//! `cargo bench -p flockguard-benches --features postgres --bench pg` (about a minute); smoke run:
+//! `cargo bench -p flockguard-benches --features postgres --bench pg -- --test`.
 //!
 //! - `try_unlock/pglock`: `PgLock::try_lock::<Exclusive>` + `PgGuard::unlock`.
 //! - `try_unlock/raw_sql`: the same two prepared statements sent as they are

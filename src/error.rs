@@ -71,8 +71,10 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// A write through a guard whose descriptor is open read-only.
-    #[error("cannot write to `{}`: the lock file is open read-only (write access was refused or not requested); open it with Access::ReadWrite to write through the guard", path.display())]
+    /// A write through a guard whose descriptor is open read-only, or an
+    /// adopted read-only file where [`Access::ReadWrite`](crate::Access::ReadWrite)
+    /// is required.
+    #[error("cannot write to `{}`: the lock file is open read-only (write access was refused or not requested); open it for writing (LockOptions::access(Access::ReadWrite), or adopt a File opened for writing) to write through the guard", path.display())]
     ReadOnly {
         /// The lock file.
         path: PathBuf,
@@ -127,10 +129,13 @@ pub enum Error {
     },
 
     /// Releasing the lock with `flock(LOCK_UN)` failed.
-    #[error("cannot unlock `{}`", path.display())]
+    #[error("cannot release {}lock on `{}`", mode.map_or(String::new(), |m| format!("{m} ")), path.display())]
     Unlock {
         /// The lock file.
         path: PathBuf,
+        /// The mode that was held; `None` for a lock the descriptor arrived
+        /// with ([`unlock_inherited`](crate::LockFile::unlock_inherited)).
+        mode: Option<FlockMode>,
         /// The error from `flock(2)`.
         #[source]
         source: io::Error,
@@ -682,11 +687,16 @@ impl From<Error> for io::Error {
 /// A failed operation that hands its lock handle back.
 ///
 /// Every failure that leaves the descriptor usable returns one: the
-/// [`LockFile`](crate::LockFile) after a failed acquisition or a failed
-/// [`try_upgrade`](crate::LockGuard::try_upgrade), open and holding no lock,
-/// so the caller can retry without reopening. Failures that leave nothing
-/// usable (the open itself failed) are a plain [`Error`]. The `?` operator
-/// converts it to [`Error`] or [`io::Error`], closing the handle.
+/// [`LockFile`](crate::LockFile) after a failed acquisition or conversion
+/// (open and holding no lock, so the caller can retry without reopening),
+/// the guard after a refused [`unlock`](crate::LockGuard::unlock) or
+/// [`unlink_and_unlock`](crate::LockGuard::unlink_and_unlock), the caller's
+/// `File` after a refused [`adopt`](crate::LockOptions::adopt). Failures that
+/// leave nothing usable (the open itself failed) are a plain [`Error`]. The
+/// `?` operator converts it to [`Error`] or [`io::Error`], dropping the
+/// handle. The predicates a retry loop branches on (`is_would_block`,
+/// `is_timeout`, `is_cancelled`) are on both types; for the rest, match
+/// `error`.
 ///
 /// # Examples
 /// ```
@@ -723,11 +733,6 @@ impl<T> LockError<T> {
         (self.error, self.handle)
     }
 
-    /// The error.
-    pub fn error(&self) -> &Error {
-        &self.error
-    }
-
     /// Whether the lock is held elsewhere ([`Error::is_would_block`]).
     pub fn is_would_block(&self) -> bool {
         self.error.is_would_block()
@@ -736,6 +741,11 @@ impl<T> LockError<T> {
     /// Whether a timed wait ended at its deadline ([`Error::is_timeout`]).
     pub fn is_timeout(&self) -> bool {
         self.error.is_timeout()
+    }
+
+    /// Whether a wait was cancelled ([`Error::is_cancelled`]).
+    pub fn is_cancelled(&self) -> bool {
+        self.error.is_cancelled()
     }
 }
 
@@ -841,6 +851,7 @@ mod tests {
             },
             Error::Unlock {
                 path: path(),
+                mode: Some(FlockMode::Shared),
                 source: os(Errno::BADF),
             },
             Error::NotOwner {
@@ -967,7 +978,7 @@ mod tests {
         assert!(msgs[13].starts_with("`/run/app.lock` is a symbolic link; refusing to follow it"));
         assert!(msgs[14].starts_with("`/run/app.lock` is a symbolic link to a missing file"));
         assert_eq!(msgs[15], "cannot take shared lock on `/run/app.lock`");
-        assert_eq!(msgs[16], "cannot unlock `/run/app.lock`");
+        assert_eq!(msgs[16], "cannot release shared lock on `/run/app.lock`");
         assert!(msgs[17]
             .starts_with("`/run/app.lock` was opened by process 100, not by this process (200)"));
     }

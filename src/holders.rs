@@ -328,11 +328,12 @@ fn find_sharers(pid: u32, mode: FlockMode, target: Target) -> Vec<LockProcess> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let me = sys::getpid();
+    // The caller itself is searched too: it may hold the lock through a
+    // descriptor inherited from the process that took it.
     let mut found: Vec<LockProcess> = dir
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&p| p != pid && p != me)
+        .filter(|&p| p != pid)
         .filter(|&p| process_holds(p, mode, target) == Some(true))
         .map(|p| LockProcess {
             pid: p,

@@ -155,6 +155,11 @@ pub(crate) fn getpid() -> u32 {
         .unsigned_abs()
 }
 
+/// `mkdir(2)` of every missing directory along `path`.
+pub(crate) fn create_dir_all(path: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(path)
+}
+
 /// `unlink(2)`.
 pub(crate) fn unlink(path: &Path) -> io::Result<()> {
     rustix::fs::unlink(path).map_err(Into::into)
