@@ -364,7 +364,7 @@ fn the_server_enforces_the_deadline_and_reports_the_holders() {
         took >= Duration::from_millis(300) && took < Duration::from_secs(3),
         "{took:?}"
     );
-    let holders = err.error.holders_pg();
+    let holders = pg_holders(&err.error);
     assert_eq!(holders.len(), 1, "{err}");
     assert_eq!(holders[0].client_pid, Some(std::process::id()));
     assert!(
@@ -381,17 +381,11 @@ fn the_server_enforces_the_deadline_and_reports_the_holders() {
     assert!(got.is_held().unwrap());
 }
 
-/// The holders an error carries (test-side accessor).
-trait PgHolders {
-    fn holders_pg(&self) -> Vec<pg::PgHolder>;
-}
-
-impl PgHolders for Error {
-    fn holders_pg(&self) -> Vec<pg::PgHolder> {
-        match self {
-            Error::PgTimeout { holders, .. } => holders.clone(),
-            _ => Vec::new(),
-        }
+/// The holders an `Error::PgTimeout` carries; empty for other errors.
+fn pg_holders(err: &Error) -> Vec<pg::PgHolder> {
+    match err {
+        Error::PgTimeout { holders, .. } => holders.clone(),
+        _ => Vec::new(),
     }
 }
 
