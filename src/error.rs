@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::fs_policy::UnreliableFs;
-use crate::holders::Holder;
+use crate::holder::Holder;
 use crate::mode::FlockMode;
 
 /// Everything that can go wrong while opening, locking or converting a lock.
@@ -208,7 +208,9 @@ pub enum Error {
         /// How long the call waited.
         waited: Duration,
         /// Who held or waited for the lock when the wait ended (empty if
-        /// none was visible or `/proc` could not be read in time).
+        /// none was visible or `/proc` could not be read), found within a
+        /// few milliseconds: entries not verified in time are
+        /// [`PidStatus::Unverified`](crate::PidStatus::Unverified).
         holders: Box<[Holder]>,
         /// The caller's description of what the lock protects, from
         /// [`Wait::context`](crate::Wait::context).

@@ -166,6 +166,8 @@ mod error;
 #[cfg(target_os = "linux")]
 mod fs_policy;
 #[cfg(target_os = "linux")]
+mod holder;
+#[cfg(target_os = "linux")]
 mod holders;
 #[cfg(target_os = "linux")]
 mod lock;
@@ -189,7 +191,8 @@ struct ReadmeDoctests;
 pub use crate::{
     error::{Error, FileKind, LockError, PathProblem},
     fs_policy::{classify, UnreliableFs},
-    holders::{holders, Holder, LockProcess, PidStatus},
+    holder::{Holder, LockProcess, PidStatus},
+    holders::holders,
     lock::{
         block_flock, flock_timeout, materialize, try_flock, AnyGuard, LockFile, LockGuard,
         LockOptions,

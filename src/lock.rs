@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, LockError, PathProblem};
-use crate::holders::{self, Holder};
+use crate::holder::Holder;
+use crate::holders;
 use crate::mode::{Exclusive, FlockMode, Mode, Shared};
 use crate::open::{self, Access, OpenSpec, Opened, RemoteFs};
 use crate::sys;
@@ -517,6 +518,16 @@ impl LockFile {
         holders::holders_of(id, &path)
     }
 
+    /// [`holders`](Self::holders) within `budget`, for messages: an empty
+    /// list when the file cannot be examined.
+    pub(crate) fn holders_within(&self, budget: Duration) -> Vec<Holder> {
+        let path = self.error_path();
+        sys::statx_fd(self.as_fd())
+            .ok()
+            .and_then(|id| holders::holders_within(id, &path, budget).ok())
+            .unwrap_or_default()
+    }
+
     /// The path the file was opened from; `None` for an adopted file.
     pub fn path(&self) -> Option<&Path> {
         self.origin.as_ref().map(|origin| &*origin.path)
@@ -664,7 +675,7 @@ impl LockFile {
             return Err(Ok(Stop::TimedOut));
         }
         if let Some(notice) = notice.take() {
-            notice(&self.holders().unwrap_or_default());
+            notice(&self.holders_within(holders::WAIT_DIAGNOSTICS_BUDGET));
         }
         if until.is_none() && cancel.is_none() {
             return sys::flock(fd, mode, false).map_err(|err| Err(self.flock_error(mode, err)));
@@ -687,9 +698,9 @@ impl LockFile {
             path: self.error_path(),
             mode,
             waited: start.elapsed(),
-            // Diagnostics must not hide the timeout: a failed read of
-            // /proc leaves the list empty.
-            holders: self.holders().unwrap_or_default().into(),
+            // Diagnostics must not hide the timeout or delay it past a few
+            // milliseconds: a failed read of /proc leaves the list empty.
+            holders: self.holders_within(holders::WAIT_DIAGNOSTICS_BUDGET).into(),
             context: context.map(Box::from),
         }
     }

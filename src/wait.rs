@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::holders::Holder;
+use crate::holder::Holder;
 use crate::mode::FlockMode;
 use crate::sys;
 

@@ -310,14 +310,16 @@ fn lock(
     };
     let limit = match patience {
         Patience::No => {
-            return match file.lock_any(mode, Wait::none()) {
+            // A zero deadline rather than Wait::none(): the error then
+            // carries the holders, found within the diagnostics budget.
+            return match file.lock_any(mode, Wait::timeout(Duration::ZERO)) {
                 Ok(guard) => Ok(Held::Locked(guard.into_locked_fd())),
-                Err(err) if err.is_would_block() => {
+                Err(err) if err.is_timeout() => {
                     if opts.verbose {
                         warn_line!("{prog}: failed to get lock");
                     }
                     // Diagnostics only: an unreadable /proc must not change the status.
-                    print_holders(prog, name, &err.handle.holders().unwrap_or_default());
+                    print_holders(prog, name, err.error.holders());
                     Err(i32::from(opts.conflict_exit_code))
                 }
                 Err(err) => Err(lock_failure(prog, &err.error)),
