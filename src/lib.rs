@@ -147,6 +147,8 @@
 //!
 //! # Features
 //! - `cli`: the `flockguard` command, a drop-in for util-linux `flock(1)`.
+//! - `postgres`: the module `pg`, the same typed guards over PostgreSQL
+//!   advisory locks for processes on several hosts, with fencing tokens.
 //!
 //! The default build depends on `rustix` and `thiserror` only.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -173,6 +175,9 @@ mod lock;
 mod mode;
 #[cfg(target_os = "linux")]
 mod open;
+#[cfg(all(target_os = "linux", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod pg;
 #[cfg(target_os = "linux")]
 mod sys;
 #[cfg(target_os = "linux")]

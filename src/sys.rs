@@ -538,3 +538,11 @@ pub(crate) fn is_gone(err: &io::Error) -> bool {
         .iter()
         .any(|e| err.raw_os_error() == Some(e.raw_os_error()))
 }
+
+/// This host's name (`/proc/sys/kernel/hostname`), if it can be read.
+#[cfg(feature = "postgres")]
+pub(crate) fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
