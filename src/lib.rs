@@ -69,7 +69,7 @@
 //! # drop(first);
 //! # Ok::<(), flockguard::Error>(())
 //! ```
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(rust_2018_idioms)]
 

@@ -26,9 +26,6 @@ pub struct LockFile {
     file: File,
     path: Option<Box<Path>>,
     owner: u32,
-    /// An inotify instance (no watches) kept from a timed wait for the next
-    /// one; declared after `file` so that it closes after the lock file.
-    events: Option<std::os::fd::OwnedFd>,
 }
 
 impl LockFile {
@@ -36,8 +33,7 @@ impl LockFile {
         LockFile {
             file,
             path,
-            owner: sys::getpid(),
-            events: None,
+            owner: sys::current_pid(),
         }
     }
 
@@ -175,7 +171,7 @@ impl LockFile {
     /// Fails with [`Error::NotOwner`] when called from a process other
     /// than the one that opened the file.
     pub(crate) fn check_owner(&self) -> Result<(), Error> {
-        let current = sys::getpid();
+        let current = sys::current_pid();
         if current == self.owner {
             Ok(())
         } else {
@@ -189,16 +185,6 @@ impl LockFile {
 
     pub(crate) fn file(&self) -> &File {
         &self.file
-    }
-
-    /// Takes the inotify instance kept from an earlier timed wait.
-    pub(crate) fn take_events(&mut self) -> Option<std::os::fd::OwnedFd> {
-        self.events.take()
-    }
-
-    /// Keeps an inotify instance (without watches) for the next timed wait.
-    pub(crate) fn keep_events(&mut self, events: Option<std::os::fd::OwnedFd>) {
-        self.events = events;
     }
 }
 

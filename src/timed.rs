@@ -13,7 +13,7 @@ use crate::lockfile::LockFile;
 use crate::mode::{FlockMode, Mode};
 use crate::options::LockOptions;
 use crate::sys;
-use crate::wait::{CancelToken, Stop, Waiter};
+use crate::wait::{self, CancelToken, Stop};
 
 /// How [`LockFile::lock_with`] waits: a deadline, a notice just before
 /// waiting, a cancel token, and a description for the timeout message.
@@ -103,12 +103,10 @@ impl LockFile {
     /// at once (an inotify close event); a release by `flock(LOCK_UN)` alone
     /// is noticed by a back-off retry within 100 ms. `Duration::ZERO`
     /// makes a single attempt. No signal handler is installed and no thread
-    /// is started. The wait's inotify descriptor, its watch removed, stays
-    /// with this file (and the guard or error that holds it) for the next
-    /// wait and is closed with it: closing it right after a wake-up would
-    /// stall for a kernel grace period (~15 ms). A waiter here is not
-    /// queued in the kernel, so processes blocked in `flock(2)` may take the
-    /// lock first.
+    /// is started, and the guard holds no descriptor besides the lock
+    /// file's: every wait in the process shares one inotify instance. A
+    /// waiter here is not queued in the kernel, so processes blocked in
+    /// `flock(2)` may take the lock first.
     ///
     /// # Errors
     /// [`Error::Timeout`], naming the holders at the deadline;
@@ -153,7 +151,7 @@ impl LockFile {
     ///
     /// # References
     /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
-    pub fn lock_with<M: Mode>(mut self, wait: Wait<'_>) -> Result<LockGuard<M>, TimeoutError> {
+    pub fn lock_with<M: Mode>(self, wait: Wait<'_>) -> Result<LockGuard<M>, TimeoutError> {
         let start = Instant::now();
         let Wait {
             timeout,
@@ -189,32 +187,12 @@ impl LockFile {
                 Err(err) => Err(self.failed(mode, err)),
             };
         }
-        let outcome = {
-            let reuse = self.take_events();
-            let mut waiter = Waiter::new(self.as_fd(), self.path(), deadline, cancel, reuse);
-            notify(&self);
-            let outcome = loop {
-                if let Some(Stop::Cancelled) = waiter.stop(Instant::now()) {
-                    break Err(Ok(Stop::Cancelled));
-                }
-                match waiter.try_acquire(self.as_fd(), mode) {
-                    Ok(true) => break Ok(()),
-                    Ok(false) => {}
-                    Err(err) => break Err(Err(err)),
-                }
-                if let Some(stop) = waiter.stop(Instant::now()) {
-                    break Err(Ok(stop));
-                }
-                waiter.block();
-            };
-            self.keep_events(waiter.finish());
-            outcome
-            // The cancel eventfd closes here, before the call returns.
-        };
+        notify(&self);
+        let outcome = wait::acquire(self.as_fd(), self.path(), mode, deadline, cancel);
         match outcome {
-            Ok(()) => Ok(LockGuard::new(self)),
-            Err(Ok(stop)) => Err(self.stopped(stop, mode, start, context)),
-            Err(Err(err)) => Err(self.failed(mode, err)),
+            Ok(Ok(())) => Ok(LockGuard::new(self)),
+            Ok(Err(stop)) => Err(self.stopped(stop, mode, start, context)),
+            Err(err) => Err(self.failed(mode, err)),
         }
     }
 

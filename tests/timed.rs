@@ -393,12 +393,23 @@ fn no_descriptor_or_thread_is_left_on_any_path() {
 /// thread counts after each.
 fn fdcheck(path: &Path) {
     let threads = || std::fs::read_dir("/proc/self/task").unwrap().count();
+    let hold = || LockFile::open(path).unwrap().lock::<Exclusive>().unwrap();
+    // The first wait that sleeps sets up the process's shared inotify
+    // instance and its wake-up eventfd; they stay for every later wait.
+    let cold_fds = support::open_fds();
+    let held = hold();
+    let err = flock_timeout::<Exclusive>(path, Duration::from_millis(5)).unwrap_err();
+    drop((held, err));
     let base_fds = support::open_fds();
+    assert_eq!(
+        base_fds,
+        cold_fds + 2,
+        "one inotify instance and one eventfd"
+    );
     let base_threads = threads();
     let check = |what: &str| {
         assert_eq!(support::open_fds(), base_fds, "{what}: descriptor leaked");
     };
-    let hold = || LockFile::open(path).unwrap().lock::<Exclusive>().unwrap();
 
     drop(flock_timeout::<Exclusive>(path, LONG).unwrap());
     check("success");
@@ -417,8 +428,7 @@ fn fdcheck(path: &Path) {
     check("timeout");
     assert_eq!(threads(), base_threads, "timeout: thread left running");
 
-    // A file that waited keeps one inotify instance for its next wait, and
-    // only one.
+    // A file that waited keeps no descriptor besides its own.
     let held = hold();
     let file = LockFile::open(path).unwrap();
     let short = Duration::from_millis(10);
@@ -429,8 +439,8 @@ fn fdcheck(path: &Path) {
     let after_one = support::open_fds();
     assert_eq!(
         after_one,
-        base_fds + 3,
-        "holder, waiter and one inotify instance"
+        base_fds + 2,
+        "the holder's and the waiter's lock files only"
     );
     let file = file
         .lock_timeout::<Exclusive>(short)
