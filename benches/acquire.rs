@@ -301,7 +301,13 @@ fn path_acquire(c: &mut Criterion) {
             drop(try_flock::<Exclusive>(black_box(path)).unwrap())
         }),
         case("flockguard_remote_allow", move || {
-            drop(allow.try_lock::<Exclusive>(black_box(path)).unwrap())
+            drop(
+                allow
+                    .open(black_box(path))
+                    .unwrap()
+                    .try_lock::<Exclusive>()
+                    .unwrap(),
+            )
         }),
         // The physical limit of the contract: file-type and filesystem check.
         case("raw_open_fstat_fstatfs_flock_close", move || {

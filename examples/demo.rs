@@ -121,8 +121,7 @@ fn remote_filesystem(dir: &Path) -> Result<()> {
             let nfs = classify(0x6969).ok_or("NFS missing from the deny-list")?;
             let err = Error::RemoteFs {
                 path: "/mnt/nfs/app.lock".into(),
-                fs: nfs.name,
-                magic: nfs.magic,
+                fs: nfs,
             };
             println!("  what a lock file on NFS produces: {err}");
         }

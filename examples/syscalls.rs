@@ -34,7 +34,7 @@ fn main() -> Result<(), flockguard::Error> {
     mark("LockOptions { remote_fs: Allow }.try_lock, then drop");
     let mut allow = LockOptions::new();
     allow.remote_fs(RemoteFs::Allow);
-    drop(allow.try_lock::<Exclusive>(&path)?);
+    drop(allow.open(&path)?.try_lock::<Exclusive>()?);
 
     mark("try_flock::<Exclusive>(missing file), then drop");
     drop(try_flock::<Exclusive>(&missing)?);

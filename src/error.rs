@@ -1,10 +1,12 @@
-//! The crate's error type.
+//! The crate's error type, and [`LockError`], the error that hands a lock
+//! handle back.
 
+use std::fmt;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::fs_policy::classify;
+use crate::fs_policy::UnreliableFs;
 use crate::holders::Holder;
 use crate::mode::FlockMode;
 
@@ -12,7 +14,7 @@ use crate::mode::FlockMode;
 ///
 /// Each variant names the lock file's path. The operating-system error, when
 /// there is one, is the [`source`](std::error::Error::source), not part of
-/// the message.
+/// the message; [`Error::os_error`] gives its `errno`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -20,26 +22,32 @@ pub enum Error {
     /// serialize processes, and [`RemoteFs::Reject`](crate::RemoteFs::Reject)
     /// is in force.
     #[error(
-        "refusing to lock `{}` on {fs}: {}; move the lock file to a local filesystem (such as /run/lock or $XDG_RUNTIME_DIR) or opt in with RemoteFs::Allow",
+        "refusing to lock `{}` on {}: {}; move the lock file to a local filesystem (such as /run/lock or $XDG_RUNTIME_DIR) or opt in with RemoteFs::Allow",
         path.display(),
-        classify(*magic).map_or("flock is unreliable there", |f| f.reason)
+        fs.name,
+        fs.reason
     )]
     RemoteFs {
         /// The lock file.
         path: PathBuf,
-        /// The filesystem's short name, such as `"NFS"` or `"FUSE"`.
-        fs: &'static str,
-        /// The filesystem's `statfs(2)` magic.
-        magic: u64,
+        /// The filesystem, from the deny-list of [`classify`](crate::classify).
+        fs: &'static UnreliableFs,
     },
 
     /// A non-blocking attempt found the lock held in a conflicting mode.
-    #[error("`{}` is locked by someone else; {mode} lock not taken", path.display())]
+    #[error(
+        "`{}` is locked by someone else; {mode} lock not taken{}",
+        path.display(),
+        if *shared_lost { "; the shared lock this guard held was released" } else { "" }
+    )]
     WouldBlock {
         /// The lock file.
         path: PathBuf,
         /// The mode that was requested.
         mode: FlockMode,
+        /// A failed [`try_upgrade`](crate::LockGuard::try_upgrade): the
+        /// kernel dropped the shared lock before it found the conflict.
+        shared_lost: bool,
     },
 
     /// The lock file could not be opened or created.
@@ -52,7 +60,25 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// The lock file could not be examined (`fstat(2)`, `fstatfs(2)`,
+    /// [`Access::ReadWrite`](crate::Access::ReadWrite) was required and the
+    /// file may not be opened for writing.
+    #[error("cannot open lock file `{}` for writing; lock it read-only (Access::ReadOnly or Access::PreferWrite), or make it writable by you", path.display())]
+    WriteRefused {
+        /// The lock file.
+        path: PathBuf,
+        /// The error from `open(2)`: `EACCES`, `EPERM`, `EROFS` or `ETXTBSY`.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A write through a guard whose descriptor is open read-only.
+    #[error("cannot write to `{}`: the lock file is open read-only (write access was refused or not requested); open it with Access::ReadWrite to write through the guard", path.display())]
+    ReadOnly {
+        /// The lock file.
+        path: PathBuf,
+    },
+
+    /// The lock file could not be examined (`statx(2)`, `fstatfs(2)`,
     /// `fcntl(2)`) after it was opened.
     #[error("cannot examine lock file `{}`", path.display())]
     Stat {
@@ -68,8 +94,8 @@ pub enum Error {
     NotRegularFile {
         /// The path.
         path: PathBuf,
-        /// What is there: `"directory"`, `"FIFO"`, `"socket"`, …
-        kind: &'static str,
+        /// What is there.
+        kind: FileKind,
     },
 
     /// The path is a symbolic link and
@@ -110,10 +136,11 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// The lock was taken by another process that shares this descriptor
-    /// through `fork(2)`; changing it here would change it for that process
-    /// too, so the call was refused and the lock left as it was.
-    #[error("`{}` was locked by process {owner}, not by this process ({current}); refusing to change a lock shared through fork (open the file again in this process instead)", path.display())]
+    /// The lock file was opened by another process that shares this
+    /// descriptor through `fork(2)`; changing the lock here would change it
+    /// for that process too, so the call was refused and the lock left as
+    /// it was.
+    #[error("`{}` was opened by process {owner}, not by this process ({current}); refusing to change a lock shared through fork (open the file again in this process instead)", path.display())]
     NotOwner {
         /// The lock file.
         path: PathBuf,
@@ -123,14 +150,14 @@ pub enum Error {
         current: u32,
     },
 
-    /// The path cannot name a lock file: it is empty, contains a NUL byte,
-    /// ends with `/`, or belongs to a file adopted without a path.
+    /// The path cannot name a lock file, or the operation needs a path the
+    /// lock file does not have.
     #[error("`{}` is not usable as a lock file path: {reason}", path.display())]
     InvalidPath {
         /// The path as given.
         path: PathBuf,
-        /// What is wrong with it, as a lower-case clause.
-        reason: &'static str,
+        /// What is wrong with it.
+        reason: PathProblem,
     },
 
     /// The lock file does not exist and
@@ -176,8 +203,8 @@ pub enum Error {
         /// How long the call waited.
         waited: Duration,
         /// Who held or waited for the lock when the wait ended (empty if
-        /// none was visible or `/proc` could not be read).
-        holders: Vec<Holder>,
+        /// none was visible or `/proc` could not be read in time).
+        holders: Box<[Holder]>,
         /// The caller's description of what the lock protects, from
         /// [`Wait::context`](crate::Wait::context).
         context: Option<Box<str>>,
@@ -213,11 +240,80 @@ pub enum Error {
     },
 }
 
+/// What [`Error::NotRegularFile`] found at the path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FileKind {
+    /// A directory (lockable only with
+    /// [`allow_directory`](crate::LockOptions::allow_directory)).
+    Directory,
+    /// A symbolic link.
+    Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A Unix-domain socket.
+    Socket,
+    /// A character device.
+    CharacterDevice,
+    /// A block device.
+    BlockDevice,
+    /// Any other kind of inode.
+    Other,
+}
+
+impl fmt::Display for FileKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FileKind::Directory => "directory",
+            FileKind::Symlink => "symbolic link",
+            FileKind::Fifo => "FIFO",
+            FileKind::Socket => "socket",
+            FileKind::CharacterDevice => "character device",
+            FileKind::BlockDevice => "block device",
+            FileKind::Other => "special file",
+        })
+    }
+}
+
+/// Why [`Error::InvalidPath`] refused a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PathProblem {
+    /// The path is empty.
+    Empty,
+    /// The path contains a NUL byte.
+    Nul,
+    /// The path ends with `/`, so it can only name a directory.
+    TrailingSlash,
+    /// The lock file was adopted from a descriptor, so it has no path to
+    /// check or remove.
+    NoPath,
+    /// Path verification was asked for together with following symbolic
+    /// links; verification checks the path itself.
+    VerifyFollowsSymlinks,
+}
+
+impl fmt::Display for PathProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PathProblem::Empty => "the path is empty",
+            PathProblem::Nul => "the path contains a NUL byte",
+            PathProblem::TrailingSlash => "the path ends with `/`, so it can only name a directory",
+            PathProblem::NoPath => {
+                "the lock file was adopted from a descriptor, so it has no path to check"
+            }
+            PathProblem::VerifyFollowsSymlinks => {
+                "verified locking checks the path itself and cannot follow a symbolic link; turn off LockOptions::follow_symlinks"
+            }
+        })
+    }
+}
+
 /// Formats a wait as `250ms` or `1.50s`.
 struct DisplayDuration(Duration);
 
-impl std::fmt::Display for DisplayDuration {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for DisplayDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = self.0;
         if d < Duration::from_secs(1) {
             write!(f, "{}ms", d.as_millis())
@@ -239,7 +335,7 @@ fn holders_suffix(holders: &[Holder]) -> String {
     format!("; {}", list.join(", "))
 }
 
-fn open_hint(path: &std::path::Path, source: &io::Error) -> &'static str {
+fn open_hint(path: &Path, source: &io::Error) -> &'static str {
     use crate::sys::errno;
     match source.raw_os_error() {
         Some(errno::NOENT) => {
@@ -263,7 +359,7 @@ fn open_hint(path: &std::path::Path, source: &io::Error) -> &'static str {
 }
 
 /// Which limit a path that failed with `ENAMETOOLONG` exceeds.
-fn name_too_long_hint(path: &std::path::Path) -> &'static str {
+fn name_too_long_hint(path: &Path) -> &'static str {
     use std::os::unix::ffi::OsStrExt;
     // NAME_MAX and PATH_MAX of Linux (PATH_MAX counts the terminating NUL).
     const NAME_MAX: usize = 255;
@@ -283,17 +379,50 @@ impl Error {
         matches!(self, Error::WouldBlock { .. })
     }
 
+    /// Whether a timed wait ended at its deadline ([`Error::Timeout`]).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. })
+    }
+
+    /// Whether a wait was cancelled ([`Error::Cancelled`]).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Error::Cancelled { .. })
+    }
+
     /// Whether the filesystem was refused ([`Error::RemoteFs`]).
     pub fn is_remote_fs(&self) -> bool {
         matches!(self, Error::RemoteFs { .. })
     }
 
+    /// The `errno` of the system call that failed, if one did.
+    ///
+    /// # Examples
+    /// ```
+    /// let err = flockguard::try_flock::<flockguard::Exclusive>("/nonexistent/dir/x.lock").unwrap_err();
+    /// assert_eq!(err.os_error(), Some(2)); // ENOENT
+    /// ```
+    pub fn os_error(&self) -> Option<i32> {
+        match self {
+            Error::Open { source, .. }
+            | Error::WriteRefused { source, .. }
+            | Error::Stat { source, .. }
+            | Error::Flock { source, .. }
+            | Error::Unlock { source, .. }
+            | Error::Remove { source, .. }
+            | Error::Holders { source, .. } => source.raw_os_error(),
+            Error::WouldBlock { .. } => Some(crate::sys::errno::WOULDBLOCK),
+            _ => None,
+        }
+    }
+
     /// The lock file path this error is about.
-    pub fn path(&self) -> &std::path::Path {
+    pub fn path(&self) -> &Path {
         match self {
             Error::RemoteFs { path, .. }
             | Error::WouldBlock { path, .. }
             | Error::Open { path, .. }
+            | Error::WriteRefused { path, .. }
+            | Error::ReadOnly { path }
             | Error::Stat { path, .. }
             | Error::NotRegularFile { path, .. }
             | Error::Symlink { path }
@@ -311,25 +440,36 @@ impl Error {
         }
     }
 
+    /// The holders recorded in an [`Error::Timeout`]; empty for other errors.
+    pub fn holders(&self) -> &[Holder] {
+        match self {
+            Error::Timeout { holders, .. } => holders,
+            _ => &[],
+        }
+    }
+
     /// The [`io::ErrorKind`] this error converts to.
     pub fn kind(&self) -> io::ErrorKind {
         match self {
             Error::RemoteFs { .. } => io::ErrorKind::Unsupported,
             Error::WouldBlock { .. } => io::ErrorKind::WouldBlock,
             Error::Open { source, .. }
+            | Error::WriteRefused { source, .. }
             | Error::Stat { source, .. }
             | Error::Flock { source, .. }
-            | Error::Unlock { source, .. } => source.kind(),
-            Error::NotRegularFile { .. } | Error::Symlink { .. } => io::ErrorKind::InvalidInput,
-            Error::DanglingSymlink { .. } => io::ErrorKind::NotFound,
-            Error::NotOwner { .. } => io::ErrorKind::PermissionDenied,
-            Error::InvalidPath { .. } => io::ErrorKind::InvalidInput,
-            Error::Missing { .. } | Error::PathChanged { .. } => io::ErrorKind::NotFound,
-            Error::Remove { source, .. } => source.kind(),
+            | Error::Unlock { source, .. }
+            | Error::Remove { source, .. }
+            | Error::Holders { source, .. } => source.kind(),
+            Error::ReadOnly { .. } | Error::NotOwner { .. } => io::ErrorKind::PermissionDenied,
+            Error::NotRegularFile { .. } | Error::Symlink { .. } | Error::InvalidPath { .. } => {
+                io::ErrorKind::InvalidInput
+            }
+            Error::DanglingSymlink { .. } | Error::Missing { .. } | Error::PathChanged { .. } => {
+                io::ErrorKind::NotFound
+            }
             Error::Timeout { .. } => io::ErrorKind::TimedOut,
             // Not Interrupted: std's retry loops would treat it as "try again".
             Error::Cancelled { .. } => io::ErrorKind::Other,
-            Error::Holders { source, .. } => source.kind(),
         }
     }
 }
@@ -342,71 +482,96 @@ impl From<Error> for io::Error {
     }
 }
 
-/// Predicates for the waiting and diagnostics errors.
-impl Error {
-    /// Whether a timed wait ended at its deadline ([`Error::Timeout`]).
+/// A failed operation that hands its lock handle back.
+///
+/// Every failure that leaves the descriptor usable returns one: the
+/// [`LockFile`](crate::LockFile) after a failed acquisition or a failed
+/// [`try_upgrade`](crate::LockGuard::try_upgrade), open and holding no lock,
+/// so the caller can retry without reopening. Failures that leave nothing
+/// usable (the open itself failed) are a plain [`Error`]. The `?` operator
+/// converts it to [`Error`] or [`io::Error`], closing the handle.
+///
+/// # Examples
+/// ```
+/// use flockguard::{Exclusive, LockFile};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("app.lock");
+/// let held = LockFile::open(&path)?.try_lock::<Exclusive>()?;
+/// let err = LockFile::open(&path)?.try_lock::<Exclusive>().unwrap_err();
+/// assert!(err.is_would_block());
+/// drop(held);
+/// let _guard = err.into_inner().try_lock::<Exclusive>()?; // same descriptor
+/// # Ok::<(), flockguard::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct LockError<T> {
+    /// What went wrong.
+    pub error: Error,
+    /// The handle, usable again.
+    pub handle: T,
+}
+
+impl<T> LockError<T> {
+    pub(crate) fn new(error: Error, handle: T) -> Self {
+        LockError { error, handle }
+    }
+
+    /// The handle, to retry without reopening.
+    pub fn into_inner(self) -> T {
+        self.handle
+    }
+
+    /// Splits into the error and the handle.
+    pub fn into_parts(self) -> (Error, T) {
+        (self.error, self.handle)
+    }
+
+    /// The error.
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+
+    /// Whether the lock is held elsewhere ([`Error::is_would_block`]).
+    pub fn is_would_block(&self) -> bool {
+        self.error.is_would_block()
+    }
+
+    /// Whether a timed wait ended at its deadline ([`Error::is_timeout`]).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Error::Timeout { .. })
-    }
-
-    /// Whether a wait was cancelled ([`Error::Cancelled`]).
-    pub fn is_cancelled(&self) -> bool {
-        matches!(self, Error::Cancelled { .. })
-    }
-
-    /// The holders recorded in an [`Error::Timeout`]; empty for other errors.
-    pub fn holders(&self) -> &[Holder] {
-        match self {
-            Error::Timeout { holders, .. } => holders,
-            _ => &[],
-        }
+        self.error.is_timeout()
     }
 }
 
-/// The shared part of the errors that give a [`LockFile`](crate::LockFile)
-/// back (`TryLockError`, `TryUpgradeError`, `TimeoutError`): accessors,
-/// `Error::source`, and the conversions to [`Error`] and [`io::Error`],
-/// which close the file. Each type writes its own `Display`.
-macro_rules! error_with_file {
-    ($name:ident) => {
-        impl $name {
-            /// The file, open and holding no lock, to retry without reopening.
-            pub fn into_inner(self) -> $crate::LockFile {
-                self.file
-            }
-
-            /// Splits into the error and the file.
-            pub fn into_parts(self) -> ($crate::Error, $crate::LockFile) {
-                (self.error, self.file)
-            }
-        }
-
-        impl std::error::Error for $name {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                std::error::Error::source(&self.error)
-            }
-        }
-
-        impl From<$name> for $crate::Error {
-            /// Keeps the error; the file is closed.
-            fn from(err: $name) -> $crate::Error {
-                err.error
-            }
-        }
-
-        impl From<$name> for std::io::Error {
-            /// As `From<Error>`; the file is closed.
-            fn from(err: $name) -> std::io::Error {
-                err.error.into()
-            }
-        }
-    };
+impl<T> fmt::Display for LockError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
 }
-pub(crate) use error_with_file;
+
+impl<T: fmt::Debug> std::error::Error for LockError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.error)
+    }
+}
+
+impl<T> From<LockError<T>> for Error {
+    /// Keeps the error; the handle is dropped.
+    fn from(err: LockError<T>) -> Error {
+        err.error
+    }
+}
+
+impl<T> From<LockError<T>> for io::Error {
+    /// As `From<Error>`; the handle is dropped.
+    fn from(err: LockError<T>) -> io::Error {
+        err.error.into()
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs_policy::classify;
 
     fn os(errno: rustix::io::Errno) -> io::Error {
         io::Error::from_raw_os_error(errno.raw_os_error())
@@ -419,17 +584,16 @@ mod tests {
         vec![
             Error::RemoteFs {
                 path: path(),
-                fs: "NFS",
-                magic: 0x6969,
+                fs: classify(0x6969).unwrap(),
             },
             Error::RemoteFs {
                 path: path(),
-                fs: "FUSE",
-                magic: 0x6573_5546,
+                fs: classify(0x6573_5546).unwrap(),
             },
             Error::WouldBlock {
                 path: path(),
                 mode: FlockMode::Exclusive,
+                shared_lost: false,
             },
             Error::Open {
                 path: path(),
@@ -469,7 +633,7 @@ mod tests {
             },
             Error::NotRegularFile {
                 path: path(),
-                kind: "FIFO",
+                kind: FileKind::Fifo,
             },
             Error::Symlink { path: path() },
             Error::DanglingSymlink { path: path() },
@@ -489,7 +653,7 @@ mod tests {
             },
             Error::InvalidPath {
                 path: path(),
-                reason: "the path ends with `/`, so it can only name a directory",
+                reason: PathProblem::TrailingSlash,
             },
             Error::Missing { path: path() },
             Error::PathChanged { path: path() },
@@ -501,7 +665,7 @@ mod tests {
                 path: path(),
                 mode: FlockMode::Exclusive,
                 waited: Duration::from_millis(250),
-                holders: Vec::new(),
+                holders: Box::new([]),
                 context: Some("cache entry abc123".into()),
             },
             Error::Cancelled {
@@ -513,6 +677,16 @@ mod tests {
                 path: path(),
                 file: PathBuf::from("/proc/locks"),
                 source: os(Errno::ACCESS),
+            },
+            Error::WriteRefused {
+                path: path(),
+                source: os(Errno::TXTBSY),
+            },
+            Error::ReadOnly { path: path() },
+            Error::WouldBlock {
+                path: path(),
+                mode: FlockMode::Exclusive,
+                shared_lost: true,
             },
         ]
     }
@@ -550,6 +724,7 @@ mod tests {
                     | Error::Unlock { .. }
                     | Error::Remove { .. }
                     | Error::Holders { .. }
+                    | Error::WriteRefused { .. }
             );
             assert_eq!(
                 std::error::Error::source(&err).is_some(),
@@ -597,19 +772,7 @@ mod tests {
         assert_eq!(msgs[15], "cannot take shared lock on `/run/app.lock`");
         assert_eq!(msgs[16], "cannot unlock `/run/app.lock`");
         assert!(msgs[17]
-            .starts_with("`/run/app.lock` was locked by process 100, not by this process (200)"));
-    }
-
-    #[test]
-    fn remote_fs_message_for_an_unlisted_magic_still_reads() {
-        let err = Error::RemoteFs {
-            path: PathBuf::from("/x"),
-            fs: "other",
-            magic: 1,
-        };
-        assert!(err
-            .to_string()
-            .contains("on other: flock is unreliable there;"));
+            .starts_with("`/run/app.lock` was opened by process 100, not by this process (200)"));
     }
 
     #[test]
@@ -620,6 +783,25 @@ mod tests {
                 matches!(err, Error::WouldBlock { .. })
             );
             assert_eq!(err.is_remote_fs(), matches!(err, Error::RemoteFs { .. }));
+            assert_eq!(err.is_timeout(), matches!(err, Error::Timeout { .. }));
+            assert_eq!(err.is_cancelled(), matches!(err, Error::Cancelled { .. }));
+            let has_errno = std::error::Error::source(&err).is_some() || err.is_would_block();
+            assert_eq!(err.os_error().is_some(), has_errno, "{err:?}");
         }
+    }
+
+    #[test]
+    fn a_lost_shared_lock_is_said_and_the_handle_comes_back() {
+        let msgs: Vec<String> = every_variant().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            msgs.last().unwrap(),
+            "`/run/app.lock` is locked by someone else; exclusive lock not taken; the shared lock this guard held was released"
+        );
+        let err = LockError::new(every_variant().remove(2), 7u8);
+        assert!(err.is_would_block());
+        assert_eq!(err.to_string(), msgs[2]);
+        let io: io::Error = LockError::new(every_variant().remove(2), 7u8).into();
+        assert_eq!(io.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(err.into_inner(), 7);
     }
 }

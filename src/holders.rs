@@ -10,11 +10,9 @@
 use std::fmt;
 use std::fs;
 use std::io::Read;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
-use crate::lockfile::LockFile;
 use crate::mode::FlockMode;
 use crate::sys::{self, MountedId};
 
@@ -183,39 +181,6 @@ pub fn holders(path: impl AsRef<Path>) -> Result<Vec<Holder>, Error> {
         source,
     })?;
     holders_of(id, path)
-}
-
-impl LockFile {
-    /// Lists the processes that hold or wait for a `flock(2)` lock on this
-    /// open file's inode; see [`holders`](crate::holders()).
-    ///
-    /// Another descriptor of this process that holds the lock is listed
-    /// with this process's PID.
-    ///
-    /// # Errors
-    /// [`Error::Holders`] if `statx(2)` fails or `/proc` cannot be read.
-    ///
-    /// # Examples
-    /// ```
-    /// use flockguard::{Exclusive, LockFile};
-    /// # let dir = tempfile::tempdir().unwrap();
-    /// # let path = dir.path().join("app.lock");
-    /// let held = LockFile::open(&path)?.lock::<Exclusive>()?;
-    /// let other = LockFile::open(&path)?;
-    /// let holders = other.holders()?;
-    /// assert_eq!(holders[0].pid, std::process::id());
-    /// # drop(held);
-    /// # Ok::<(), flockguard::Error>(())
-    /// ```
-    pub fn holders(&self) -> Result<Vec<Holder>, Error> {
-        let path = self.error_path();
-        let id = sys::statx_fd(self.as_fd()).map_err(|source| Error::Holders {
-            path: path.clone(),
-            file: path.clone(),
-            source,
-        })?;
-        holders_of(id, &path)
-    }
 }
 
 /// The holders of the file identified by `id`; `path` is for errors.

@@ -3,8 +3,7 @@
 //! A lock is held by a [`LockGuard<M>`] that owns its file descriptor; the
 //! mode is part of the type ([`LockGuard<Exclusive>`], [`LockGuard<Shared>`]),
 //! so an API can demand `&LockGuard<Exclusive>` and the compiler refuses a
-//! shared guard. Dropping the guard closes the descriptor, which releases the
-//! lock.
+//! shared guard. Dropping the guard releases the lock at once.
 //!
 //! ```
 //! use flockguard::{try_flock, Exclusive, Shared};
@@ -18,27 +17,52 @@
 //! # Ok::<(), flockguard::Error>(())
 //! ```
 //!
+//! A shared guard has no `downgrade` and is not `Write`:
+//!
+//! ```compile_fail
+//! # let path = std::path::Path::new("/tmp/x.lock");
+//! let reader = flockguard::try_flock::<flockguard::Shared>(path).unwrap();
+//! let _ = reader.downgrade();
+//! ```
+//!
+//! ```compile_fail
+//! use std::io::Write;
+//! # let path = std::path::Path::new("/tmp/x.lock");
+//! let mut reader = flockguard::try_flock::<flockguard::Shared>(path).unwrap();
+//! reader.write_all(b"no");
+//! ```
+//!
+//! # Every way to take a lock
+//! A path goes through [`LockOptions::open`] (or [`LockFile::open`] with
+//! the defaults) to a [`LockFile`], whose acquisitions combine with every
+//! option; the shortcuts open with the defaults.
+//!
+//! | call | waits | mode | on failure |
+//! |---|---|---|---|
+//! | [`LockFile::try_lock`] | never | type | [`LockError`] with the file |
+//! | [`LockFile::lock`] | in `flock(2)` | type | [`LockError`] |
+//! | [`LockFile::lock_timeout`] | at most a `Duration` | type | [`LockError`] |
+//! | [`LockFile::lock_until`] | until an `Instant` | type | [`LockError`] |
+//! | [`LockFile::lock_with`] | a [`Wait`]: none, kernel, deadline; notice, [`CancelToken`], context | type | [`LockError`] |
+//! | [`LockFile::lock_any`] | a [`Wait`] | [`FlockMode`] value | [`LockError`] |
+//! | [`try_flock`] | never | type | [`Error`] |
+//! | [`block_flock`] | in `flock(2)` | type | [`Error`] |
+//! | [`flock_timeout`] | at most a `Duration` | type | [`Error`] |
+//!
+//! Options ([`LockOptions`]): [`RemoteFs`], create, create_dirs,
+//! follow_symlinks, allow_directory, permissions, [`Access`] (read-write or
+//! read-only as `flock(1)`), and verify_path for lock files that are
+//! removed. Conversions: [`LockGuard::downgrade`], [`LockGuard::upgrade`],
+//! [`LockGuard::try_upgrade`]; release: [`LockGuard::unlock`] or drop.
+//!
 //! # What `flock(2)` locks
 //! A lock belongs to an *open file description* (one `open(2)`), not to a
 //! process or a file descriptor. Two opens of the same path contend, even in
 //! one process; `dup(2)` and `fork(2)` share the description and therefore
-//! the lock. Guards refuse to change a lock from a forked child
-//! ([`Error::NotOwner`]), and every descriptor this crate creates has
+//! the lock. A lock belongs to the process that opened its [`LockFile`]:
+//! in a forked child, guards refuse to change it ([`Error::NotOwner`]) and
+//! their drop only closes. Every descriptor this crate creates has
 //! `FD_CLOEXEC`, so executed programs never inherit a lock.
-//!
-//! # Filesystems
-//! On NFS, SMB, CephFS, AFS, FUSE, 9p and cluster filesystems `flock(2)`
-//! may not serialize processes at all. Such paths are refused with
-//! [`Error::RemoteFs`] unless [`RemoteFs::Allow`] is chosen; see
-//! [`classify`].
-//!
-//! # Removing lock files
-//! Unlinking a lock file while others may be opening it lets two processes
-//! lock different files under one name. To remove lock files safely, remove
-//! them only with [`LockGuard::unlink_and_unlock`] and acquire them only with
-//! [`block_flock_verified`] / [`try_flock_verified`], which re-check the path
-//! after locking; [`LockGuard::verify_path`] tells a holder whether the path
-//! still names its file.
 //!
 //! # Mode transitions
 //! | call | what the kernel does |
@@ -47,15 +71,25 @@
 //! | [`LockGuard::upgrade`] | drops shared, then waits for exclusive holding nothing |
 //! | [`LockGuard::try_upgrade`] | on contention the shared lock is **lost**; the error returns an unlocked [`LockFile`] |
 //! | [`LockGuard::unlock`] | `LOCK_UN`, descriptor kept for reuse |
-//! | drop | `close(2)`: released when the last duplicate closes |
+//! | drop | `LOCK_UN` then `close(2)` in the owning process; `close(2)` alone in a fork child |
+//!
+//! # Errors
+//! One enum, [`Error`], whose messages name the path and the mode, with the
+//! OS error as the source ([`Error::os_error`] gives the `errno`). Every
+//! failure that leaves the descriptor usable hands it back in a
+//! [`LockError<LockFile>`], which `?` converts to [`Error`] or
+//! [`std::io::Error`].
+//!
+//! # Filesystems
+//! On NFS, SMB, CephFS, AFS, FUSE, 9p and cluster filesystems `flock(2)`
+//! may not serialize processes at all. Such paths are refused with
+//! [`Error::RemoteFs`] unless [`RemoteFs::Allow`] is chosen; see
+//! [`classify`].
 //!
 //! # Waiting with a deadline, and who holds the lock
-//! [`LockFile::lock_timeout`] and [`flock_timeout`] wait at most a given
-//! time; [`LockFile::lock_with`] adds a notice just before waiting, a
-//! [`CancelToken`] and a description for the message. The wait wakes on the
-//! holder's close (inotify) and retries with a bounded back-off otherwise.
-//! [`holders`] lists the processes holding or waiting for a lock, as
-//! [`Error::Timeout`] does:
+//! A timed wait sleeps on the holder's close (inotify) and retries with a
+//! bounded back-off otherwise. [`holders`] lists the processes holding or
+//! waiting for a lock, as [`Error::Timeout`] does:
 //!
 //! ```
 //! use std::time::Duration;
@@ -69,36 +103,54 @@
 //! # drop(first);
 //! # Ok::<(), flockguard::Error>(())
 //! ```
+//!
+//! # Security
+//! Put lock files where only the users who share the lock can create
+//! files: `$XDG_RUNTIME_DIR` or a directory of the service's own, not a
+//! world-writable directory such as `/tmp`, where another user can create
+//! the file first (and hold its lock forever) or plant a symbolic link.
+//! Symbolic links, FIFOs, sockets and devices at the path are refused by
+//! default. Anyone who can open a file for reading can lock it, so a lock
+//! file readable by others can be held against you. See `docs/security.md`.
+//!
+//! # Platform
+//! Linux only; the crate does not compile elsewhere. Kernels from 5.8 on
+//! give the mount id the holder diagnostics use; from 6.8 on, one `statx(2)`
+//! checks type and filesystem (older kernels use `fstat` and `fstatfs`).
+//!
+//! # Features
+//! - `cli`: the `flockguard` command, a drop-in for util-linux `flock(1)`.
+//! - `tokio`: [`tokio`](crate::tokio) module, async acquisition that never
+//!   blocks an executor thread.
+//!
+//! The default build depends on `rustix` and `thiserror` only.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(rust_2018_idioms)]
 
-mod acquire;
+#[cfg(not(target_os = "linux"))]
+compile_error!("flockguard supports Linux only: it relies on flock(2) semantics, /proc/locks and inotify as Linux provides them");
+
 mod error;
 mod fs_policy;
-mod guard;
 mod holders;
-mod lockfile;
+mod lock;
 mod mode;
-mod options;
-mod removal;
+mod open;
 mod sys;
-mod timed;
 mod wait;
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use acquire::{block_flock, block_flock_mode, materialize, try_flock, try_flock_mode};
-pub use error::Error;
+pub use error::{Error, FileKind, LockError, PathProblem};
 pub use fs_policy::{classify, UnreliableFs};
-pub use guard::{AnyGuard, LockGuard, TryUpgradeError};
-pub use lockfile::{LockFile, TryLockError};
-pub use mode::{Exclusive, FlockMode, Mode, Shared};
-pub use options::{LockOptions, RemoteFs};
-pub use removal::{block_flock_verified, try_flock_verified};
-
 pub use holders::{holders, Holder, LockProcess, PidStatus};
-pub use timed::{flock_timeout, TimeoutError, Wait};
-pub use wait::CancelToken;
+pub use lock::{
+    block_flock, flock_timeout, materialize, try_flock, AnyGuard, LockFile, LockGuard, LockOptions,
+};
+pub use mode::{Exclusive, FlockMode, Mode, Shared};
+pub use open::{Access, RemoteFs};
+pub use wait::{CancelToken, Wait};

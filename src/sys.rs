@@ -32,7 +32,16 @@ pub(crate) struct OpenHow {
 /// `O_NONBLOCK` keeps a FIFO planted at the path from blocking the open; it
 /// has no effect on regular files or on `flock(2)`.
 pub(crate) fn open(path: &Path, how: OpenHow) -> io::Result<OwnedFd> {
-    let mut flags = OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    open_with(path, how, OFlags::NONBLOCK)
+}
+
+/// [`open`] without `O_NONBLOCK`: waits for a lease holder to let go.
+pub(crate) fn open_blocking(path: &Path, how: OpenHow) -> io::Result<OwnedFd> {
+    open_with(path, how, OFlags::empty())
+}
+
+fn open_with(path: &Path, how: OpenHow, extra: OFlags) -> io::Result<OwnedFd> {
+    let mut flags = OFlags::CLOEXEC | OFlags::NOCTTY | extra;
     if how.directory {
         flags |= OFlags::RDONLY | OFlags::DIRECTORY;
     } else if how.read_only {
@@ -125,6 +134,12 @@ pub(crate) fn funlock(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// Whether `FD_CLOEXEC` is set on `fd`.
 pub(crate) fn is_cloexec(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(rustix::io::fcntl_getfd(fd)?.contains(FdFlags::CLOEXEC))
+}
+
+/// Whether `fd` is open for writing (`O_WRONLY` or `O_RDWR`).
+pub(crate) fn is_writable(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let flags = rustix::fs::fcntl_getfl(fd)?;
+    Ok(flags.intersects(OFlags::WRONLY | OFlags::RDWR))
 }
 
 /// Sets `FD_CLOEXEC` on `fd`.
@@ -447,4 +462,5 @@ pub(crate) mod errno {
     pub(crate) const NOTDIR: i32 = Errno::NOTDIR.raw_os_error();
     pub(crate) const NAMETOOLONG: i32 = Errno::NAMETOOLONG.raw_os_error();
     pub(crate) const LOOP: i32 = Errno::LOOP.raw_os_error();
+    pub(crate) const WOULDBLOCK: i32 = Errno::WOULDBLOCK.raw_os_error();
 }

@@ -1,5 +1,6 @@
-//! The waiting service behind timed and async acquisition: functions and
-//! types the core calls, shared by blocked threads and async tasks.
+//! Waiting for a lock: the public [`Wait`] description and [`CancelToken`],
+//! and the service behind waits that need events, shared by blocked
+//! threads and async tasks.
 //!
 //! `flock(2)` has no timed form, so a waiter retries `LOCK_NB`, and between
 //! attempts sleeps until a holder closes the file or the next retry is due.
@@ -37,8 +38,135 @@ use std::task::Waker;
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
+use crate::holders::Holder;
 use crate::mode::FlockMode;
 use crate::sys;
+
+/// How an acquisition waits: not at all, in the kernel, or until a
+/// deadline; with an optional notice, [`CancelToken`] and description.
+///
+/// `Wait` is `Send`; `'a` is the lifetime of what the notice borrows, and a
+/// `Wait<'static>` can move to another thread or task.
+///
+/// Passed to [`LockFile::lock_with`](crate::LockFile::lock_with) and
+/// [`LockFile::lock_any`](crate::LockFile::lock_any). A wait with a deadline
+/// or a token sleeps on the holder's close (inotify) and retries with a
+/// bounded back-off otherwise; a wait without either blocks in `flock(2)`.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use flockguard::{CancelToken, Exclusive, LockFile, Wait};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("cache.lock");
+/// let token = CancelToken::new();
+/// let wait = Wait::timeout(Duration::from_secs(5))
+///     .on_wait(|holders| eprintln!("waiting for {} holder(s)", holders.len()))
+///     .cancel(token.clone())
+///     .context("cache entry abc123");
+/// let guard = LockFile::open(&path)?.lock_with::<Exclusive>(wait)?;
+/// # drop(guard);
+/// # Ok::<(), flockguard::Error>(())
+/// ```
+#[must_use = "a Wait does nothing until passed to LockFile::lock_with"]
+pub struct Wait<'a> {
+    pub(crate) deadline: Deadline,
+    pub(crate) notice: Option<Notice<'a>>,
+    pub(crate) cancel: Option<CancelToken>,
+    pub(crate) context: Option<String>,
+}
+
+/// The callback of [`Wait::on_wait`].
+pub(crate) type Notice<'a> = Box<dyn FnOnce(&[Holder]) + Send + 'a>;
+
+/// When a [`Wait`] gives up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Deadline {
+    /// Try once.
+    None,
+    /// Never: block until the lock is taken (or the token cancels).
+    Forever,
+    /// At this instant.
+    At(Instant),
+    /// This long after the acquisition starts.
+    After(Duration),
+}
+
+impl Deadline {
+    /// The instant, for a wait that started at `start`; `None` for no limit.
+    pub(crate) fn resolve(self, start: Instant) -> Option<Instant> {
+        match self {
+            Deadline::None => Some(start),
+            Deadline::Forever => None,
+            Deadline::At(at) => Some(at),
+            // Far beyond any real deadline: the same as no limit.
+            Deadline::After(d) => start.checked_add(d),
+        }
+    }
+}
+
+impl<'a> Wait<'a> {
+    /// Do not wait: one `LOCK_NB` attempt, [`Error::WouldBlock`](crate::Error::WouldBlock) on contention.
+    pub fn none() -> Self {
+        Wait::with(Deadline::None)
+    }
+
+    /// Wait as long as it takes: in `flock(2)`, or on events when a
+    /// [`CancelToken`] is attached.
+    pub fn forever() -> Self {
+        Wait::with(Deadline::Forever)
+    }
+
+    /// Wait at most `timeout`, then fail with [`Error::Timeout`](crate::Error::Timeout).
+    pub fn timeout(timeout: Duration) -> Self {
+        Wait::with(Deadline::After(timeout))
+    }
+
+    /// Wait until `deadline`, then fail with [`Error::Timeout`](crate::Error::Timeout).
+    pub fn until(deadline: Instant) -> Self {
+        Wait::with(Deadline::At(deadline))
+    }
+
+    fn with(deadline: Deadline) -> Self {
+        Wait {
+            deadline,
+            notice: None,
+            cancel: None,
+            context: None,
+        }
+    }
+
+    /// Calls `notice` once, with the current holders, just before the call
+    /// starts waiting; never when the lock is free at once.
+    pub fn on_wait(mut self, notice: impl FnOnce(&[Holder]) + Send + 'a) -> Self {
+        self.notice = Some(Box::new(notice));
+        self
+    }
+
+    /// Gives up with [`Error::Cancelled`](crate::Error::Cancelled) when
+    /// `token` is cancelled, from any thread.
+    pub fn cancel(mut self, token: CancelToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
+    /// Describes what the lock protects, for the timeout message.
+    pub fn context(mut self, context: impl Into<String>) -> Self {
+        self.context = Some(context.into());
+        self
+    }
+}
+
+impl fmt::Debug for Wait<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wait")
+            .field("deadline", &self.deadline)
+            .field("on_wait", &self.notice.is_some())
+            .field("cancel", &self.cancel)
+            .field("context", &self.context)
+            .finish()
+    }
+}
 
 /// First back-off interval.
 const BACKOFF_FIRST: Duration = Duration::from_millis(2);
@@ -87,7 +215,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// let file = LockFile::open(&path)?;
 /// let err = std::thread::scope(|s| {
 ///     s.spawn(move || canceller.cancel());
-///     file.lock_with::<Exclusive>(Wait::new(None).cancel(&token))
+///     file.lock_with::<Exclusive>(Wait::forever().cancel(token))
 /// })
 /// .unwrap_err();
 /// assert!(err.error.is_cancelled());

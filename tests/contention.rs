@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use flockguard::{
-    block_flock, block_flock_mode, materialize, try_flock, try_flock_mode, AnyGuard, Error,
-    Exclusive, FlockMode, LockFile, LockGuard, LockOptions, Shared, TryLockError, TryUpgradeError,
+    block_flock, materialize, try_flock, AnyGuard, Error, Exclusive, FileKind, FlockMode,
+    LockError, LockFile, LockGuard, LockOptions, Shared,
 };
+use support::{block_flock_mode, try_flock_mode};
 use support::{expect_locks, held_through, wait_until};
 
 /// Opens `path` with `O_PATH`: a descriptor that names the file but that
@@ -43,7 +44,7 @@ fn two_opens_in_one_process_contend() {
                 assert_eq!(result.unwrap().mode(), FlockMode::Shared);
             } else {
                 match result.unwrap_err() {
-                    Error::WouldBlock { path: p, mode } => {
+                    Error::WouldBlock { path: p, mode, .. } => {
                         assert_eq!(p, path);
                         assert_eq!(mode, wanted, "held {held}");
                     }
@@ -106,11 +107,11 @@ fn try_lock_hands_the_file_back_for_a_retry() {
     let file = LockFile::open(&path).unwrap();
     let fd = file.as_raw_fd();
 
-    let err: TryLockError = file.try_lock::<Exclusive>().unwrap_err();
+    let err: LockError<LockFile> = file.try_lock::<Exclusive>().unwrap_err();
     assert!(err.is_would_block());
     assert!(matches!(
         &err.error,
-        Error::WouldBlock { path: p, mode: FlockMode::Exclusive } if p == &path
+        Error::WouldBlock { path: p, mode: FlockMode::Exclusive, .. } if p == &path
     ));
     assert_eq!(err.to_string(), err.error.to_string());
     let file = err.into_inner();
@@ -162,7 +163,7 @@ fn flock_failure_other_than_contention_is_a_flock_error() {
     );
     let err = err.into_inner().lock::<Shared>().unwrap_err();
     assert!(
-        matches!(&err, Error::Flock { source, .. } if source.raw_os_error() == ebadf),
+        matches!(&err.error, Error::Flock { source, .. } if source.raw_os_error() == ebadf),
         "{err:?}"
     );
     assert!(!err.is_would_block());
@@ -208,10 +209,12 @@ fn a_duplicated_descriptor_shares_the_lock() {
     let dup = rustix::io::dup(&guard).unwrap();
     // dup(2) clears FD_CLOEXEC: the reason the crate never hands out duplicates.
     assert!(!support::is_cloexec(&dup));
+    assert!(!support::is_shareable(&path), "the guard holds the lock");
+    // Drop sends LOCK_UN, which releases the lock for every duplicate.
     drop(guard);
     assert!(
-        !support::is_shareable(&path),
-        "lock released with a duplicate open"
+        support::is_free(&path),
+        "the guard's drop left the lock with a duplicate"
     );
     drop(dup);
     support::assert_free(&path);
@@ -305,16 +308,24 @@ fn failed_try_upgrade_has_lost_the_shared_lock() {
     let other = try_flock::<Shared>(&path).unwrap();
     let fd = mine.as_raw_fd();
 
-    let err: TryUpgradeError = mine.try_upgrade().unwrap_err();
+    let err: LockError<LockFile> = mine.try_upgrade().unwrap_err();
     assert!(err.is_would_block());
     assert!(matches!(
         &err.error,
-        Error::WouldBlock { path: p, mode: FlockMode::Exclusive } if p == &path
+        Error::WouldBlock { path: p, mode: FlockMode::Exclusive, .. } if p == &path
     ));
     assert!(
-        err.to_string().ends_with("; the shared lock was released"),
+        err.to_string()
+            .ends_with("; the shared lock this guard held was released"),
         "{err}"
     );
+    assert!(matches!(
+        err.error,
+        Error::WouldBlock {
+            shared_lost: true,
+            ..
+        }
+    ));
     let file: LockFile = err.into_inner();
     assert_eq!(file.as_raw_fd(), fd);
     assert_eq!(held_through(&file), None, "the shared lock survived");
@@ -343,8 +354,8 @@ fn guards_and_errors_are_send_and_sync() {
     assert_send_sync::<AnyGuard>();
     assert_send_sync::<LockOptions>();
     assert_error::<Error>();
-    assert_error::<TryLockError>();
-    assert_error::<TryUpgradeError>();
+    assert_error::<LockError<LockFile>>();
+    assert_error::<LockError<LockFile>>();
 }
 
 #[test]
@@ -369,8 +380,7 @@ fn errors_convert_to_io_errors_of_fitting_kinds() {
         (
             Error::RemoteFs {
                 path: path.clone(),
-                fs: "NFS",
-                magic: 0x6969,
+                fs: flockguard::classify(0x6969).unwrap(),
             },
             io::ErrorKind::Unsupported,
         ),
@@ -378,6 +388,7 @@ fn errors_convert_to_io_errors_of_fitting_kinds() {
             Error::WouldBlock {
                 path: path.clone(),
                 mode: FlockMode::Exclusive,
+                shared_lost: false,
             },
             io::ErrorKind::WouldBlock,
         ),
@@ -398,7 +409,7 @@ fn errors_convert_to_io_errors_of_fitting_kinds() {
         (
             Error::NotRegularFile {
                 path: path.clone(),
-                kind: "FIFO",
+                kind: FileKind::Fifo,
             },
             io::ErrorKind::InvalidInput,
         ),
@@ -476,13 +487,15 @@ fn any_guard_for_a_mode_chosen_at_run_time() {
 
     let file = writer.unlock().unwrap();
     assert_eq!(held_through(&file), None);
-    let reader = file.lock_mode(FlockMode::Shared).unwrap();
+    let reader = file
+        .lock_any(FlockMode::Shared, flockguard::Wait::forever())
+        .unwrap();
     assert!(matches!(reader, AnyGuard::Shared(_)));
     let second = block_flock_mode(&path, FlockMode::Shared).unwrap();
     assert_eq!(second.mode(), FlockMode::Shared);
     let err = LockFile::open(&path)
         .unwrap()
-        .try_lock_mode(FlockMode::Exclusive)
+        .lock_any(FlockMode::Exclusive, flockguard::Wait::none())
         .unwrap_err();
     assert!(err.is_would_block());
     drop((reader, second));

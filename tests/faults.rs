@@ -49,7 +49,7 @@ fn child_fork(path: &str, op: &str) {
     if pid == 0 {
         let outcome = match op {
             "unlock" => describe(guard.unlock().map(drop)),
-            "downgrade" => describe(guard.downgrade().map(drop)),
+            "downgrade" => describe(guard.downgrade().map(drop).map_err(Into::into)),
             "unlink" => describe(guard.unlink_and_unlock()),
             "drop" => {
                 drop(guard);
@@ -279,7 +279,9 @@ fn signal_storm_does_not_interrupt_blocking_upgrade() {
     let waiter = std::thread::spawn(move || {
         let mine = try_flock::<Shared>(&waiter_path).unwrap();
         tid_tx.send(gettid()).unwrap();
-        done_tx.send(mine.upgrade().map(drop)).unwrap();
+        done_tx
+            .send(mine.upgrade().map(drop).map_err(Into::into))
+            .unwrap();
     });
     let tid = tid_rx.recv().unwrap();
     storm(tid, &path, 100, &done_rx);

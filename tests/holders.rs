@@ -25,7 +25,7 @@ fn dispatch(args: &[String]) {
             };
             let file = LockFile::open(&args[2]).unwrap();
             support::tell("opened");
-            let guard = file.lock_mode(mode).unwrap();
+            let guard = file.lock_any(mode, flockguard::Wait::forever()).unwrap();
             support::tell("locked");
             support::wait_for_parent(|_| {});
             drop(guard);
@@ -57,7 +57,14 @@ fn fork_hold(path: &str, then: &str) {
             }
         }
     }
-    drop(guard); // closes this process's copy; the fork keeps the lock
+    // Close this process's copy without LOCK_UN (which drop would send):
+    // the fork keeps the lock.
+    // SAFETY: the descriptor is the guard's, which is forgotten right after.
+    assert_eq!(
+        unsafe { libc::close(std::os::fd::AsRawFd::as_raw_fd(&guard)) },
+        0
+    );
+    std::mem::forget(guard);
     support::tell(&format!("forked {pid}"));
     if then == "stay" {
         support::wait_for_parent(|_| {});

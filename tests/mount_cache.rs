@@ -48,7 +48,10 @@ impl Drop for Mount<'_> {
 fn remote_refusal(path: &Path) -> bool {
     matches!(
         try_flock::<Exclusive>(path),
-        Err(Error::RemoteFs { fs: "FUSE", .. })
+        Err(Error::RemoteFs {
+            fs: flockguard::UnreliableFs { name: "FUSE", .. },
+            ..
+        })
     )
 }
 

@@ -15,10 +15,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use flockguard::{
-    block_flock, try_flock, try_flock_mode, Error, Exclusive, FlockMode, LockFile, LockOptions,
-    Shared,
+    block_flock, try_flock, Error, Exclusive, FileKind, FlockMode, LockFile, LockOptions, Shared,
 };
 use rustix::fs::OFlags;
+use support::try_flock_mode;
 use support::Child;
 
 /// The tests count every descriptor of the process, so they run one at a time.
@@ -179,7 +179,7 @@ fn custom_mode_applies_to_new_files_only() {
     let _serial = serial();
     let (dir, path) = support::lock_path();
     let umask = support::umask();
-    let file = LockOptions::new().mode(0o640).open(&path).unwrap();
+    let file = LockOptions::new().permissions(0o640).open(&path).unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o640 & !umask, "umask {umask:o}");
     drop(file);
@@ -187,7 +187,10 @@ fn custom_mode_applies_to_new_files_only() {
     let existing = dir.path().join("existing.lock");
     std::fs::File::create(&existing).unwrap();
     std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o604)).unwrap();
-    let file = LockOptions::new().mode(0o600).open(&existing).unwrap();
+    let file = LockOptions::new()
+        .permissions(0o600)
+        .open(&existing)
+        .unwrap();
     let mode = std::fs::metadata(&existing).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o604, "an existing file's permissions changed");
     drop(file);
@@ -251,12 +254,18 @@ fn fifo_is_refused_without_hanging() {
     assert_eq!(support::open_fds(), total, "descriptor leaked");
     assert_eq!(support::fds_under(dir.path()), 0);
     assert!(
-        matches!(&err, Error::NotRegularFile { path: p, kind: "FIFO" } if p == &path),
+        matches!(&err, Error::NotRegularFile { path: p, kind: FileKind::Fifo } if p == &path),
         "{err:?}"
     );
     let err = no_leak(dir.path(), || try_flock::<Exclusive>(&path).unwrap_err());
     assert!(
-        matches!(err, Error::NotRegularFile { kind: "FIFO", .. }),
+        matches!(
+            err,
+            Error::NotRegularFile {
+                kind: FileKind::Fifo,
+                ..
+            }
+        ),
         "{err:?}"
     );
     let ft = std::fs::symlink_metadata(&path).unwrap().file_type();
@@ -315,7 +324,7 @@ fn directory_is_refused() {
     std::fs::create_dir(&sub).unwrap();
     let err = no_leak(dir.path(), || LockFile::open(&sub).unwrap_err());
     assert!(
-        matches!(&err, Error::NotRegularFile { path, kind: "directory" } if path == &sub),
+        matches!(&err, Error::NotRegularFile { path, kind: FileKind::Directory } if path == &sub),
         "{err:?}"
     );
     let err = no_leak(dir.path(), || flockguard::materialize(&sub).unwrap_err());
@@ -323,7 +332,7 @@ fn directory_is_refused() {
         matches!(
             err,
             Error::NotRegularFile {
-                kind: "directory",
+                kind: FileKind::Directory,
                 ..
             }
         ),
@@ -336,7 +345,7 @@ fn directory_is_refused() {
         matches!(
             err,
             Error::NotRegularFile {
-                kind: "directory",
+                kind: FileKind::Directory,
                 ..
             }
         ),
@@ -352,12 +361,18 @@ fn socket_is_refused() {
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let err = no_leak(dir.path(), || LockFile::open(&path).unwrap_err());
     assert!(
-        matches!(&err, Error::NotRegularFile { path: p, kind: "socket" } if p == &path),
+        matches!(&err, Error::NotRegularFile { path: p, kind: FileKind::Socket } if p == &path),
         "{err:?}"
     );
     let err = no_leak(dir.path(), || block_flock::<Shared>(&path).unwrap_err());
     assert!(
-        matches!(err, Error::NotRegularFile { kind: "socket", .. }),
+        matches!(
+            err,
+            Error::NotRegularFile {
+                kind: FileKind::Socket,
+                ..
+            }
+        ),
         "{err:?}"
     );
     drop(listener);
@@ -370,7 +385,7 @@ fn character_device_is_refused() {
     let dev_null = Path::new("/dev/null");
     let err = no_leak(dev_null, || LockFile::open(dev_null).unwrap_err());
     assert!(
-        matches!(&err, Error::NotRegularFile { path, kind: "character device" } if path == dev_null),
+        matches!(&err, Error::NotRegularFile { path, kind: FileKind::CharacterDevice } if path == dev_null),
         "{err:?}"
     );
     let err = no_leak(dev_null, || try_flock::<Exclusive>(dev_null).unwrap_err());
@@ -379,7 +394,7 @@ fn character_device_is_refused() {
         LockFile::from_file(File::open(dev_null).unwrap()).unwrap_err()
     });
     assert!(
-        matches!(&err, Error::NotRegularFile { path, kind: "character device" } if path == dev_null),
+        matches!(&err, Error::NotRegularFile { path, kind: FileKind::CharacterDevice } if path == dev_null),
         "{err:?}"
     );
 }
@@ -450,17 +465,17 @@ fn every_descriptor_has_cloexec_through_every_transition() {
     // Failed try_lock and failed try_upgrade hand back descriptors too.
     let other = LockFile::open(&path).unwrap();
     let err = other.try_lock::<Shared>().unwrap_err();
-    assert!(support::is_cloexec(&err.file), "after failed try_lock");
+    assert!(support::is_cloexec(&err.handle), "after failed try_lock");
     let sh = ex.downgrade().unwrap();
     let other = err.into_inner().try_lock::<Shared>().unwrap();
     let err = sh.try_upgrade().unwrap_err();
     assert!(err.is_would_block());
-    assert!(support::is_cloexec(&err.file), "after failed try_upgrade");
+    assert!(support::is_cloexec(&err.handle), "after failed try_upgrade");
     drop(other);
 
     for guard in [
         try_flock_mode(&path, FlockMode::Shared).unwrap(),
-        flockguard::block_flock_mode(&path, FlockMode::Shared).unwrap(),
+        support::block_flock_mode(&path, FlockMode::Shared).unwrap(),
     ] {
         assert!(support::is_cloexec(&guard), "path functions");
     }
@@ -547,10 +562,13 @@ fn read_only_file_is_locked_through_a_read_only_open() {
     let mut guard = file.try_lock::<Exclusive>().unwrap();
     // An exclusive guard on a read-only descriptor cannot write.
     let err = guard.write_all(b"x").unwrap_err();
-    assert_eq!(
-        err.raw_os_error(),
-        Some(rustix::io::Errno::BADF.raw_os_error())
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("is open read-only") && msg.contains("Access::ReadWrite"),
+        "{msg}"
     );
+    assert!(msg.contains(&format!("`{}`", ro_path.display())), "{msg}");
     // Same inode through the writable path: the locks contend.
     assert!(!support::is_shareable(&path));
     drop(guard);

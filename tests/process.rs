@@ -11,9 +11,9 @@ use std::sync::{mpsc, Arc, Mutex, Once};
 use std::time::Duration;
 
 use flockguard::{
-    block_flock, block_flock_mode, try_flock, try_flock_mode, Error, Exclusive, FlockMode,
-    LockFile, LockGuard, Shared,
+    block_flock, try_flock, Error, Exclusive, FlockMode, LockFile, LockGuard, Shared,
 };
+use support::{block_flock_mode, try_flock_mode};
 use support::{held_through, wait_until, Child};
 
 const LINE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -232,9 +232,9 @@ fn an_executed_child_does_not_inherit_the_lock() {
 }
 
 #[test]
-fn control_an_inheritable_duplicate_keeps_the_lock_in_the_child() {
-    // Shows that the check above can fail: a descriptor without FD_CLOEXEC
-    // survives exec and keeps the open file description, and the lock, alive.
+fn an_inheritable_duplicate_in_a_child_does_not_outlive_the_guards_drop() {
+    // A descriptor without FD_CLOEXEC survives exec and keeps the open file
+    // description alive; the guard's drop releases the lock all the same.
     let (_dir, path) = support::lock_path();
     let guard = try_flock::<Exclusive>(&path).unwrap();
     let target = std::fs::canonicalize(&path).unwrap();
@@ -243,12 +243,14 @@ fn control_an_inheritable_duplicate_keeps_the_lock_in_the_child() {
 
     let mut child = spawn(&["idle"]);
     child.expect_line("ready", LINE_TIMEOUT);
-    drop((guard, dup));
+    assert!(fd_targets(child.pid()).contains(&target));
+    drop(guard);
     assert!(fd_targets(child.pid()).contains(&target));
     assert!(
-        !support::is_shareable(&path),
-        "the child should hold the lock"
+        support::is_free(&path),
+        "the child's inherited copy kept the lock after the guard's drop"
     );
+    drop(dup);
     assert!(child.release().success());
     // Children of parallel tests spawned meanwhile may hold it a moment longer.
     wait_until("every child holding the duplicate exits", || {
@@ -480,7 +482,7 @@ fn fork_scenarios(path: &Path) {
     // downgrade() in the forked child is refused; the lock stays exclusive.
     let code = in_fork!({
         let err = writer.downgrade().unwrap_err();
-        if !not_owner(&err, me) {
+        if !not_owner(&err.error, me) {
             return 2;
         }
         i32::from(fresh_can_take(path, FlockMode::Shared)) * 3
@@ -493,7 +495,7 @@ fn fork_scenarios(path: &Path) {
     // upgrade() in the forked child is refused; the lock stays shared.
     let code = in_fork!({
         let err = reader.upgrade().unwrap_err();
-        if !not_owner(&err, me) {
+        if !not_owner(&err.error, me) {
             return 2;
         }
         if !fresh_can_take(path, FlockMode::Shared) || fresh_can_take(path, FlockMode::Exclusive) {
@@ -516,7 +518,7 @@ fn fork_scenarios(path: &Path) {
             return 3;
         }
         let err = err.into_inner().lock::<Exclusive>().unwrap_err();
-        if !not_owner(&err, me) {
+        if !not_owner(&err.error, me) {
             return 4;
         }
         if !fresh_can_take(path, FlockMode::Shared) || fresh_can_take(path, FlockMode::Exclusive) {
@@ -571,4 +573,97 @@ fn fork_scenarios(path: &Path) {
     support::tell("result: ok");
     support::wait_for_parent(|_| {});
     drop((reader, spare));
+}
+
+/// Drops while another thread forks and execs: a close alone leaves the lock
+/// with the child until it execs; drop's `LOCK_UN` releases it at once.
+#[test]
+fn drop_releases_at_once_while_another_thread_spawns_children() {
+    const DROPS: u32 = 400_000;
+    let (_dir, path) = support::lock_path();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawner = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut spawned = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let status = std::process::Command::new("true")
+                    .status()
+                    .expect("spawn true");
+                assert!(status.success());
+                spawned += 1;
+            }
+            spawned
+        })
+    };
+    let mut probe = Some(LockFile::open(&path).unwrap());
+    let mut late = 0u32;
+    for _ in 0..DROPS {
+        drop(
+            LockFile::open(&path)
+                .unwrap()
+                .try_lock::<Exclusive>()
+                .unwrap(),
+        );
+        match probe.take().unwrap().try_lock::<Exclusive>() {
+            Ok(guard) => probe = Some(guard.unlock().unwrap()),
+            Err(err) => {
+                assert!(err.is_would_block(), "{err}");
+                late += 1;
+                probe = Some(err.into_inner());
+                // Let the child exec so the next round starts clean.
+                support::assert_free(&path);
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let spawned = spawner.join().unwrap();
+    eprintln!("{DROPS} drops beside {spawned} spawned children: {late} released late");
+    assert!(spawned > 0, "the spawner never forked");
+    assert_eq!(late, 0, "{late} of {DROPS} drops left the lock held");
+}
+
+/// A worker forked without exec keeps copies of the parent's descriptors
+/// for its whole life; the parent's drop must release the lock anyway.
+#[test]
+fn a_forked_worker_keeps_nothing_after_the_parents_drop() {
+    let (_dir, path) = support::lock_path();
+    let guard = try_flock::<Exclusive>(&path).unwrap();
+    let (mut read_end, write_end) = std::os::unix::net::UnixStream::pair().unwrap();
+    // SAFETY: the child only blocks in read(2) on the pipe and then _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        drop(write_end);
+        let mut byte = [0u8];
+        let _ = std::io::Read::read(&mut read_end, &mut byte);
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    drop(read_end);
+    drop(guard);
+    let free = fresh_can_take(&path, FlockMode::Exclusive);
+    drop(write_end); // the worker exits
+    assert_eq!(wait_forked(pid), 0);
+    assert!(free, "the forked worker kept the dropped lock");
+}
+
+/// A guard over an adopted duplicate releases on drop, although the
+/// caller's own descriptor of the same open file description stays open.
+#[test]
+fn a_guard_over_an_adopted_dup_releases_on_drop() {
+    let (_dir, path) = support::lock_path();
+    let callers = std::fs::File::create(&path).unwrap();
+    let dup = callers.try_clone().unwrap();
+    let guard = LockFile::from_file(dup)
+        .unwrap()
+        .try_lock::<Exclusive>()
+        .unwrap();
+    assert!(!fresh_can_take(&path, FlockMode::Shared));
+    drop(guard);
+    assert!(
+        fresh_can_take(&path, FlockMode::Exclusive),
+        "the caller's descriptor kept the lock after the guard's drop"
+    );
+    drop(callers);
 }

@@ -10,11 +10,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use flockguard::{
-    block_flock, block_flock_verified, try_flock, try_flock_verified, Error, Exclusive,
-    LockOptions, Shared,
-};
+use flockguard::{block_flock, try_flock, Error, Exclusive, LockOptions, Shared};
 use support::Child;
+use support::{block_flock_verified, try_flock_verified};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -133,7 +131,10 @@ fn symlink_planted_by_another_user_is_not_followed() {
             try_flock::<Exclusive>(&link).unwrap_err(),
             block_flock::<Shared>(&link).unwrap_err(),
             block_flock_verified::<Exclusive>(&link).unwrap_err(),
-            LockOptions::new().mode(0o600).open(&link).unwrap_err(),
+            LockOptions::new()
+                .permissions(0o600)
+                .open(&link)
+                .unwrap_err(),
         ] {
             assert!(matches!(err, Error::Symlink { .. }), "{err:?}");
         }
@@ -375,13 +376,9 @@ fn verified_locking_refuses_to_follow_symlinks() {
     let link = dir.path().join("link.lock");
     std::os::unix::fs::symlink(&path, &link).unwrap();
     let mut follow = LockOptions::new();
-    follow.follow_symlinks(true);
-    for err in [
-        follow.lock_verified::<Exclusive>(&link).unwrap_err(),
-        follow.try_lock_verified::<Exclusive>(&link).unwrap_err(),
-    ] {
-        assert!(matches!(err, Error::InvalidPath { .. }), "{err:?}");
-        assert!(err.to_string().contains("follow_symlinks"), "{err}");
-    }
+    follow.follow_symlinks(true).verify_path(true);
+    let err = follow.open(&link).unwrap_err();
+    assert!(matches!(err, Error::InvalidPath { .. }), "{err:?}");
+    assert!(err.to_string().contains("follow_symlinks"), "{err}");
     assert!(!path.exists(), "a refused verified lock created the target");
 }

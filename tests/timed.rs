@@ -1,7 +1,7 @@
 //! Timed acquisition across real processes: wake-ups on close, exit and
 //! `LOCK_UN`, deadlines, cancellation, the about-to-wait notice, and no
 //! descriptor or thread left behind on any path.
-// Thread scopes here return the crate's TimeoutError, which hands the file
+// Thread scopes here return the crate's LockError<LockFile>, which hands the file
 
 #[macro_use]
 mod support;
@@ -11,8 +11,8 @@ use std::sync::{mpsc, Barrier};
 use std::time::Duration;
 
 use flockguard::{
-    flock_timeout, CancelToken, Error, Exclusive, FlockMode, Holder, LockFile, LockOptions,
-    PidStatus, Shared, TimeoutError, Wait,
+    flock_timeout, CancelToken, Error, Exclusive, FlockMode, Holder, LockError, LockFile,
+    LockOptions, PidStatus, Shared, Wait,
 };
 use support::Child;
 
@@ -45,7 +45,7 @@ fn hold(mode: &str, path: &str) {
     let mut guard = Some(
         LockFile::open(path)
             .unwrap()
-            .lock_mode(parse_mode(mode))
+            .lock_any(parse_mode(mode), Wait::forever())
             .unwrap(),
     );
     let mut kept = None;
@@ -81,7 +81,7 @@ fn a_free_lock_is_taken_without_the_wait_notice() {
     let mut noticed = false;
     let guard = LockFile::open(&path)
         .unwrap()
-        .lock_with::<Exclusive>(Wait::new(Some(LONG)).on_wait(|_| noticed = true))
+        .lock_with::<Exclusive>(Wait::timeout(LONG).on_wait(|_| noticed = true))
         .unwrap();
     assert!(!noticed);
     assert!(!support::is_free(&path));
@@ -95,7 +95,7 @@ fn zero_timeout_is_a_single_try_that_names_the_holder() {
     let mut noticed = false;
     let err = LockFile::open(&path)
         .unwrap()
-        .lock_with::<Shared>(Wait::new(Some(Duration::ZERO)).on_wait(|_| noticed = true))
+        .lock_with::<Shared>(Wait::timeout(Duration::ZERO).on_wait(|_| noticed = true))
         .unwrap_err();
     assert!(!noticed, "a single try never waits");
     assert!(err.is_timeout());
@@ -110,7 +110,7 @@ fn timeout_names_holder_and_context_and_gives_the_file_back() {
     let timeout = Duration::from_millis(150);
     let err = LockFile::open(&path)
         .unwrap()
-        .lock_with::<Exclusive>(Wait::new(Some(timeout)).context("cache entry abc123"))
+        .lock_with::<Exclusive>(Wait::timeout(timeout).context("cache entry abc123"))
         .unwrap_err();
     let Error::Timeout {
         path: ref err_path,
@@ -146,7 +146,7 @@ fn timeout_names_holder_and_context_and_gives_the_file_back() {
     // The file comes back, and waits again on the same descriptor.
     let file = err.into_inner();
     let guard = file
-        .lock_with::<Exclusive>(Wait::new(Some(LONG)).on_wait(|_| child.send("close")))
+        .lock_with::<Exclusive>(Wait::timeout(LONG).on_wait(|_| child.send("close")))
         .unwrap();
     drop(guard);
     assert!(child.release().success());
@@ -159,7 +159,7 @@ fn waiter_wakes_when_the_holder_closes() {
     let mut seen = Vec::new();
     let guard = LockFile::open(&path)
         .unwrap()
-        .lock_with::<Exclusive>(Wait::new(Some(LONG)).on_wait(|holders| {
+        .lock_with::<Exclusive>(Wait::timeout(LONG).on_wait(|holders| {
             seen = pids(holders);
             child.send("close");
         }))
@@ -177,7 +177,7 @@ fn waiter_wakes_when_the_holder_is_killed() {
     let mut child = Some(child);
     let guard = flockguard::LockFile::open(&path)
         .unwrap()
-        .lock_with::<Exclusive>(Wait::new(Some(LONG)).on_wait(|_| {
+        .lock_with::<Exclusive>(Wait::timeout(LONG).on_wait(|_| {
             child.take().unwrap().kill();
         }))
         .unwrap();
@@ -191,7 +191,7 @@ fn waiter_notices_an_unlock_without_close() {
     let mut child = holder("exclusive", &path);
     let guard = LockFile::open(&path)
         .unwrap()
-        .lock_with::<Exclusive>(Wait::new(Some(LONG)).on_wait(|_| child.send("unlock")))
+        .lock_with::<Exclusive>(Wait::timeout(LONG).on_wait(|_| child.send("unlock")))
         .unwrap();
     child.expect_line("unlocked", LINE);
     // The child still has the file open; the lock is ours.
@@ -211,7 +211,7 @@ fn shared_waiters_all_get_in_when_the_writer_leaves() {
         let wait = move || {
             LockFile::open(path)
                 .unwrap()
-                .lock_with::<Shared>(Wait::new(Some(LONG)).on_wait(|_| {
+                .lock_with::<Shared>(Wait::timeout(LONG).on_wait(|_| {
                     barrier.wait();
                 }))
                 .unwrap()
@@ -244,13 +244,13 @@ fn cancel_from_another_thread_ends_an_unbounded_wait() {
             canceller.cancel();
         });
         LockFile::open(&path).unwrap().lock_with::<Exclusive>(
-            Wait::new(None)
-                .cancel(&token)
+            Wait::forever()
+                .cancel(token.clone())
                 .on_wait(move |_| tx.send(()).unwrap()),
         )
     })
     .unwrap_err();
-    assert!(err.is_cancelled(), "{err}");
+    assert!(err.error.is_cancelled(), "{err}");
     assert!(!err.is_timeout());
     assert!(token.is_cancelled());
     let msg = err.to_string();
@@ -267,9 +267,9 @@ fn a_cancelled_token_returns_before_locking() {
     token.cancel();
     let err = LockFile::open(&path)
         .unwrap()
-        .lock_with::<Exclusive>(Wait::new(Some(LONG)).cancel(&token))
+        .lock_with::<Exclusive>(Wait::timeout(LONG).cancel(token.clone()))
         .unwrap_err();
-    assert!(err.is_cancelled());
+    assert!(err.error.is_cancelled());
     assert!(support::is_free(&path), "a cancelled call took the lock");
 }
 
@@ -297,7 +297,7 @@ fn an_unbounded_wait_without_token_blocks_in_the_kernel() {
         });
         let guard = LockFile::open(path)
             .unwrap()
-            .lock_with::<Exclusive>(Wait::new(None).on_wait(move |_| tx.send(()).unwrap()))
+            .lock_with::<Exclusive>(Wait::forever().on_wait(move |_| tx.send(()).unwrap()))
             .unwrap();
         assert!(
             watcher.join().unwrap(),
@@ -330,7 +330,7 @@ fn flock_timeout_opens_and_reports_typed_errors() {
 fn timeout_error_splits_and_converts() {
     let (_dir, path) = support::lock_path();
     let held = flock_timeout::<Exclusive>(&path, LONG).unwrap();
-    let err: TimeoutError = LockFile::open(&path)
+    let err: LockError<LockFile> = LockFile::open(&path)
         .unwrap()
         .lock_timeout::<Shared>(Duration::ZERO)
         .unwrap_err();
@@ -347,13 +347,30 @@ fn timeout_error_splits_and_converts() {
 fn wait_builder_debug_and_auto_traits() {
     fn assert_send_sync<T: Send + Sync + 'static>() {}
     assert_send_sync::<CancelToken>();
-    assert_send_sync::<TimeoutError>();
+    assert_send_sync::<LockError<LockFile>>();
     assert_send_sync::<Holder>();
     assert_send_sync::<Error>();
+    fn assert_send<T: Send + 'static>(value: T) -> T {
+        value
+    }
+    // A Wait with an owned token and a 'static notice moves to another
+    // thread, as a blocking-pool closure needs.
+    let (_dir, path) = support::lock_path();
+    let moved = assert_send(Wait::forever().cancel(CancelToken::new()).on_wait(|_| {}));
+    std::thread::spawn(move || {
+        drop(
+            LockFile::open(&path)
+                .unwrap()
+                .lock_with::<Exclusive>(moved)
+                .unwrap(),
+        );
+    })
+    .join()
+    .unwrap();
     let token = CancelToken::new();
-    let wait = Wait::new(Some(Duration::from_secs(1)))
+    let wait = Wait::timeout(Duration::from_secs(1))
         .context("x")
-        .cancel(&token)
+        .cancel(token.clone())
         .on_wait(|_| {});
     let dbg = format!("{wait:?}");
     assert!(
@@ -471,13 +488,13 @@ fn fdcheck(path: &Path) {
             canceller.cancel();
         });
         LockFile::open(path).unwrap().lock_with::<Exclusive>(
-            Wait::new(Some(LONG))
-                .cancel(&token)
+            Wait::timeout(LONG)
+                .cancel(token.clone())
                 .on_wait(move |_| tx.send(()).unwrap()),
         )
     })
     .unwrap_err();
-    assert!(err.is_cancelled());
+    assert!(err.error.is_cancelled());
     drop((held, err, token));
     check("cancel");
 
@@ -490,7 +507,7 @@ fn fdcheck(path: &Path) {
         });
         LockFile::open(path)
             .unwrap()
-            .lock_with::<Exclusive>(Wait::new(Some(LONG)).on_wait(move |_| tx.send(()).unwrap()))
+            .lock_with::<Exclusive>(Wait::timeout(LONG).on_wait(move |_| tx.send(()).unwrap()))
             .unwrap()
     });
     drop(guard);
@@ -534,7 +551,7 @@ fn nofd(path: &Path) {
         });
         let mut seen = None;
         let guard = waiter
-            .lock_with::<Exclusive>(Wait::new(Some(LONG)).cancel(&token).on_wait(|h| {
+            .lock_with::<Exclusive>(Wait::timeout(LONG).cancel(token.clone()).on_wait(|h| {
                 seen = Some(h.len());
                 tx.send(()).unwrap();
             }))

@@ -16,17 +16,14 @@ mod json;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Instant;
 
-use flockguard::{
-    AnyGuard, Exclusive, FlockMode, Holder, LockFile, LockGuard, LockOptions, Mode, PidStatus,
-    RemoteFs, Shared,
-};
 use flockguard::{Error, Wait};
+use flockguard::{FlockMode, Holder, LockFile, LockOptions, PidStatus, RemoteFs};
 
 use args::{Command, Op, Opts, Parsed, Target, Timeout};
 
@@ -146,9 +143,11 @@ Options:
     )
 }
 
-/// A lock file, locked or (after `-u`) not, kept open until exit.
+/// A lock file, locked or (after `-u`) not, kept open until exit. The
+/// lock is the descriptor's, as flock(1)'s is: exit closes this copy, and
+/// the lock lives on in any other (the caller's, or a background child's).
 enum Held {
-    Locked(AnyGuard),
+    Locked(OwnedFd),
     Unlocked(LockFile),
 }
 
@@ -269,14 +268,14 @@ fn lock(
     };
     let limit = match patience {
         Patience::No => {
-            return match file.try_lock_mode(mode) {
-                Ok(guard) => Ok(Held::Locked(guard)),
+            return match file.lock_any(mode, Wait::none()) {
+                Ok(guard) => Ok(Held::Locked(guard.into_locked_fd())),
                 Err(err) if err.is_would_block() => {
                     if opts.verbose {
                         warn_line!("{prog}: failed to get lock");
                     }
                     // Diagnostics only: an unreadable /proc must not change the status.
-                    print_holders(prog, name, &err.file.holders().unwrap_or_default());
+                    print_holders(prog, name, &err.handle.holders().unwrap_or_default());
                     Err(i32::from(opts.conflict_exit_code))
                 }
                 Err(err) => Err(lock_failure(prog, &err.error)),
@@ -284,39 +283,25 @@ fn lock(
         }
         Patience::Forever if !opts.verbose => {
             return file
-                .lock_mode(mode)
-                .map(Held::Locked)
-                .map_err(|err| lock_failure(prog, &err));
+                .lock_any(mode, Wait::forever())
+                .map(|guard| Held::Locked(guard.into_locked_fd()))
+                .map_err(|err| lock_failure(prog, &err.error));
         }
         Patience::Forever => None,
         Patience::Limit(limit) => Some(limit),
     };
-    let mut wait = Wait::new(limit);
+    let mut wait = match limit {
+        Some(limit) => Wait::timeout(limit),
+        None => Wait::forever(),
+    };
     if opts.verbose {
         wait = wait.on_wait(move |holders| {
             warn_line!("{prog}: waiting for {mode} lock on {name}");
             print_holders(prog, name, holders);
         });
     }
-    match mode {
-        FlockMode::Exclusive => lock_waiting::<Exclusive>(prog, name, opts, file, wait),
-        FlockMode::Shared => lock_waiting::<Shared>(prog, name, opts, file, wait),
-    }
-}
-
-/// Waits for the lock in mode `M` as `wait` says; `Err` is the exit status.
-fn lock_waiting<M: Mode>(
-    prog: &str,
-    name: &str,
-    opts: &Opts,
-    file: LockFile,
-    wait: Wait<'_>,
-) -> Result<Held, i32>
-where
-    AnyGuard: From<LockGuard<M>>,
-{
-    match file.lock_with::<M>(wait) {
-        Ok(guard) => Ok(Held::Locked(guard.into())),
+    match file.lock_any(mode, wait) {
+        Ok(guard) => Ok(Held::Locked(guard.into_locked_fd())),
         Err(err) if err.is_timeout() => {
             if opts.verbose {
                 warn_line!("{prog}: timeout while waiting to get lock");

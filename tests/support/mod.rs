@@ -411,3 +411,41 @@ pub fn read_proc_locks() -> String {
     }
     String::from_utf8(text).expect("/proc/locks is ASCII")
 }
+
+/// Opens `path` with the default options and takes `mode`, chosen at run
+/// time, without waiting.
+pub fn try_flock_mode(
+    path: impl AsRef<Path>,
+    mode: flockguard::FlockMode,
+) -> Result<flockguard::AnyGuard, flockguard::Error> {
+    Ok(flockguard::LockFile::open(path)?.lock_any(mode, flockguard::Wait::none())?)
+}
+
+/// Opens `path` with the default options and takes `mode`, chosen at run
+/// time, waiting in the kernel.
+pub fn block_flock_mode(
+    path: impl AsRef<Path>,
+    mode: flockguard::FlockMode,
+) -> Result<flockguard::AnyGuard, flockguard::Error> {
+    Ok(flockguard::LockFile::open(path)?.lock_any(mode, flockguard::Wait::forever())?)
+}
+
+/// Path-verified `try_lock` with otherwise default options.
+pub fn try_flock_verified<M: flockguard::Mode>(
+    path: impl AsRef<Path>,
+) -> Result<flockguard::LockGuard<M>, flockguard::Error> {
+    Ok(flockguard::LockOptions::new()
+        .verify_path(true)
+        .open(path)?
+        .try_lock()?)
+}
+
+/// Path-verified blocking `lock` with otherwise default options.
+pub fn block_flock_verified<M: flockguard::Mode>(
+    path: impl AsRef<Path>,
+) -> Result<flockguard::LockGuard<M>, flockguard::Error> {
+    Ok(flockguard::LockOptions::new()
+        .verify_path(true)
+        .open(path)?
+        .lock()?)
+}

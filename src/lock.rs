@@ -1,0 +1,1284 @@
+//! The core types and every method on them: [`LockOptions`] opens a
+//! [`LockFile`], which a way of waiting turns into a [`LockGuard<M>`], which
+//! converts between modes and unlocks back into the [`LockFile`].
+//!
+//! Opening, waiting and holder diagnostics are services below this module
+//! (`open`, `wait`, `holders`); the guard↔file pair is the only cycle.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, LockError, PathProblem};
+use crate::holders::{self, Holder};
+use crate::mode::{Exclusive, FlockMode, Mode, Shared};
+use crate::open::{self, Access, OpenSpec, Opened, RemoteFs};
+use crate::sys;
+use crate::wait::{self, CancelToken, Deadline, Notice, Stop, Wait};
+
+/// Attempts of a non-blocking verified acquisition whose file keeps being
+/// removed before it gives up with [`Error::PathChanged`].
+const TRY_VERIFY_RETRIES: u32 = 16;
+
+/// Options for opening lock files: the one configurable entry point from a
+/// path.
+///
+/// The defaults: create the file (mode `0o666` before the umask) but not
+/// its directories, refuse symbolic links, directories and unreliable
+/// filesystems, open read-write when allowed ([`Access::PreferWrite`]), and
+/// do not re-check the path after locking.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use flockguard::{Access, Exclusive, LockOptions, RemoteFs};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("sub/app.lock");
+/// let guard = LockOptions::new()
+///     .create_dirs(true)
+///     .permissions(0o600)
+///     .access(Access::ReadOnly)
+///     .remote_fs(RemoteFs::Reject)
+///     .open(&path)?
+///     .lock_timeout::<Exclusive>(Duration::from_secs(5))?;
+/// # drop(guard);
+/// # Ok::<(), flockguard::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockOptions {
+    spec: OpenSpec,
+    verify: bool,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LockOptions {
+    /// The default options.
+    pub const fn new() -> Self {
+        LockOptions {
+            spec: OpenSpec::DEFAULT,
+            verify: false,
+        }
+    }
+
+    /// Whether to refuse filesystems where `flock(2)` is unreliable
+    /// (default [`RemoteFs::Reject`]).
+    pub fn remote_fs(&mut self, policy: RemoteFs) -> &mut Self {
+        self.spec.remote_fs = policy;
+        self
+    }
+
+    /// Permission bits for a file this call creates, before the umask
+    /// (default `0o666`).
+    pub fn permissions(&mut self, mode: u32) -> &mut Self {
+        self.spec.permissions = mode & 0o7777;
+        self
+    }
+
+    /// Whether a symbolic link at the path is followed (default `false`:
+    /// refused with [`Error::Symlink`]).
+    pub fn follow_symlinks(&mut self, follow: bool) -> &mut Self {
+        self.spec.follow_symlinks = follow;
+        self
+    }
+
+    /// Whether a missing file is created (default `true`; `false` gives
+    /// [`Error::Missing`]).
+    pub fn create(&mut self, create: bool) -> &mut Self {
+        self.spec.create = create;
+        self
+    }
+
+    /// Whether missing parent directories are created (default `false`).
+    pub fn create_dirs(&mut self, create_dirs: bool) -> &mut Self {
+        self.spec.create_dirs = create_dirs;
+        self
+    }
+
+    /// Whether a directory may be locked, as `flock(1)` allows (default
+    /// `false`).
+    pub fn allow_directory(&mut self, allow: bool) -> &mut Self {
+        self.spec.allow_directory = allow;
+        self
+    }
+
+    /// How the file is opened: for writing or read-only (default
+    /// [`Access::PreferWrite`]).
+    pub fn access(&mut self, access: Access) -> &mut Self {
+        self.spec.access = access;
+        self
+    }
+
+    /// Whether every acquisition re-checks, after locking, that the path
+    /// still names the locked file, and reopens and retries when it does
+    /// not (default `false`).
+    ///
+    /// Lock files that are removed while others may be opening them are
+    /// safe only if every party removes them with
+    /// [`LockGuard::unlink_and_unlock`] and acquires with verification on:
+    /// a holder that verified the path cannot lose it, since the only way
+    /// to remove the file is to hold its lock. Verification refuses
+    /// [`follow_symlinks`](Self::follow_symlinks) with
+    /// [`Error::InvalidPath`].
+    pub fn verify_path(&mut self, verify: bool) -> &mut Self {
+        self.verify = verify;
+        self
+    }
+
+    /// Opens (or creates) the lock file, checks what it is and where it
+    /// lives, and returns it holding no lock.
+    ///
+    /// # Errors
+    /// [`Error::InvalidPath`], [`Error::Open`] (with a hint for the common
+    /// `errno`s), [`Error::WriteRefused`], [`Error::Missing`],
+    /// [`Error::Symlink`], [`Error::DanglingSymlink`],
+    /// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::Stat`]. A
+    /// file this call created is removed again when it is refused.
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{Exclusive, LockOptions};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let file = LockOptions::new().verify_path(true).open(&path)?;
+    /// let guard = file.try_lock::<Exclusive>()?;
+    /// guard.unlink_and_unlock()?;
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    ///
+    /// # References
+    /// - [open(2)](https://man7.org/linux/man-pages/man2/open.2.html)
+    /// - [statx(2)](https://man7.org/linux/man-pages/man2/statx.2.html)
+    /// - [statfs(2)](https://man7.org/linux/man-pages/man2/statfs.2.html)
+    pub fn open(&self, path: impl AsRef<Path>) -> Result<LockFile, Error> {
+        let path = path.as_ref();
+        if self.verify && self.spec.follow_symlinks {
+            return Err(Error::InvalidPath {
+                path: path.into(),
+                reason: PathProblem::VerifyFollowsSymlinks,
+            });
+        }
+        let opened = open::open(path, &self.spec)?;
+        let origin = Origin {
+            path: path.into(),
+            reopen: self.verify.then(|| Box::new(self.spec)),
+        };
+        Ok(LockFile::new(opened, Some(origin)))
+    }
+
+    /// Takes an open [`File`] as a lock file, applying the same type and
+    /// filesystem checks as [`open`](Self::open) and setting `FD_CLOEXEC`.
+    ///
+    /// A lock taken through it belongs to the file's open file description,
+    /// which the caller's duplicates share; the guard releases it on drop
+    /// for all of them.
+    ///
+    /// # Errors
+    /// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::Stat`].
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{Exclusive, LockOptions, RemoteFs};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let file = std::fs::File::create(&path)?;
+    /// let lock = LockOptions::new().remote_fs(RemoteFs::Allow).adopt(file)?;
+    /// let guard = lock.try_lock::<Exclusive>()?;
+    /// # drop(guard);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn adopt(&self, file: File) -> Result<LockFile, Error> {
+        let opened = open::adopt(file, &self.spec)?;
+        Ok(LockFile::new(opened, None))
+    }
+}
+
+/// An open lock file that holds no lock.
+///
+/// Each `LockFile` is its own open file description, so two of them contend
+/// even within one process. Every acquisition consumes it and returns a
+/// [`LockGuard`]; a failure hands it back in a [`LockError`], open and
+/// holding no lock.
+///
+/// | method | waits | mode |
+/// |---|---|---|
+/// | [`try_lock`](Self::try_lock) | never | compile time |
+/// | [`lock`](Self::lock) | in `flock(2)`, without limit | compile time |
+/// | [`lock_timeout`](Self::lock_timeout) | at most a [`Duration`] | compile time |
+/// | [`lock_until`](Self::lock_until) | until an [`Instant`] | compile time |
+/// | [`lock_with`](Self::lock_with) | as a [`Wait`] says (notice, cancel token, context) | compile time |
+/// | [`lock_any`](Self::lock_any) | as a [`Wait`] says | run time ([`FlockMode`]) |
+#[must_use = "a LockFile holds no lock until try_lock or lock is called"]
+pub struct LockFile {
+    file: File,
+    /// The process that opened the descriptor, and so owns its locks.
+    owner: u32,
+    writable: bool,
+    /// `None` for an adopted file.
+    origin: Option<Origin>,
+}
+
+/// Where a [`LockFile`] was opened from.
+#[derive(Debug)]
+struct Origin {
+    path: Box<Path>,
+    /// How to open the path again after a verification failure; `None`
+    /// unless [`LockOptions::verify_path`] is on. Boxed to keep
+    /// [`LockError`] small.
+    reopen: Option<Box<OpenSpec>>,
+}
+
+impl LockFile {
+    fn new(opened: Opened, origin: Option<Origin>) -> Self {
+        LockFile {
+            file: opened.file,
+            owner: sys::current_pid(),
+            writable: opened.writable,
+            origin,
+        }
+    }
+
+    /// Opens (or creates) `path` with the default [`LockOptions`].
+    ///
+    /// # Errors
+    /// As [`LockOptions::open`].
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{Exclusive, LockFile};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let guard = LockFile::open(&path)?.lock::<Exclusive>()?;
+    /// # drop(guard);
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    pub fn open(path: impl AsRef<Path>) -> Result<LockFile, Error> {
+        LockOptions::new().open(path)
+    }
+
+    /// Takes an open [`File`] with the default [`LockOptions`]; see
+    /// [`LockOptions::adopt`].
+    ///
+    /// # Errors
+    /// As [`LockOptions::adopt`].
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{Shared, LockFile};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let file = std::fs::File::create(&path)?;
+    /// let guard = LockFile::from_file(file)?.try_lock::<Shared>()?;
+    /// let file: std::fs::File = guard.unlock()?.into(); // back to std
+    /// # drop(file);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_file(file: File) -> Result<LockFile, Error> {
+        LockOptions::new().adopt(file)
+    }
+
+    /// Takes the lock if no one holds it in a conflicting mode; never waits.
+    ///
+    /// # Errors
+    /// [`Error::WouldBlock`] on contention ([`LockError::is_would_block`]),
+    /// [`Error::NotOwner`] in a forked child, [`Error::Flock`],
+    /// [`Error::PathChanged`] under path verification; each gives the file
+    /// back.
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{Exclusive, LockFile, Shared};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let writer = LockFile::open(&path)?.try_lock::<Exclusive>()?;
+    /// let err = LockFile::open(&path)?.try_lock::<Shared>().unwrap_err();
+    /// assert!(err.is_would_block());
+    /// # drop(writer);
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    ///
+    /// # References
+    /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
+    #[doc(alias = "LOCK_NB")]
+    pub fn try_lock<M: Mode>(self) -> Result<LockGuard<M>, LockError<LockFile>> {
+        self.acquire(M::MODE, Wait::none()).map(LockGuard::new)
+    }
+
+    /// Takes the lock, waiting in `flock(2)` as long as it takes.
+    ///
+    /// # Errors
+    /// [`Error::NotOwner`] in a forked child, [`Error::Flock`] (for
+    /// example `EDEADLK` or `ENOLCK`); each gives the file back.
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{LockFile, Shared};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let reader = LockFile::open(&path)?.lock::<Shared>()?;
+    /// # drop(reader);
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    #[doc(alias = "LOCK_EX")]
+    #[doc(alias = "LOCK_SH")]
+    pub fn lock<M: Mode>(self) -> Result<LockGuard<M>, LockError<LockFile>> {
+        self.acquire(M::MODE, Wait::forever()).map(LockGuard::new)
+    }
+
+    /// Takes the lock, waiting at most `timeout`; wakes when a holder closes
+    /// the file.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] naming the holders ([`LockError::is_timeout`]),
+    /// [`Error::NotOwner`], [`Error::Flock`]; each gives the file back.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use flockguard::{Exclusive, LockFile};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let held = LockFile::open(&path)?.lock::<Exclusive>()?;
+    /// let err = LockFile::open(&path)?
+    ///     .lock_timeout::<Exclusive>(Duration::from_millis(10))
+    ///     .unwrap_err();
+    /// assert!(err.is_timeout());
+    /// drop(held);
+    /// let _guard = err.into_inner().lock_timeout::<Exclusive>(Duration::from_secs(1))?;
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    pub fn lock_timeout<M: Mode>(
+        self,
+        timeout: Duration,
+    ) -> Result<LockGuard<M>, LockError<LockFile>> {
+        self.acquire(M::MODE, Wait::timeout(timeout))
+            .map(LockGuard::new)
+    }
+
+    /// Takes the lock, waiting until `deadline` at the latest.
+    ///
+    /// # Errors
+    /// As [`lock_timeout`](Self::lock_timeout).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use flockguard::{Exclusive, LockFile};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let deadline = Instant::now() + Duration::from_secs(2);
+    /// let first = LockFile::open(&path)?.lock_until::<Exclusive>(deadline)?;
+    /// # drop(first);
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    pub fn lock_until<M: Mode>(
+        self,
+        deadline: Instant,
+    ) -> Result<LockGuard<M>, LockError<LockFile>> {
+        self.acquire(M::MODE, Wait::until(deadline))
+            .map(LockGuard::new)
+    }
+
+    /// Takes the lock, waiting as `wait` says: not at all, in the kernel,
+    /// until a deadline, with a notice before waiting, a [`CancelToken`] and
+    /// a description for the timeout message.
+    ///
+    /// # Errors
+    /// [`Error::WouldBlock`], [`Error::Timeout`], [`Error::Cancelled`],
+    /// [`Error::NotOwner`], [`Error::Flock`], [`Error::PathChanged`]; each
+    /// gives the file back.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use flockguard::{CancelToken, Exclusive, LockFile, Wait};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let held = LockFile::open(&path)?.lock::<Exclusive>()?;
+    /// let token = CancelToken::new();
+    /// token.cancel(); // from any thread, at any time
+    /// let err = LockFile::open(&path)?
+    ///     .lock_with::<Exclusive>(Wait::forever().cancel(token))
+    ///     .unwrap_err();
+    /// assert!(err.error.is_cancelled());
+    /// # drop(held);
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    pub fn lock_with<M: Mode>(self, wait: Wait<'_>) -> Result<LockGuard<M>, LockError<LockFile>> {
+        self.acquire(M::MODE, wait).map(LockGuard::new)
+    }
+
+    /// Takes the lock in a mode chosen at run time, waiting as `wait` says.
+    ///
+    /// # Errors
+    /// As [`lock_with`](Self::lock_with).
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{AnyGuard, FlockMode, LockFile, Wait};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let mode = if std::env::args().count() > 99 { FlockMode::Exclusive } else { FlockMode::Shared };
+    /// let guard = LockFile::open(&path)?.lock_any(mode, Wait::none())?;
+    /// assert!(matches!(guard, AnyGuard::Shared(_)));
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    pub fn lock_any(
+        self,
+        mode: FlockMode,
+        wait: Wait<'_>,
+    ) -> Result<AnyGuard, LockError<LockFile>> {
+        let file = self.acquire(mode, wait)?;
+        Ok(match mode {
+            FlockMode::Exclusive => AnyGuard::Exclusive(LockGuard::new(file)),
+            FlockMode::Shared => AnyGuard::Shared(LockGuard::new(file)),
+        })
+    }
+
+    /// Releases a lock this descriptor arrived with: a file adopted with
+    /// [`LockOptions::adopt`] may hold a lock taken before it was passed
+    /// in, as with `flock -u 9` in a shell script. Releases it for every
+    /// descriptor that shares the open file description.
+    ///
+    /// # Errors
+    /// [`Error::NotOwner`] in a forked child; [`Error::Unlock`] if
+    /// `flock(2)` fails.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// use flockguard::{try_flock, Exclusive, LockFile, LockOptions};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let guard = LockFile::open(&path)?.lock::<Exclusive>()?;
+    /// // A duplicate shares the open file description, and so the lock.
+    /// let dup = guard.as_fd().try_clone_to_owned()?;
+    /// let file = LockOptions::new().adopt(std::fs::File::from(dup))?;
+    /// file.unlock_inherited()?;
+    /// assert!(try_flock::<Exclusive>(&path).is_ok()); // released for both
+    /// # drop(guard);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[doc(alias = "LOCK_UN")]
+    pub fn unlock_inherited(&self) -> Result<(), Error> {
+        self.check_owner()?;
+        sys::funlock(self.as_fd()).map_err(|source| Error::Unlock {
+            path: self.error_path(),
+            source,
+        })
+    }
+
+    /// Lists the processes that hold or wait for a `flock(2)` lock on this
+    /// open file's inode; see [`holders`](crate::holders()).
+    ///
+    /// # Errors
+    /// [`Error::Holders`] if `statx(2)` fails or `/proc` cannot be read.
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{Exclusive, LockFile};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let held = LockFile::open(&path)?.lock::<Exclusive>()?;
+    /// let other = LockFile::open(&path)?;
+    /// assert_eq!(other.holders()?[0].pid, std::process::id());
+    /// # drop(held);
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    pub fn holders(&self) -> Result<Vec<Holder>, Error> {
+        let path = self.error_path();
+        let id = sys::statx_fd(self.as_fd()).map_err(|source| Error::Holders {
+            path: path.clone(),
+            file: path.clone(),
+            source,
+        })?;
+        holders::holders_of(id, &path)
+    }
+
+    /// The path the file was opened from; `None` for an adopted file.
+    pub fn path(&self) -> Option<&Path> {
+        self.origin.as_ref().map(|origin| &*origin.path)
+    }
+
+    /// The open file, for `metadata()` and other reads that take no lock.
+    pub fn as_file(&self) -> &File {
+        &self.file
+    }
+
+    /// Whether the descriptor is open for writing.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The path for messages: the one given, or what the kernel reports.
+    pub(crate) fn error_path(&self) -> PathBuf {
+        match self.path() {
+            Some(path) => path.to_path_buf(),
+            None => open::display_path(&self.file),
+        }
+    }
+
+    /// The error for a failed `flock(2)` in `mode`.
+    pub(crate) fn flock_error(&self, mode: FlockMode, source: io::Error) -> Error {
+        if sys::is_contention(&source) {
+            Error::WouldBlock {
+                path: self.error_path(),
+                mode,
+                shared_lost: false,
+            }
+        } else {
+            Error::Flock {
+                path: self.error_path(),
+                mode,
+                source,
+            }
+        }
+    }
+
+    /// Refuses to change the lock from a process other than the one that
+    /// opened the descriptor.
+    pub(crate) fn check_owner(&self) -> Result<(), Error> {
+        let current = sys::current_pid();
+        if current == self.owner {
+            Ok(())
+        } else {
+            Err(Error::NotOwner {
+                path: self.error_path(),
+                owner: self.owner,
+                current,
+            })
+        }
+    }
+
+    /// Whether this process opened the descriptor.
+    fn is_owner(&self) -> bool {
+        sys::current_pid() == self.owner
+    }
+
+    /// Every acquisition: the owner check, waiting as `wait` says, and path
+    /// verification with reopening.
+    fn acquire(mut self, mode: FlockMode, wait: Wait<'_>) -> Result<LockFile, LockError<LockFile>> {
+        let start = Instant::now();
+        if let Err(error) = self.check_owner() {
+            return Err(LockError::new(error, self));
+        }
+        let Wait {
+            deadline,
+            mut notice,
+            cancel,
+            context,
+        } = wait;
+        let until = deadline.resolve(start);
+        let mut attempts = 0u32;
+        loop {
+            let waited = self.wait_for(mode, deadline, until, cancel.as_ref(), &mut notice);
+            if let Err(stop) = waited {
+                let error = match stop {
+                    Ok(Stop::TimedOut) => self.timeout_error(mode, start, context.as_deref()),
+                    Ok(Stop::Cancelled) => Error::Cancelled {
+                        path: self.error_path(),
+                        mode,
+                        waited: start.elapsed(),
+                    },
+                    Err(error) => error,
+                };
+                return Err(LockError::new(error, self));
+            }
+            let Some(Origin {
+                path,
+                reopen: Some(spec),
+            }) = &self.origin
+            else {
+                return Ok(self);
+            };
+            match open::names_file(path, self.file.as_fd()) {
+                Ok(true) => return Ok(self),
+                Ok(false) => {}
+                Err(error) => {
+                    let _ = sys::funlock(self.file.as_fd());
+                    return Err(LockError::new(error, self));
+                }
+            }
+            // Removed between open and lock: the lock is on a file nobody
+            // else will open. Let go and lock what the path names now.
+            let _ = sys::funlock(self.file.as_fd());
+            attempts = attempts.saturating_add(1);
+            if deadline == Deadline::None && attempts >= TRY_VERIFY_RETRIES {
+                let error = Error::PathChanged {
+                    path: path.to_path_buf(),
+                };
+                return Err(LockError::new(error, self));
+            }
+            match open::open(path, spec) {
+                Ok(opened) => {
+                    self.file = opened.file;
+                    self.writable = opened.writable;
+                }
+                Err(error) => return Err(LockError::new(error, self)),
+            }
+        }
+    }
+
+    /// One lock attempt and, if `deadline` allows, the wait; `Err(Ok(stop))`
+    /// when the wait gave up, `Err(Err(error))` when it failed.
+    fn wait_for(
+        &self,
+        mode: FlockMode,
+        deadline: Deadline,
+        until: Option<Instant>,
+        cancel: Option<&CancelToken>,
+        notice: &mut Option<Notice<'_>>,
+    ) -> Result<(), Result<Stop, Error>> {
+        let fd = self.file.as_fd();
+        if cancel.is_some_and(CancelToken::is_cancelled) {
+            return Err(Ok(Stop::Cancelled));
+        }
+        match sys::flock(fd, mode, true) {
+            Ok(()) => return Ok(()),
+            Err(err) if sys::is_contention(&err) && deadline != Deadline::None => {}
+            Err(err) => return Err(Err(self.flock_error(mode, err))),
+        }
+        if until.is_some_and(|until| Instant::now() >= until) {
+            return Err(Ok(Stop::TimedOut));
+        }
+        if let Some(notice) = notice.take() {
+            notice(&self.holders().unwrap_or_default());
+        }
+        if until.is_none() && cancel.is_none() {
+            return sys::flock(fd, mode, false).map_err(|err| Err(self.flock_error(mode, err)));
+        }
+        match wait::acquire(fd, self.path(), mode, until, cancel) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(stop)) => Err(Ok(stop)),
+            Err(err) => Err(Err(self.flock_error(mode, err))),
+        }
+    }
+
+    /// [`Error::Timeout`] with the holders at the deadline.
+    pub(crate) fn timeout_error(
+        &self,
+        mode: FlockMode,
+        start: Instant,
+        context: Option<&str>,
+    ) -> Error {
+        Error::Timeout {
+            path: self.error_path(),
+            mode,
+            waited: start.elapsed(),
+            // Diagnostics must not hide the timeout: a failed read of
+            // /proc leaves the list empty.
+            holders: self.holders().unwrap_or_default().into(),
+            context: context.map(Box::from),
+        }
+    }
+}
+
+impl fmt::Debug for LockFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockFile")
+            .field("path", &self.path())
+            .field("fd", &self.file.as_raw_fd())
+            .field("writable", &self.writable)
+            .finish()
+    }
+}
+
+impl AsFd for LockFile {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+impl AsRawFd for LockFile {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+impl From<LockFile> for File {
+    /// The open file, holding no lock this crate took.
+    fn from(file: LockFile) -> File {
+        file.file
+    }
+}
+
+impl From<LockFile> for OwnedFd {
+    /// The descriptor, holding no lock this crate took.
+    fn from(file: LockFile) -> OwnedFd {
+        file.file.into()
+    }
+}
+
+/// A held `flock(2)` lock in mode `M`, owning its descriptor.
+///
+/// Dropping the guard releases the lock at once with `flock(LOCK_UN)` and
+/// then closes the descriptor, so the lock is gone even while another
+/// thread forks or the caller still holds a duplicate of an adopted file.
+/// In a forked child, drop only closes: the parent's lock is untouched.
+/// Drop never blocks, panics or reports errors; [`unlock`](Self::unlock)
+/// does report them.
+#[must_use = "if unused the lock is released immediately"]
+#[clippy::has_significant_drop]
+pub struct LockGuard<M: Mode> {
+    /// `None` only while a consuming method moves the file out.
+    file: Option<LockFile>,
+    mode: PhantomData<M>,
+}
+
+impl<M: Mode> LockGuard<M> {
+    fn new(file: LockFile) -> Self {
+        LockGuard {
+            file: Some(file),
+            mode: PhantomData,
+        }
+    }
+
+    fn file(&self) -> &LockFile {
+        match &self.file {
+            Some(file) => file,
+            None => unreachable!("a guard's file is moved out only by methods that consume it"),
+        }
+    }
+
+    /// Moves the file out; the guard's drop then does nothing.
+    fn into_file(mut self) -> LockFile {
+        match self.file.take() {
+            Some(file) => file,
+            None => unreachable!("a guard's file is moved out only once"),
+        }
+    }
+
+    /// The path the lock file was opened from; `None` for an adopted file.
+    pub fn path(&self) -> Option<&Path> {
+        self.file().path()
+    }
+
+    /// The mode held: `M::MODE`.
+    pub fn mode(&self) -> FlockMode {
+        M::MODE
+    }
+
+    /// The open file, for `metadata()` and reads.
+    pub fn as_file(&self) -> &File {
+        self.file().as_file()
+    }
+
+    /// Releases the lock with `flock(LOCK_UN)` and returns the open file
+    /// for reuse.
+    ///
+    /// # Errors
+    /// [`Error::NotOwner`] in a forked child (the parent's lock is left as
+    /// it was); [`Error::Unlock`] if `flock(2)` fails (the descriptor is
+    /// then closed).
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{try_flock, Exclusive};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let file = try_flock::<Exclusive>(&path)?.unlock()?;
+    /// let again = file.try_lock::<Exclusive>()?; // no reopen
+    /// # drop(again);
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    ///
+    /// # References
+    /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
+    #[doc(alias = "LOCK_UN")]
+    pub fn unlock(self) -> Result<LockFile, Error> {
+        let file = self.file();
+        file.check_owner()?;
+        match sys::funlock(file.as_fd()) {
+            Ok(()) => Ok(self.into_file()),
+            Err(source) => Err(Error::Unlock {
+                path: file.error_path(),
+                source,
+            }),
+        }
+    }
+
+    /// Gives up the guard and keeps the lock: the descriptor holds it until
+    /// `flock(2)` releases it, when the last copy of the open file
+    /// description closes (or a `LOCK_UN` through any copy).
+    ///
+    /// For handing a lock to an executed program or to a process that
+    /// outlives this one, as `flock(1)` does; no drop of this crate releases
+    /// it any more.
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{try_flock, Exclusive};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let fd = try_flock::<Exclusive>(&path)?.into_locked_fd();
+    /// assert!(try_flock::<Exclusive>(&path).unwrap_err().is_would_block());
+    /// drop(fd); // the last copy closes: released
+    /// assert!(try_flock::<Exclusive>(&path).is_ok());
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    pub fn into_locked_fd(self) -> OwnedFd {
+        self.into_file().into()
+    }
+
+    /// Checks that the guard's path still names the locked file itself (not
+    /// a symbolic link to it).
+    ///
+    /// A lock file removed or replaced while held leaves the guard locking
+    /// a file nobody else will open; new lockers create and lock a new file
+    /// at the path.
+    ///
+    /// # Errors
+    /// [`Error::PathChanged`] when the path is missing or names another
+    /// file; [`Error::InvalidPath`] for an adopted file, which has no path;
+    /// [`Error::Stat`] when the path or descriptor cannot be examined.
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{try_flock, Error, Exclusive};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let guard = try_flock::<Exclusive>(&path)?;
+    /// guard.verify_path()?;
+    /// std::fs::remove_file(&path).unwrap(); // someone removes it under us
+    /// assert!(matches!(guard.verify_path(), Err(Error::PathChanged { .. })));
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    pub fn verify_path(&self) -> Result<(), Error> {
+        let path = self.known_path()?;
+        if open::names_file(path, self.as_fd())? {
+            Ok(())
+        } else {
+            Err(Error::PathChanged { path: path.into() })
+        }
+    }
+
+    fn known_path(&self) -> Result<&Path, Error> {
+        self.path().ok_or_else(|| Error::InvalidPath {
+            path: self.file().error_path(),
+            reason: PathProblem::NoPath,
+        })
+    }
+
+    /// Changes the mode with `flock(2)`; a failure hands back the file,
+    /// unlocked (`LOCK_UN` makes that true whatever the kernel did), except
+    /// in a forked child, where nothing was changed.
+    fn convert<N: Mode>(self, nonblocking: bool) -> Result<LockGuard<N>, LockError<LockFile>> {
+        let checked = self.file().check_owner();
+        let file = self.into_file();
+        if let Err(error) = checked {
+            return Err(LockError::new(error, file));
+        }
+        match sys::flock(file.as_fd(), N::MODE, nonblocking) {
+            Ok(()) => Ok(LockGuard::new(file)),
+            Err(source) => {
+                let mut error = file.flock_error(N::MODE, source);
+                if let Error::WouldBlock { shared_lost, .. } = &mut error {
+                    // flock(2) removes the old lock before it looks for
+                    // conflicts, so a refused upgrade has lost it.
+                    *shared_lost = M::MODE == FlockMode::Shared;
+                } else {
+                    let _ = sys::funlock(file.as_fd());
+                }
+                Err(LockError::new(error, file))
+            }
+        }
+    }
+}
+
+impl LockGuard<Exclusive> {
+    /// Converts to a shared lock without letting go: no writer can slip in
+    /// between on Linux, where the conversion happens under the inode's lock
+    /// (flock(2) does not promise it).
+    ///
+    /// # Errors
+    /// [`Error::NotOwner`] in a forked child (lock untouched),
+    /// [`Error::Flock`] (the lock is then released); each gives the file
+    /// back.
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{try_flock, Exclusive, Shared};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let reader = try_flock::<Exclusive>(&path)?.downgrade()?;
+    /// let other = try_flock::<Shared>(&path)?; // readers share
+    /// # drop((reader, other));
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    pub fn downgrade(self) -> Result<LockGuard<Shared>, LockError<LockFile>> {
+        // LOCK_NB: converting down never conflicts, so it must never wait.
+        self.convert(true)
+    }
+
+    /// Truncates or extends the lock file, as [`File::set_len`].
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`] (as an [`io::Error`]) when the descriptor is
+    /// read-only; the error of `ftruncate(2)`.
+    pub fn set_len(&self, len: u64) -> io::Result<()> {
+        self.writable()?.set_len(len)
+    }
+
+    /// Flushes the lock file's data and metadata, as [`File::sync_all`].
+    ///
+    /// # Errors
+    /// The error of `fsync(2)`.
+    pub fn sync_all(&self) -> io::Result<()> {
+        self.as_file().sync_all()
+    }
+
+    fn writable(&self) -> io::Result<&File> {
+        let file = self.file();
+        if file.writable {
+            Ok(file.as_file())
+        } else {
+            Err(Error::ReadOnly {
+                path: file.error_path(),
+            }
+            .into())
+        }
+    }
+}
+
+impl LockGuard<Shared> {
+    /// Converts to an exclusive lock, waiting as long as it takes.
+    ///
+    /// `flock(2)` drops the shared lock first and waits holding nothing:
+    /// others may take and release the lock in between, so re-read what
+    /// the lock protects after upgrading. In async code this call blocks
+    /// the thread; use `flockguard::tokio::upgrade` there.
+    ///
+    /// # Errors
+    /// [`Error::NotOwner`] in a forked child, [`Error::Flock`]; each gives
+    /// the file back, unlocked.
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{try_flock, Shared};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let writer = try_flock::<Shared>(&path)?.upgrade()?;
+    /// # drop(writer);
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    pub fn upgrade(self) -> Result<LockGuard<Exclusive>, LockError<LockFile>> {
+        self.convert(false)
+    }
+
+    /// Converts to an exclusive lock if no one else holds the lock.
+    ///
+    /// On contention the kernel has already dropped the shared lock, so
+    /// the error hands back an unlocked [`LockFile`] (its message says the
+    /// shared lock was released), never a shared guard that would lie.
+    ///
+    /// # Errors
+    /// [`Error::WouldBlock`] with `shared_lost: true` on contention,
+    /// [`Error::NotOwner`] in a forked child (lock untouched),
+    /// [`Error::Flock`]; each gives the file back.
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{try_flock, Shared};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let mine = try_flock::<Shared>(&path)?;
+    /// let other = try_flock::<Shared>(&path)?;
+    /// let err = mine.try_upgrade().unwrap_err();
+    /// assert!(err.is_would_block());
+    /// let file = err.into_inner(); // holds nothing now
+    /// drop(other);
+    /// let _writer = file.try_lock::<flockguard::Exclusive>()?;
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    pub fn try_upgrade(self) -> Result<LockGuard<Exclusive>, LockError<LockFile>> {
+        self.convert(true)
+    }
+}
+
+impl LockGuard<Exclusive> {
+    /// Removes the lock file while still holding its exclusive lock, then
+    /// releases the lock.
+    ///
+    /// The path is removed only if it still names the locked file itself;
+    /// a symbolic link or a different file at the path is left alone.
+    /// Processes blocked on the removed file wake up holding a lock on a
+    /// file that is gone: they must acquire with
+    /// [`LockOptions::verify_path`], which notices and retries on the new
+    /// file.
+    ///
+    /// # Errors
+    /// The lock is released in every case but [`Error::NotOwner`] (a
+    /// forked child: nothing removed, the parent's lock untouched).
+    /// [`Error::PathChanged`] when the path no longer names the locked
+    /// file (nothing removed); [`Error::InvalidPath`] for an adopted file;
+    /// [`Error::Remove`] when `unlink(2)` fails; [`Error::Stat`].
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{Exclusive, LockOptions};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let guard = LockOptions::new().verify_path(true).open(&path)?.lock::<Exclusive>()?;
+    /// guard.unlink_and_unlock()?;
+    /// assert!(!path.exists());
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    ///
+    /// # References
+    /// - [unlink(2)](https://man7.org/linux/man-pages/man2/unlink.2.html)
+    pub fn unlink_and_unlock(self) -> Result<(), Error> {
+        self.file().check_owner()?;
+        let path = self.known_path()?;
+        if !open::names_file(path, self.as_fd())? {
+            return Err(Error::PathChanged { path: path.into() });
+        }
+        // Unlink before the release: nobody can verify the old file in
+        // between.
+        sys::unlink(path).map_err(|source| Error::Remove {
+            path: path.into(),
+            source,
+        })
+    }
+}
+
+impl<M: Mode> Drop for LockGuard<M> {
+    fn drop(&mut self) {
+        if let Some(file) = &self.file {
+            if file.is_owner() {
+                // Errors cannot be reported here; the close releases anyway
+                // once no copy of the descriptor is left.
+                let _ = sys::funlock(file.as_fd());
+            }
+        }
+    }
+}
+
+impl<M: Mode> fmt::Debug for LockGuard<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("path", &self.path())
+            .field("mode", &M::MODE)
+            .field("fd", &self.as_raw_fd())
+            .finish()
+    }
+}
+
+impl<M: Mode> AsFd for LockGuard<M> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file().as_fd()
+    }
+}
+
+impl<M: Mode> AsRawFd for LockGuard<M> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file().as_raw_fd()
+    }
+}
+
+impl<M: Mode> Read for LockGuard<M> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.as_file().read(buf)
+    }
+
+    fn read_to_end(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        self.as_file().read_to_end(buf)
+    }
+}
+
+impl<M: Mode> Seek for LockGuard<M> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.as_file().seek(pos)
+    }
+}
+
+/// Only an exclusive guard writes; through a read-only descriptor every
+/// write fails with [`Error::ReadOnly`] naming the path.
+impl Write for LockGuard<Exclusive> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.writable()?.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.as_file().flush()
+    }
+}
+
+/// A guard whose mode was chosen at run time, from
+/// [`LockFile::lock_any`].
+#[must_use = "if unused the lock is released immediately"]
+#[clippy::has_significant_drop]
+#[derive(Debug)]
+pub enum AnyGuard {
+    /// An exclusive lock.
+    Exclusive(LockGuard<Exclusive>),
+    /// A shared lock.
+    Shared(LockGuard<Shared>),
+}
+
+impl AnyGuard {
+    /// The mode held.
+    pub fn mode(&self) -> FlockMode {
+        match self {
+            AnyGuard::Exclusive(_) => FlockMode::Exclusive,
+            AnyGuard::Shared(_) => FlockMode::Shared,
+        }
+    }
+
+    /// The path the lock file was opened from; `None` for an adopted file.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            AnyGuard::Exclusive(g) => g.path(),
+            AnyGuard::Shared(g) => g.path(),
+        }
+    }
+
+    /// Releases the lock; see [`LockGuard::unlock`].
+    ///
+    /// # Errors
+    /// As [`LockGuard::unlock`].
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{FlockMode, LockFile, Wait};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let guard = LockFile::open(&path)?.lock_any(FlockMode::Exclusive, Wait::forever())?;
+    /// let _file = guard.unlock()?;
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    pub fn unlock(self) -> Result<LockFile, Error> {
+        match self {
+            AnyGuard::Exclusive(g) => g.unlock(),
+            AnyGuard::Shared(g) => g.unlock(),
+        }
+    }
+}
+
+impl AnyGuard {
+    /// Gives up the guard and keeps the lock; see
+    /// [`LockGuard::into_locked_fd`].
+    pub fn into_locked_fd(self) -> OwnedFd {
+        match self {
+            AnyGuard::Exclusive(g) => g.into_locked_fd(),
+            AnyGuard::Shared(g) => g.into_locked_fd(),
+        }
+    }
+}
+
+impl From<LockGuard<Exclusive>> for AnyGuard {
+    fn from(guard: LockGuard<Exclusive>) -> Self {
+        AnyGuard::Exclusive(guard)
+    }
+}
+
+impl From<LockGuard<Shared>> for AnyGuard {
+    fn from(guard: LockGuard<Shared>) -> Self {
+        AnyGuard::Shared(guard)
+    }
+}
+
+impl AsFd for AnyGuard {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            AnyGuard::Exclusive(g) => g.as_fd(),
+            AnyGuard::Shared(g) => g.as_fd(),
+        }
+    }
+}
+
+impl AsRawFd for AnyGuard {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
+
+/// Creates the lock file at `path` if it is missing, with the checks of
+/// [`LockOptions::open`], and takes no lock.
+///
+/// # Errors
+/// As [`LockOptions::open`].
+///
+/// # Examples
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("app.lock");
+/// flockguard::materialize(&path)?;
+/// assert!(path.exists());
+/// # Ok::<(), flockguard::Error>(())
+/// ```
+pub fn materialize(path: impl AsRef<Path>) -> Result<(), Error> {
+    LockOptions::new().open(path).map(drop)
+}
+
+/// Opens `path` with the default [`LockOptions`] and takes the lock if no
+/// one holds it in a conflicting mode.
+///
+/// # Errors
+/// As [`LockOptions::open`] and [`LockFile::try_lock`].
+///
+/// # Examples
+/// ```
+/// use flockguard::{try_flock, Exclusive};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("app.lock");
+/// let guard = try_flock::<Exclusive>(&path)?;
+/// assert!(try_flock::<Exclusive>(&path).unwrap_err().is_would_block());
+/// # drop(guard);
+/// # Ok::<(), flockguard::Error>(())
+/// ```
+pub fn try_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Error> {
+    Ok(LockFile::open(path)?.try_lock()?)
+}
+
+/// Opens `path` with the default [`LockOptions`] and takes the lock,
+/// waiting in `flock(2)` as long as it takes.
+///
+/// # Errors
+/// As [`LockOptions::open`] and [`LockFile::lock`].
+///
+/// # Examples
+/// ```
+/// use flockguard::{block_flock, Shared};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("app.lock");
+/// let reader = block_flock::<Shared>(&path)?;
+/// # drop(reader);
+/// # Ok::<(), flockguard::Error>(())
+/// ```
+pub fn block_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Error> {
+    Ok(LockFile::open(path)?.lock()?)
+}
+
+/// Opens `path` with the default [`LockOptions`] and takes the lock,
+/// waiting at most `timeout`.
+///
+/// # Errors
+/// As [`LockOptions::open`] and [`LockFile::lock_timeout`].
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use flockguard::{flock_timeout, Exclusive};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("app.lock");
+/// let first = flock_timeout::<Exclusive>(&path, Duration::from_secs(5))?;
+/// let err = flock_timeout::<Exclusive>(&path, Duration::ZERO).unwrap_err();
+/// assert!(err.is_timeout());
+/// assert_eq!(err.holders()[0].pid, std::process::id());
+/// # drop(first);
+/// # Ok::<(), flockguard::Error>(())
+/// ```
+pub fn flock_timeout<M: Mode>(
+    path: impl AsRef<Path>,
+    timeout: Duration,
+) -> Result<LockGuard<M>, Error> {
+    Ok(LockFile::open(path)?.lock_timeout(timeout)?)
+}
