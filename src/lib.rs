@@ -139,6 +139,9 @@ mod lock;
 mod mode;
 mod open;
 mod sys;
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub mod tokio;
 mod wait;
 
 #[cfg(doctest)]

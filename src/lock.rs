@@ -583,47 +583,60 @@ impl LockFile {
             if let Err(stop) = waited {
                 let error = match stop {
                     Ok(Stop::TimedOut) => self.timeout_error(mode, start, context.as_deref()),
-                    Ok(Stop::Cancelled) => Error::Cancelled {
-                        path: self.error_path(),
-                        mode,
-                        waited: start.elapsed(),
-                    },
+                    Ok(Stop::Cancelled) => self.cancelled_error(mode, start),
                     Err(error) => error,
                 };
                 return Err(LockError::new(error, self));
             }
-            let Some(Origin {
-                path,
-                reopen: Some(spec),
-            }) = &self.origin
-            else {
-                return Ok(self);
-            };
-            match open::names_file(path, self.file.as_fd()) {
+            match self.settle(deadline, &mut attempts) {
                 Ok(true) => return Ok(self),
                 Ok(false) => {}
-                Err(error) => {
-                    let _ = sys::funlock(self.file.as_fd());
-                    return Err(LockError::new(error, self));
-                }
-            }
-            // Removed between open and lock: the lock is on a file nobody
-            // else will open. Let go and lock what the path names now.
-            let _ = sys::funlock(self.file.as_fd());
-            attempts = attempts.saturating_add(1);
-            if deadline == Deadline::None && attempts >= TRY_VERIFY_RETRIES {
-                let error = Error::PathChanged {
-                    path: path.to_path_buf(),
-                };
-                return Err(LockError::new(error, self));
-            }
-            match open::open(path, spec) {
-                Ok(opened) => {
-                    self.file = opened.file;
-                    self.writable = opened.writable;
-                }
                 Err(error) => return Err(LockError::new(error, self)),
             }
+        }
+    }
+
+    /// After the lock was taken: `Ok(true)` if it stands (the path, when
+    /// verified, still names the locked file); `Ok(false)` if the file was
+    /// replaced, the lock let go and the path opened again, to be locked
+    /// anew; `Err` with the lock let go. `attempts` counts the reopenings.
+    pub(crate) fn settle(&mut self, deadline: Deadline, attempts: &mut u32) -> Result<bool, Error> {
+        let Some(Origin {
+            path,
+            reopen: Some(spec),
+        }) = &self.origin
+        else {
+            return Ok(true);
+        };
+        match open::names_file(path, self.file.as_fd()) {
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
+            Err(error) => {
+                let _ = sys::funlock(self.file.as_fd());
+                return Err(error);
+            }
+        }
+        // Removed between open and lock: the lock is on a file nobody
+        // else will open. Let go and lock what the path names now.
+        let _ = sys::funlock(self.file.as_fd());
+        *attempts = attempts.saturating_add(1);
+        if deadline == Deadline::None && *attempts >= TRY_VERIFY_RETRIES {
+            return Err(Error::PathChanged {
+                path: path.to_path_buf(),
+            });
+        }
+        let opened = open::open(path, spec)?;
+        self.file = opened.file;
+        self.writable = opened.writable;
+        Ok(false)
+    }
+
+    /// [`Error::Cancelled`] for a wait that started at `start`.
+    pub(crate) fn cancelled_error(&self, mode: FlockMode, start: Instant) -> Error {
+        Error::Cancelled {
+            path: self.error_path(),
+            mode,
+            waited: start.elapsed(),
         }
     }
 
@@ -739,6 +752,18 @@ impl<M: Mode> LockGuard<M> {
             file: Some(file),
             mode: PhantomData,
         }
+    }
+
+    /// The guard of a file whose lock in mode `M` was just taken.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn new_locked(file: LockFile) -> Self {
+        Self::new(file)
+    }
+
+    /// The file, still locked; dropping it closes the descriptor.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn into_locked_file(self) -> LockFile {
+        self.into_file()
     }
 
     fn file(&self) -> &LockFile {

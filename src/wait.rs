@@ -528,6 +528,7 @@ impl Registration {
     ///
     /// # Errors
     /// The error of `read(2)` on the inotify descriptor.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn dispatch(&self) -> io::Result<()> {
         match &self.slot.hub {
             Some(hub) => hub.dispatch(&self.slot),
