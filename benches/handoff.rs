@@ -32,6 +32,8 @@ enum Waiter {
     Timed,
     /// `flock_timeout(path)`: open, wait, and close when done.
     Path,
+    /// `flockguard::tokio::lock_timeout` on a current-thread runtime.
+    Async,
     /// `lock_timeout` in a process with no descriptor left for inotify.
     TimedNoEvents,
     /// `LOCK_NB` every 100 ms, the approach being replaced.
@@ -44,6 +46,7 @@ impl Waiter {
             Waiter::Flock => "flock",
             Waiter::Timed => "lock_timeout",
             Waiter::Path => "flock_timeout",
+            Waiter::Async => "tokio_lock_timeout",
             Waiter::TimedNoEvents => "lock_timeout_no_inotify",
             Waiter::Poll100 => "poll_100ms",
         }
@@ -54,6 +57,7 @@ impl Waiter {
             Waiter::Flock,
             Waiter::Timed,
             Waiter::Path,
+            Waiter::Async,
             Waiter::TimedNoEvents,
             Waiter::Poll100,
         ]
@@ -111,6 +115,7 @@ fn waiter_main(args: &str) {
         }
         let f = file.take().unwrap();
         let guard = match kind {
+            Waiter::Async => async_lock(f),
             Waiter::Flock => f.lock::<Exclusive>().unwrap(),
             Waiter::Timed | Waiter::TimedNoEvents | Waiter::Path => f
                 .lock_timeout::<Exclusive>(Duration::from_secs(120))
@@ -305,6 +310,28 @@ fn median(v: &mut [Duration]) -> Duration {
     v[v.len() / 2]
 }
 
+#[cfg(feature = "tokio")]
+fn async_lock(file: LockFile) -> flockguard::LockGuard<Exclusive> {
+    thread_local! {
+        static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+    }
+    RT.with(|rt| {
+        rt.block_on(flockguard::tokio::lock_timeout::<Exclusive>(
+            file,
+            Duration::from_secs(120),
+        ))
+        .unwrap()
+    })
+}
+
+#[cfg(not(feature = "tokio"))]
+fn async_lock(_: LockFile) -> flockguard::LockGuard<Exclusive> {
+    unreachable!("the async waiter runs only with the tokio feature")
+}
+
 // ---- holders in other programs ---------------------------------------------
 
 /// Who holds the lock before the handoff, and how it lets go.
@@ -467,7 +494,10 @@ fn handoff_from(
 fn handoff_matrix(dir: &std::path::Path, rounds: usize) {
     let path = dir.join("matrix.lock");
     flockguard::materialize(&path).unwrap();
-    let waiters = [Waiter::Flock, Waiter::Timed, Waiter::Path];
+    let mut waiters = vec![Waiter::Flock, Waiter::Timed, Waiter::Path];
+    if cfg!(feature = "tokio") {
+        waiters.push(Waiter::Async);
+    }
     let mut procs: Vec<WaiterProc> = waiters
         .iter()
         .map(|&w| WaiterProc::spawn(w, &path))
@@ -492,21 +522,23 @@ fn handoff_matrix(dir: &std::path::Path, rounds: usize) {
             }
         }
     }
-    println!("\n== handoff matrix: {rounds} rounds, every holder to every waiter in turn");
-    println!("| holder releases by | flock(2) | lock_timeout (reused LockFile) | flock_timeout (path) | ratio reused | ratio path |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("\n== handoff matrix: {rounds} rounds, every holder to every waiter in turn (median; × flock(2))");
+    let names: Vec<&str> = waiters.iter().map(|w| w.name()).collect();
+    println!("| holder releases by | {} |", names.join(" | "));
+    println!("|---|{}", "---:|".repeat(names.len()));
     for (h, holder) in holders.iter().enumerate() {
         let m: Vec<Duration> = samples[h].iter_mut().map(|v| median(v)).collect();
-        let ratio = |d: Duration| d.as_nanos() as f64 / m[0].as_nanos().max(1) as f64;
-        println!(
-            "| {} | {:.1} µs | {:.1} µs | {:.1} µs | {:.2}× | {:.2}× |",
-            holder.name(),
-            m[0].as_nanos() as f64 / 1e3,
-            m[1].as_nanos() as f64 / 1e3,
-            m[2].as_nanos() as f64 / 1e3,
-            ratio(m[1]),
-            ratio(m[2]),
-        );
+        let cells: Vec<String> = m
+            .iter()
+            .map(|d| {
+                format!(
+                    "{:.1} µs ({:.2}×)",
+                    d.as_nanos() as f64 / 1e3,
+                    d.as_nanos() as f64 / m[0].as_nanos().max(1) as f64
+                )
+            })
+            .collect();
+        println!("| {} | {} |", holder.name(), cells.join(" | "));
     }
 }
 
@@ -581,6 +613,107 @@ fn many_waiters(dir: &std::path::Path, handoffs: usize) {
             p90.as_nanos() as f64 / 1e3,
             r(m),
             r(p90)
+        );
+    }
+}
+
+/// `tasks` tasks on a current-thread runtime wait with `flock_timeout`
+/// for one lock; each takes it, yields once and drops it, until `handoffs`
+/// handoffs happened. Returns the latencies and the time for every task to
+/// get the lock once.
+#[cfg(feature = "tokio")]
+fn async_crowd(path: &std::path::Path, tasks: usize, handoffs: usize) -> (Vec<Duration>, Duration) {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let released = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let once = Arc::new(AtomicUsize::new(0));
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(handoffs + tasks)));
+    let (v, all_once) = rt.block_on(async {
+        let first = LockFile::open(path).unwrap().lock::<Exclusive>().unwrap();
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let (path, released, done, once, lat) = (
+                    path.to_owned(),
+                    Arc::clone(&released),
+                    Arc::clone(&done),
+                    Arc::clone(&once),
+                    Arc::clone(&lat),
+                );
+                tokio::spawn(async move {
+                    let mut first_time = true;
+                    while done.load(Ordering::SeqCst) < handoffs {
+                        let g = flockguard::tokio::flock_timeout::<Exclusive>(
+                            &path,
+                            Duration::from_secs(60),
+                        )
+                        .await
+                        .expect("async crowd waiter timed out");
+                        let t = now_ns();
+                        let r = released.load(Ordering::SeqCst);
+                        if first_time {
+                            first_time = false;
+                            once.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if r != 0 && done.fetch_add(1, Ordering::SeqCst) < handoffs {
+                            lat.lock()
+                                .unwrap()
+                                .push(Duration::from_nanos(t.saturating_sub(r)));
+                        }
+                        tokio::task::yield_now().await;
+                        released.store(now_ns(), Ordering::SeqCst);
+                        drop(g);
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let start = std::time::Instant::now();
+        released.store(now_ns(), Ordering::SeqCst);
+        drop(first);
+        let mut all_once = None;
+        while all_once.is_none() {
+            if once.load(Ordering::SeqCst) >= tasks {
+                all_once = Some(start.elapsed());
+            }
+            tokio::task::yield_now().await;
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        (std::mem::take(&mut *lat.lock().unwrap()), all_once.unwrap())
+    });
+    let mut v = v;
+    v.truncate(handoffs);
+    v.sort();
+    (v, all_once)
+}
+
+#[cfg(feature = "tokio")]
+fn async_many_waiters(dir: &std::path::Path, handoffs: usize) {
+    let path = dir.join("async-crowd.lock");
+    flockguard::materialize(&path).unwrap();
+    println!("\n== many async waiters: tasks on one current-thread runtime in flockguard::tokio::flock_timeout");
+    println!("| tasks | handoffs | median | p90 | median / 1 waiter | every task in once |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let mut one = Duration::ZERO;
+    for n in [1, 1000] {
+        let (v, all) = async_crowd(&path, n.max(2), handoffs);
+        let (m, p90) = (v[v.len() / 2], v[v.len() * 9 / 10]);
+        if n == 1 {
+            one = m;
+        }
+        println!(
+            "| {n} | {} | {:.1} µs | {:.1} µs | {:.2}× | {:.1} ms |",
+            v.len(),
+            m.as_nanos() as f64 / 1e3,
+            p90.as_nanos() as f64 / 1e3,
+            m.as_nanos() as f64 / one.as_nanos().max(1) as f64,
+            all.as_secs_f64() * 1e3
         );
     }
 }
@@ -734,18 +867,24 @@ fn main() {
     // handoff by handoff exposes every waiter to the same load.
     handoff_matrix(dir.path(), if smoke { 2 } else { 151 });
     many_waiters(dir.path(), if smoke { 50 } else { 3000 });
+    #[cfg(feature = "tokio")]
+    async_many_waiters(dir.path(), if smoke { 50 } else { 3000 });
     deadline_overshoot(dir.path(), if smoke { 3 } else { 60 });
 
     println!("\n== wake-ups while the holder keeps the lock (voluntary context switches)");
     println!("| waiter | first second | per second after |");
     println!("|---|---:|---:|");
-    for kind in [
+    let mut kinds = vec![
         Waiter::Flock,
         Waiter::Timed,
         Waiter::Path,
         Waiter::TimedNoEvents,
         Waiter::Poll100,
-    ] {
+    ];
+    if cfg!(feature = "tokio") {
+        kinds.push(Waiter::Async);
+    }
+    for kind in kinds {
         let mut s = Scenario::new(dir.path(), kind, Release::Close);
         let (first, steady) = s.wakeups(if smoke { 0 } else { 4 });
         println!("| {} | {first:.0} | {steady:.1} |", kind.name());

@@ -566,10 +566,21 @@ impl LockFile {
     /// Every acquisition: the owner check, waiting as `wait` says, and path
     /// verification with reopening.
     fn acquire(mut self, mode: FlockMode, wait: Wait<'_>) -> Result<LockFile, LockError<LockFile>> {
-        let start = Instant::now();
         if let Err(error) = self.check_owner() {
             return Err(LockError::new(error, self));
         }
+        let verifies = matches!(&self.origin, Some(Origin { reopen: Some(_), .. }));
+        if wait.deadline == Deadline::None && wait.cancel.is_none() && !verifies {
+            // One attempt, nothing to time, cancel or verify.
+            return match sys::flock(self.file.as_fd(), mode, true) {
+                Ok(()) => Ok(self),
+                Err(err) => {
+                    let error = self.flock_error(mode, err);
+                    Err(LockError::new(error, self))
+                }
+            };
+        }
+        let start = Instant::now();
         let Wait {
             deadline,
             mut notice,
