@@ -544,85 +544,76 @@ fn handoff_matrix(dir: &std::path::Path, rounds: usize) {
 
 // ---- many waiters in one process -------------------------------------------
 
-/// `waiters` threads wait with `flock_timeout` for one lock; each takes it,
-/// holds it 200 µs and drops it, until `handoffs` handoffs happened. Returns
-/// each handoff's latency: from just before a drop to the next return.
-fn crowd(path: &std::path::Path, waiters: usize, handoffs: usize) -> Vec<Duration> {
+/// `waiters` threads wait with `flock_timeout` for a lock this thread
+/// holds; once it lets go, each takes the lock once, holds it 200 µs and
+/// drops it. Returns each handoff's latency: from just before a drop to
+/// the next thread's return.
+fn crowd(path: &std::path::Path, waiters: usize) -> Vec<Duration> {
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     let released = AtomicU64::new(0);
-    let done = AtomicUsize::new(0);
-    let lat = Mutex::new(Vec::with_capacity(handoffs + waiters));
+    let waiting = AtomicUsize::new(0);
+    let lat = Mutex::new(Vec::with_capacity(waiters));
     let first = LockFile::open(path).unwrap().lock::<Exclusive>().unwrap();
-    let ready = std::sync::Barrier::new(waiters + 1);
     std::thread::scope(|s| {
         for _ in 0..waiters {
             std::thread::Builder::new()
                 .stack_size(128 * 1024)
                 .spawn_scoped(s, || {
-                    ready.wait();
-                    while done.load(Ordering::SeqCst) < handoffs {
-                        let g =
-                            flockguard::flock_timeout::<Exclusive>(path, Duration::from_secs(60))
-                                .expect("crowd waiter timed out");
-                        let t = now_ns();
-                        let r = released.load(Ordering::SeqCst);
-                        if r != 0 && done.fetch_add(1, Ordering::SeqCst) < handoffs {
-                            lat.lock()
-                                .unwrap()
-                                .push(Duration::from_nanos(t.saturating_sub(r)));
-                        }
-                        std::thread::sleep(Duration::from_micros(200));
-                        released.store(now_ns(), Ordering::SeqCst);
-                        drop(g);
-                    }
+                    waiting.fetch_add(1, Ordering::SeqCst);
+                    let g = flockguard::flock_timeout::<Exclusive>(path, Duration::from_secs(60))
+                        .expect("crowd waiter timed out");
+                    let t = now_ns();
+                    let r = released.load(Ordering::SeqCst);
+                    lat.lock()
+                        .unwrap()
+                        .push(Duration::from_nanos(t.saturating_sub(r)));
+                    std::thread::sleep(Duration::from_micros(200));
+                    released.store(now_ns(), Ordering::SeqCst);
+                    drop(g);
                 })
                 .unwrap();
         }
-        ready.wait();
-        std::thread::sleep(Duration::from_millis(100));
+        while waiting.load(Ordering::SeqCst) < waiters {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Until every waiter sleeps in its wait.
+        std::thread::sleep(Duration::from_millis(if waiters > 1 { 100 } else { 3 }));
         released.store(now_ns(), Ordering::SeqCst);
         drop(first);
     });
-    let mut v = lat.into_inner().unwrap();
-    v.truncate(handoffs);
-    v.sort();
-    v
+    lat.into_inner().unwrap()
 }
 
-fn many_waiters(dir: &std::path::Path, handoffs: usize) {
+fn many_waiters(dir: &std::path::Path, rounds: usize) {
     let path = dir.join("crowd.lock");
     flockguard::materialize(&path).unwrap();
-    println!(
-        "\n== many waiters: threads in one process in flock_timeout, each holding 200 µs in turn"
-    );
-    println!("| waiters | handoffs | median | p90 | median / 1 waiter | p90 / 1 waiter median |");
+    println!("\n== many waiters: threads in one process in flock_timeout, each taking the lock once and holding it 200 µs");
+    println!("| waiters | handoffs | median | p90 | median / 1 waiter | p90 / 1 waiter |");
     println!("|---:|---:|---:|---:|---:|---:|");
-    let mut one = Duration::ZERO;
-    for n in [1, 500] {
-        // One waiter: two threads take turns, so one waits while one holds.
-        let v = crowd(&path, n.max(2), handoffs);
-        let (m, p90) = (v[v.len() / 2], v[v.len() * 9 / 10]);
-        if n == 1 {
-            one = m;
-        }
-        let r = |d: Duration| d.as_nanos() as f64 / one.as_nanos().max(1) as f64;
+    // One waiter: `rounds` times one thread waiting for this one.
+    let mut one: Vec<Duration> = (0..rounds).flat_map(|_| crowd(&path, 1)).collect();
+    let mut many: Vec<Duration> = crowd(&path, 500);
+    let (m1, p1) = (median(&mut one), one[one.len() * 9 / 10]);
+    for (n, v) in [(1, &mut one), (500, &mut many)] {
+        let m = median(v);
+        let p90 = v[v.len() * 9 / 10];
         println!(
             "| {n} | {} | {:.1} µs | {:.1} µs | {:.2}× | {:.2}× |",
             v.len(),
             m.as_nanos() as f64 / 1e3,
             p90.as_nanos() as f64 / 1e3,
-            r(m),
-            r(p90)
+            m.as_nanos() as f64 / m1.as_nanos().max(1) as f64,
+            p90.as_nanos() as f64 / p1.as_nanos().max(1) as f64
         );
     }
 }
 
 /// `tasks` tasks on a current-thread runtime wait with `flock_timeout`
-/// for one lock; each takes it, yields once and drops it, until `handoffs`
-/// handoffs happened. Returns the latencies and the time for every task to
-/// get the lock once.
+/// for a lock another task holds; once it lets go, each takes the lock
+/// once, yields and drops it. Returns the handoff latencies and the time
+/// until the last task had it.
 #[cfg(feature = "tokio")]
-fn async_crowd(path: &std::path::Path, tasks: usize, handoffs: usize) -> (Vec<Duration>, Duration) {
+fn async_crowd(path: &std::path::Path, tasks: usize) -> (Vec<Duration>, Duration) {
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     use std::sync::Arc;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -630,90 +621,76 @@ fn async_crowd(path: &std::path::Path, tasks: usize, handoffs: usize) -> (Vec<Du
         .build()
         .unwrap();
     let released = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    let once = Arc::new(AtomicUsize::new(0));
-    let lat = Arc::new(Mutex::new(Vec::with_capacity(handoffs + tasks)));
-    let (v, all_once) = rt.block_on(async {
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(tasks)));
+    rt.block_on(async {
         let first = LockFile::open(path).unwrap().lock::<Exclusive>().unwrap();
         let handles: Vec<_> = (0..tasks)
             .map(|_| {
-                let (path, released, done, once, lat) = (
+                let (path, released, waiting, lat) = (
                     path.to_owned(),
                     Arc::clone(&released),
-                    Arc::clone(&done),
-                    Arc::clone(&once),
+                    Arc::clone(&waiting),
                     Arc::clone(&lat),
                 );
                 tokio::spawn(async move {
-                    let mut first_time = true;
-                    while done.load(Ordering::SeqCst) < handoffs {
-                        let g = flockguard::tokio::flock_timeout::<Exclusive>(
-                            &path,
-                            Duration::from_secs(60),
-                        )
-                        .await
-                        .expect("async crowd waiter timed out");
-                        let t = now_ns();
-                        let r = released.load(Ordering::SeqCst);
-                        if first_time {
-                            first_time = false;
-                            once.fetch_add(1, Ordering::SeqCst);
-                        }
-                        if r != 0 && done.fetch_add(1, Ordering::SeqCst) < handoffs {
-                            lat.lock()
-                                .unwrap()
-                                .push(Duration::from_nanos(t.saturating_sub(r)));
-                        }
-                        tokio::task::yield_now().await;
-                        released.store(now_ns(), Ordering::SeqCst);
-                        drop(g);
-                    }
+                    waiting.fetch_add(1, Ordering::SeqCst);
+                    let g = flockguard::tokio::flock_timeout::<Exclusive>(
+                        &path,
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .expect("async crowd waiter timed out");
+                    let t = now_ns();
+                    let r = released.load(Ordering::SeqCst);
+                    lat.lock()
+                        .unwrap()
+                        .push(Duration::from_nanos(t.saturating_sub(r)));
+                    tokio::task::yield_now().await;
+                    released.store(now_ns(), Ordering::SeqCst);
+                    drop(g);
                 })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        while waiting.load(Ordering::SeqCst) < tasks {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Until every task sleeps in its wait.
+        let settle = if tasks > 1 { 100 } else { 3 };
+        tokio::time::sleep(Duration::from_millis(settle)).await;
         let start = std::time::Instant::now();
         released.store(now_ns(), Ordering::SeqCst);
         drop(first);
-        let mut all_once = None;
-        while all_once.is_none() {
-            if once.load(Ordering::SeqCst) >= tasks {
-                all_once = Some(start.elapsed());
-            }
-            tokio::task::yield_now().await;
-        }
         for h in handles {
             h.await.unwrap();
         }
-        (std::mem::take(&mut *lat.lock().unwrap()), all_once.unwrap())
-    });
-    let mut v = v;
-    v.truncate(handoffs);
-    v.sort();
-    (v, all_once)
+        let took = start.elapsed();
+        let v = std::mem::take(&mut *lat.lock().unwrap());
+        (v, took)
+    })
 }
 
 #[cfg(feature = "tokio")]
-fn async_many_waiters(dir: &std::path::Path, handoffs: usize) {
+fn async_many_waiters(dir: &std::path::Path, rounds: usize) {
     let path = dir.join("async-crowd.lock");
     flockguard::materialize(&path).unwrap();
-    println!("\n== many async waiters: tasks on one current-thread runtime in flockguard::tokio::flock_timeout");
-    println!("| tasks | handoffs | median | p90 | median / 1 waiter | every task in once |");
-    println!("|---:|---:|---:|---:|---:|---:|");
-    let mut one = Duration::ZERO;
-    for n in [1, 1000] {
-        let (v, all) = async_crowd(&path, n.max(2), handoffs);
-        let (m, p90) = (v[v.len() / 2], v[v.len() * 9 / 10]);
-        if n == 1 {
-            one = m;
-        }
+    println!("\n== many async waiters: tasks on one current-thread runtime in flockguard::tokio::flock_timeout, each taking the lock once");
+    println!("| tasks | handoffs | median | p90 | median / 1 waiter | p90 / 1 waiter | all in |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let mut one: Vec<Duration> = (0..rounds).flat_map(|_| async_crowd(&path, 1).0).collect();
+    let (mut many, took) = async_crowd(&path, 1000);
+    let (m1, p1) = (median(&mut one), one[one.len() * 9 / 10]);
+    for (n, v, all) in [(1, &mut one, None), (1000, &mut many, Some(took))] {
+        let m = median(v);
+        let p90 = v[v.len() * 9 / 10];
         println!(
-            "| {n} | {} | {:.1} µs | {:.1} µs | {:.2}× | {:.1} ms |",
+            "| {n} | {} | {:.1} µs | {:.1} µs | {:.2}× | {:.2}× | {} |",
             v.len(),
             m.as_nanos() as f64 / 1e3,
             p90.as_nanos() as f64 / 1e3,
-            m.as_nanos() as f64 / one.as_nanos().max(1) as f64,
-            all.as_secs_f64() * 1e3
+            m.as_nanos() as f64 / m1.as_nanos().max(1) as f64,
+            p90.as_nanos() as f64 / p1.as_nanos().max(1) as f64,
+            all.map_or("".to_owned(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3))
         );
     }
 }
@@ -866,9 +843,9 @@ fn main() {
     // The machine's load changes between criterion's groups; taking turns
     // handoff by handoff exposes every waiter to the same load.
     handoff_matrix(dir.path(), if smoke { 2 } else { 151 });
-    many_waiters(dir.path(), if smoke { 50 } else { 3000 });
+    many_waiters(dir.path(), if smoke { 3 } else { 300 });
     #[cfg(feature = "tokio")]
-    async_many_waiters(dir.path(), if smoke { 50 } else { 3000 });
+    async_many_waiters(dir.path(), if smoke { 3 } else { 300 });
     deadline_overshoot(dir.path(), if smoke { 3 } else { 60 });
 
     println!("\n== wake-ups while the holder keeps the lock (voluntary context switches)");
