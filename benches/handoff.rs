@@ -690,7 +690,10 @@ fn async_many_waiters(dir: &std::path::Path, rounds: usize) {
             p90.as_nanos() as f64 / 1e3,
             m.as_nanos() as f64 / m1.as_nanos().max(1) as f64,
             p90.as_nanos() as f64 / p1.as_nanos().max(1) as f64,
-            all.map_or("".to_owned(), |d| format!("{:.1} ms", d.as_secs_f64() * 1e3))
+            all.map_or("".to_owned(), |d| format!(
+                "{:.1} ms",
+                d.as_secs_f64() * 1e3
+            ))
         );
     }
 }

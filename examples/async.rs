@@ -55,12 +55,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             tokio::time::sleep(Duration::from_millis(20)).await;
             canceller.cancel();
         });
-        let err = flockguard::tokio::lock_with::<Shared>(
-            err.into_inner(),
-            Wait::forever().cancel(token),
-        )
-        .await
-        .unwrap_err();
+        let err =
+            flockguard::tokio::lock_with::<Shared>(err.into_inner(), Wait::forever().cancel(token))
+                .await
+                .unwrap_err();
         println!("cancelled: {err}");
         drop(guard);
 

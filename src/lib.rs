@@ -120,7 +120,7 @@
 //!
 //! # Features
 //! - `cli`: the `flockguard` command, a drop-in for util-linux `flock(1)`.
-//! - `tokio`: [`tokio`](crate::tokio) module, async acquisition that never
+//! - `tokio`: the `flockguard::tokio` module, async acquisition that never
 //!   blocks an executor thread.
 //!
 //! The default build depends on `rustix` and `thiserror` only.

@@ -569,7 +569,13 @@ impl LockFile {
         if let Err(error) = self.check_owner() {
             return Err(LockError::new(error, self));
         }
-        let verifies = matches!(&self.origin, Some(Origin { reopen: Some(_), .. }));
+        let verifies = matches!(
+            &self.origin,
+            Some(Origin {
+                reopen: Some(_),
+                ..
+            })
+        );
         if wait.deadline == Deadline::None && wait.cancel.is_none() && !verifies {
             // One attempt, nothing to time, cancel or verify.
             return match sys::flock(self.file.as_fd(), mode, true) {
