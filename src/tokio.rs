@@ -51,6 +51,7 @@ use std::future::Future;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -246,9 +247,12 @@ impl<'a> Acquire<'a> {
         }
     }
 
-    /// Leaves the hub: the reader registration first.
+    /// Leaves the hub: the reactor registration is parked for the next
+    /// reader before the hub registration hands the reader role on.
     fn leave(&mut self, acquired: bool) {
-        self.reader = None;
+        if let Some(reader) = self.reader.take() {
+            park(reader);
+        }
         if let Some(mut reg) = self.reg.take() {
             if acquired {
                 reg.acquired();
@@ -313,7 +317,7 @@ impl<'a> Acquire<'a> {
             };
             reg.set_waker(cx.waker());
             if reg.is_reader() && self.reader.is_none() {
-                self.reader = reg.hub_fd().and_then(register);
+                self.reader = reg.hub_fd().and_then(reactor_registration);
             }
             match &self.reader {
                 Some(reader) => loop {
@@ -362,13 +366,42 @@ impl<'a> Acquire<'a> {
     }
 }
 
+/// The reactor registration of the last async reader, kept so that leaving
+/// with the lock costs no `epoll_ctl(2)`; the next reader reuses it when it
+/// belongs to the same runtime.
+static PARKED: Mutex<Option<AsyncFd<HubFd>>> = Mutex::new(None);
+
+fn parked() -> MutexGuard<'static, Option<AsyncFd<HubFd>>> {
+    // Nothing panics while the lock is held.
+    PARKED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn park(reader: AsyncFd<HubFd>) {
+    let old = parked().replace(reader);
+    // Only one reader at a time, and it took what was parked.
+    drop(old);
+}
+
+/// The hub's descriptor registered with the current runtime's reactor: the
+/// parked registration if it is this runtime's (a second registration of
+/// the descriptor there fails with `EEXIST`), else a new one.
+fn reactor_registration(fd: HubFd) -> Option<AsyncFd<HubFd>> {
+    let old = parked().take().filter(|old| old.get_ref().same_hub(&fd));
+    match register(fd) {
+        // A fresh registration: `old`, if any, was another runtime's.
+        Ok(new) => Some(new),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => old,
+        Err(_) => None,
+    }
+}
+
 /// Registers the hub's descriptor with the current runtime's reactor.
 // The safe constructor, deprecated in favour of an unsafe one: `HubFd` owns
 // (shares) the hub, so its descriptor stays open and the same while the
 // `AsyncFd` lives, which is the I/O safety the deprecation is about.
 #[allow(deprecated)]
-fn register(fd: HubFd) -> Option<AsyncFd<HubFd>> {
-    AsyncFd::with_interest(fd, Interest::READABLE).ok()
+fn register(fd: HubFd) -> std::io::Result<AsyncFd<HubFd>> {
+    AsyncFd::with_interest(fd, Interest::READABLE)
 }
 
 impl Future for Acquire<'_> {

@@ -179,6 +179,11 @@ const BACKOFF_CAP: Duration = Duration::from_millis(100);
 /// lock (sub-microsecond when the closer keeps running, longer when it is
 /// preempted in between).
 const AFTER_CLOSE_SPIN: Duration = Duration::from_micros(100);
+/// The first part of [`AFTER_CLOSE_SPIN`], in which a thread retries
+/// without giving up the CPU: a closer running on another CPU drops the
+/// lock within microseconds, and yielding to another runnable process
+/// would cost a whole time slice.
+const AFTER_CLOSE_HOT: Duration = Duration::from_micros(20);
 /// Retry intervals after the spin, before the back-off resumes.
 const AFTER_CLOSE: [Duration; 3] = [
     Duration::from_micros(250),
@@ -427,6 +432,14 @@ fn hub() -> Option<Arc<Hub>> {
 /// The hub's inotify descriptor, for an async runtime to poll; kept alive
 /// by the hub it came from.
 pub(crate) struct HubFd(Arc<Hub>);
+
+impl HubFd {
+    /// Whether both name the same hub's descriptor.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn same_hub(&self, other: &HubFd) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
 
 impl AsRawFd for HubFd {
     fn as_raw_fd(&self) -> RawFd {
@@ -745,6 +758,8 @@ pub(crate) struct Schedule {
     backoff: Duration,
     /// Until when to retry at once after a close event.
     spin_until: Option<Instant>,
+    /// Until when to retry without yielding after a close event.
+    hot_until: Option<Instant>,
     /// Index into [`AFTER_CLOSE`] while retrying after a close event.
     after_close: Option<usize>,
     /// State of the jitter generator.
@@ -762,6 +777,7 @@ impl Schedule {
             deadline,
             backoff: BACKOFF_FIRST,
             spin_until: None,
+            hot_until: None,
             after_close: None,
             rng: seed | 1,
         }
@@ -781,7 +797,14 @@ impl Schedule {
     /// A close was seen: retry at once for a moment, then a few times more.
     pub(crate) fn on_close(&mut self, now: Instant) {
         self.spin_until = Some(now + AFTER_CLOSE_SPIN);
+        self.hot_until = Some(now + AFTER_CLOSE_HOT);
         self.after_close = Some(0);
+    }
+
+    /// Whether a retry now should not give up the CPU (see
+    /// [`AFTER_CLOSE_HOT`]).
+    pub(crate) fn is_hot(&self, now: Instant) -> bool {
+        self.hot_until.is_some_and(|until| now < until)
     }
 
     /// A factor in [0.75, 1.25), so that waiters that started together do
@@ -864,7 +887,13 @@ pub(crate) fn acquire(
         }
         let timeout = schedule.next(now);
         if timeout.is_zero() {
-            std::thread::yield_now();
+            if schedule.is_hot(now) {
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+            } else {
+                std::thread::yield_now();
+            }
         } else {
             reg.sleep(timeout);
         }
@@ -934,6 +963,7 @@ mod tests {
         let now = Instant::now();
         let mut s = Schedule::new(None);
         s.on_close(now);
+        assert!(s.is_hot(now) && !s.is_hot(now + AFTER_CLOSE_HOT));
         assert_eq!(s.next(now), Duration::ZERO, "retry at once");
         let later = now + AFTER_CLOSE_SPIN * 2;
         assert_eq!(s.next(later), AFTER_CLOSE[0]);
