@@ -2,7 +2,7 @@
 """Prints the tables of docs/benchmarks.md from the output of
 `cargo bench --bench acquire`.
 
-Usage: python3 benches/bench_table.py [CRITERION_DIR]   (default target/criterion)
+Usage: python3 benches/bench_table.py [CRITERION_DIR]   (default benches/target/criterion, else target/criterion)
 
 Medians come from criterion (<group>/<case>/[<param>/]new/estimates.json and
 benchmark.json); ratios come from the interleaved pairs the bench stores in
@@ -82,7 +82,12 @@ def reference(group, case):
 
 
 def main():
-    root = sys.argv[1] if len(sys.argv) > 1 else os.path.join("target", "criterion")
+    # Bench binaries run in their package's directory, so criterion writes
+    # under benches/target unless CARGO_TARGET_DIR says otherwise.
+    default = os.path.join("benches", "target", "criterion")
+    if not os.path.isdir(default):
+        default = os.path.join("target", "criterion")
+    root = sys.argv[1] if len(sys.argv) > 1 else default
     medians, pairs = load_medians(root), load_pairs(root)
     if not medians:
         sys.exit(f"no criterion results under {root}; run `cargo bench --bench acquire` first")

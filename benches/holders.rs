@@ -153,6 +153,26 @@ fn main() {
         ],
     );
 
+    // Cold: nothing has read /proc/locks for 100 ms. The kernel then waits
+    // for an RCU grace period before the first page (the reader takes the
+    // lock list's percpu rwsem for writing), which dominates the call.
+    let cold_rounds = if smoke { 5 } else { 15 };
+    let mut cold: [Vec<Duration>; 3] = Default::default();
+    for _ in 0..cold_rounds {
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        std::hint::black_box(std::fs::read("/proc/locks").unwrap());
+        cold[0].push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        check(flockguard::holders(&target).unwrap());
+        cold[1].push(t.elapsed());
+        // Warm: right after another read.
+        let t = Instant::now();
+        check(flockguard::holders(&target).unwrap());
+        cold[2].push(t.elapsed());
+    }
+
     raise_nofile(UNRELATED as u64 + 1024);
     let unrelated: Vec<_> = (0..UNRELATED)
         .map(|i| {
@@ -265,6 +285,24 @@ fn main() {
                 );
             }
         }
+    }
+    println!("\n== cold and warm at {few} lines: {cold_rounds} rounds (min / median / max)");
+    for (name, v) in [
+        "read_proc_locks (cold)",
+        "holders_path (cold)",
+        "holders_path (warm)",
+    ]
+    .iter()
+    .zip(cold.iter_mut())
+    {
+        v.sort();
+        let us = |d: Duration| d.as_nanos() as f64 / 1e3;
+        println!(
+            "| {few} | {name} | {:.1} µs | {:.1} µs | {:.1} µs |",
+            us(v[0]),
+            us(v[v.len() / 2]),
+            us(v[v.len() - 1])
+        );
     }
     println!("\n== interleaved at {many} lines: {rounds} rounds of the three calls");
     for (name, m) in ["read_proc_locks", "holders_path", "lockfile_holders"]

@@ -1,112 +1,142 @@
-//! A tour of flockguard: two processes contending, a downgrade, a failed
-//! `try_upgrade` shown honestly, and the refusal of a remote filesystem.
+//! A tour of flockguard: who holds a contended lock, a timed wait that
+//! wakes when the holder lets go, mode transitions that say what the kernel
+//! did, and the refusal of a remote filesystem.
 //!
 //! Run with `cargo run --example demo`. The demo starts a copy of itself as
-//! the second process.
+//! the other process.
 
 use std::error::Error as StdError;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use flockguard::{
-    block_flock, classify, try_flock, Error, Exclusive, LockFile, LockOptions, Shared,
-};
+use flockguard::{try_flock, Error, Exclusive, LockFile, LockOptions, Shared, Wait};
 
 type Result<T> = std::result::Result<T, Box<dyn StdError>>;
 
+/// How long the other process keeps the lock once asked to let go.
+const HOLD_AFTER_ASKED: Duration = Duration::from_millis(300);
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("child") {
-        return child(Path::new(&args[2]));
+    if args.get(1).map(String::as_str) == Some("holder") {
+        return holder(Path::new(&args[2]));
     }
     let dir = tempfile::tempdir()?;
     println!("flockguard demo, lock files in {}", dir.path().display());
-    two_processes(&dir.path().join("contend.lock"))?;
-    downgrade(&dir.path().join("downgrade.lock"))?;
-    failed_try_upgrade(&dir.path().join("upgrade.lock"))?;
+    contention(&dir.path().join("contend.lock"))?;
+    transitions(&dir.path().join("transitions.lock"))?;
     remote_filesystem(dir.path())?;
     Ok(())
 }
 
-/// The second process: one attempt without waiting, then a blocking wait.
-fn child(path: &Path) -> Result<()> {
-    let me = std::process::id();
-    let say = |line: String| {
-        println!("  child  {me}: {line}");
-        std::io::stdout().flush()
-    };
-    match try_flock::<Exclusive>(path) {
-        Ok(_) => say("try_flock::<Exclusive> got the lock (unexpected)".into())?,
-        Err(err) => say(format!("try_flock::<Exclusive>: {err}"))?,
-    }
-    say("waiting in block_flock::<Exclusive>".into())?;
-    let guard = block_flock::<Exclusive>(path)?;
-    say("exclusive lock taken once the parent let go".into())?;
+/// The other process: takes the lock, says so, and lets go
+/// [`HOLD_AFTER_ASKED`] after a line arrives on stdin.
+fn holder(path: &Path) -> Result<()> {
+    let guard = LockFile::open(path)?.lock::<Exclusive>()?;
+    println!("locked");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    std::thread::sleep(HOLD_AFTER_ASKED);
     drop(guard);
     Ok(())
 }
 
-fn two_processes(path: &Path) -> Result<()> {
-    println!("\n1. Two processes contend");
-    let me = std::process::id();
-    let guard = try_flock::<Exclusive>(path)?;
-    println!("  parent {me}: exclusive lock taken");
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("child")
-        .arg(path)
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().ok_or("no child stdout")?).lines();
-    let mut guard = Some(guard);
-    for line in &mut lines {
-        let line = line?;
-        println!("{line}");
-        if line.contains("waiting") {
-            drop(guard.take());
-            println!("  parent {me}: guard dropped");
+/// A running copy of this program holding the lock.
+struct OtherProcess {
+    child: Child,
+    stdin: ChildStdin,
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl OtherProcess {
+    fn start(path: &Path) -> Result<OtherProcess> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("holder")
+            .arg(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        if line.trim() != "locked" {
+            return Err(format!("the other process did not lock: {line:?}").into());
         }
+        Ok(OtherProcess {
+            child,
+            stdin,
+            _stdout: stdout,
+        })
     }
-    let status = child.wait()?;
+
+    fn ask_to_let_go(&mut self) -> Result<()> {
+        writeln!(self.stdin, "let go")?;
+        Ok(())
+    }
+}
+
+fn contention(path: &Path) -> Result<()> {
+    println!("\n1. Who holds a contended lock");
+    let mut other = OtherProcess::start(path)?;
+    println!("  another process (pid {}) took the lock", other.child.id());
+
+    let err = LockFile::open(path)?.try_lock::<Exclusive>().unwrap_err();
+    println!("  try_lock: {err}");
+    for h in err.handle.holders()? {
+        println!("  holders(): {h}");
+    }
+
+    println!("\n2. A timed wait wakes when the holder lets go");
+    other.ask_to_let_go()?;
+    let asked = Instant::now();
+    let wait = Wait::timeout(Duration::from_secs(10))
+        .on_wait(|holders| println!("  waiting (at most 10 s) for {} holder(s)", holders.len()));
+    let guard = err.into_inner().lock_with::<Exclusive>(wait)?;
+    let waited = asked.elapsed();
+    println!(
+        "  lock_with(Wait::timeout(10 s)) returned {:.3} s after the holder was asked to let go;",
+        waited.as_secs_f64()
+    );
+    println!(
+        "  it keeps the lock {:.3} s after being asked, so the wait ended about {} ms after the release, not at the deadline",
+        HOLD_AFTER_ASKED.as_secs_f64(),
+        waited.saturating_sub(HOLD_AFTER_ASKED).as_millis()
+    );
+    drop(guard);
+    let status = other.child.wait()?;
     if !status.success() {
-        return Err(format!("child failed: {status}").into());
+        return Err(format!("the other process failed: {status}").into());
     }
     Ok(())
 }
 
-fn downgrade(path: &Path) -> Result<()> {
-    println!("\n2. Downgrade: exclusive to shared without letting go");
+fn transitions(path: &Path) -> Result<()> {
+    println!("\n3. Mode transitions say what the kernel did");
     let writer = try_flock::<Exclusive>(path)?;
     let reader = writer.downgrade()?;
-    println!("  downgrade(): now {}", reader.mode());
-    let second = try_flock::<Shared>(path)?;
-    println!("  another reader: {} lock taken", second.mode());
-    match try_flock::<Exclusive>(path) {
-        Ok(_) => println!("  a writer got in (unexpected)"),
-        Err(err) => println!("  a writer: {err}"),
-    }
-    Ok(())
-}
-
-fn failed_try_upgrade(path: &Path) -> Result<()> {
-    println!("\n3. try_upgrade while another reader holds the lock");
-    let mine = try_flock::<Shared>(path)?;
+    println!(
+        "  downgrade(): now {}, never unlocked in between",
+        reader.mode()
+    );
     let other = try_flock::<Shared>(path)?;
-    let err = match mine.try_upgrade() {
-        Ok(_) => return Err("try_upgrade succeeded beside another reader".into()),
-        Err(err) => err,
-    };
-    println!("  try_upgrade(): {err}");
+    println!("  a second reader: {} lock taken", other.mode());
+    let err = reader.try_upgrade().unwrap_err();
+    println!("  try_upgrade() beside it: {err}");
     let file: LockFile = err.into_inner();
-    drop(other.unlock()?);
+    drop(other);
     // Had the failed upgrade kept its shared lock, this would be refused.
-    let intruder = try_flock::<Exclusive>(path)?;
-    println!("  the other reader left; a fresh open took the exclusive lock at once,");
-    println!("  so the handle that failed to upgrade held nothing");
-    drop(intruder);
+    let fresh = try_flock::<Exclusive>(path)?;
+    println!(
+        "  a fresh open then took the exclusive lock at once: the failed upgrade held nothing"
+    );
+    drop(fresh);
     let writer = file.try_lock::<Exclusive>()?;
     println!(
-        "  retry on the returned LockFile: {} lock taken",
+        "  the LockFile the error gave back: {} lock taken",
         writer.mode()
     );
     Ok(())
@@ -115,25 +145,20 @@ fn failed_try_upgrade(path: &Path) -> Result<()> {
 fn remote_filesystem(dir: &Path) -> Result<()> {
     println!("\n4. Remote filesystems are refused");
     match fuse_refusal(dir) {
-        Ok(message) => println!("  on a bindfs (FUSE) mount: {message}"),
+        Ok(message) => println!("  a lock file on a bindfs (FUSE) mount: {message}"),
         Err(why) => {
-            println!("  (no FUSE mount here: {why}; run as root with bindfs for a real one)");
-            let nfs = classify(0x6969).ok_or("NFS missing from the deny-list")?;
-            let err = Error::RemoteFs {
-                path: "/mnt/nfs/app.lock".into(),
-                fs: nfs,
-            };
-            println!("  what a lock file on NFS produces: {err}");
+            println!("  Not shown: {why}.");
+            println!("  Run the demo as root with bindfs installed to see a FUSE mount refused.");
         }
     }
     Ok(())
 }
 
 /// Mounts a bindfs view of a directory and returns the refusal message for
-/// a lock file on it.
+/// a lock file on it, or why that could not be done.
 fn fuse_refusal(dir: &Path) -> std::result::Result<String, String> {
     if !Path::new("/dev/fuse").exists() {
-        return Err("no /dev/fuse".into());
+        return Err("this machine has no /dev/fuse".into());
     }
     let (backing, mnt) = (dir.join("backing"), dir.join("mnt"));
     std::fs::create_dir_all(&backing).map_err(|e| e.to_string())?;
@@ -142,10 +167,13 @@ fn fuse_refusal(dir: &Path) -> std::result::Result<String, String> {
         .arg(&backing)
         .arg(&mnt)
         .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        return Err("bindfs is missing or mounting needs root".into());
+        .status();
+    match mounted {
+        Err(_) => return Err("bindfs is not installed".into()),
+        Ok(status) if !status.success() => {
+            return Err("bindfs could not mount (mounting needs root)".into())
+        }
+        Ok(_) => {}
     }
     let result = LockOptions::new().open(mnt.join("app.lock"));
     let unmounted = Command::new("fusermount")
@@ -158,7 +186,9 @@ fn fuse_refusal(dir: &Path) -> std::result::Result<String, String> {
     }
     match result {
         Err(err @ Error::RemoteFs { .. }) => Ok(err.to_string()),
-        Err(other) => Err(format!("unexpected error: {other}")),
+        Err(other) => Err(format!(
+            "opening on the FUSE mount failed otherwise: {other}"
+        )),
         Ok(_) => Err("the FUSE mount was not refused".into()),
     }
 }

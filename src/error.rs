@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::fs_policy::UnreliableFs;
-use crate::holders::Holder;
+use crate::holder::Holder;
 use crate::mode::FlockMode;
 
 /// Everything that can go wrong while opening, locking or converting a lock.
@@ -71,8 +71,10 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// A write through a guard whose descriptor is open read-only.
-    #[error("cannot write to `{}`: the lock file is open read-only (write access was refused or not requested); open it with Access::ReadWrite to write through the guard", path.display())]
+    /// A write through a guard whose descriptor is open read-only, or an
+    /// adopted read-only file where [`Access::ReadWrite`](crate::Access::ReadWrite)
+    /// is required.
+    #[error("cannot write to `{}`: the lock file is open read-only (write access was refused or not requested); open it for writing (LockOptions::access(Access::ReadWrite), or adopt a File opened for writing) to write through the guard", path.display())]
     ReadOnly {
         /// The lock file.
         path: PathBuf,
@@ -127,10 +129,13 @@ pub enum Error {
     },
 
     /// Releasing the lock with `flock(LOCK_UN)` failed.
-    #[error("cannot unlock `{}`", path.display())]
+    #[error("cannot release {}lock on `{}`", mode.map_or(String::new(), |m| format!("{m} ")), path.display())]
     Unlock {
         /// The lock file.
         path: PathBuf,
+        /// The mode that was held; `None` for a lock the descriptor arrived
+        /// with ([`unlock_inherited`](crate::LockFile::unlock_inherited)).
+        mode: Option<FlockMode>,
         /// The error from `flock(2)`.
         #[source]
         source: io::Error,
@@ -203,7 +208,9 @@ pub enum Error {
         /// How long the call waited.
         waited: Duration,
         /// Who held or waited for the lock when the wait ended (empty if
-        /// none was visible or `/proc` could not be read in time).
+        /// none was visible or `/proc` could not be read), found within a
+        /// few milliseconds: entries not verified in time are
+        /// [`PidStatus::Unverified`](crate::PidStatus::Unverified).
         holders: Box<[Holder]>,
         /// The caller's description of what the lock protects, from
         /// [`Wait::context`](crate::Wait::context).
@@ -238,6 +245,156 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    // ---- PostgreSQL advisory locks (`flockguard::pg`) ----
+    /// No PostgreSQL session could be opened for the lock: the URL is
+    /// malformed, the server is unreachable or refused the login, or it is
+    /// older than PostgreSQL 14.
+    #[cfg(feature = "postgres")]
+    #[error("cannot open a PostgreSQL session for lock `{name}`; check the URL, that the server runs (PostgreSQL 14 or later) and accepts TCP connections from this host, and the role's credentials")]
+    PgConnect {
+        /// The lock name.
+        name: String,
+        /// The client's or the server's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// The lock name cannot be used.
+    #[cfg(feature = "postgres")]
+    #[error("`{name}` is not usable as a PostgreSQL lock name: {reason}")]
+    PgInvalidName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it, as a lower-case clause.
+        reason: &'static str,
+    },
+
+    /// A non-blocking attempt found the PostgreSQL lock held in a
+    /// conflicting mode by another session.
+    #[cfg(feature = "postgres")]
+    #[error("advisory lock `{name}` is held by another PostgreSQL session; {mode} lock not taken")]
+    PgWouldBlock {
+        /// The lock name.
+        name: String,
+        /// The mode that was requested.
+        mode: FlockMode,
+    },
+
+    /// The server ended a wait for the PostgreSQL lock at its deadline
+    /// (`lock_timeout`, SQLSTATE 55P03).
+    #[cfg(feature = "postgres")]
+    #[error(
+        "timed out after {} waiting for {mode} PostgreSQL lock `{name}`{}",
+        DisplayDuration(*waited),
+        pg_holders_suffix(holders)
+    )]
+    PgTimeout {
+        /// The lock name.
+        name: String,
+        /// The mode that was requested.
+        mode: FlockMode,
+        /// How long the call waited.
+        waited: Duration,
+        /// Who held or waited for the lock when the wait ended (empty if
+        /// they could not be listed).
+        holders: Vec<crate::pg::PgHolder>,
+    },
+
+    /// A wait for the PostgreSQL lock was given up through its
+    /// [`CancelToken`](crate::CancelToken); the server-side wait was
+    /// cancelled, and a lock granted meanwhile was released.
+    #[cfg(feature = "postgres")]
+    #[error(
+        "gave up waiting for {mode} PostgreSQL lock `{name}` after {}: cancelled",
+        DisplayDuration(*waited)
+    )]
+    PgCancelled {
+        /// The lock name.
+        name: String,
+        /// The mode that was requested.
+        mode: FlockMode,
+        /// How long the call waited.
+        waited: Duration,
+    },
+
+    /// Upgrading the shared PostgreSQL lock would deadlock: another session
+    /// that also holds it shared waits to upgrade (SQLSTATE 40P01). The
+    /// shared lock is still held.
+    #[cfg(feature = "postgres")]
+    #[error("upgrading PostgreSQL lock `{name}` to exclusive would deadlock with another shared holder that is upgrading; the shared lock is still held: release it so the other upgrade can finish, then lock again")]
+    PgDeadlock {
+        /// The lock name.
+        name: String,
+        /// The server's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// The PostgreSQL session is gone or cannot be vouched for; every lock it
+    /// held must be assumed lost, and another client may hold it now.
+    #[cfg(feature = "postgres")]
+    #[error("{}: {reason}; {}", pg_lost_subject(name, *mode), pg_lost_hint(*mode))]
+    PgLost {
+        /// The lock name.
+        name: String,
+        /// The mode that was held, or `None` if the session held no lock.
+        mode: Option<FlockMode>,
+        /// What happened.
+        reason: crate::pg::PgLoss,
+        /// The client's error, if there was one.
+        #[source]
+        source: Option<tokio_postgres::Error>,
+    },
+
+    /// The fencing-token sequence `public.flockguard_fence` is missing and
+    /// this role may not create it, or the role may not use it.
+    #[cfg(feature = "postgres")]
+    #[error("cannot use the fencing sequence for PostgreSQL lock `{name}`: the role may not create or use `public.flockguard_fence`; have the database owner run `CREATE SEQUENCE IF NOT EXISTS public.flockguard_fence; GRANT USAGE ON SEQUENCE public.flockguard_fence TO PUBLIC;`")]
+    PgFencing {
+        /// The lock name.
+        name: String,
+        /// The server's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// The server refused a statement for another reason.
+    #[cfg(feature = "postgres")]
+    #[error("the PostgreSQL server refused a statement for lock `{name}`")]
+    PgQuery {
+        /// The lock name.
+        name: String,
+        /// The server's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    // ---- end of PostgreSQL advisory locks ----
+}
+
+#[cfg(feature = "postgres")]
+fn pg_holders_suffix(holders: &[crate::pg::PgHolder]) -> String {
+    if holders.is_empty() {
+        return "; no holder visible in pg_locks".to_owned();
+    }
+    let list: Vec<String> = holders.iter().map(ToString::to_string).collect();
+    format!("; {}", list.join(", "))
+}
+
+#[cfg(feature = "postgres")]
+fn pg_lost_subject(name: &str, mode: Option<FlockMode>) -> String {
+    match mode {
+        Some(mode) => format!("{mode} PostgreSQL lock `{name}` is lost"),
+        None => format!("the PostgreSQL session for lock `{name}` is lost"),
+    }
+}
+
+#[cfg(feature = "postgres")]
+fn pg_lost_hint(mode: Option<FlockMode>) -> &'static str {
+    match mode {
+        Some(_) => "another client may hold it now: stop the work it protects, then lock again (which reconnects)",
+        None => "lock again, which reconnects",
+    }
 }
 
 /// What [`Error::NotRegularFile`] found at the path.
@@ -374,19 +531,37 @@ fn name_too_long_hint(path: &Path) -> &'static str {
 }
 
 impl Error {
-    /// Whether this is [`Error::WouldBlock`]: the lock is held elsewhere.
+    /// Whether this is [`Error::WouldBlock`] (or, for PostgreSQL locks,
+    /// `Error::PgWouldBlock`): the lock is held elsewhere.
     pub fn is_would_block(&self) -> bool {
-        matches!(self, Error::WouldBlock { .. })
+        match self {
+            Error::WouldBlock { .. } => true,
+            #[cfg(feature = "postgres")]
+            Error::PgWouldBlock { .. } => true,
+            _ => false,
+        }
     }
 
-    /// Whether a timed wait ended at its deadline ([`Error::Timeout`]).
+    /// Whether a timed wait ended at its deadline ([`Error::Timeout`], or
+    /// for PostgreSQL locks `Error::PgTimeout`).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Error::Timeout { .. })
+        match self {
+            Error::Timeout { .. } => true,
+            #[cfg(feature = "postgres")]
+            Error::PgTimeout { .. } => true,
+            _ => false,
+        }
     }
 
-    /// Whether a wait was cancelled ([`Error::Cancelled`]).
+    /// Whether a wait was cancelled ([`Error::Cancelled`], or for
+    /// PostgreSQL locks `Error::PgCancelled`).
     pub fn is_cancelled(&self) -> bool {
-        matches!(self, Error::Cancelled { .. })
+        match self {
+            Error::Cancelled { .. } => true,
+            #[cfg(feature = "postgres")]
+            Error::PgCancelled { .. } => true,
+            _ => false,
+        }
     }
 
     /// Whether the filesystem was refused ([`Error::RemoteFs`]).
@@ -415,7 +590,8 @@ impl Error {
         }
     }
 
-    /// The lock file path this error is about.
+    /// The lock file path this error is about; for the PostgreSQL errors,
+    /// the lock name.
     pub fn path(&self) -> &Path {
         match self {
             Error::RemoteFs { path, .. }
@@ -437,6 +613,17 @@ impl Error {
             | Error::Timeout { path, .. }
             | Error::Cancelled { path, .. }
             | Error::Holders { path, .. } => path,
+            // ---- PostgreSQL: the lock name stands in for the path ----
+            #[cfg(feature = "postgres")]
+            Error::PgConnect { name, .. }
+            | Error::PgInvalidName { name, .. }
+            | Error::PgWouldBlock { name, .. }
+            | Error::PgTimeout { name, .. }
+            | Error::PgCancelled { name, .. }
+            | Error::PgDeadlock { name, .. }
+            | Error::PgLost { name, .. }
+            | Error::PgFencing { name, .. }
+            | Error::PgQuery { name, .. } => Path::new(name.as_str()),
         }
     }
 
@@ -470,6 +657,23 @@ impl Error {
             Error::Timeout { .. } => io::ErrorKind::TimedOut,
             // Not Interrupted: std's retry loops would treat it as "try again".
             Error::Cancelled { .. } => io::ErrorKind::Other,
+            // ---- PostgreSQL ----
+            #[cfg(feature = "postgres")]
+            Error::PgConnect { .. } => io::ErrorKind::NotConnected,
+            #[cfg(feature = "postgres")]
+            Error::PgInvalidName { .. } => io::ErrorKind::InvalidInput,
+            #[cfg(feature = "postgres")]
+            Error::PgWouldBlock { .. } => io::ErrorKind::WouldBlock,
+            #[cfg(feature = "postgres")]
+            Error::PgTimeout { .. } => io::ErrorKind::TimedOut,
+            #[cfg(feature = "postgres")]
+            Error::PgCancelled { .. } | Error::PgDeadlock { .. } | Error::PgQuery { .. } => {
+                io::ErrorKind::Other
+            }
+            #[cfg(feature = "postgres")]
+            Error::PgLost { .. } => io::ErrorKind::ConnectionAborted,
+            #[cfg(feature = "postgres")]
+            Error::PgFencing { .. } => io::ErrorKind::PermissionDenied,
         }
     }
 }
@@ -485,11 +689,16 @@ impl From<Error> for io::Error {
 /// A failed operation that hands its lock handle back.
 ///
 /// Every failure that leaves the descriptor usable returns one: the
-/// [`LockFile`](crate::LockFile) after a failed acquisition or a failed
-/// [`try_upgrade`](crate::LockGuard::try_upgrade), open and holding no lock,
-/// so the caller can retry without reopening. Failures that leave nothing
-/// usable (the open itself failed) are a plain [`Error`]. The `?` operator
-/// converts it to [`Error`] or [`io::Error`], closing the handle.
+/// [`LockFile`](crate::LockFile) after a failed acquisition or conversion
+/// (open and holding no lock, so the caller can retry without reopening),
+/// the guard after a refused [`unlock`](crate::LockGuard::unlock) or
+/// [`unlink_and_unlock`](crate::LockGuard::unlink_and_unlock), the caller's
+/// `File` after a refused [`adopt`](crate::LockOptions::adopt). Failures that
+/// leave nothing usable (the open itself failed) are a plain [`Error`]. The
+/// `?` operator converts it to [`Error`] or [`io::Error`], dropping the
+/// handle. The predicates a retry loop branches on (`is_would_block`,
+/// `is_timeout`, `is_cancelled`) are on both types; for the rest, match
+/// `error`.
 ///
 /// # Examples
 /// ```
@@ -526,11 +735,6 @@ impl<T> LockError<T> {
         (self.error, self.handle)
     }
 
-    /// The error.
-    pub fn error(&self) -> &Error {
-        &self.error
-    }
-
     /// Whether the lock is held elsewhere ([`Error::is_would_block`]).
     pub fn is_would_block(&self) -> bool {
         self.error.is_would_block()
@@ -539,6 +743,11 @@ impl<T> LockError<T> {
     /// Whether a timed wait ended at its deadline ([`Error::is_timeout`]).
     pub fn is_timeout(&self) -> bool {
         self.error.is_timeout()
+    }
+
+    /// Whether a wait was cancelled ([`Error::is_cancelled`]).
+    pub fn is_cancelled(&self) -> bool {
+        self.error.is_cancelled()
     }
 }
 
@@ -644,6 +853,7 @@ mod tests {
             },
             Error::Unlock {
                 path: path(),
+                mode: Some(FlockMode::Shared),
                 source: os(Errno::BADF),
             },
             Error::NotOwner {
@@ -770,7 +980,7 @@ mod tests {
         assert!(msgs[13].starts_with("`/run/app.lock` is a symbolic link; refusing to follow it"));
         assert!(msgs[14].starts_with("`/run/app.lock` is a symbolic link to a missing file"));
         assert_eq!(msgs[15], "cannot take shared lock on `/run/app.lock`");
-        assert_eq!(msgs[16], "cannot unlock `/run/app.lock`");
+        assert_eq!(msgs[16], "cannot release shared lock on `/run/app.lock`");
         assert!(msgs[17]
             .starts_with("`/run/app.lock` was opened by process 100, not by this process (200)"));
     }

@@ -1,18 +1,45 @@
 //! Holder diagnostics: who holds or waits for a `flock(2)` lock, read from
-//! `/proc/locks`, `/proc/self/mountinfo` and `/proc/PID/fdinfo`.
+//! `/proc/locks`, `/proc/self/mountinfo` and `/proc/PID/fdinfo` (through
+//! the reads in `sys`).
 //!
 //! `/proc/locks` names a file by its superblock's device and its inode
 //! number. The device is found exactly: the mount id from `statx(2)`
 //! (`STATX_MNT_ID`) selects the line of `/proc/self/mountinfo` whose
 //! `MAJ:MIN` is that superblock's device. `stat(2)`'s `st_dev` is not used
 //! for this, since it differs on btrfs subvolumes.
+//!
+//! # Reading `/proc/locks` exactly
+//! The kernel serves `/proc/locks` one page of whole records per `read(2)`,
+//! each page under its lock-list lock, and finds the next page by walking
+//! the list again to the record's *position*. A page is therefore exact,
+//! but locks taken or dropped before that position between two reads shift
+//! the list: the records at the page boundary are shown twice or skipped.
+//! So:
+//! - a text served in one read is one snapshot and is used as it is;
+//! - otherwise an entry that a page shows again from the page before (the
+//!   same entry with the same line before or after it) is counted once,
+//!   and the file is read a second
+//!   time with its page boundaries moved by half a page (by starting that
+//!   pass from a byte offset), so that every position lies well inside a
+//!   page in one of the passes and a record skipped at a boundary of one
+//!   is seen by the other;
+//! - when the two passes disagree on the count of any entry, a third pass,
+//!   with the boundaries moved by a quarter page, decides: each entry gets
+//!   the median of the three counts.
+//!
+//! - last, the count is checked against the process: a PID found holding
+//!   the lock through one descriptor holds one record of it (an open file
+//!   description holds at most one `flock` lock), and one found holding it
+//!   holds at least one, even if the passes missed it.
+//!
+//! At most three passes: `3 × (pages + 1)` reads and two seeks.
 
-use std::fmt;
-use std::fs;
-use std::io::Read;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::error::Error;
+use crate::holder::{Holder, LockProcess, PidStatus};
 use crate::mode::FlockMode;
 use crate::sys::{self, MountedId};
 
@@ -21,138 +48,29 @@ const CMDLINE_MAX_CHARS: usize = 256;
 /// Bytes of `/proc/PID/cmdline` read at most.
 const CMDLINE_READ_MAX: u64 = 4096;
 
-/// A process that holds, or waits for, a `flock(2)` lock on a file.
-///
-/// The PID is the one `/proc/locks` prints: the process that *took* the
-/// lock (or is blocked asking for it). After `fork(2)` the lock belongs to
-/// every process sharing the open file description, and the one that took
-/// it may have closed its copy or exited; [`status`](Self::status) says
-/// what was verified, and [`sharers`](Self::sharers) names the processes
-/// found holding it instead.
-///
-/// Locks taken in another PID namespace than the one `/proc` is mounted
-/// for are not listed by the kernel and so never appear.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Holder {
-    /// The process that took the lock, or that waits for it.
-    pub pid: u32,
-    /// The mode held or requested.
-    pub mode: FlockMode,
-    /// `true` for a process blocked in `flock(2)` waiting for this lock.
-    /// Waiters that poll with `LOCK_NB` (such as
-    /// [`lock_timeout`](crate::LockFile::lock_timeout)) are not visible.
-    pub waiting: bool,
-    /// The command line of [`pid`](Self::pid): arguments joined by spaces,
-    /// invalid UTF-8 replaced, cut to 256 characters (ending in `…`).
-    /// `None` if it could not be read or is empty (a kernel thread, a
-    /// zombie, an exited process).
-    pub cmdline: Option<String>,
-    /// How far [`pid`](Self::pid) was verified as a holder.
-    pub status: PidStatus,
-    /// Processes found holding the lock through a descriptor they share with
-    /// [`pid`](Self::pid) (inherited through `fork(2)` or passed over a
-    /// socket). Searched for only when `status` is [`PidStatus::Exited`] or
-    /// [`PidStatus::NotHolding`]; empty otherwise, and empty when no
-    /// readable process has it.
-    pub sharers: Vec<LockProcess>,
-}
-
-/// What was verified about a [`Holder`]'s PID.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum PidStatus {
-    /// `/proc/PID/fdinfo` shows the lock on one of the process's
-    /// descriptors. For a waiter: the process exists (it is blocked in
-    /// `flock(2)`, which the kernel shows no descriptor for).
-    Confirmed,
-    /// The process exists but its descriptors could not be read (it belongs
-    /// to another user): it took the lock and may still hold it, or may have
-    /// handed the descriptor on and closed its own.
-    Unverified,
-    /// The process exists, but none of its descriptors holds the lock: it
-    /// took the lock and then closed its copy after a `fork(2)`, or it exited
-    /// and the PID now belongs to an unrelated process.
-    NotHolding,
-    /// No such process (or only a zombie): the lock lives on in a process
-    /// that inherited the descriptor; see [`Holder::sharers`].
-    Exited,
-}
-
-/// A process found holding a lock through a shared descriptor.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct LockProcess {
-    /// The process id.
-    pub pid: u32,
-    /// Its command line, as in [`Holder::cmdline`].
-    pub cmdline: Option<String>,
-}
-
-impl fmt::Display for LockProcess {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "pid {}", self.pid)?;
-        if let Some(cmd) = &self.cmdline {
-            write!(f, " ({cmd})")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Display for Holder {
-    /// `pid 4242 (cargo build --release) holds exclusive`,
-    /// `pid 77 waits for shared`, or, when the PID no longer holds it,
-    /// `pid 4242 (exited) took exclusive; now held by pid 4250 (sleep 100)`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let me = LockProcess {
-            pid: self.pid,
-            cmdline: self.cmdline.clone(),
-        };
-        if self.waiting {
-            return write!(f, "{me} waits for {}", self.mode);
-        }
-        match self.status {
-            PidStatus::Confirmed | PidStatus::Unverified => {
-                write!(f, "{me} holds {}", self.mode)
-            }
-            PidStatus::NotHolding | PidStatus::Exited => {
-                if self.status == PidStatus::Exited {
-                    write!(f, "pid {} (exited) took {}", self.pid, self.mode)?;
-                } else {
-                    write!(f, "{me} took {} but no longer has it open", self.mode)?;
-                }
-                if self.sharers.is_empty() {
-                    f.write_str("; the process holding it now is not visible")
-                } else {
-                    f.write_str("; now held by ")?;
-                    for (i, p) in self.sharers.iter().enumerate() {
-                        if i > 0 {
-                            f.write_str(", ")?;
-                        }
-                        write!(f, "{p}")?;
-                    }
-                    Ok(())
-                }
-            }
-        }
-    }
-}
+/// The time the holder diagnostics of a timeout error or a wait notice may
+/// take, beyond the first page of `/proc/locks` (whose read can itself take
+/// milliseconds: the kernel waits for an RCU grace period when the file was
+/// not read in the last tens of milliseconds).
+pub(crate) const WAIT_DIAGNOSTICS_BUDGET: Duration = Duration::from_millis(5);
 
 /// Lists the processes that hold or wait for a `flock(2)` lock on the file
 /// at `path` (following symbolic links): holders, then waiters, each in
 /// the order of `/proc/locks`.
 ///
-/// Reads `/proc/locks` once and, only for the entries on this file,
-/// `/proc/PID/fdinfo` and `/proc/PID/cmdline`. The answer is a snapshot:
-/// locks may change while or after it is taken, and the kernel hands out
-/// `/proc/locks` a page (about 80 locks) at a time, so on a machine with
-/// more locks than that, an entry can be missed or listed twice while other
-/// processes lock and unlock. `fcntl(2)` (POSIX and OFD) locks and leases
-/// are not listed.
+/// Reads `/proc/locks` (several times when it is longer than a page, so
+/// that a holder that keeps its lock is listed exactly once however other
+/// processes lock and unlock meanwhile) and, for the entries on this file,
+/// `/proc/PID/stat`, `/proc/PID/fdinfo` and `/proc/PID/cmdline`. When the
+/// process that took the lock no longer holds it, every readable process's
+/// descriptors are read once to find the ones that do. The answer is a
+/// snapshot: locks may change after it is taken. `fcntl(2)` (POSIX and OFD)
+/// locks and leases are not listed.
 ///
 /// # Errors
 /// [`Error::Holders`] if the file cannot be examined (it does not exist,
-/// or permission is denied) or `/proc` cannot be read.
+/// or permission is denied) or `/proc/locks` or `/proc/self/mountinfo`
+/// cannot be read.
 ///
 /// # Examples
 /// ```
@@ -183,87 +101,338 @@ pub fn holders(path: impl AsRef<Path>) -> Result<Vec<Holder>, Error> {
     holders_of(id, path)
 }
 
-/// The holders of the file identified by `id`; `path` is for errors.
+/// The holders of the file identified by `id`, found exactly however long
+/// it takes; `path` is for errors.
 pub(crate) fn holders_of(id: MountedId, path: &Path) -> Result<Vec<Holder>, Error> {
-    let read = |file: &str| {
-        fs::read_to_string(file).map_err(|source| Error::Holders {
+    collect(id, path, &Budget::new(None))
+}
+
+/// As [`holders_of`], best effort within `budget`, counted from the end of
+/// the first page of `/proc/locks` (which is always read, and can take
+/// milliseconds when cold): every later step (the rest of the file,
+/// the rereads, verifying each entry, the search for sharers) only starts
+/// before the budget is spent. Entries not verified in time are
+/// [`PidStatus::Unverified`]; a search for sharers cut short leaves
+/// [`Holder::sharers_complete`] false.
+pub(crate) fn holders_within(
+    id: MountedId,
+    path: &Path,
+    budget: Duration,
+) -> Result<Vec<Holder>, Error> {
+    collect(id, path, &Budget::new(Some(budget)))
+}
+
+/// The time diagnostics may take: `allowance` counted from the end of the
+/// first page of `/proc/locks` (see [`Budget::start`]); `None` for no limit.
+struct Budget {
+    allowance: Option<Duration>,
+    deadline: std::cell::Cell<Option<Instant>>,
+}
+
+impl Budget {
+    fn new(allowance: Option<Duration>) -> Budget {
+        Budget {
+            allowance,
+            deadline: std::cell::Cell::new(None),
+        }
+    }
+
+    /// Starts the clock (once).
+    fn start(&self) {
+        if self.deadline.get().is_none() {
+            self.deadline
+                .set(self.allowance.and_then(|a| Instant::now().checked_add(a)));
+        }
+    }
+
+    fn spent(&self) -> bool {
+        self.deadline.get().is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+fn collect(id: MountedId, path: &Path, budget: &Budget) -> Result<Vec<Holder>, Error> {
+    let failed = |file: &str| {
+        let file = PathBuf::from(file);
+        move |source| Error::Holders {
             path: path.into(),
-            file: file.into(),
+            file,
             source,
-        })
+        }
     };
     let dev = match id.mnt_id {
         // A mount id missing from mountinfo means the file's mount is not
         // visible in this mount namespace; st_dev is then the best guess.
-        Some(mnt_id) => mount_dev(&read("/proc/self/mountinfo")?, mnt_id).unwrap_or(id.dev),
+        Some(mnt_id) => {
+            let info = sys::proc_self_mountinfo().map_err(failed("/proc/self/mountinfo"))?;
+            mount_dev(&info, mnt_id).unwrap_or(id.dev)
+        }
         None => id.dev,
     };
     let target = Target { dev, ino: id.ino };
-    // The kernel produces /proc/locks one page per read(2) and resumes by
-    // position, so locks taken or released between two reads can make a
-    // line repeat or vanish. A file read in one call is a consistent
-    // snapshot; a longer one is read again, until two reads agree, when it
-    // shows the signs of that race: no entry for a lock someone holds, or
-    // an entry twice.
-    let read_locks = || {
-        read_proc_locks().map_err(|source| Error::Holders {
-            path: path.into(),
-            file: "/proc/locks".into(),
-            source,
-        })
-    };
-    let (text, calls) = read_locks()?;
-    let mut entries = flock_entries(&text, target);
-    if calls > 1 && (entries.is_empty() || has_repeats(&entries)) {
-        for _ in 0..LOCKS_READ_ATTEMPTS {
-            let again = flock_entries(&read_locks()?.0, target);
-            if again == entries {
-                break;
-            }
-            entries = again;
-        }
-    }
+    let mut entries = read_entries(target, budget).map_err(failed("/proc/locks"))?;
     // The kernel prints each waiter after the lock blocking it, which may
     // come before other holders; list every holder first.
-    entries.sort_by_key(|e| e.waiting);
-    Ok(entries.into_iter().map(|e| describe(e, target)).collect())
+    entries.sort_by_key(|(e, _)| e.waiting);
+    let mut holders: Vec<Holder> = Vec::new();
+    for (entry, n) in entries {
+        let (holder, held) = describe(entry, target, budget);
+        // A process with one descriptor holding the lock holds one record
+        // of it (a description holds one flock lock), however many the
+        // passes counted; one found holding it holds at least one.
+        let n = match held {
+            Some(fds) if holder.status == PidStatus::Confirmed && !entry.waiting => n.clamp(1, fds),
+            _ => n,
+        };
+        holders.extend(std::iter::repeat(holder).take(n));
+    }
+    find_sharers(&mut holders, target, budget);
+    Ok(holders)
 }
 
-/// Buffer for one read of `/proc/locks`: more than the page the kernel
-/// returns per call.
-const LOCKS_READ_CHUNK: usize = 64 * 1024;
+// ---- /proc/locks, exactly -----------------------------------------------
 
-/// Whether an entry appears twice, which a concurrent change between two
-/// page reads of `/proc/locks` can cause.
-fn has_repeats(entries: &[LockEntry]) -> bool {
-    entries
-        .iter()
-        .enumerate()
-        .any(|(i, e)| entries[i + 1..].contains(e))
+/// The entries on one file in what one walk of the kernel's lock list
+/// produced: one `read(2)`, or the part of the first page a later pass did
+/// not read again.
+#[derive(Debug, Default)]
+struct Walk<'a> {
+    /// Lines in the walk.
+    lines: usize,
+    /// The entries on the target, in order.
+    hits: Vec<Hit<'a>>,
 }
 
-/// Reads `/proc/locks`; returns the text and how many `read(2)` calls
-/// returned data.
-fn read_proc_locks() -> std::io::Result<(String, usize)> {
-    let mut file = fs::File::open("/proc/locks")?;
-    let mut chunk = vec![0; LOCKS_READ_CHUNK];
-    let mut buf = Vec::new();
-    let mut calls = 0;
-    loop {
-        match file.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                calls += 1;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+/// An entry on the target in a [`Walk`], with the lines around it.
+#[derive(Debug)]
+struct Hit<'a> {
+    line: usize,
+    entry: LockEntry,
+    /// The lines before and after it, without their position numbers.
+    before: Option<&'a [u8]>,
+    after: Option<&'a [u8]>,
+}
+
+impl<'a> Walk<'a> {
+    fn of(lines: &[&'a [u8]], target: Target, needle: &[u8]) -> Walk<'a> {
+        let hits = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, line)| contains(line, needle))
+            .filter_map(|(i, line)| match parse_locks_line(line)? {
+                LockLine::Flock(entry) if entry.dev == target.dev && entry.ino == target.ino => {
+                    Some(Hit {
+                        line: i,
+                        entry,
+                        before: i.checked_sub(1).map(|p| without_position(lines[p])),
+                        after: lines.get(i + 1).map(|l| without_position(l)),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        Walk {
+            lines: lines.len(),
+            hits,
         }
     }
-    Ok((String::from_utf8_lossy(&buf).into_owned(), calls))
 }
-/// Rereads of `/proc/locks` allowed while locks on the file keep changing.
-const LOCKS_READ_ATTEMPTS: usize = 8;
+
+/// A `/proc/locks` line without its `ID:` prefix, which is the line's
+/// position in the list and changes when the list does.
+fn without_position(line: &[u8]) -> &[u8] {
+    line.iter()
+        .position(|&b| b == b':')
+        .map_or(line, |i| trim_start(&line[i + 1..]))
+}
+
+/// Whether `next`, in the walk after the one that showed `prev`, is the
+/// same record shown again because the list moved between the two reads:
+/// the same entry with the same line before or after it (a lock taken or
+/// dropped beside it changes at most one of the two), or the last line of
+/// one walk shown again as the first of the next.
+fn is_repeat(prev: &Hit<'_>, prev_lines: usize, next: &Hit<'_>) -> bool {
+    prev.entry == next.entry
+        && ((prev.before.is_some() && prev.before == next.before)
+            || (prev.after.is_some() && prev.after == next.after)
+            || (prev.line + 1 == prev_lines && next.line == 0))
+}
+
+/// Reads `/proc/locks` from byte `offset` to its end: the bytes of each
+/// `read(2)`. With `first_page` set the first read happens whatever the
+/// budget; `None` when the budget ran out before the end.
+fn read_pass(
+    offset: u64,
+    budget: &Budget,
+    first_page: bool,
+) -> std::io::Result<Option<Vec<Vec<u8>>>> {
+    if !first_page && budget.spent() {
+        return Ok(None);
+    }
+    let mut file = sys::proc_locks_open()?;
+    if offset > 0 {
+        sys::proc_locks_seek(&mut file, offset)?;
+    }
+    let mut chunks = Vec::new();
+    loop {
+        if (!first_page || !chunks.is_empty()) && budget.spent() {
+            return Ok(if first_page { Some(chunks) } else { None });
+        }
+        let chunk = sys::proc_locks_read(&mut file)?;
+        budget.start();
+        if chunk.is_empty() {
+            return Ok(Some(chunks));
+        }
+        chunks.push(chunk);
+    }
+}
+
+fn split_lines(chunk: &[u8]) -> Vec<&[u8]> {
+    let chunk = chunk.strip_suffix(b"\n").unwrap_or(chunk);
+    if chunk.is_empty() {
+        return Vec::new();
+    }
+    chunk.split(|&b| b == b'\n').collect()
+}
+
+/// Whether a `/proc/locks` line is a waiter (`ID: -> …`), which the kernel
+/// prints after the lock it waits for, as part of the same record.
+fn is_waiter_line(line: &[u8]) -> bool {
+    line.iter()
+        .position(|&b| b == b':')
+        .is_some_and(|i| trim_start(&line[i + 1..]).starts_with(b"->"))
+}
+
+/// The `FLOCK` entries on `target`, each record counted once; see the
+/// module documentation.
+fn read_entries(target: Target, budget: &Budget) -> std::io::Result<Vec<(LockEntry, usize)>> {
+    let needle = dev_ino_needle(target);
+    let Some(chunks) = read_pass(0, budget, true)? else {
+        return Ok(Vec::new());
+    };
+    let first: Vec<&[u8]> = chunks.first().map_or_else(Vec::new, |c| split_lines(c));
+    let walks: Vec<Walk<'_>> = chunks
+        .iter()
+        .map(|c| Walk::of(&split_lines(c), target, &needle))
+        .collect();
+    let a = count_once(&walks);
+    if walks.len() < 2 || budget.spent() {
+        return Ok(tally(&a, &[]));
+    }
+    let Some(b) = shifted_pass(&first, 2, target, &needle, budget)? else {
+        return Ok(tally(&a, &[]));
+    };
+    if same_counts(&a, &b) {
+        return Ok(tally(&a, &[]));
+    }
+    let Some(c) = shifted_pass(&first, 4, target, &needle, budget)? else {
+        return Ok(tally(&a, &[&b]));
+    };
+    Ok(tally(&a, &[&b, &c]))
+}
+
+/// Each distinct entry of the passes, in the order first seen, with its
+/// count: the first pass's, or with three passes the median. An entry only
+/// some passes saw may get 0; [`collect`] keeps it when its process is
+/// found holding the lock.
+fn tally(a: &[LockEntry], others: &[&[LockEntry]]) -> Vec<(LockEntry, usize)> {
+    let mut out: Vec<(LockEntry, usize)> = Vec::new();
+    for e in a.iter().chain(others.iter().flat_map(|o| o.iter())) {
+        if out.iter().any(|(k, _)| k == e) {
+            continue;
+        }
+        let n = if let [b, c] = others {
+            let mut n = [count(a, e), count(b, e), count(c, e)];
+            n.sort_unstable();
+            n[1]
+        } else {
+            count(a, e)
+        };
+        out.push((*e, n));
+    }
+    out
+}
+
+/// A second pass whose page boundaries are moved by `1/part` of the first
+/// page: the lines of the first pass's first page before the record at
+/// that offset, then the file read from there.
+fn shifted_pass(
+    first: &[&[u8]],
+    part: usize,
+    target: Target,
+    needle: &[u8],
+    budget: &Budget,
+) -> std::io::Result<Option<Vec<LockEntry>>> {
+    let total: usize = first.iter().map(|l| l.len() + 1).sum();
+    // The first record starting at or after the offset; its lines stay
+    // with the prefix, and the pass drops what it reads of them again.
+    let mut offset = 0;
+    let mut split = None;
+    for (i, line) in first.iter().enumerate() {
+        if offset >= total / part && !is_waiter_line(line) {
+            split = Some(i);
+            break;
+        }
+        offset += line.len() + 1;
+    }
+    let Some(split) = split else {
+        return Ok(None);
+    };
+    let record_end = first[split + 1..]
+        .iter()
+        .position(|l| !is_waiter_line(l))
+        .map_or(first.len(), |n| split + 1 + n);
+    let Some(chunks) = read_pass(offset as u64, budget, false)? else {
+        return Ok(None);
+    };
+    let mut walks = vec![Walk::of(&first[..record_end], target, needle)];
+    for (k, chunk) in chunks.iter().enumerate() {
+        let mut lines = split_lines(chunk);
+        if k == 0 {
+            // The line the pass starts in, and the rest of its record.
+            let skip = lines
+                .iter()
+                .skip(1)
+                .position(|l| !is_waiter_line(l))
+                .map_or(lines.len(), |n| n + 1);
+            lines.drain(..skip.min(lines.len()));
+        }
+        walks.push(Walk::of(&lines, target, needle));
+    }
+    Ok(Some(count_once(&walks)))
+}
+
+/// The entries of consecutive walks in order, a record that one walk
+/// shows again from the one before kept once (see [`is_repeat`]).
+fn count_once(walks: &[Walk<'_>]) -> Vec<LockEntry> {
+    let mut out = Vec::new();
+    for (k, walk) in walks.iter().enumerate() {
+        let mut unmatched: Vec<&Hit<'_>> = k
+            .checked_sub(1)
+            .map_or_else(Vec::new, |p| walks[p].hits.iter().collect());
+        let prev_lines = k.checked_sub(1).map_or(0, |p| walks[p].lines);
+        for hit in &walk.hits {
+            if let Some(i) = unmatched
+                .iter()
+                .position(|prev| is_repeat(prev, prev_lines, hit))
+            {
+                unmatched.remove(i);
+                continue;
+            }
+            out.push(hit.entry);
+        }
+    }
+    out
+}
+
+fn count(list: &[LockEntry], entry: &LockEntry) -> usize {
+    list.iter().filter(|e| *e == entry).count()
+}
+
+fn same_counts(a: &[LockEntry], b: &[LockEntry]) -> bool {
+    a.len() == b.len() && a.iter().all(|e| count(a, e) == count(b, e))
+}
+
+// ---- the processes behind the entries -----------------------------------
 
 /// A file as `/proc/locks` names it: superblock device and inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -272,90 +441,217 @@ pub(crate) struct Target {
     pub(crate) ino: u64,
 }
 
-/// Builds a [`Holder`] from a `/proc/locks` entry, checking the PID.
-fn describe(entry: LockEntry, target: Target) -> Holder {
-    let pid = entry.pid;
-    let alive = sys::pid_exists(pid).unwrap_or(false) && !is_zombie(pid);
-    let status = if !alive {
-        PidStatus::Exited
-    } else if entry.waiting {
-        PidStatus::Confirmed
-    } else {
-        match process_holds(pid, entry.mode, target) {
-            Some(true) => PidStatus::Confirmed,
-            Some(false) => PidStatus::NotHolding,
-            None => PidStatus::Unverified,
+/// Whether a process exists, as `/proc` (the namespace `/proc/locks`
+/// speaks for) sees it; `kill(2)` would answer for the caller's PID
+/// namespace instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Liveness {
+    /// Running; with the id of a live thread when the main thread has
+    /// exited (its descriptors are visible only through the others).
+    Alive(Option<u32>),
+    /// No such process, or a zombie without live threads.
+    Gone,
+    /// Its state could not be read.
+    Unknown,
+}
+
+fn is_dead(state: u8) -> bool {
+    matches!(state, b'Z' | b'X' | b'x')
+}
+
+fn liveness(pid: u32) -> Liveness {
+    let stat = match sys::proc_stat(pid, None) {
+        Ok(stat) => stat,
+        Err(e) if sys::is_gone(&e) => return Liveness::Gone,
+        Err(_) => return Liveness::Unknown,
+    };
+    match proc_stat_state(&stat) {
+        None => return Liveness::Unknown,
+        Some(state) if !is_dead(state) => return Liveness::Alive(None),
+        Some(_) => {}
+    }
+    // A zombie main thread (it called pthread_exit) with threads still
+    // running is a live process.
+    let tasks = match sys::proc_tasks(pid) {
+        Ok(tasks) => tasks,
+        Err(e) if sys::is_gone(&e) => return Liveness::Gone,
+        Err(_) => return Liveness::Unknown,
+    };
+    let mut unknown = false;
+    for tid in tasks.into_iter().filter(|&t| t != pid) {
+        match sys::proc_stat(pid, Some(tid)) {
+            Ok(stat) if proc_stat_state(&stat).is_some_and(|s| !is_dead(s)) => {
+                return Liveness::Alive(Some(tid));
+            }
+            Ok(_) => {}
+            Err(e) if sys::is_gone(&e) => {}
+            Err(_) => unknown = true,
         }
-    };
-    let sharers = if matches!(status, PidStatus::Exited | PidStatus::NotHolding) {
-        find_sharers(pid, entry.mode, target)
+    }
+    if unknown {
+        Liveness::Unknown
     } else {
-        Vec::new()
-    };
-    Holder {
-        pid,
+        Liveness::Gone
+    }
+}
+
+/// Builds a [`Holder`] from a `/proc/locks` entry, checking the PID; with
+/// the number of the PID's descriptors found holding the lock.
+fn describe(entry: LockEntry, target: Target, budget: &Budget) -> (Holder, Option<usize>) {
+    let mut holder = Holder {
+        pid: entry.pid,
         mode: entry.mode,
         waiting: entry.waiting,
-        cmdline: if alive { cmdline(pid) } else { None },
-        status,
-        sharers,
-    }
-}
-
-/// Whether `/proc/PID/fdinfo` shows a `flock` lock in `mode` on `target`;
-/// `None` when the descriptors cannot be listed.
-fn process_holds(pid: u32, mode: FlockMode, target: Target) -> Option<bool> {
-    let dir = fs::read_dir(format!("/proc/{pid}/fdinfo")).ok()?;
-    let mut buf = String::new();
-    for entry in dir.flatten() {
-        buf.clear();
-        let Ok(mut file) = fs::File::open(entry.path()) else {
-            continue;
-        };
-        if file.read_to_string(&mut buf).is_err() {
-            continue;
-        }
-        if fdinfo_locks(&buf).any(|e| e.dev == target.dev && e.ino == target.ino && e.mode == mode)
-        {
-            return Some(true);
-        }
-    }
-    Some(false)
-}
-
-/// Every other readable process whose descriptors hold the lock.
-fn find_sharers(pid: u32, mode: FlockMode, target: Target) -> Vec<LockProcess> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
+        cmdline: None,
+        status: PidStatus::Unverified,
+        sharers: Vec::new(),
+        sharers_complete: true,
     };
-    let me = sys::getpid();
-    let mut found: Vec<LockProcess> = dir
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&p| p != pid && p != me)
-        .filter(|&p| process_holds(p, mode, target) == Some(true))
-        .map(|p| LockProcess {
-            pid: p,
-            cmdline: cmdline(p),
+    if budget.spent() {
+        return (holder, None);
+    }
+    let live = liveness(entry.pid);
+    if live != Liveness::Gone {
+        holder.cmdline = cmdline(entry.pid);
+    }
+    let mut held = None;
+    holder.status = match live {
+        Liveness::Gone => PidStatus::Exited,
+        Liveness::Unknown => PidStatus::Unverified,
+        Liveness::Alive(_) if entry.waiting => PidStatus::Confirmed,
+        Liveness::Alive(task) => {
+            held = holds(entry.pid, task, entry, target, budget);
+            match held {
+                Some(0) => PidStatus::NotHolding,
+                Some(_) => PidStatus::Confirmed,
+                None => PidStatus::Unverified,
+            }
+        }
+    };
+    (holder, held)
+}
+
+/// How many descriptors of process `pid` hold the lock of `entry` (same
+/// mode, taken by the same PID); `None` when its descriptors could not all
+/// be read or the budget ran out before one was found.
+fn holds(
+    pid: u32,
+    task: Option<u32>,
+    entry: LockEntry,
+    target: Target,
+    budget: &Budget,
+) -> Option<usize> {
+    let dir = sys::proc_fdinfo_dir(pid, task).ok()?;
+    let mut buf = Vec::new();
+    let mut unreadable = false;
+    let mut found = 0;
+    for &fd in &dir.fds {
+        if budget.spent() {
+            break;
+        }
+        match sys::proc_fdinfo(&dir, fd, &mut buf) {
+            Ok(()) => {
+                if fdinfo_locks(&buf).any(|e| is_lock_of(&e, &entry, target)) {
+                    found += 1;
+                }
+            }
+            // Closed since the listing.
+            Err(e) if sys::is_gone(&e) => {}
+            Err(_) => unreadable = true,
+        }
+    }
+    if found > 0 {
+        // Descriptors not read in time only could have added to the count.
+        return Some(if budget.spent() { usize::MAX } else { found });
+    }
+    (!unreadable && !budget.spent()).then_some(0)
+}
+
+/// Whether an fdinfo `lock:` entry is the lock `entry` stands for.
+fn is_lock_of(lock: &LockEntry, entry: &LockEntry, target: Target) -> bool {
+    lock.dev == target.dev
+        && lock.ino == target.ino
+        && lock.mode == entry.mode
+        && lock.pid == entry.pid
+}
+
+/// Fills [`Holder::sharers`] of every holder whose PID no longer holds its
+/// lock, reading each readable process's descriptors once.
+fn find_sharers(holders: &mut [Holder], target: Target, budget: &Budget) {
+    let wanted: Vec<usize> = (0..holders.len())
+        .filter(|&i| {
+            let h = &holders[i];
+            !h.waiting && matches!(h.status, PidStatus::Exited | PidStatus::NotHolding)
         })
         .collect();
-    found.sort_by_key(|p| p.pid);
-    found
+    if wanted.is_empty() {
+        return;
+    }
+    let entries: Vec<LockEntry> = wanted
+        .iter()
+        .map(|&i| LockEntry {
+            waiting: false,
+            mode: holders[i].mode,
+            pid: holders[i].pid,
+            dev: target.dev,
+            ino: target.ino,
+        })
+        .collect();
+    let mut found: Vec<Vec<u32>> = vec![Vec::new(); wanted.len()];
+    let mut complete = true;
+    let mut buf = Vec::new();
+    'processes: for pid in sys::proc_pids().unwrap_or_default() {
+        let Some(dir) = descriptors_of(pid) else {
+            continue;
+        };
+        for &fd in &dir.fds {
+            if budget.spent() {
+                complete = false;
+                break 'processes;
+            }
+            if sys::proc_fdinfo(&dir, fd, &mut buf).is_err() {
+                continue;
+            }
+            for lock in fdinfo_locks(&buf) {
+                for (w, entry) in entries.iter().enumerate() {
+                    if entry.pid != pid
+                        && is_lock_of(&lock, entry, target)
+                        && !found[w].contains(&pid)
+                    {
+                        found[w].push(pid);
+                    }
+                }
+            }
+        }
+    }
+    for (w, &i) in wanted.iter().enumerate() {
+        found[w].sort_unstable();
+        holders[i].sharers = found[w]
+            .iter()
+            .map(|&pid| LockProcess {
+                pid,
+                cmdline: if budget.spent() { None } else { cmdline(pid) },
+            })
+            .collect();
+        holders[i].sharers_complete = complete;
+    }
 }
 
-fn is_zombie(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| proc_stat_state(&s))
-        .is_some_and(|state| state == 'Z' || state == 'X')
+/// The descriptors of a process, through a live thread when its main
+/// thread has exited; `None` when they cannot be listed.
+fn descriptors_of(pid: u32) -> Option<sys::FdinfoDir> {
+    let dir = sys::proc_fdinfo_dir(pid, None).ok()?;
+    if !dir.fds.is_empty() {
+        return Some(dir);
+    }
+    match liveness(pid) {
+        Liveness::Alive(Some(tid)) => sys::proc_fdinfo_dir(pid, Some(tid)).ok(),
+        _ => None,
+    }
 }
 
 fn cmdline(pid: u32) -> Option<String> {
-    let mut raw = Vec::new();
-    fs::File::open(format!("/proc/{pid}/cmdline"))
-        .and_then(|f| f.take(CMDLINE_READ_MAX).read_to_end(&mut raw))
-        .ok()?;
-    cmdline_text(&raw)
+    cmdline_text(&sys::proc_cmdline(pid, CMDLINE_READ_MAX).ok()?)
 }
 
 // ---- pure parsers -------------------------------------------------------
@@ -379,25 +675,55 @@ pub(crate) enum LockLine {
     Other,
 }
 
+fn trim_start(bytes: &[u8]) -> &[u8] {
+    let n = bytes.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    &bytes[n..]
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let bytes = trim_start(bytes);
+    let n = bytes
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_whitespace())
+        .count();
+    &bytes[..bytes.len() - n]
+}
+
+fn number<T: std::str::FromStr>(field: &[u8]) -> Option<T> {
+    std::str::from_utf8(field).ok()?.parse().ok()
+}
+
+fn hex(field: &[u8]) -> Option<u32> {
+    u32::from_str_radix(std::str::from_utf8(field).ok()?, 16).ok()
+}
+
+/// Whether `needle` occurs in `hay`.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+}
+
 /// Parses one line of `/proc/locks` (`1: FLOCK  ADVISORY  WRITE 4242
 /// fe:00:1234 0 EOF`, or with `->` after the id for a waiter); `None` for
 /// a malformed line.
-pub(crate) fn parse_locks_line(line: &str) -> Option<LockLine> {
-    let (id, rest) = line.split_once(':')?;
-    id.trim().parse::<u64>().ok()?;
-    let mut fields = rest.split_ascii_whitespace().peekable();
-    let waiting = fields.next_if_eq(&"->").is_some();
-    let kind = fields.next()?;
-    if kind != "FLOCK" {
+pub(crate) fn parse_locks_line(line: &[u8]) -> Option<LockLine> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    number::<u64>(trim(&line[..colon]))?;
+    let mut fields = line[colon + 1..]
+        .split(u8::is_ascii_whitespace)
+        .filter(|f| !f.is_empty())
+        .peekable();
+    let waiting = fields.next_if(|f| *f == b"->").is_some();
+    if fields.next()? != b"FLOCK" {
         return Some(LockLine::Other);
     }
     let _advisory = fields.next()?;
     let mode = match fields.next()? {
-        "WRITE" => FlockMode::Exclusive,
-        "READ" => FlockMode::Shared,
+        b"WRITE" => FlockMode::Exclusive,
+        b"READ" => FlockMode::Shared,
         _ => return None,
     };
-    let pid = fields.next()?.parse::<i64>().ok()?;
+    let pid = number::<i64>(fields.next()?)?;
     let (dev, ino) = parse_dev_ino(fields.next()?)?;
     // A negative or zero PID is not a process this namespace can name.
     let pid = u32::try_from(pid).ok().filter(|&p| p > 0)?;
@@ -411,40 +737,34 @@ pub(crate) fn parse_locks_line(line: &str) -> Option<LockLine> {
 }
 
 /// Parses `MAJ:MIN:INODE` (hex, hex, decimal).
-fn parse_dev_ino(field: &str) -> Option<((u32, u32), u64)> {
-    let mut parts = field.split(':');
-    let major = u32::from_str_radix(parts.next()?, 16).ok()?;
-    let minor = u32::from_str_radix(parts.next()?, 16).ok()?;
-    let ino = parts.next()?.parse().ok()?;
+fn parse_dev_ino(field: &[u8]) -> Option<((u32, u32), u64)> {
+    let mut parts = field.split(|&b| b == b':');
+    let major = hex(parts.next()?)?;
+    let minor = hex(parts.next()?)?;
+    let ino = number(parts.next()?)?;
     parts.next().is_none().then_some(((major, minor), ino))
+}
+
+/// The device-and-inode field of `target` as `/proc/locks` prints it,
+/// with the spaces around it.
+fn dev_ino_needle(target: Target) -> Vec<u8> {
+    format!(" {:02x}:{:02x}:{} ", target.dev.0, target.dev.1, target.ino).into_bytes()
 }
 
 /// The `FLOCK` entries of `/proc/locks` text that are on `target`, in order.
 ///
-/// Searches the text for the device-and-inode field first, so the cost on a
-/// long file is one substring scan, not a parse of every line.
-pub(crate) fn flock_entries(text: &str, target: Target) -> Vec<LockEntry> {
-    let needle = format!(" {:02x}:{:02x}:{} ", target.dev.0, target.dev.1, target.ino);
-    let mut out = Vec::new();
-    let mut from = 0;
-    while let Some(at) = text[from..].find(&needle) {
-        let at = from + at;
-        let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
-        let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
-        if let Some(LockLine::Flock(entry)) = parse_locks_line(&text[start..end]) {
-            if entry.dev == target.dev && entry.ino == target.ino {
-                out.push(entry);
-            }
-        }
-        from = end;
-    }
-    out
+/// Looks for the device-and-inode field in each line first, so the cost on
+/// a long file is one scan, not a parse of every line.
+#[cfg(test)]
+pub(crate) fn flock_entries(text: &[u8], target: Target) -> Vec<LockEntry> {
+    let walk = Walk::of(&split_lines(text), target, &dev_ino_needle(target));
+    walk.hits.into_iter().map(|h| h.entry).collect()
 }
 
 /// The `FLOCK` entries of the `lock:` lines of a `/proc/PID/fdinfo/FD` file.
-pub(crate) fn fdinfo_locks(text: &str) -> impl Iterator<Item = LockEntry> + '_ {
-    text.lines().filter_map(|line| {
-        match parse_locks_line(line.strip_prefix("lock:")?.trim_start())? {
+pub(crate) fn fdinfo_locks(text: &[u8]) -> impl Iterator<Item = LockEntry> + '_ {
+    split_lines(text).into_iter().filter_map(|line| {
+        match parse_locks_line(trim_start(line.strip_prefix(b"lock:")?))? {
             LockLine::Flock(entry) => Some(entry),
             LockLine::Other => None,
         }
@@ -457,36 +777,39 @@ pub(crate) fn fdinfo_locks(text: &str) -> impl Iterator<Item = LockEntry> + '_ {
 pub(crate) struct MountEntry {
     pub(crate) mount_id: u64,
     pub(crate) dev: (u32, u32),
-    /// The mount point, with the kernel's octal escapes (`\040`) decoded.
+    /// The mount point, with the kernel's octal escapes (`\040`) decoded;
+    /// any bytes.
     pub(crate) mount_point: PathBuf,
-    pub(crate) fstype: String,
+    pub(crate) fstype: Vec<u8>,
 }
 
-/// Parses one line of `/proc/self/mountinfo`; `None` if malformed.
-pub(crate) fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
-    let mut fields = line.split(' ');
-    let mount_id = fields.next()?.parse().ok()?;
-    let _parent: u64 = fields.next()?.parse().ok()?;
-    let (major, minor) = fields.next()?.split_once(':')?;
-    let dev = (major.parse().ok()?, minor.parse().ok()?);
+/// Parses one line of `/proc/self/mountinfo` (bytes: mount points need not
+/// be UTF-8); `None` if malformed.
+pub(crate) fn parse_mountinfo_line(line: &[u8]) -> Option<MountEntry> {
+    let mut fields = line.split(|&b| b == b' ');
+    let mount_id = number(fields.next()?)?;
+    let _parent: u64 = number(fields.next()?)?;
+    let dev = fields.next()?;
+    let colon = dev.iter().position(|&b| b == b':')?;
+    let dev = (number(&dev[..colon])?, number(&dev[colon + 1..])?);
     let _root = fields.next()?;
     let mount_point = unescape_octal(fields.next()?);
     // Optional fields run up to a lone "-"; the filesystem type follows.
-    let fstype = fields.by_ref().skip_while(|f| *f != "-").nth(1)?;
+    let fstype = fields.by_ref().skip_while(|f| *f != b"-").nth(1)?;
     Some(MountEntry {
         mount_id,
         dev,
         mount_point: PathBuf::from(mount_point),
-        fstype: fstype.to_owned(),
+        fstype: fstype.to_vec(),
     })
 }
 
 /// The device (`MAJ:MIN`, decimal in mountinfo) of the mount `mount_id`.
-pub(crate) fn mount_dev(mountinfo: &str, mount_id: u64) -> Option<(u32, u32)> {
+pub(crate) fn mount_dev(mountinfo: &[u8], mount_id: u64) -> Option<(u32, u32)> {
     let prefix = format!("{mount_id} ");
     mountinfo
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
+        .split(|&b| b == b'\n')
+        .filter(|l| l.starts_with(prefix.as_bytes()))
         .find_map(parse_mountinfo_line)
         .filter(|m| m.mount_id == mount_id)
         .map(|m| m.dev)
@@ -494,8 +817,8 @@ pub(crate) fn mount_dev(mountinfo: &str, mount_id: u64) -> Option<(u32, u32)> {
 
 /// Decodes the `\ooo` escapes the kernel writes for space, tab, newline and
 /// backslash in mountinfo paths.
-pub(crate) fn unescape_octal(field: &str) -> std::ffi::OsString {
-    let bytes = field.as_bytes();
+pub(crate) fn unescape_octal(field: &[u8]) -> OsString {
+    let bytes = field;
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -520,9 +843,9 @@ pub(crate) fn unescape_octal(field: &str) -> std::ffi::OsString {
 
 /// The state letter (third field) of `/proc/PID/stat`, after the command
 /// name in parentheses, which may itself contain spaces and parentheses.
-pub(crate) fn proc_stat_state(stat: &str) -> Option<char> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.trim_start().chars().next()
+pub(crate) fn proc_stat_state(stat: &[u8]) -> Option<u8> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    trim_start(&stat[close + 1..]).first().copied()
 }
 
 /// `/proc/PID/cmdline` bytes as text: NULs between arguments become spaces,
@@ -579,7 +902,7 @@ garbage fe:00:1234 here
     #[test]
     fn flock_entries_keep_holders_and_waiters_of_the_target_only() {
         assert_eq!(
-            flock_entries(LOCKS, TARGET),
+            flock_entries(LOCKS.as_bytes(), TARGET),
             vec![
                 entry(4242, FlockMode::Exclusive, false),
                 entry(4250, FlockMode::Shared, true),
@@ -595,18 +918,18 @@ garbage fe:00:1234 here
             dev: (0x103, 0x0a),
             ino: 1234,
         };
-        let found = flock_entries(LOCKS, target);
+        let found = flock_entries(LOCKS.as_bytes(), target);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].pid, 79);
     }
 
     #[test]
     fn flock_entries_on_empty_or_unterminated_text() {
-        assert!(flock_entries("", TARGET).is_empty());
+        assert!(flock_entries(b"", TARGET).is_empty());
         let one = "1: FLOCK  ADVISORY  WRITE 5 fe:00:1234 0 EOF";
-        assert_eq!(flock_entries(one, TARGET).len(), 1);
+        assert_eq!(flock_entries(one.as_bytes(), TARGET).len(), 1);
         let trailing = "1: FLOCK  ADVISORY  WRITE 5 fe:00:1234 0 EOF\n";
-        assert_eq!(flock_entries(trailing, TARGET).len(), 1);
+        assert_eq!(flock_entries(trailing.as_bytes(), TARGET).len(), 1);
     }
 
     #[test]
@@ -618,7 +941,11 @@ garbage fe:00:1234 here
             "7: DELEG  ACTIVE    READ 99 fe:00:1234 0 EOF",
             "2: -> POSIX  ADVISORY  WRITE 813 fe:00:1234 0 100",
         ] {
-            assert_eq!(parse_locks_line(line), Some(LockLine::Other), "{line}");
+            assert_eq!(
+                parse_locks_line(line.as_bytes()),
+                Some(LockLine::Other),
+                "{line}"
+            );
         }
     }
 
@@ -639,7 +966,7 @@ garbage fe:00:1234 here
             "1: FLOCK  ADVISORY",
             "1:",
         ] {
-            assert_eq!(parse_locks_line(line), None, "{line:?}");
+            assert_eq!(parse_locks_line(line.as_bytes()), None, "{line:?}");
         }
     }
 
@@ -647,11 +974,11 @@ garbage fe:00:1234 here
     fn fdinfo_lock_lines_are_parsed() {
         let fdinfo = "pos:\t0\nflags:\t02100002\nmnt_id:\t26\nino:\t1234\n\
                       lock:\t1: FLOCK  ADVISORY  WRITE 4242 fe:00:1234 0 EOF\n";
-        let locks: Vec<_> = fdinfo_locks(fdinfo).collect();
+        let locks: Vec<_> = fdinfo_locks(fdinfo.as_bytes()).collect();
         assert_eq!(locks, vec![entry(4242, FlockMode::Exclusive, false)]);
         let posix = "pos:\t0\nlock:\t1: POSIX  ADVISORY  WRITE 4242 fe:00:1234 0 EOF\n";
-        assert_eq!(fdinfo_locks(posix).count(), 0);
-        assert_eq!(fdinfo_locks("pos:\t0\nflags:\t0\n").count(), 0);
+        assert_eq!(fdinfo_locks(posix.as_bytes()).count(), 0);
+        assert_eq!(fdinfo_locks(b"pos:\t0\nflags:\t0\n").count(), 0);
     }
 
     const MOUNTINFO: &str = "\
@@ -665,44 +992,44 @@ bad line
 
     #[test]
     fn mountinfo_lines_are_parsed_with_escapes_and_optional_fields() {
-        let m = parse_mountinfo_line(MOUNTINFO.lines().nth(2).unwrap()).unwrap();
+        let m = parse_mountinfo_line(MOUNTINFO.lines().nth(2).unwrap().as_bytes()).unwrap();
         assert_eq!(m.mount_id, 40);
         assert_eq!(m.dev, (0, 45));
         assert_eq!(m.mount_point, Path::new("/mnt/with space\ttab"));
-        assert_eq!(m.fstype, "btrfs");
-        let m = parse_mountinfo_line(MOUNTINFO.lines().nth(3).unwrap()).unwrap();
+        assert_eq!(m.fstype, b"btrfs");
+        let m = parse_mountinfo_line(MOUNTINFO.lines().nth(3).unwrap().as_bytes()).unwrap();
         assert_eq!(m.mount_point, Path::new("/mnt/back\\slash"));
-        assert_eq!(m.fstype, "overlay");
+        assert_eq!(m.fstype, b"overlay");
         // No "-" separator, or a bad device: malformed.
         assert_eq!(
-            parse_mountinfo_line(MOUNTINFO.lines().nth(4).unwrap()),
+            parse_mountinfo_line(MOUNTINFO.lines().nth(4).unwrap().as_bytes()),
             None
         );
-        assert_eq!(parse_mountinfo_line("bad line"), None);
+        assert_eq!(parse_mountinfo_line(b"bad line"), None);
         assert_eq!(
-            parse_mountinfo_line(MOUNTINFO.lines().nth(6).unwrap()),
+            parse_mountinfo_line(MOUNTINFO.lines().nth(6).unwrap().as_bytes()),
             None
         );
     }
 
     #[test]
     fn mount_dev_matches_the_mount_id_exactly() {
-        assert_eq!(mount_dev(MOUNTINFO, 27), Some((254, 0)));
-        assert_eq!(mount_dev(MOUNTINFO, 40), Some((0, 45)));
-        assert_eq!(mount_dev(MOUNTINFO, 2), None); // not a prefix match on "22" or "27"
-        assert_eq!(mount_dev(MOUNTINFO, 4), None);
-        assert_eq!(mount_dev(MOUNTINFO, 43), None);
+        assert_eq!(mount_dev(MOUNTINFO.as_bytes(), 27), Some((254, 0)));
+        assert_eq!(mount_dev(MOUNTINFO.as_bytes(), 40), Some((0, 45)));
+        assert_eq!(mount_dev(MOUNTINFO.as_bytes(), 2), None); // not a prefix match on "22" or "27"
+        assert_eq!(mount_dev(MOUNTINFO.as_bytes(), 4), None);
+        assert_eq!(mount_dev(MOUNTINFO.as_bytes(), 43), None);
     }
 
     #[test]
     fn octal_escapes_decode_and_stray_backslashes_stay() {
-        assert_eq!(unescape_octal("a\\040b"), "a b");
-        assert_eq!(unescape_octal("a\\012b"), "a\nb");
-        assert_eq!(unescape_octal("tail\\04"), "tail\\04");
-        assert_eq!(unescape_octal("x\\9yz"), "x\\9yz");
-        assert_eq!(unescape_octal("\\777"), "\\777"); // above one byte
+        assert_eq!(unescape_octal(b"a\\040b"), "a b");
+        assert_eq!(unescape_octal(b"a\\012b"), "a\nb");
+        assert_eq!(unescape_octal(b"tail\\04"), "tail\\04");
+        assert_eq!(unescape_octal(b"x\\9yz"), "x\\9yz");
+        assert_eq!(unescape_octal(b"\\777"), "\\777"); // above one byte
         use std::os::unix::ffi::OsStrExt;
-        assert_eq!(unescape_octal("\\377").as_bytes(), [0xff]);
+        assert_eq!(unescape_octal(b"\\377").as_bytes(), [0xff]);
     }
 
     #[test]
@@ -725,72 +1052,111 @@ bad line
 
     #[test]
     fn stat_state_is_read_after_the_command_name() {
-        assert_eq!(proc_stat_state("42 (sleep) S 1 42"), Some('S'));
-        assert_eq!(proc_stat_state("42 (a) Z) Z 1 42"), Some('Z'));
-        assert_eq!(proc_stat_state("42 (x y) R 1"), Some('R'));
-        assert_eq!(proc_stat_state("garbage"), None);
+        assert_eq!(proc_stat_state(b"42 (sleep) S 1 42"), Some(b'S'));
+        assert_eq!(proc_stat_state(b"42 (a) Z) Z 1 42"), Some(b'Z'));
+        assert_eq!(proc_stat_state(b"42 (x y) R 1"), Some(b'R'));
+        assert_eq!(proc_stat_state(b"garbage"), None);
     }
 
+    /// `n` lines of unrelated locks, numbered from `from`.
+    fn filler(from: usize, n: usize) -> Vec<String> {
+        (from..from + n)
+            .map(|i| format!("{i}: FLOCK  ADVISORY  WRITE 900 fe:00:{} 0 EOF", 50_000 + i))
+            .collect()
+    }
+
+    fn walk<'a>(lines: &'a [String]) -> Walk<'a> {
+        let lines: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+        Walk::of(&lines, TARGET, &dev_ino_needle(TARGET))
+    }
+
+    const MINE: &str = "FLOCK  ADVISORY  WRITE 4242 fe:00:1234 0 EOF";
+
     #[test]
-    fn holder_display_names_pid_command_and_mode() {
-        let mut h = Holder {
-            pid: 4242,
-            mode: FlockMode::Exclusive,
-            waiting: false,
-            cmdline: Some("cargo build --release".into()),
-            status: PidStatus::Confirmed,
-            sharers: Vec::new(),
-        };
+    fn a_record_shown_again_after_the_list_moved_is_counted_once() {
+        // Page 1 ends with the holder; two locks taken before it push it,
+        // and the line before it, into page 2 as well.
+        let mut one = filler(1, 70);
+        one.push(format!("71: {MINE}"));
+        let mut two = vec![one[69].replacen("70:", "72:", 1), format!("73: {MINE}")];
+        two.extend(filler(74, 10));
+        let walks = [walk(&one), walk(&two)];
         assert_eq!(
-            h.to_string(),
-            "pid 4242 (cargo build --release) holds exclusive"
-        );
-        h.waiting = true;
-        h.mode = FlockMode::Shared;
-        assert_eq!(
-            h.to_string(),
-            "pid 4242 (cargo build --release) waits for shared"
-        );
-        h.waiting = false;
-        h.status = PidStatus::Exited;
-        h.cmdline = None;
-        assert_eq!(
-            h.to_string(),
-            "pid 4242 (exited) took shared; the process holding it now is not visible"
-        );
-        h.sharers = vec![
-            LockProcess {
-                pid: 4250,
-                cmdline: Some("sleep 100".into()),
-            },
-            LockProcess {
-                pid: 4251,
-                cmdline: None,
-            },
-        ];
-        assert_eq!(
-            h.to_string(),
-            "pid 4242 (exited) took shared; now held by pid 4250 (sleep 100), pid 4251"
-        );
-        h.status = PidStatus::NotHolding;
-        h.cmdline = Some("make".into());
-        assert_eq!(
-            h.to_string(),
-            "pid 4242 (make) took shared but no longer has it open; now held by pid 4250 (sleep 100), pid 4251"
+            count_once(&walks),
+            [entry(4242, FlockMode::Exclusive, false)]
         );
     }
 
     #[test]
-    fn repeated_entries_are_detected() {
-        let entry = |pid| LockEntry {
-            waiting: false,
-            mode: FlockMode::Shared,
-            pid,
-            dev: (0, 42),
-            ino: 7,
-        };
-        assert!(!has_repeats(&[]));
-        assert!(!has_repeats(&[entry(1), entry(2)]));
-        assert!(has_repeats(&[entry(1), entry(2), entry(1)]));
+    fn the_last_line_of_a_page_shown_first_on_the_next_is_counted_once() {
+        let mut one = filler(1, 5);
+        one.push(format!("6: {MINE}"));
+        let mut two = vec![format!("7: {MINE}")];
+        two.extend(filler(8, 3).into_iter().map(|l| l.replace("90", "91")));
+        assert_eq!(count_once(&[walk(&one), walk(&two)]).len(), 1);
+    }
+
+    #[test]
+    fn two_locks_of_one_process_on_either_side_of_a_page_boundary_both_count() {
+        // Same PID, mode and file (two open file descriptions), different
+        // neighbours: two records.
+        let mut one = filler(1, 70);
+        one.push(format!("71: {MINE}"));
+        one.extend(filler(72, 2));
+        let mut two = filler(200, 2);
+        two.push(format!("76: {MINE}"));
+        two.extend(filler(300, 2));
+        assert_eq!(count_once(&[walk(&one), walk(&two)]).len(), 2);
+        // Within one page (one walk) nothing is merged.
+        let mut same = filler(1, 3);
+        same.push(format!("4: {MINE}"));
+        same.push(format!("5: {MINE}"));
+        assert_eq!(count_once(&[walk(&same)]).len(), 2);
+    }
+
+    #[test]
+    fn passes_that_disagree_are_decided_by_the_median() {
+        let x = entry(1, FlockMode::Shared, false);
+        let y = entry(2, FlockMode::Shared, false);
+        assert_eq!(tally(&[x, x, y], &[&[x, y], &[x, y]]), [(x, 1), (y, 1)]);
+        assert_eq!(tally(&[x], &[&[x, y], &[y, x]]), [(x, 1), (y, 1)]);
+        assert_eq!(tally(&[x, y], &[&[x], &[]]), [(x, 1), (y, 0)]);
+        assert_eq!(tally(&[x, x], &[]), [(x, 2)]);
+        assert_eq!(tally(&[x], &[&[y]]), [(x, 1), (y, 0)]);
+        assert!(same_counts(&[x, y], &[y, x]));
+        assert!(!same_counts(&[x, x], &[x, y]));
+    }
+
+    #[test]
+    fn waiter_lines_and_positions_are_recognised() {
+        assert!(is_waiter_line(
+            b"2: -> FLOCK  ADVISORY  READ 4250 fe:00:1234 0 EOF"
+        ));
+        assert!(is_waiter_line(
+            b"2:  -> FLOCK  ADVISORY  READ 4250 fe:00:1234 0 EOF"
+        ));
+        assert!(!is_waiter_line(
+            b"2: FLOCK  ADVISORY  READ 4250 fe:00:1234 0 EOF"
+        ));
+        assert!(!is_waiter_line(b"no colon"));
+        assert_eq!(
+            without_position(b"12: FLOCK  ADVISORY  READ 1 fe:00:1 0 EOF"),
+            b"FLOCK  ADVISORY  READ 1 fe:00:1 0 EOF"
+        );
+    }
+
+    #[test]
+    fn mountinfo_with_a_mount_point_that_is_not_utf8_still_parses() {
+        use std::os::unix::ffi::OsStrExt;
+        let mut info = MOUNTINFO.as_bytes().to_vec();
+        info.extend_from_slice(b"\n50 27 0:60 / /mnt/\xff\xfe\\012x rw - tmpfs tmpfs rw\n");
+        assert_eq!(mount_dev(&info, 40), Some((0, 45)));
+        assert_eq!(mount_dev(&info, 50), Some((0, 60)));
+        let line = info
+            .split(|&b| b == b'\n')
+            .find(|l| l.starts_with(b"50 "))
+            .unwrap();
+        let m = parse_mountinfo_line(line).unwrap();
+        assert_eq!(m.mount_point.as_os_str().as_bytes(), b"/mnt/\xff\xfe\nx");
     }
 }

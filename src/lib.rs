@@ -32,6 +32,33 @@
 //! reader.write_all(b"no");
 //! ```
 //!
+//! Only a shared guard upgrades, and only an exclusive one truncates or
+//! removes the file:
+//!
+//! ```compile_fail
+//! # let path = std::path::Path::new("/tmp/x.lock");
+//! let writer = flockguard::try_flock::<flockguard::Exclusive>(path).unwrap();
+//! let _ = writer.try_upgrade();
+//! ```
+//!
+//! ```compile_fail
+//! # let path = std::path::Path::new("/tmp/x.lock");
+//! let writer = flockguard::try_flock::<flockguard::Exclusive>(path).unwrap();
+//! let _ = writer.upgrade();
+//! ```
+//!
+//! ```compile_fail
+//! # let path = std::path::Path::new("/tmp/x.lock");
+//! let reader = flockguard::try_flock::<flockguard::Shared>(path).unwrap();
+//! let _ = reader.set_len(0);
+//! ```
+//!
+//! ```compile_fail
+//! # let path = std::path::Path::new("/tmp/x.lock");
+//! let reader = flockguard::try_flock::<flockguard::Shared>(path).unwrap();
+//! let _ = reader.unlink_and_unlock();
+//! ```
+//!
 //! # Every way to take a lock
 //! A path goes through [`LockOptions::open`] (or [`LockFile::open`] with
 //! the defaults) to a [`LockFile`], whose acquisitions combine with every
@@ -122,6 +149,8 @@
 //! - `cli`: the `flockguard` command, a drop-in for util-linux `flock(1)`.
 //! - `tokio`: the `flockguard::tokio` module, async acquisition that never
 //!   blocks an executor thread.
+//! - `postgres`: the module `pg`, the same typed guards over PostgreSQL
+//!   advisory locks for processes on several hosts, with fencing tokens.
 //!
 //! The default build depends on `rustix` and `thiserror` only.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -132,28 +161,48 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("flockguard supports Linux only: it relies on flock(2) semantics, /proc/locks and inotify as Linux provides them");
 
+// Everything else is Linux only; the compile_error above is then the one
+// message a build on another target shows.
+#[cfg(target_os = "linux")]
 mod error;
+#[cfg(target_os = "linux")]
 mod fs_policy;
+#[cfg(target_os = "linux")]
+mod holder;
+#[cfg(target_os = "linux")]
 mod holders;
+#[cfg(target_os = "linux")]
 mod lock;
+#[cfg(target_os = "linux")]
 mod mode;
+#[cfg(target_os = "linux")]
 mod open;
+#[cfg(all(target_os = "linux", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod pg;
+#[cfg(target_os = "linux")]
 mod sys;
-#[cfg(feature = "tokio")]
+#[cfg(all(target_os = "linux", feature = "tokio"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
+#[cfg(target_os = "linux")]
 mod wait;
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use error::{Error, FileKind, LockError, PathProblem};
-pub use fs_policy::{classify, UnreliableFs};
-pub use holders::{holders, Holder, LockProcess, PidStatus};
-pub use lock::{
-    block_flock, flock_timeout, materialize, try_flock, AnyGuard, LockFile, LockGuard, LockOptions,
+#[cfg(target_os = "linux")]
+pub use crate::{
+    error::{Error, FileKind, LockError, PathProblem},
+    fs_policy::{classify, UnreliableFs},
+    holder::{Holder, LockProcess, PidStatus},
+    holders::holders,
+    lock::{
+        block_flock, flock_timeout, materialize, try_flock, AnyGuard, LockFile, LockGuard,
+        LockOptions,
+    },
+    mode::{Exclusive, FlockMode, Mode, Shared},
+    open::{Access, RemoteFs},
+    wait::{CancelToken, Wait},
 };
-pub use mode::{Exclusive, FlockMode, Mode, Shared};
-pub use open::{Access, RemoteFs};
-pub use wait::{CancelToken, Wait};

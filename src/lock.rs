@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, LockError, PathProblem};
-use crate::holders::{self, Holder};
+use crate::holder::Holder;
+use crate::holders;
 use crate::mode::{Exclusive, FlockMode, Mode, Shared};
 use crate::open::{self, Access, OpenSpec, Opened, RemoteFs};
 use crate::sys;
@@ -181,8 +182,13 @@ impl LockOptions {
     /// which the caller's duplicates share; the guard releases it on drop
     /// for all of them.
     ///
+    /// The descriptor keeps its access mode; under
+    /// [`Access::ReadWrite`] a read-only one is refused with
+    /// [`Error::ReadOnly`].
+    ///
     /// # Errors
-    /// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::Stat`].
+    /// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::ReadOnly`],
+    /// [`Error::Stat`]; each gives the `File` back.
     ///
     /// # Examples
     /// ```
@@ -195,9 +201,11 @@ impl LockOptions {
     /// # drop(guard);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn adopt(&self, file: File) -> Result<LockFile, Error> {
-        let opened = open::adopt(file, &self.spec)?;
-        Ok(LockFile::new(opened, None))
+    pub fn adopt(&self, file: File) -> Result<LockFile, LockError<File>> {
+        match open::adopt(&file, &self.spec) {
+            Ok(writable) => Ok(LockFile::new(Opened { file, writable }, None)),
+            Err(error) => Err(LockError::new(error, file)),
+        }
     }
 }
 
@@ -268,7 +276,7 @@ impl LockFile {
     /// [`LockOptions::adopt`].
     ///
     /// # Errors
-    /// As [`LockOptions::adopt`].
+    /// As [`LockOptions::adopt`]: the `File` comes back in the error.
     ///
     /// # Examples
     /// ```
@@ -281,7 +289,7 @@ impl LockFile {
     /// # drop(file);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn from_file(file: File) -> Result<LockFile, Error> {
+    pub fn from_file(file: File) -> Result<LockFile, LockError<File>> {
         LockOptions::new().adopt(file)
     }
 
@@ -327,6 +335,9 @@ impl LockFile {
     /// # drop(reader);
     /// # Ok::<(), flockguard::Error>(())
     /// ```
+    ///
+    /// # References
+    /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
     #[doc(alias = "LOCK_EX")]
     #[doc(alias = "LOCK_SH")]
     pub fn lock<M: Mode>(self) -> Result<LockGuard<M>, LockError<LockFile>> {
@@ -355,6 +366,9 @@ impl LockFile {
     /// let _guard = err.into_inner().lock_timeout::<Exclusive>(Duration::from_secs(1))?;
     /// # Ok::<(), flockguard::Error>(())
     /// ```
+    ///
+    /// # References
+    /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
     pub fn lock_timeout<M: Mode>(
         self,
         timeout: Duration,
@@ -472,6 +486,7 @@ impl LockFile {
         self.check_owner()?;
         sys::funlock(self.as_fd()).map_err(|source| Error::Unlock {
             path: self.error_path(),
+            mode: None,
             source,
         })
     }
@@ -501,6 +516,16 @@ impl LockFile {
             source,
         })?;
         holders::holders_of(id, &path)
+    }
+
+    /// [`holders`](Self::holders) within `budget`, for messages: an empty
+    /// list when the file cannot be examined.
+    pub(crate) fn holders_within(&self, budget: Duration) -> Vec<Holder> {
+        let path = self.error_path();
+        sys::statx_fd(self.as_fd())
+            .ok()
+            .and_then(|id| holders::holders_within(id, &path, budget).ok())
+            .unwrap_or_default()
     }
 
     /// The path the file was opened from; `None` for an adopted file.
@@ -680,7 +705,7 @@ impl LockFile {
             return Err(Ok(Stop::TimedOut));
         }
         if let Some(notice) = notice.take() {
-            notice(&self.holders().unwrap_or_default());
+            notice(&self.holders_within(holders::WAIT_DIAGNOSTICS_BUDGET));
         }
         if until.is_none() && cancel.is_none() {
             return sys::flock(fd, mode, false).map_err(|err| Err(self.flock_error(mode, err)));
@@ -703,9 +728,9 @@ impl LockFile {
             path: self.error_path(),
             mode,
             waited: start.elapsed(),
-            // Diagnostics must not hide the timeout: a failed read of
-            // /proc leaves the list empty.
-            holders: self.holders().unwrap_or_default().into(),
+            // Diagnostics must not hide the timeout or delay it past a few
+            // milliseconds: a failed read of /proc leaves the list empty.
+            holders: self.holders_within(holders::WAIT_DIAGNOSTICS_BUDGET).into(),
             context: context.map(Box::from),
         }
     }
@@ -808,9 +833,12 @@ impl<M: Mode> LockGuard<M> {
         M::MODE
     }
 
-    /// The open file, for `metadata()` and reads.
-    pub fn as_file(&self) -> &File {
-        self.file().as_file()
+    /// The lock file's metadata, as [`File::metadata`].
+    ///
+    /// # Errors
+    /// The error of `statx(2)`.
+    pub fn metadata(&self) -> io::Result<std::fs::Metadata> {
+        self.file().file.metadata()
     }
 
     /// Releases the lock with `flock(LOCK_UN)` and returns the open file
@@ -818,8 +846,8 @@ impl<M: Mode> LockGuard<M> {
     ///
     /// # Errors
     /// [`Error::NotOwner`] in a forked child (the parent's lock is left as
-    /// it was); [`Error::Unlock`] if `flock(2)` fails (the descriptor is
-    /// then closed).
+    /// it was); [`Error::Unlock`] if `flock(2)` fails. Each gives the guard
+    /// back.
     ///
     /// # Examples
     /// ```
@@ -835,15 +863,21 @@ impl<M: Mode> LockGuard<M> {
     /// # References
     /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
     #[doc(alias = "LOCK_UN")]
-    pub fn unlock(self) -> Result<LockFile, Error> {
+    pub fn unlock(self) -> Result<LockFile, LockError<LockGuard<M>>> {
         let file = self.file();
-        file.check_owner()?;
+        if let Err(error) = file.check_owner() {
+            return Err(LockError::new(error, self));
+        }
         match sys::funlock(file.as_fd()) {
             Ok(()) => Ok(self.into_file()),
-            Err(source) => Err(Error::Unlock {
-                path: file.error_path(),
-                source,
-            }),
+            Err(source) => {
+                let error = Error::Unlock {
+                    path: file.error_path(),
+                    mode: Some(M::MODE),
+                    source,
+                };
+                Err(LockError::new(error, self))
+            }
         }
     }
 
@@ -911,7 +945,9 @@ impl<M: Mode> LockGuard<M> {
 
     /// Changes the mode with `flock(2)`; a failure hands back the file,
     /// unlocked (`LOCK_UN` makes that true whatever the kernel did), except
-    /// in a forked child, where nothing was changed.
+    /// in a forked child, where nothing was changed: the file handed back
+    /// there still shares the parent's locked open file description, and
+    /// refuses every change with [`Error::NotOwner`].
     fn convert<N: Mode>(self, nonblocking: bool) -> Result<LockGuard<N>, LockError<LockFile>> {
         let checked = self.file().check_owner();
         let file = self.into_file();
@@ -923,12 +959,12 @@ impl<M: Mode> LockGuard<M> {
             Err(source) => {
                 let mut error = file.flock_error(N::MODE, source);
                 if let Error::WouldBlock { shared_lost, .. } = &mut error {
-                    // flock(2) removes the old lock before it looks for
-                    // conflicts, so a refused upgrade has lost it.
+                    // Local flock(2) removes the old lock before it looks
+                    // for conflicts; NFS keeps it. LOCK_UN below makes
+                    // "lost" true on both.
                     *shared_lost = M::MODE == FlockMode::Shared;
-                } else {
-                    let _ = sys::funlock(file.as_fd());
                 }
+                let _ = sys::funlock(file.as_fd());
                 Err(LockError::new(error, file))
             }
         }
@@ -955,6 +991,9 @@ impl LockGuard<Exclusive> {
     /// # drop((reader, other));
     /// # Ok::<(), flockguard::Error>(())
     /// ```
+    ///
+    /// # References
+    /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
     pub fn downgrade(self) -> Result<LockGuard<Shared>, LockError<LockFile>> {
         // LOCK_NB: converting down never conflicts, so it must never wait.
         self.convert(true)
@@ -974,7 +1013,7 @@ impl LockGuard<Exclusive> {
     /// # Errors
     /// The error of `fsync(2)`.
     pub fn sync_all(&self) -> io::Result<()> {
-        self.as_file().sync_all()
+        self.file().as_file().sync_all()
     }
 
     fn writable(&self) -> io::Result<&File> {
@@ -995,8 +1034,8 @@ impl LockGuard<Shared> {
     ///
     /// `flock(2)` drops the shared lock first and waits holding nothing:
     /// others may take and release the lock in between, so re-read what
-    /// the lock protects after upgrading. In async code this call blocks
-    /// the thread; use `flockguard::tokio::upgrade` there.
+    /// the lock protects after upgrading. This call blocks the thread
+    /// until the lock is granted.
     ///
     /// # Errors
     /// [`Error::NotOwner`] in a forked child, [`Error::Flock`]; each gives
@@ -1011,6 +1050,9 @@ impl LockGuard<Shared> {
     /// # drop(writer);
     /// # Ok::<(), flockguard::Error>(())
     /// ```
+    ///
+    /// # References
+    /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
     pub fn upgrade(self) -> Result<LockGuard<Exclusive>, LockError<LockFile>> {
         self.convert(false)
     }
@@ -1040,6 +1082,9 @@ impl LockGuard<Shared> {
     /// let _writer = file.try_lock::<flockguard::Exclusive>()?;
     /// # Ok::<(), flockguard::Error>(())
     /// ```
+    ///
+    /// # References
+    /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
     pub fn try_upgrade(self) -> Result<LockGuard<Exclusive>, LockError<LockFile>> {
         self.convert(true)
     }
@@ -1057,11 +1102,12 @@ impl LockGuard<Exclusive> {
     /// file.
     ///
     /// # Errors
-    /// The lock is released in every case but [`Error::NotOwner`] (a
-    /// forked child: nothing removed, the parent's lock untouched).
-    /// [`Error::PathChanged`] when the path no longer names the locked
-    /// file (nothing removed); [`Error::InvalidPath`] for an adopted file;
-    /// [`Error::Remove`] when `unlink(2)` fails; [`Error::Stat`].
+    /// Each gives the guard back, still holding the lock:
+    /// [`Error::NotOwner`] in a forked child (nothing removed, the parent's
+    /// lock untouched); [`Error::PathChanged`] when the path no longer names
+    /// the locked file (nothing removed); [`Error::InvalidPath`] for an
+    /// adopted file; [`Error::Remove`] when `unlink(2)` fails;
+    /// [`Error::Stat`].
     ///
     /// # Examples
     /// ```
@@ -1076,14 +1122,21 @@ impl LockGuard<Exclusive> {
     ///
     /// # References
     /// - [unlink(2)](https://man7.org/linux/man-pages/man2/unlink.2.html)
-    pub fn unlink_and_unlock(self) -> Result<(), Error> {
+    pub fn unlink_and_unlock(self) -> Result<(), LockError<LockGuard<Exclusive>>> {
+        match self.unlink() {
+            // Unlinked before the release: nobody can verify the old file
+            // in between. Drop releases it now.
+            Ok(()) => Ok(()),
+            Err(error) => Err(LockError::new(error, self)),
+        }
+    }
+
+    fn unlink(&self) -> Result<(), Error> {
         self.file().check_owner()?;
         let path = self.known_path()?;
         if !open::names_file(path, self.as_fd())? {
             return Err(Error::PathChanged { path: path.into() });
         }
-        // Unlink before the release: nobody can verify the old file in
-        // between.
         sys::unlink(path).map_err(|source| Error::Remove {
             path: path.into(),
             source,
@@ -1127,17 +1180,17 @@ impl<M: Mode> AsRawFd for LockGuard<M> {
 
 impl<M: Mode> Read for LockGuard<M> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.as_file().read(buf)
+        self.file().as_file().read(buf)
     }
 
     fn read_to_end(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        self.as_file().read_to_end(buf)
+        self.file().as_file().read_to_end(buf)
     }
 }
 
 impl<M: Mode> Seek for LockGuard<M> {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        self.as_file().seek(pos)
+        self.file().as_file().seek(pos)
     }
 }
 
@@ -1149,7 +1202,7 @@ impl Write for LockGuard<Exclusive> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.as_file().flush()
+        self.file().as_file().flush()
     }
 }
 
@@ -1185,7 +1238,7 @@ impl AnyGuard {
     /// Releases the lock; see [`LockGuard::unlock`].
     ///
     /// # Errors
-    /// As [`LockGuard::unlock`].
+    /// As [`LockGuard::unlock`], with the guard back as an `AnyGuard`.
     ///
     /// # Examples
     /// ```
@@ -1196,10 +1249,15 @@ impl AnyGuard {
     /// let _file = guard.unlock()?;
     /// # Ok::<(), flockguard::Error>(())
     /// ```
-    pub fn unlock(self) -> Result<LockFile, Error> {
+    #[allow(clippy::result_large_err)] // 128 bytes, the error and the guard it hands back, on a path that fails only in a fork child
+    pub fn unlock(self) -> Result<LockFile, LockError<AnyGuard>> {
         match self {
-            AnyGuard::Exclusive(g) => g.unlock(),
-            AnyGuard::Shared(g) => g.unlock(),
+            AnyGuard::Exclusive(g) => g
+                .unlock()
+                .map_err(|e| LockError::new(e.error, e.handle.into())),
+            AnyGuard::Shared(g) => g
+                .unlock()
+                .map_err(|e| LockError::new(e.error, e.handle.into())),
         }
     }
 }
@@ -1207,6 +1265,17 @@ impl AnyGuard {
 impl AnyGuard {
     /// Gives up the guard and keeps the lock; see
     /// [`LockGuard::into_locked_fd`].
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{FlockMode, LockFile, Wait};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let guard = LockFile::open(&path)?.lock_any(FlockMode::Shared, Wait::none())?;
+    /// let fd = guard.into_locked_fd(); // e.g. to hand to a child process
+    /// # drop(fd);
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
     pub fn into_locked_fd(self) -> OwnedFd {
         match self {
             AnyGuard::Exclusive(g) => g.into_locked_fd(),

@@ -101,18 +101,23 @@ pub(crate) fn open(path: &Path, spec: &OpenSpec) -> Result<Opened, Error> {
 }
 
 /// Checks a caller's open file as [`open`] checks a path, and sets
-/// `FD_CLOEXEC` on it.
-pub(crate) fn adopt(file: File, spec: &OpenSpec) -> Result<Opened, Error> {
+/// `FD_CLOEXEC` on it; returns whether it is open for writing.
+pub(crate) fn adopt(file: &File, spec: &OpenSpec) -> Result<bool, Error> {
     let stat_err = |source| Error::Stat {
-        path: display_path(&file),
+        path: display_path(file),
         source,
     };
+    let writable = sys::is_writable(file.as_fd()).map_err(stat_err)?;
+    check(file.as_fd(), &display_path(file), spec)?;
+    if spec.access == Access::ReadWrite && !writable {
+        return Err(Error::ReadOnly {
+            path: display_path(file),
+        });
+    }
     if !sys::is_cloexec(file.as_fd()).map_err(stat_err)? {
         sys::set_cloexec(file.as_fd()).map_err(stat_err)?;
     }
-    let writable = sys::is_writable(file.as_fd()).map_err(stat_err)?;
-    check(file.as_fd(), &display_path(&file), spec)?;
-    Ok(Opened { file, writable })
+    Ok(writable)
 }
 
 fn validate(path: &Path, spec: &OpenSpec) -> Result<(), Error> {
@@ -214,7 +219,7 @@ fn open_fd(path: &Path, spec: &OpenSpec) -> Result<(OwnedFd, bool, bool), Error>
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound && spec.create_dirs => {
                     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                        std::fs::create_dir_all(parent).map_err(open_err)?;
+                        sys::create_dir_all(parent).map_err(open_err)?;
                     }
                     last = Some(e);
                     continue;

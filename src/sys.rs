@@ -218,6 +218,11 @@ fn wipe_on_fork_word() -> Option<&'static AtomicU32> {
     }
 }
 
+/// `mkdir(2)` of every missing directory along `path`.
+pub(crate) fn create_dir_all(path: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(path)
+}
+
 /// `unlink(2)`.
 pub(crate) fn unlink(path: &Path) -> io::Result<()> {
     rustix::fs::unlink(path).map_err(Into::into)
@@ -435,18 +440,6 @@ pub(crate) fn poll_readable(
     Ok(slot.map(|s| s.is_some_and(|i| !set[i].revents().is_empty())))
 }
 
-/// Whether a process exists, by `kill(pid, 0)`: `Some(true)` if it does
-/// (even when this process may not signal it), `Some(false)` on `ESRCH`,
-/// `None` when the PID is not representable.
-pub(crate) fn pid_exists(pid: u32) -> Option<bool> {
-    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
-    match rustix::process::test_kill_process(pid) {
-        Ok(()) => Some(true),
-        Err(Errno::SRCH) => Some(false),
-        Err(_) => Some(true),
-    }
-}
-
 /// Raw `errno` values the typed layer distinguishes in messages.
 pub(crate) mod errno {
     use rustix::io::Errno;
@@ -463,4 +456,170 @@ pub(crate) mod errno {
     pub(crate) const NAMETOOLONG: i32 = Errno::NAMETOOLONG.raw_os_error();
     pub(crate) const LOOP: i32 = Errno::LOOP.raw_os_error();
     pub(crate) const WOULDBLOCK: i32 = Errno::WOULDBLOCK.raw_os_error();
+}
+
+// ---- /proc reads for holder diagnostics ---------------------------------
+//
+// Each returns the bytes the kernel gave (never text: mount points and
+// command lines need not be UTF-8). A PID here is one of the namespace
+// `/proc` is mounted for, as `/proc/locks` prints it.
+
+/// Opens `/proc/locks`.
+pub(crate) fn proc_locks_open() -> io::Result<std::fs::File> {
+    std::fs::File::open("/proc/locks")
+}
+
+/// Moves the read position of an open `/proc/locks` to byte `offset`. The
+/// kernel walks its lock list from the start to get there, and the next
+/// read begins with the rest of the line it stopped in.
+pub(crate) fn proc_locks_seek(file: &mut std::fs::File, offset: u64) -> io::Result<()> {
+    use std::io::Seek;
+    file.seek(io::SeekFrom::Start(offset)).map(drop)
+}
+
+/// One `read(2)` of an open `/proc/locks`: its bytes, empty at the end.
+/// The kernel serves at most one page of whole lines per call, taken under
+/// its lock-list lock, and walks the list from its start again for the
+/// next call.
+pub(crate) fn proc_locks_read(file: &mut std::fs::File) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    // `vec![0; n]` is one zeroed allocation; growing a Vec to it would
+    // write every byte.
+    let mut buf = vec![0; 64 * 1024];
+    let n = loop {
+        match file.read(&mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => break other?,
+        }
+    };
+    buf.truncate(n);
+    buf.shrink_to_fit();
+    Ok(buf)
+}
+
+/// The contents of `/proc/self/mountinfo`.
+pub(crate) fn proc_self_mountinfo() -> io::Result<Vec<u8>> {
+    std::fs::read("/proc/self/mountinfo")
+}
+
+/// The numeric entries of a `/proc` directory, in the kernel's order.
+fn proc_numbers(dir: &str) -> io::Result<Vec<u32>> {
+    let fd = retry(|| {
+        rustix::fs::open(
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Perms::empty(),
+        )
+    })?;
+    numbers_in(&mut rustix::fs::Dir::new(fd)?)
+}
+
+fn numbers_in(dir: &mut rustix::fs::Dir) -> io::Result<Vec<u32>> {
+    let mut out = Vec::new();
+    while let Some(entry) = dir.read() {
+        let entry = entry?;
+        if let Some(n) = std::str::from_utf8(entry.file_name().to_bytes())
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
+
+/// The PIDs listed in `/proc` (thread-group leaders).
+pub(crate) fn proc_pids() -> io::Result<Vec<u32>> {
+    proc_numbers("/proc")
+}
+
+/// The thread ids of process `pid`, from `/proc/PID/task`.
+pub(crate) fn proc_tasks(pid: u32) -> io::Result<Vec<u32>> {
+    proc_numbers(&format!("/proc/{pid}/task"))
+}
+
+/// `/proc/PID/stat`, or `/proc/PID/task/TID/stat` for one thread.
+pub(crate) fn proc_stat(pid: u32, tid: Option<u32>) -> io::Result<Vec<u8>> {
+    match tid {
+        None => std::fs::read(format!("/proc/{pid}/stat")),
+        Some(tid) => std::fs::read(format!("/proc/{pid}/task/{tid}/stat")),
+    }
+}
+
+/// At most `max` bytes of `/proc/PID/cmdline`.
+pub(crate) fn proc_cmdline(pid: u32, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    std::fs::File::open(format!("/proc/{pid}/cmdline"))?
+        .take(max)
+        .read_to_end(&mut raw)?;
+    Ok(raw)
+}
+
+/// An open `/proc/PID/fdinfo` directory and the descriptors it listed.
+pub(crate) struct FdinfoDir {
+    dir: rustix::fs::Dir,
+    /// The descriptor numbers, in the kernel's order.
+    pub(crate) fds: Vec<u32>,
+}
+
+/// Opens and lists `/proc/PID/fdinfo`, or `/proc/PID/task/TID/fdinfo` (the
+/// descriptors of a process whose main thread has exited are visible only
+/// through its other threads).
+pub(crate) fn proc_fdinfo_dir(pid: u32, tid: Option<u32>) -> io::Result<FdinfoDir> {
+    let path = match tid {
+        None => format!("/proc/{pid}/fdinfo"),
+        Some(tid) => format!("/proc/{pid}/task/{tid}/fdinfo"),
+    };
+    let fd = retry(|| {
+        rustix::fs::open(
+            path.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Perms::empty(),
+        )
+    })?;
+    let mut dir = rustix::fs::Dir::new(fd)?;
+    let fds = numbers_in(&mut dir)?;
+    Ok(FdinfoDir { dir, fds })
+}
+
+/// Reads `fdinfo/FD` of an open [`FdinfoDir`] into `buf` (replacing its
+/// contents).
+pub(crate) fn proc_fdinfo(dir: &FdinfoDir, fd: u32, buf: &mut Vec<u8>) -> io::Result<()> {
+    let name = fd.to_string();
+    let file = retry(|| {
+        rustix::fs::openat(
+            dir.dir.fd()?,
+            name.as_str(),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Perms::empty(),
+        )
+    })?;
+    buf.clear();
+    let mut step = [0u8; 4096];
+    loop {
+        let n = retry(|| rustix::io::read(&file, &mut step))?;
+        buf.extend_from_slice(&step[..n]);
+        // The kernel renders the whole file at the first read: a short
+        // read is the end, which saves the read(2) that would return 0.
+        if n < step.len() {
+            return Ok(());
+        }
+    }
+}
+
+/// Whether an error from a `/proc/PID` read means the process (or the
+/// descriptor) is gone: `ENOENT` or `ESRCH`.
+pub(crate) fn is_gone(err: &io::Error) -> bool {
+    [Errno::NOENT, Errno::SRCH]
+        .iter()
+        .any(|e| err.raw_os_error() == Some(e.raw_os_error()))
+}
+
+/// This host's name (`/proc/sys/kernel/hostname`), if it can be read.
+#[cfg(feature = "postgres")]
+pub(crate) fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
 }

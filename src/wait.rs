@@ -38,7 +38,7 @@ use std::task::Waker;
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use crate::holders::Holder;
+use crate::holder::Holder;
 use crate::mode::FlockMode;
 use crate::sys;
 

@@ -706,9 +706,13 @@ fn lock_file_unlinked_while_held_is_detected() {
     eprintln!("CASE lock file unlinked while held: {err}");
     newcomer.verify_path().unwrap();
     let err = held.unlink_and_unlock().unwrap_err();
-    assert!(matches!(err, Error::PathChanged { .. }));
+    assert!(matches!(err.error, Error::PathChanged { .. }));
     assert!(path.exists(), "the newcomer's file must not be removed");
+    // The refused removal hands the guard back, still holding its lock.
+    let held = err.into_inner();
+    assert_eq!(support::held_through(&held), Some(FlockMode::Exclusive));
     drop(newcomer);
+    drop(held);
 }
 
 #[test]

@@ -242,6 +242,10 @@ fn same_status_and_messages_as_util_linux_flock() {
     let cases: &[&[&str]] = &[
         &[],
         &["-z", "f", "true"],
+        &["-é", "f", "true"],
+        &["--é=ü", "f", "true"],
+        &["-w", "ü", "f", "true"],
+        &["-E", "é", "f", "true"],
         &["-:"],
         &["--foo=bar", "f", "true"],
         &["-w"],
@@ -267,6 +271,11 @@ fn same_status_and_messages_as_util_linux_flock() {
         &["-w", "-0.5", "f", "true"],
         &["-w", "1e19", "f", "true"],
         &["-w", "-1", "99"],
+        &["-w", "nan", "f", "true"],
+        &["-w", "-nan", "f", "true"],
+        &["-w", "NAN(123)", "f", "true"],
+        &["-w", "nan", "99"],
+        &["-w", "-1", "-n", "f", "true"],
         &["x"],
         &["3x"],
         &["99"],
@@ -1023,10 +1032,11 @@ fn wait_times_out_with_the_conflict_code_and_names_the_holder() {
         let out = output(fg().args(args).arg(&path).args(["echo", "ran"]));
         assert_eq!(code(&out), want, "{args:?}: {}", stderr(&out));
         assert_eq!(stdout(&out), "", "{args:?}: the command must not run");
+        let err = stderr(&out);
+        let holder_line = err.lines().nth(1).unwrap_or_default();
         assert!(
-            stderr(&out).starts_with(&held_by(&path, "exclusive", holder.pid())),
-            "{args:?}: {}",
-            stderr(&out)
+            holder_line.starts_with(&held_by(&path, "exclusive", holder.pid())),
+            "{args:?}: {err}"
         );
     }
     let out = output(
@@ -1043,7 +1053,14 @@ fn wait_times_out_with_the_conflict_code_and_names_the_holder() {
     // The descriptor form times out the same way.
     let out = output(&mut bash(r#"( "$FG" -w 0.01 9 ) 9>"$1""#, &path));
     assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(stderr(&out).starts_with(&held_by(&path, "exclusive", holder.pid())));
+    assert!(
+        stderr(&out).starts_with(
+            "flockguard: timed out after 0.01 seconds waiting for an exclusive lock on "
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains(&held_by(&path, "exclusive", holder.pid())));
     assert!(holder.finish().status.success());
 }
 
@@ -1210,4 +1227,560 @@ fn fd_form_wait_takes_the_lock_when_the_holder_releases() {
     let out = shell.finish();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stdout(&out).ends_with("seconds\ngot\n"), "{}", stdout(&out));
+}
+
+// ---------------------------------------------------------------------------
+// Messages: what flockguard adds to flock(1)'s output.
+
+#[test]
+fn timeout_says_it_timed_out_instead_of_the_nonblock_line() {
+    let (_dir, path) = support::lock_path();
+    let holder = ours_holding(&[], &path);
+    let nonblock = output(fg().arg("-n").arg(&path).arg("true"));
+    let timed = output(fg().args(["-w", "0.05"]).arg(&path).arg("true"));
+    let shared = output(fg().args(["-s", "-w", "1e-2"]).arg(&path).arg("true"));
+    assert_eq!((code(&nonblock), code(&timed), code(&shared)), (1, 1, 1));
+    let timed_err = stderr(&timed);
+    let mut lines = timed_err.lines();
+    assert_eq!(
+        lines.next(),
+        Some(
+            format!(
+                "flockguard: timed out after 0.05 seconds waiting for an exclusive lock on {}",
+                path.display()
+            )
+            .as_str()
+        ),
+        "{timed_err}"
+    );
+    // The holder line follows, as after -n.
+    assert_eq!(
+        lines.collect::<Vec<_>>(),
+        stderr(&nonblock).lines().collect::<Vec<_>>()
+    );
+    assert!(
+        stderr(&shared).starts_with(&format!(
+            "flockguard: timed out after 0.01 seconds waiting for a shared lock on {}\n",
+            path.display()
+        )),
+        "{}",
+        stderr(&shared)
+    );
+    assert!(
+        !stderr(&nonblock).contains("timed out"),
+        "{}",
+        stderr(&nonblock)
+    );
+    assert!(holder.finish().status.success());
+}
+
+#[test]
+fn verbose_timeout_prints_the_holder_line_once() {
+    let (_dir, path) = support::lock_path();
+    let holder = ours_holding(&[], &path);
+    let out = output(
+        fg().args(["--verbose", "-w", "0.05"])
+            .arg(&path)
+            .arg("true"),
+    );
+    assert_eq!(code(&out), 1);
+    let err = stderr(&out);
+    let held = held_by(&path, "exclusive", holder.pid());
+    assert_eq!(err.matches(held.as_str()).count(), 1, "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert_eq!(
+        lines[0],
+        format!(
+            "flockguard: waiting for exclusive lock on {}",
+            path.display()
+        )
+    );
+    assert!(lines[1].starts_with(&held), "{err}");
+    assert_eq!(lines[2], "flockguard: timeout while waiting to get lock");
+    assert!(holder.finish().status.success());
+}
+
+#[test]
+fn waiter_lines_say_an_exclusive_or_a_shared_lock() {
+    let (_dir, path) = support::lock_path();
+    let holder = ours_holding(&[], &path);
+    let writer = Holder::spawn(fg().arg(&path).arg("true"));
+    wait_blocked(&path, Some(writer.pid()));
+    let reader = Holder::spawn(fg().arg("-s").arg(&path).arg("true"));
+    wait_blocked(&path, Some(reader.pid()));
+    let out = output(fg().arg("-n").arg(&path).arg("true"));
+    assert_eq!(code(&out), 1);
+    let err = stderr(&out);
+    let p = path.display();
+    let want_writer = format!(
+        "flockguard: {p}: pid {} ({BIN} {p} true) is waiting for an exclusive lock\n",
+        writer.pid()
+    );
+    let want_reader = format!(
+        "flockguard: {p}: pid {} ({BIN} -s {p} true) is waiting for a shared lock\n",
+        reader.pid()
+    );
+    assert!(err.contains(&want_writer), "{err}");
+    assert!(err.contains(&want_reader), "{err}");
+    assert!(!err.contains(" a exclusive"), "{err}");
+    assert!(holder.finish().status.success());
+    assert!(writer.finish().status.success());
+    assert!(reader.finish().status.success());
+}
+
+#[test]
+fn help_points_to_the_documentation() {
+    for args in [&["--help"][..], &["holders", "--help"], &["locks", "-h"]] {
+        let out = output(fg().args(args));
+        assert_eq!(code(&out), 0, "{args:?}");
+        let text = stdout(&out);
+        assert!(text.contains("docs/cli.md"), "{args:?}: {text}");
+        assert!(
+            text.contains("https://docs.rs/flockguard"),
+            "{args:?}: {text}"
+        );
+    }
+    assert!(stdout(&output(fg().arg("--help"))).contains(" flockguard locks [--json] <directory>"));
+}
+
+#[test]
+fn holders_names_the_caller_holding_through_an_inherited_descriptor() {
+    if !have("flock") {
+        support::skip(
+            "holders_names_the_caller_holding_through_an_inherited_descriptor",
+            "flock(1) not installed",
+        );
+        return;
+    }
+    let (_dir, path) = support::lock_path();
+    // flock(1) takes the lock on the shell's descriptor and exits; the
+    // shell then becomes `flockguard holders`, which holds the lock itself.
+    let out = output(&mut bash(
+        r#"exec 9>"$1"; flock 9 || exit 9; echo "$$"; exec "$FG" holders "$1""#,
+        &path,
+    ));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    let me = lines.next().expect("pid line");
+    let listed = lines.next().unwrap_or_default();
+    assert!(
+        listed.contains(&format!("pid {me} ({BIN} holders {})", path.display())),
+        "{text}"
+    );
+    assert!(!listed.contains("not visible"), "{text}");
+}
+
+#[test]
+fn control_characters_in_names_and_command_lines_are_escaped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sub = dir.path().join("new\nline\u{1b}[31m");
+    std::fs::create_dir(&sub).expect("mkdir");
+    let path = sub.join("x.lock");
+    let holder = Holder::start(fg().arg(&path).args([
+        "sh",
+        "-c",
+        "echo locked; read x || :",
+        "\u{1b}]0;title\u{7}",
+    ]));
+    let escaped_path = format!("{}/new\\nline\\e[31m/x.lock", dir.path().display());
+    for args in [&["-n"][..], &["-w", "0.01"], &["--verbose", "-w", "0.01"]] {
+        let out = output(fg().args(args).arg(&path).arg("true"));
+        assert_eq!(code(&out), 1, "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            !err.contains('\u{1b}') && !err.contains('\u{7}'),
+            "{args:?}: {err:?}"
+        );
+        assert!(
+            err.lines().all(|l| l.starts_with("flockguard: ")),
+            "{args:?}: a name split a line: {err:?}"
+        );
+        assert!(err.contains(&escaped_path), "{args:?}: {err:?}");
+        assert!(err.contains("\\e]0;title\\x07)"), "{args:?}: {err:?}");
+    }
+    let out = output(fg().arg("holders").arg(&path));
+    assert_eq!(code(&out), 0);
+    assert_eq!(stdout(&out).lines().count(), 1, "{:?}", stdout(&out));
+    assert!(!stdout(&out).contains('\u{1b}'), "{:?}", stdout(&out));
+    let out = output(fg().arg("locks").arg(dir.path()));
+    assert_eq!(code(&out), 0);
+    assert_eq!(stdout(&out).lines().count(), 1, "{:?}", stdout(&out));
+    assert!(stdout(&out).starts_with(&format!("{escaped_path}: pid {} (", holder.pid())));
+    assert!(!stdout(&out).contains('\u{1b}'), "{:?}", stdout(&out));
+    assert!(holder.finish().status.success());
+}
+
+// ---------------------------------------------------------------------------
+// `flockguard locks DIR`.
+
+#[test]
+fn locks_lists_locked_files_under_a_directory_and_omits_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let top = dir.path();
+    let out = output(fg().arg("locks").arg(top));
+    assert_eq!(
+        (code(&out), stdout(&out).as_str()),
+        (0, ""),
+        "{}",
+        stderr(&out)
+    );
+    let out = output(fg().args(["locks", "--json"]).arg(top));
+    assert_eq!((code(&out), stdout(&out).as_str()), (0, "[]\n"));
+
+    std::fs::create_dir_all(top.join("a/b")).expect("mkdir");
+    let deep = top.join("a/b/deep.lock");
+    let idle = top.join("a/idle.lock");
+    std::fs::write(&idle, b"").expect("idle file");
+    let writer = ours_holding(&[], &deep);
+    let waiter = Holder::spawn(fg().arg("-s").arg(&deep).arg("true"));
+    wait_blocked(&deep, Some(waiter.pid()));
+    let reader = ours_holding(&["-s"], &top.join("a"));
+    let out = output(fg().arg("locks").arg(top));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let p = deep.display();
+    let want = format!(
+        "{a}: pid {r} ({BIN} -s {a} sh -c echo locked; read x || :) holds shared\n\
+         {p}: pid {w} ({BIN} {p} sh -c echo locked; read x || :) holds exclusive; \
+         pid {q} ({BIN} -s {p} true) waits for shared\n",
+        a = top.join("a").display(),
+        r = reader.pid(),
+        w = writer.pid(),
+        q = waiter.pid(),
+    );
+    assert_eq!(stdout(&out), want);
+    assert!(writer.finish().status.success());
+    assert!(waiter.finish().status.success());
+    assert!(reader.finish().status.success());
+    support::wait_free(&deep);
+    let out = output(fg().arg("locks").arg(top));
+    assert_eq!((code(&out), stdout(&out).as_str()), (0, ""));
+}
+
+#[test]
+fn locks_does_not_follow_symbolic_links() {
+    let inside = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let target = outside.path().join("elsewhere.lock");
+    std::os::unix::fs::symlink(&target, inside.path().join("file-link")).expect("symlink");
+    std::os::unix::fs::symlink(outside.path(), inside.path().join("dir-link")).expect("symlink");
+    let holder = ours_holding(&[], &target);
+    let out = output(fg().arg("locks").arg(inside.path()));
+    assert_eq!(
+        (code(&out), stdout(&out).as_str()),
+        (0, ""),
+        "{}",
+        stderr(&out)
+    );
+    let out = output(fg().arg("locks").arg(outside.path()));
+    assert!(stdout(&out).starts_with(&format!("{}: pid {}", target.display(), holder.pid())));
+    assert!(holder.finish().status.success());
+}
+
+#[test]
+fn locks_refuses_a_missing_directory_or_a_file() {
+    let (dir, path) = support::lock_path();
+    let out = output(fg().arg("locks").arg(dir.path().join("missing")));
+    assert_eq!(code(&out), 66);
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "flockguard: cannot read directory {}: No such file or directory\n",
+            dir.path().join("missing").display()
+        )
+    );
+    std::fs::write(&path, b"").expect("create");
+    let out = output(fg().arg("locks").arg(&path));
+    assert_eq!(code(&out), 66);
+    let out = output(fg().arg("locks"));
+    assert_eq!(code(&out), 64);
+}
+
+#[test]
+fn locks_json_is_valid_for_any_file_name_and_command_line() {
+    use std::os::unix::ffi::OsStrExt;
+    if !have("python3") {
+        support::skip(
+            "locks_json_is_valid_for_any_file_name_and_command_line",
+            "python3 not installed to parse the JSON",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let names: [&[u8]; 4] = [
+        b"with space.lock",
+        b"new\nline \"quoted\" back\\slash.lock",
+        b"caf\xe9 \xff\xfe.lock",
+        b"ctl\x01\x1b[0m\x7f.lock",
+    ];
+    let weird_arg = "arg \"q\" \\ \n\t\u{1}\u{1b} é";
+    let holders: Vec<(PathBuf, Holder)> = names
+        .iter()
+        .map(|name| {
+            let path = dir.path().join(OsStr::from_bytes(name));
+            let holder = Holder::start(
+                fg().arg(&path)
+                    .args(["sh", "-c", "echo locked; read x || :"])
+                    .arg(weird_arg),
+            );
+            (path, holder)
+        })
+        .collect();
+    let out = output(fg().args(["locks", "--json"]).arg(dir.path()));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // A real parser checks the document; the expected paths go in as hex
+    // bytes so that nothing about them is lost on the way.
+    let check = r#"
+import json, sys
+doc = json.loads(sys.stdin.buffer.read())
+want = {bytes.fromhex(h): int(p) for h, p in zip(sys.argv[1::2], sys.argv[2::2])}
+assert isinstance(doc, list) and len(doc) == len(want), doc
+got = {}
+for item in doc:
+    assert set(item) == {"path", "path_bytes", "holders"}, item
+    raw = bytes(item["path_bytes"]) if item["path_bytes"] is not None else item["path"].encode()
+    if item["path_bytes"] is None:
+        raw.decode("utf-8")
+    else:
+        assert item["path"] == raw.decode("utf-8", "replace"), item
+    [h] = item["holders"]
+    assert h["mode"] == "exclusive" and h["waiting"] is False, h
+    assert h["cmdline"].endswith(" " + "arg \"q\" \\ \n\t\u0001\u001b \u00e9"), h["cmdline"]
+    got[raw] = h["pid"]
+assert got == want, (got, want)
+print("ok")
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", check]);
+    for (path, holder) in &holders {
+        let hex: String = path
+            .as_os_str()
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        cmd.arg(hex).arg(holder.pid().to_string());
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), &out.stdout)
+        .expect("feed JSON");
+    let parsed = child.wait_with_output().expect("python3");
+    assert_eq!(
+        stdout(&parsed),
+        "ok\n",
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&parsed)
+    );
+    for (_, holder) in holders {
+        assert!(holder.finish().status.success());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Opening read-only, as flock(1) does: no side effects on the lock file.
+
+#[test]
+fn a_script_can_lock_itself_with_the_man_page_idiom() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("self-locking.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n\
+         [ \"${FLOCKER}\" != \"$0\" ] && exec env FLOCKER=\"$0\" \"$FG\" -en \"$0\" \"$0\" \"$@\" || :\n\
+         \"$FG\" -n \"$0\" true 2>/dev/null && { echo 'not locked'; exit 9; }\n\
+         echo \"locked: $*\"\n",
+    )
+    .expect("write script");
+    let mut perms = std::fs::metadata(&script).expect("stat").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&script, perms).expect("chmod");
+    let out = output(Command::new(&script).args(["a", "b c"]).env("FG", BIN));
+    assert_eq!(
+        (code(&out), stdout(&out).as_str(), stderr(&out).as_str()),
+        (0, "locked: a b c\n", "")
+    );
+    // A second copy started while the first runs gives up at once (-n).
+    let holder = ours_holding(&[], &script);
+    let out = output(Command::new(&script).env("FG", BIN));
+    assert_eq!((code(&out), stdout(&out).as_str()), (1, ""));
+    assert!(holder.finish().status.success());
+}
+
+#[test]
+fn a_read_lease_does_not_keep_the_lock_from_being_taken() {
+    if !have("python3") || !have("timeout") {
+        support::skip(
+            "a_read_lease_does_not_keep_the_lock_from_being_taken",
+            "python3 and timeout(1) needed",
+        );
+        return;
+    }
+    let (_dir, path) = support::lock_path();
+    std::fs::write(&path, b"").expect("create");
+    // SIGIO, the lease-break signal, ends the lease holder by default.
+    let lease = r#"
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+try:
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+except OSError as e:
+    print("nolease", e, flush=True)
+    sys.exit(0)
+print("locked", flush=True)
+sys.stdin.readline()
+print("lease", fcntl.fcntl(fd, fcntl.F_GETLEASE) == fcntl.F_RDLCK, flush=True)
+"#;
+    let mut holder = Holder::spawn(Command::new("python3").args(["-c", lease]).arg(&path));
+    let mut first = String::new();
+    holder.stdout.read_line(&mut first).expect("lease line");
+    if first.starts_with("nolease") {
+        support::skip(
+            "a_read_lease_does_not_keep_the_lock_from_being_taken",
+            first.trim(),
+        );
+        return;
+    }
+    assert_eq!(first, "locked\n");
+    for opts in [&["-n"][..], &["-s", "-n"], &["-w", "5"]] {
+        let started = Instant::now();
+        let out = output(
+            Command::new("timeout")
+                .arg("20")
+                .arg(BIN)
+                .args(opts)
+                .arg(&path)
+                .args(["echo", "ran"]),
+        );
+        assert_eq!(
+            (code(&out), stdout(&out).as_str()),
+            (0, "ran\n"),
+            "{opts:?}: {}",
+            stderr(&out)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{opts:?}: waited for the lease"
+        );
+        assert!(holder.running(), "{opts:?}: the lease was broken");
+    }
+    std::io::Write::write_all(holder.stdin.as_mut().expect("stdin"), b"\n").expect("write");
+    let out = holder.finish();
+    assert_eq!(stdout(&out), "lease True\n", "{}", stderr(&out));
+}
+
+#[test]
+fn a_held_lock_does_not_block_a_read_only_remount() {
+    if !support::is_root() {
+        support::skip(
+            "a_held_lock_does_not_block_a_read_only_remount",
+            "needs root to mount",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .expect("mount");
+    assert!(ok.success(), "mount tmpfs failed");
+    let _mount = Mount(dir.path().to_owned());
+    // One lock file created by the command, one that existed before.
+    let created = dir.path().join("created.lock");
+    let existing = dir.path().join("existing.lock");
+    std::fs::write(&existing, b"").expect("create");
+    let first = ours_holding(&[], &created);
+    let second = ours_holding(&["-s"], &existing);
+    let out = output(
+        Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(dir.path()),
+    );
+    assert_eq!(code(&out), 0, "remount ro while locked: {}", stderr(&out));
+    assert!(!support::is_free(&created), "the lock must still be held");
+    assert!(!support::is_free(&existing), "the lock must still be held");
+    assert!(first.finish().status.success());
+    assert!(second.finish().status.success());
+}
+
+#[test]
+fn releasing_the_lock_raises_close_nowrite_not_close_write() {
+    use rustix::fs::inotify;
+    let (_dir, path) = support::lock_path();
+    std::fs::write(&path, b"").expect("create");
+    let watcher = inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC)
+        .expect("inotify_init");
+    inotify::add_watch(
+        &watcher,
+        &path,
+        inotify::WatchFlags::CLOSE_WRITE | inotify::WatchFlags::CLOSE_NOWRITE,
+    )
+    .expect("inotify_add_watch");
+    for args in [&[][..], &["-s"], &["-n"], &["-w", "1"], &["-F"]] {
+        let out = output(fg().args(args).arg(&path).arg("true"));
+        assert_eq!(code(&out), 0, "{args:?}: {}", stderr(&out));
+        let (mut write, mut nowrite) = (0, 0);
+        let mut buf = [std::mem::MaybeUninit::uninit(); 4096];
+        let mut reader = inotify::Reader::new(&watcher, &mut buf);
+        loop {
+            match reader.next() {
+                Ok(event) => {
+                    if event.events().contains(inotify::ReadFlags::CLOSE_WRITE) {
+                        write += 1;
+                    }
+                    if event.events().contains(inotify::ReadFlags::CLOSE_NOWRITE) {
+                        nowrite += 1;
+                    }
+                }
+                Err(err) if err == rustix::io::Errno::AGAIN => break,
+                Err(err) => panic!("read inotify: {err}"),
+            }
+        }
+        assert_eq!(write, 0, "{args:?}: a release looked like a write");
+        assert!(nowrite >= 1, "{args:?}: no close seen");
+    }
+}
+
+#[test]
+fn locks_enters_mount_points_below_the_directory() {
+    if !support::is_root() {
+        support::skip(
+            "locks_enters_mount_points_below_the_directory",
+            "needs root to mount",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sub = dir.path().join("mnt");
+    std::fs::create_dir(&sub).expect("mkdir");
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&sub)
+        .status()
+        .expect("mount");
+    assert!(ok.success(), "mount tmpfs failed");
+    let _mount = Mount(sub.clone());
+    let path = sub.join("on-tmpfs.lock");
+    let holder = ours_holding(&["-s"], &path);
+    let out = output(fg().arg("locks").arg(dir.path()));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 1, "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with(&format!("{}: pid {} (", path.display(), holder.pid())),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).ends_with(") holds shared\n"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(holder.finish().status.success());
 }

@@ -355,7 +355,9 @@ fn guards_and_errors_are_send_and_sync() {
     assert_send_sync::<LockOptions>();
     assert_error::<Error>();
     assert_error::<LockError<LockFile>>();
-    assert_error::<LockError<LockFile>>();
+    assert_error::<LockError<LockGuard<Exclusive>>>();
+    assert_error::<LockError<AnyGuard>>();
+    assert_error::<LockError<std::fs::File>>();
 }
 
 #[test]

@@ -48,9 +48,9 @@ fn child_fork(path: &str, op: &str) {
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
         let outcome = match op {
-            "unlock" => describe(guard.unlock().map(drop)),
+            "unlock" => describe(guard.unlock().map(drop).map_err(Into::into)),
             "downgrade" => describe(guard.downgrade().map(drop).map_err(Into::into)),
-            "unlink" => describe(guard.unlink_and_unlock()),
+            "unlink" => describe(guard.unlink_and_unlock().map_err(Into::into)),
             "drop" => {
                 drop(guard);
                 "dropped".to_owned()

@@ -196,7 +196,7 @@ fn an_adopted_file_on_fuse_is_refused() {
     let path = mount.mnt.join("adopted.lock");
     let file = File::create(&path).unwrap();
     let err = LockFile::from_file(file).unwrap_err();
-    assert_fuse_refusal(&err, &path);
+    assert_fuse_refusal(&err.error, &path);
     // The caller created this file; the crate does not remove it.
     assert!(mount.backing.join("adopted.lock").exists());
 }

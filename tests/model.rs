@@ -2,8 +2,9 @@
 //! two lock files, checked after every step against a pure model of who
 //! holds what.
 //!
-//! `PROPTEST_CASES=10000 cargo test --release --test model` runs a longer
-//! search; failures are kept in `proptest-regressions/model.txt` and
+//! Needs the `proptest` feature (on with `--all-features`);
+//! `PROPTEST_CASES=10000 cargo test --release --features proptest --test model`
+//! runs a longer search; failures are kept in `proptest-regressions/model.txt` and
 //! replayed first on every run.
 
 mod support;

@@ -339,7 +339,9 @@ fn directory_is_refused() {
         "{err:?}"
     );
     let err = no_leak(dir.path(), || {
-        LockFile::from_file(File::open(&sub).unwrap()).unwrap_err()
+        LockFile::from_file(File::open(&sub).unwrap())
+            .unwrap_err()
+            .error
     });
     assert!(
         matches!(
@@ -391,7 +393,9 @@ fn character_device_is_refused() {
     let err = no_leak(dev_null, || try_flock::<Exclusive>(dev_null).unwrap_err());
     assert!(matches!(err, Error::NotRegularFile { .. }), "{err:?}");
     let err = no_leak(dev_null, || {
-        LockFile::from_file(File::open(dev_null).unwrap()).unwrap_err()
+        LockFile::from_file(File::open(dev_null).unwrap())
+            .unwrap_err()
+            .error
     });
     assert!(
         matches!(&err, Error::NotRegularFile { path, kind: FileKind::CharacterDevice } if path == dev_null),
@@ -589,4 +593,32 @@ impl Drop for Unmount<'_> {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(self.0).status();
     }
+}
+
+#[test]
+fn a_refused_adoption_gives_the_callers_file_back() {
+    use std::os::fd::AsRawFd;
+    let _s = serial();
+    let dev_null = std::path::Path::new("/dev/null");
+    let file = File::open(dev_null).unwrap();
+    let fd = file.as_raw_fd();
+    let err = LockFile::from_file(file).unwrap_err();
+    assert!(matches!(err.error, Error::NotRegularFile { .. }), "{err:?}");
+    let file = err.into_inner();
+    assert_eq!(file.as_raw_fd(), fd);
+    assert!(
+        file.metadata().is_ok(),
+        "the caller's descriptor was closed"
+    );
+
+    // Write access required, a read-only descriptor offered: refused, and
+    // the file comes back too.
+    let (_dir, path) = support::lock_path();
+    std::fs::write(&path, b"").unwrap();
+    let err = LockOptions::new()
+        .access(flockguard::Access::ReadWrite)
+        .adopt(File::open(&path).unwrap())
+        .unwrap_err();
+    assert!(matches!(err.error, Error::ReadOnly { .. }), "{err:?}");
+    assert!(err.into_inner().metadata().is_ok());
 }

@@ -459,7 +459,7 @@ fn fork_scenarios(path: &Path) {
     // unlock() in the forked child is refused and releases nothing.
     let code = in_fork!({
         let err = writer.unlock().unwrap_err();
-        if !not_owner(&err, me) {
+        if !not_owner(&err.error, me) {
             return 2;
         }
         if fresh_can_take(path, FlockMode::Shared) {

@@ -20,10 +20,13 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::ExitStatus;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use flockguard::{Error, Wait};
+use flockguard::{Access, Error, Wait};
 use flockguard::{FlockMode, Holder, LockFile, LockOptions, PidStatus, RemoteFs};
+
+use text::escape;
 
 use args::{Command, Op, Opts, Parsed, Target, Timeout};
 
@@ -40,6 +43,11 @@ macro_rules! warn_line {
         let _ = writeln!(io::stderr(), $($arg)*);
     }};
 }
+
+#[path = "flockguard/locks.rs"]
+mod locks;
+#[path = "flockguard/text.rs"]
+mod text;
 
 /// sysexits(3) codes, as flock(1) uses them.
 const EX_USAGE: i32 = 64;
@@ -58,12 +66,15 @@ fn main() {
     let code = match args::parse(&argv) {
         Ok(Parsed::Run(opts)) => run(&prog, &opts),
         Ok(Parsed::Holders(opts)) => holders(&prog, &opts),
+        Ok(Parsed::Locks(opts)) => locks::run(&prog, &opts),
         Ok(Parsed::Help) => print_stdout(&usage(&prog)),
         Ok(Parsed::HoldersHelp) => print_stdout(&holders_usage(&prog)),
+        Ok(Parsed::LocksHelp) => print_stdout(&locks_usage(&prog)),
         Ok(Parsed::Version) => print_stdout(&format!("{prog} {}\n", env!("CARGO_PKG_VERSION"))),
         Err(err) => {
             if let Some(message) = err.message {
-                warn_line!("{prog}: {message}");
+                let line = [prog.as_bytes(), b": ", &message, b"\n"].concat();
+                let _ = io::stderr().write_all(&line);
             }
             if err.try_help {
                 warn_line!("Try '{prog} --help' for more information.");
@@ -84,7 +95,7 @@ fn program_name(argv: &[OsString]) -> String {
         .unwrap_or_else(|| "flockguard".into())
 }
 
-fn print_stdout(text: &str) -> i32 {
+pub(crate) fn print_stdout(text: &str) -> i32 {
     let mut out = io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => 0,
@@ -100,6 +111,7 @@ Usage:
  {prog} [options] <file>|<directory> -c <command>
  {prog} [options] <file descriptor number>
  {prog} holders [--json] <file>
+ {prog} locks [--json] <directory>
 
 Manage file locks from shell scripts; on contention, say who holds the lock.
 
@@ -124,9 +136,15 @@ Exit status: the command's, 128+N if it was killed by signal N, the conflict
 exit code (default 1) on conflict or timeout, 64 usage, 65 lock failure,
 66 cannot open, 69 cannot execute, 71 system error, 73 cannot create,
 78 refused remote filesystem.
+
+{DOCS}
 "
     )
 }
+
+/// Where the full documentation is, for every help text.
+const DOCS: &str = "Full documentation: docs/cli.md in the flockguard source package;
+for the library behind it, https://docs.rs/flockguard.";
 
 fn holders_usage(prog: &str) -> String {
     format!(
@@ -139,6 +157,26 @@ List the processes holding or waiting for flock(2) locks on <file>.
 Options:
      --json               print a JSON array
  -h, --help               display this help
+
+{DOCS}
+"
+    )
+}
+
+fn locks_usage(prog: &str) -> String {
+    format!(
+        "
+Usage:
+ {prog} locks [--json] <directory>
+
+List every file under <directory> (recursively, not following symbolic
+links) that a process holds or waits for a flock(2) lock on.
+
+Options:
+     --json               print a JSON array
+ -h, --help               display this help
+
+{DOCS}
 "
     )
 }
@@ -176,8 +214,11 @@ fn run(prog: &str, opts: &Opts) -> i32 {
 /// Opens, locks and runs; `Err` is an early exit status.
 fn lock_and_run(prog: &str, opts: &Opts) -> Result<i32, i32> {
     let mut options = LockOptions::new();
-    // flock(1) locks directories and follows symbolic links.
+    // flock(1) opens read-only, locks directories and follows symbolic
+    // links: no write access means no ETXTBSY for a running script, no
+    // broken read lease, no busy read-only remount, no IN_CLOSE_WRITE.
     options
+        .access(Access::ReadOnly)
         .allow_directory(true)
         .follow_symlinks(true)
         .remote_fs(if opts.allow_remote_fs {
@@ -206,7 +247,7 @@ fn lock_and_run(prog: &str, opts: &Opts) -> Result<i32, i32> {
                 .map_or_else(|_| format!("descriptor {raw}"), |p| p.display().to_string());
             let file = options
                 .adopt(File::from(owned))
-                .map_err(|err| open_failure(prog, &err))?;
+                .map_err(|err| open_failure(prog, &err.error))?;
             (file, patience, name)
         }
     };
@@ -233,6 +274,11 @@ fn lock_and_run(prog: &str, opts: &Opts) -> Result<i32, i32> {
 /// flock(1) cannot arm a timer with.
 fn patience(prog: &str, opts: &Opts) -> Result<Patience, i32> {
     Ok(match opts.timeout {
+        // flock(1) arms the timer even with -n, so -n does not hide a bad -w.
+        Some(Timeout::Unusable) => {
+            warn_line!("{prog}: cannot set up timer: Invalid argument");
+            return Err(EX_OSERR);
+        }
         _ if opts.nonblock => Patience::No,
         Some(Timeout::Zero) => Patience::No,
         Some(Timeout::Limit(limit)) => match Instant::now().checked_add(limit) {
@@ -240,10 +286,6 @@ fn patience(prog: &str, opts: &Opts) -> Result<Patience, i32> {
             // Beyond what a clock can express: as good as forever.
             None => Patience::Forever,
         },
-        Some(Timeout::Unusable) => {
-            warn_line!("{prog}: cannot set up timer: Invalid argument");
-            return Err(EX_OSERR);
-        }
         None => Patience::Forever,
     })
 }
@@ -268,14 +310,16 @@ fn lock(
     };
     let limit = match patience {
         Patience::No => {
-            return match file.lock_any(mode, Wait::none()) {
+            // A zero deadline rather than Wait::none(): the error then
+            // carries the holders, found within the diagnostics budget.
+            return match file.lock_any(mode, Wait::timeout(Duration::ZERO)) {
                 Ok(guard) => Ok(Held::Locked(guard.into_locked_fd())),
-                Err(err) if err.is_would_block() => {
+                Err(err) if err.is_timeout() => {
                     if opts.verbose {
                         warn_line!("{prog}: failed to get lock");
                     }
                     // Diagnostics only: an unreadable /proc must not change the status.
-                    print_holders(prog, name, &err.handle.holders().unwrap_or_default());
+                    print_holders(prog, name, err.error.holders());
                     Err(i32::from(opts.conflict_exit_code))
                 }
                 Err(err) => Err(lock_failure(prog, &err.error)),
@@ -294,10 +338,15 @@ fn lock(
         Some(limit) => Wait::timeout(limit),
         None => Wait::forever(),
     };
+    // Set once the holders have been printed, so a timeout does not print
+    // them a second time.
+    let announced = AtomicBool::new(false);
     if opts.verbose {
+        let announced = &announced;
         wait = wait.on_wait(move |holders| {
-            warn_line!("{prog}: waiting for {mode} lock on {name}");
+            warn_line!("{prog}: waiting for {} lock on {}", mode, escape(name));
             print_holders(prog, name, holders);
+            announced.store(true, Ordering::Relaxed);
         });
     }
     match file.lock_any(mode, wait) {
@@ -305,9 +354,18 @@ fn lock(
         Err(err) if err.is_timeout() => {
             if opts.verbose {
                 warn_line!("{prog}: timeout while waiting to get lock");
+            } else {
+                warn_line!(
+                    "{prog}: timed out after {} seconds waiting for {} lock on {}",
+                    seconds(limit.unwrap_or_default()),
+                    with_article(mode),
+                    escape(name)
+                );
             }
-            if let Error::Timeout { holders, .. } = &err.error {
-                print_holders(prog, name, holders);
+            if !announced.load(Ordering::Relaxed) {
+                if let Error::Timeout { holders, .. } = &err.error {
+                    print_holders(prog, name, holders);
+                }
             }
             Err(i32::from(opts.conflict_exit_code))
         }
@@ -315,9 +373,25 @@ fn lock(
     }
 }
 
-/// Who holds or waits for the lock, one line each on stderr.
+/// A `-w` value as seconds, without trailing zeros (`0.05`, `2`).
+fn seconds(limit: Duration) -> String {
+    let text = format!("{}.{:06}", limit.as_secs(), limit.subsec_micros());
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// `an exclusive` or `a shared`.
+fn with_article(mode: FlockMode) -> &'static str {
+    match mode {
+        FlockMode::Exclusive => "an exclusive",
+        FlockMode::Shared => "a shared",
+    }
+}
+
+/// Who holds or waits for the lock, one line each on stderr, control
+/// characters in the name and command lines escaped.
 fn print_holders(prog: &str, name: &str, holders: &[Holder]) {
     let mut err = io::stderr().lock();
+    let name = escape(name);
     if !holders.iter().any(|h| !h.waiting) {
         let _ = writeln!(
             err,
@@ -328,16 +402,17 @@ fn print_holders(prog: &str, name: &str, holders: &[Holder]) {
         let cmd = h
             .cmdline
             .as_deref()
-            .map_or_else(String::new, |c| format!(" ({c})"));
+            .map_or_else(String::new, |c| format!(" ({})", escape(c)));
         let line = match h.status {
             _ if h.waiting => format!(
-                "{name}: pid {}{cmd} is waiting for a {} lock",
-                h.pid, h.mode
+                "{name}: pid {}{cmd} is waiting for {} lock",
+                h.pid,
+                with_article(h.mode)
             ),
             PidStatus::Confirmed | PidStatus::Unverified => {
                 format!("{name} is held {} by pid {}{cmd}", h.mode, h.pid)
             }
-            _ => format!("{name}: {h}"),
+            _ => format!("{name}: {}", escape(&h.to_string())),
         };
         let _ = writeln!(err, "{prog}: {line}");
     }
@@ -437,20 +512,20 @@ fn open_failure(prog: &str, err: &Error) -> i32 {
             }
         }
         Error::RemoteFs { .. } => {
-            warn_line!("{prog}: {}", describe(err));
+            warn_line!("{prog}: {}", escape(&describe(err)));
             warn_line!("{prog}: to lock there anyway, pass --allow-remote-fs");
             EX_CONFIG
         }
         Error::DanglingSymlink { .. } => {
-            warn_line!("{prog}: {}", describe(err));
+            warn_line!("{prog}: {}", escape(&describe(err)));
             EX_CANTCREAT
         }
         Error::NotRegularFile { .. } | Error::Symlink { .. } => {
-            warn_line!("{prog}: {}", describe(err));
+            warn_line!("{prog}: {}", escape(&describe(err)));
             EX_NOINPUT
         }
         _ => {
-            warn_line!("{prog}: {}", describe(err));
+            warn_line!("{prog}: {}", escape(&describe(err)));
             EX_OSERR
         }
     }
@@ -459,7 +534,7 @@ fn open_failure(prog: &str, err: &Error) -> i32 {
 /// Exit status and message for a failed `flock(2)` other than contention.
 fn lock_failure(prog: &str, err: &Error) -> i32 {
     use rustix::io::Errno;
-    warn_line!("{prog}: {}", describe(err));
+    warn_line!("{prog}: {}", escape(&describe(err)));
     let source = std::error::Error::source(err).and_then(|s| s.downcast_ref::<io::Error>());
     match source {
         Some(source) if errno_is(source, Errno::NOLCK) || errno_is(source, Errno::NOMEM) => {
@@ -471,7 +546,7 @@ fn lock_failure(prog: &str, err: &Error) -> i32 {
 
 /// The error and its sources, joined with ": ", without Rust's
 /// "(os error N)" suffixes.
-fn describe(err: &dyn std::error::Error) -> String {
+pub(crate) fn describe(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
@@ -486,7 +561,7 @@ fn describe(err: &dyn std::error::Error) -> String {
 }
 
 /// `strerror(3)` text of an I/O error.
-fn strerror(err: &io::Error) -> String {
+pub(crate) fn strerror(err: &io::Error) -> String {
     let text = err.to_string();
     match (err.raw_os_error(), text.rfind(" (os error ")) {
         (Some(_), Some(cut)) => text[..cut].to_owned(),
@@ -506,12 +581,14 @@ fn holders(prog: &str, opts: &args::HoldersOpts) -> i32 {
             let text = if opts.json {
                 json::holders(&list)
             } else {
-                list.iter().map(|h| format!("{h}\n")).collect()
+                list.iter()
+                    .map(|h| format!("{}\n", escape(&h.to_string())))
+                    .collect()
             };
             print_stdout(&text)
         }
         Err(err) => {
-            warn_line!("{prog}: {}", describe(&err));
+            warn_line!("{prog}: {}", escape(&describe(&err)));
             match &err {
                 Error::Holders { file, .. } if file == path => EX_NOINPUT,
                 _ => EX_OSERR,

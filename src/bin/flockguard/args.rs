@@ -1,6 +1,8 @@
 //! Command-line parsing with the rules of util-linux flock(1): glibc
 //! `getopt_long` with option processing stopping at the first operand, long
 //! options abbreviable to any unambiguous prefix, and the same messages.
+//! `lexopt` splits the words into options, values and operands; the
+//! option table, prefix matching and messages are flock(1)'s.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -65,38 +67,55 @@ pub(crate) struct HoldersOpts {
     pub(crate) path: OsString,
 }
 
+/// The options of `locks`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LocksOpts {
+    pub(crate) json: bool,
+    pub(crate) dir: OsString,
+}
+
 /// A successful parse.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Parsed {
     Run(Opts),
     Holders(HoldersOpts),
+    Locks(LocksOpts),
     Help,
     HoldersHelp,
+    LocksHelp,
     Version,
 }
 
 /// A usage error: the message (without the program name) and whether the
 /// "Try '... --help'" line follows. Exit status EX_USAGE.
+///
+/// The message is bytes: like glibc and util-linux, it quotes the words
+/// of the command line as given, which need not be UTF-8.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct UsageError {
-    pub(crate) message: Option<String>,
+    pub(crate) message: Option<Vec<u8>>,
     pub(crate) try_help: bool,
 }
 
 impl UsageError {
-    fn getopt(message: String) -> Self {
+    fn getopt(message: impl Into<Vec<u8>>) -> Self {
         UsageError {
-            message: Some(message),
+            message: Some(message.into()),
             try_help: true,
         }
     }
 
-    fn plain(message: String) -> Self {
+    fn plain(message: impl Into<Vec<u8>>) -> Self {
         UsageError {
-            message: Some(message),
+            message: Some(message.into()),
             try_help: false,
         }
     }
+}
+
+/// `parts` joined into one message.
+fn bytes(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
 }
 
 /// A long option: name, whether it takes an argument, and its short twin
@@ -110,92 +129,72 @@ struct LongOpt {
 const VERBOSE: char = '\u{100}';
 const ALLOW_REMOTE_FS: char = '\u{101}';
 
+const fn opt(name: &'static str, has_arg: bool, code: char) -> LongOpt {
+    LongOpt {
+        name,
+        has_arg,
+        code,
+    }
+}
+
 /// flock(1)'s table, in its order (the order of ambiguity messages), then
 /// this tool's own options.
 const LONG_OPTS: &[LongOpt] = &[
-    LongOpt {
-        name: "shared",
-        has_arg: false,
-        code: 's',
-    },
-    LongOpt {
-        name: "exclusive",
-        has_arg: false,
-        code: 'x',
-    },
-    LongOpt {
-        name: "unlock",
-        has_arg: false,
-        code: 'u',
-    },
-    LongOpt {
-        name: "nonblocking",
-        has_arg: false,
-        code: 'n',
-    },
-    LongOpt {
-        name: "nb",
-        has_arg: false,
-        code: 'n',
-    },
-    LongOpt {
-        name: "timeout",
-        has_arg: true,
-        code: 'w',
-    },
-    LongOpt {
-        name: "wait",
-        has_arg: true,
-        code: 'w',
-    },
-    LongOpt {
-        name: "conflict-exit-code",
-        has_arg: true,
-        code: 'E',
-    },
-    LongOpt {
-        name: "close",
-        has_arg: false,
-        code: 'o',
-    },
-    LongOpt {
-        name: "no-fork",
-        has_arg: false,
-        code: 'F',
-    },
-    LongOpt {
-        name: "verbose",
-        has_arg: false,
-        code: VERBOSE,
-    },
-    LongOpt {
-        name: "help",
-        has_arg: false,
-        code: 'h',
-    },
-    LongOpt {
-        name: "version",
-        has_arg: false,
-        code: 'V',
-    },
-    LongOpt {
-        name: "allow-remote-fs",
-        has_arg: false,
-        code: ALLOW_REMOTE_FS,
-    },
+    opt("shared", false, 's'),
+    opt("exclusive", false, 'x'),
+    opt("unlock", false, 'u'),
+    opt("nonblocking", false, 'n'),
+    opt("nb", false, 'n'),
+    opt("timeout", true, 'w'),
+    opt("wait", true, 'w'),
+    opt("conflict-exit-code", true, 'E'),
+    opt("close", false, 'o'),
+    opt("no-fork", false, 'F'),
+    opt("verbose", false, VERBOSE),
+    opt("help", false, 'h'),
+    opt("version", false, 'V'),
+    opt("allow-remote-fs", false, ALLOW_REMOTE_FS),
 ];
 
 /// Short options without an argument; `w` and `E` take one.
-const SHORT_FLAGS: &[u8] = b"sexnoFuhV?";
-const SHORT_WITH_ARG: &[u8] = b"wE";
+const SHORT_FLAGS: &str = "sexnoFuhV?";
+const SHORT_WITH_ARG: &str = "wE";
+
+/// One token of the command line, owned so the parser can be asked for
+/// an option's argument next.
+enum Token {
+    Short(char),
+    Long(String),
+    Operand(OsString),
+}
+
+fn next_token(parser: &mut lexopt::Parser) -> Option<Token> {
+    // Every option's attached value is taken before the next call, so
+    // `next` has no unexpected value to report.
+    match parser.next().ok()?? {
+        lexopt::Arg::Short(c) => Some(Token::Short(c)),
+        lexopt::Arg::Long(name) => Some(Token::Long(name.to_owned())),
+        lexopt::Arg::Value(value) => Some(Token::Operand(value)),
+    }
+}
+
+/// A lexopt parser over the arguments after `argv[0]`, reading short
+/// options as getopt does (`-w=1` is `-w` with the argument `=1`).
+fn parser(args: &[OsString]) -> lexopt::Parser {
+    let mut parser = lexopt::Parser::from_args(args.iter().cloned());
+    parser.set_short_equals(false);
+    parser
+}
 
 /// Parses the whole command line, `argv[0]` included.
 pub(crate) fn parse(argv: &[OsString]) -> Result<Parsed, UsageError> {
-    if argv.get(1).is_some_and(|a| a == "holders") {
-        return parse_holders(&argv[2..]);
+    match argv.get(1).and_then(|a| a.to_str()) {
+        Some("holders") => return parse_holders(&argv[2..]),
+        Some("locks") => return parse_locks(&argv[2..]),
+        _ => {}
     }
     if argv.len() < 2 {
-        return Err(UsageError::getopt("not enough arguments".into()));
+        return Err(UsageError::getopt("not enough arguments"));
     }
 
     let mut op = Op::Exclusive;
@@ -207,9 +206,18 @@ pub(crate) fn parse(argv: &[OsString]) -> Result<Parsed, UsageError> {
     let mut verbose = false;
     let mut allow_remote_fs = false;
 
-    let mut getopt = Getopt::new(argv);
-    while let Some(item) = getopt.next_opt()? {
-        let (code, arg) = item;
+    let mut parser = parser(&argv[1..]);
+    let mut operands = Vec::new();
+    // Options end at the first operand, as with getopt's leading `+`.
+    while let Some(token) = next_token(&mut parser) {
+        let (code, arg) = match token {
+            Token::Operand(first) => {
+                operands.push(first);
+                break;
+            }
+            Token::Short(c) => short_option(c, &mut parser)?,
+            Token::Long(name) => long_option(&name, &mut parser)?,
+        };
         match code {
             's' => op = Op::Shared,
             'x' | 'e' => op = Op::Exclusive,
@@ -221,9 +229,8 @@ pub(crate) fn parse(argv: &[OsString]) -> Result<Parsed, UsageError> {
             'E' => {
                 let arg = arg.unwrap_or_default();
                 let code = parse_i32(&arg, "invalid exit code")?;
-                conflict_exit_code = u8::try_from(code).map_err(|_| {
-                    UsageError::plain("exit code out of range (expected 0 to 255)".into())
-                })?;
+                conflict_exit_code = u8::try_from(code)
+                    .map_err(|_| UsageError::plain("exit code out of range (expected 0 to 255)"))?;
             }
             VERBOSE => verbose = true,
             ALLOW_REMOTE_FS => allow_remote_fs = true,
@@ -238,18 +245,20 @@ pub(crate) fn parse(argv: &[OsString]) -> Result<Parsed, UsageError> {
             }
         }
     }
+    if let Some(rest) = parser.try_raw_args() {
+        operands.extend(rest);
+    }
 
     if no_fork && close {
         return Err(UsageError::plain(
-            "the --no-fork and --close options are incompatible".into(),
+            "the --no-fork and --close options are incompatible",
         ));
     }
 
-    let operands = &argv[getopt.index..];
-    let target = match operands {
+    let target = match operands.as_slice() {
         [] => {
             return Err(UsageError::plain(
-                "requires file descriptor, file or directory".into(),
+                "requires file descriptor, file or directory",
             ))
         }
         [fd] => Target::Fd(parse_i32(fd, "bad file descriptor")?),
@@ -284,156 +293,154 @@ pub(crate) fn parse(argv: &[OsString]) -> Result<Parsed, UsageError> {
     }))
 }
 
-/// `holders [--json] [--] FILE`.
-fn parse_holders(args: &[OsString]) -> Result<Parsed, UsageError> {
-    let mut json = false;
-    let mut path = None;
-    let mut options_done = false;
-    for arg in args {
-        let bytes = arg.as_bytes();
-        if !options_done && bytes.starts_with(b"-") && bytes.len() > 1 {
-            match bytes {
-                b"--" => options_done = true,
-                b"--json" => json = true,
-                b"-h" | b"--help" => return Ok(Parsed::HoldersHelp),
-                _ => {
-                    return Err(UsageError::getopt(format!(
-                        "holders: unrecognized option '{}'",
-                        arg.to_string_lossy()
-                    )))
-                }
-            }
-        } else if path.is_none() {
-            path = Some(arg.clone());
-        } else {
-            return Err(UsageError::getopt("holders: takes one file".into()));
-        }
+/// A short option and its argument, with glibc's messages.
+fn short_option(
+    c: char,
+    parser: &mut lexopt::Parser,
+) -> Result<(char, Option<OsString>), UsageError> {
+    if SHORT_FLAGS.contains(c) {
+        return Ok((c, None));
     }
-    match path {
-        Some(path) => Ok(Parsed::Holders(HoldersOpts { json, path })),
-        None => Err(UsageError::getopt("holders: requires a file".into())),
+    if SHORT_WITH_ARG.contains(c) {
+        // Attached (`-w1`) or the next word, even one starting with `-`.
+        return match parser.value() {
+            Ok(arg) => Ok((c, Some(arg))),
+            Err(_) => Err(UsageError::getopt(format!(
+                "option requires an argument -- '{c}'"
+            ))),
+        };
     }
+    // getopt reads bytes: a non-ASCII option character is reported by the
+    // first byte of its encoding.
+    let mut utf8 = [0; 4];
+    let first = &c.encode_utf8(&mut utf8).as_bytes()[..1];
+    Err(UsageError::getopt(bytes(&[
+        b"invalid option -- '",
+        first,
+        b"'",
+    ])))
 }
 
-/// A `getopt_long` over `argv` with the option string `+sexnoFuw:E:hV?`.
-struct Getopt<'a> {
-    argv: &'a [OsString],
-    /// The next argument to look at (getopt's `optind`).
-    index: usize,
-    /// The rest of a cluster of short options being read.
-    cluster: &'a [u8],
-}
-
-impl<'a> Getopt<'a> {
-    fn new(argv: &'a [OsString]) -> Self {
-        Getopt {
-            argv,
-            index: 1,
-            cluster: &[],
-        }
-    }
-
-    /// The next option and its argument; `None` at the first operand or
-    /// after `--`.
-    fn next_opt(&mut self) -> Result<Option<(char, Option<OsString>)>, UsageError> {
-        if self.cluster.is_empty() {
-            let Some(arg) = self.argv.get(self.index) else {
-                return Ok(None);
+/// A long option (without its leading `--`) and its argument, matched
+/// exactly or by an unambiguous prefix as glibc `getopt_long` does.
+fn long_option(
+    name: &str,
+    parser: &mut lexopt::Parser,
+) -> Result<(char, Option<OsString>), UsageError> {
+    let attached = parser.optional_value();
+    // glibc's messages show the word as given, `=value` included.
+    let shown = match &attached {
+        Some(value) => bytes(&[name.as_bytes(), b"=", value.as_bytes()]),
+        None => name.as_bytes().to_vec(),
+    };
+    let found = match LONG_OPTS.iter().find(|o| o.name == name) {
+        Some(exact) => exact,
+        None => {
+            let mut matches = LONG_OPTS.iter().filter(|o| o.name.starts_with(name));
+            let Some(first) = matches.next() else {
+                return Err(UsageError::getopt(bytes(&[
+                    b"unrecognized option '--",
+                    &shown,
+                    b"'",
+                ])));
             };
-            let bytes = arg.as_bytes();
-            if bytes == b"--" {
-                self.index += 1;
-                return Ok(None);
-            }
-            if let Some(long) = bytes.strip_prefix(b"--") {
-                self.index += 1;
-                return self.long(long).map(Some);
-            }
-            if bytes.len() < 2 || bytes[0] != b'-' {
-                return Ok(None);
-            }
-            self.cluster = &bytes[1..];
-            self.index += 1;
-        }
-        let c = self.cluster[0];
-        self.cluster = &self.cluster[1..];
-        if SHORT_FLAGS.contains(&c) {
-            return Ok(Some((char::from(c), None)));
-        }
-        if SHORT_WITH_ARG.contains(&c) {
-            let arg = if !self.cluster.is_empty() {
-                let rest = OsStr::from_bytes(self.cluster).to_owned();
-                self.cluster = &[];
-                rest
-            } else if let Some(next) = self.argv.get(self.index) {
-                self.index += 1;
-                next.clone()
-            } else {
-                return Err(UsageError::getopt(format!(
-                    "option requires an argument -- '{}'",
-                    char::from(c)
-                )));
-            };
-            return Ok(Some((char::from(c), Some(arg))));
-        }
-        self.cluster = &[];
-        Err(UsageError::getopt(format!(
-            "invalid option -- '{}'",
-            String::from_utf8_lossy(&[c])
-        )))
-    }
-
-    /// A long option (without its leading `--`), matched exactly or by an
-    /// unambiguous prefix as glibc does.
-    fn long(&mut self, text: &[u8]) -> Result<(char, Option<OsString>), UsageError> {
-        let (name, value) = match text.iter().position(|&b| b == b'=') {
-            Some(eq) => (&text[..eq], Some(&text[eq + 1..])),
-            None => (text, None),
-        };
-        let shown = String::from_utf8_lossy(text);
-        let found = match LONG_OPTS.iter().find(|o| o.name.as_bytes() == name) {
-            Some(exact) => exact,
-            None => {
-                let mut matches = LONG_OPTS
-                    .iter()
-                    .filter(|o| o.name.as_bytes().starts_with(name));
-                let Some(first) = matches.next() else {
-                    return Err(UsageError::getopt(format!(
-                        "unrecognized option '--{shown}'"
-                    )));
-                };
-                // Prefixes of two names for the same option are not ambiguous.
-                let others: Vec<&LongOpt> = matches
-                    .filter(|o| o.code != first.code || o.has_arg != first.has_arg)
-                    .collect();
-                if !others.is_empty() {
-                    let mut message = format!("option '--{shown}' is ambiguous; possibilities:");
-                    for o in std::iter::once(first).chain(others) {
-                        message.push_str(&format!(" '--{}'", o.name));
-                    }
-                    return Err(UsageError::getopt(message));
+            // Prefixes of two names for the same option are not ambiguous.
+            let others: Vec<&LongOpt> = matches
+                .filter(|o| o.code != first.code || o.has_arg != first.has_arg)
+                .collect();
+            if !others.is_empty() {
+                let mut message =
+                    bytes(&[b"option '--", &shown, b"' is ambiguous; possibilities:"]);
+                for o in std::iter::once(first).chain(others) {
+                    message.extend_from_slice(format!(" '--{}'", o.name).as_bytes());
                 }
-                first
+                return Err(UsageError::getopt(message));
             }
-        };
-        match (found.has_arg, value) {
-            (true, Some(value)) => Ok((found.code, Some(OsStr::from_bytes(value).to_owned()))),
-            (true, None) => match self.argv.get(self.index) {
-                Some(next) => {
-                    self.index += 1;
-                    Ok((found.code, Some(next.clone())))
-                }
-                None => Err(UsageError::getopt(format!(
-                    "option '--{}' requires an argument",
-                    found.name
-                ))),
-            },
-            (false, Some(_)) => Err(UsageError::getopt(format!(
-                "option '--{}' doesn't allow an argument",
+            first
+        }
+    };
+    match (found.has_arg, attached) {
+        (true, Some(value)) => Ok((found.code, Some(value))),
+        (true, None) => match parser.value() {
+            Ok(value) => Ok((found.code, Some(value))),
+            Err(_) => Err(UsageError::getopt(format!(
+                "option '--{}' requires an argument",
                 found.name
             ))),
-            (false, None) => Ok((found.code, None)),
+        },
+        (false, Some(_)) => Err(UsageError::getopt(format!(
+            "option '--{}' doesn't allow an argument",
+            found.name
+        ))),
+        (false, None) => Ok((found.code, None)),
+    }
+}
+
+/// `holders [--json] [--] FILE`.
+fn parse_holders(args: &[OsString]) -> Result<Parsed, UsageError> {
+    match subcommand("holders", "file", args)? {
+        Some((json, path)) => Ok(Parsed::Holders(HoldersOpts { json, path })),
+        None => Ok(Parsed::HoldersHelp),
+    }
+}
+
+/// `locks [--json] [--] DIR`.
+fn parse_locks(args: &[OsString]) -> Result<Parsed, UsageError> {
+    match subcommand("locks", "directory", args)? {
+        Some((json, dir)) => Ok(Parsed::Locks(LocksOpts { json, dir })),
+        None => Ok(Parsed::LocksHelp),
+    }
+}
+
+/// A subcommand's `--json` flag and its one operand, options anywhere;
+/// `None` for `--help`.
+fn subcommand(
+    name: &str,
+    what: &str,
+    args: &[OsString],
+) -> Result<Option<(bool, OsString)>, UsageError> {
+    let mut parser = parser(args);
+    let mut json = false;
+    let mut operand = None;
+    while let Some(token) = next_token(&mut parser) {
+        match token {
+            Token::Long(long) if long == "json" => {
+                if parser.optional_value().is_some() {
+                    return Err(UsageError::getopt(format!(
+                        "{name}: option '--json' doesn't allow an argument"
+                    )));
+                }
+                json = true;
+            }
+            Token::Long(long) if long == "help" => return Ok(None),
+            Token::Short('h') => return Ok(None),
+            Token::Long(long) => {
+                let mut shown = long.into_bytes();
+                if let Some(value) = parser.optional_value() {
+                    shown.push(b'=');
+                    shown.extend_from_slice(value.as_bytes());
+                }
+                return Err(UsageError::getopt(bytes(&[
+                    name.as_bytes(),
+                    b": unrecognized option '--",
+                    &shown,
+                    b"'",
+                ])));
+            }
+            Token::Short(c) => {
+                return Err(UsageError::getopt(format!(
+                    "{name}: invalid option -- '{c}'"
+                )))
+            }
+            Token::Operand(value) if operand.is_none() => operand = Some(value),
+            Token::Operand(_) => {
+                return Err(UsageError::getopt(format!("{name}: takes one {what}")))
+            }
         }
+    }
+    match operand {
+        Some(operand) => Ok(Some((json, operand))),
+        None => Err(UsageError::getopt(format!("{name}: requires a {what}"))),
     }
 }
 
@@ -445,12 +452,14 @@ fn is_c_space(b: u8) -> bool {
 /// A base-10 `int32_t` as util-linux `strtos32_or_err` reads it: leading
 /// white space and a sign allowed, nothing after the digits.
 fn parse_i32(arg: &OsStr, what: &str) -> Result<i32, UsageError> {
-    let invalid = || UsageError::plain(format!("{what}: '{}'", arg.to_string_lossy()));
+    let invalid = || UsageError::plain(bytes(&[what.as_bytes(), b": '", arg.as_bytes(), b"'"]));
     let range = || {
-        UsageError::plain(format!(
-            "{what}: '{}': Numerical result out of range",
-            arg.to_string_lossy()
-        ))
+        UsageError::plain(bytes(&[
+            what.as_bytes(),
+            b": '",
+            arg.as_bytes(),
+            b"': Numerical result out of range",
+        ]))
     };
     let bytes = arg.as_bytes();
     let start = bytes
@@ -487,10 +496,7 @@ fn parse_i32(arg: &OsStr, what: &str) -> Result<i32, UsageError> {
 /// space allowed), then whole seconds and microseconds truncated toward zero.
 fn parse_timeout(arg: &OsStr) -> Result<Timeout, UsageError> {
     let value = parse_c_float(arg.as_bytes()).ok_or_else(|| {
-        UsageError::plain(format!(
-            "invalid timeout value: '{}'",
-            arg.to_string_lossy()
-        ))
+        UsageError::plain(bytes(&[b"invalid timeout value: '", arg.as_bytes(), b"'"]))
     })?;
     Ok(classify_timeout(value))
 }
@@ -654,7 +660,7 @@ mod tests {
     }
 
     fn message(args: &[&str]) -> String {
-        err(args).message.unwrap_or_default()
+        String::from_utf8_lossy(&err(args).message.unwrap_or_default()).into_owned()
     }
 
     fn os(s: &str) -> OsString {
@@ -870,7 +876,7 @@ mod tests {
             "bad file descriptor: '99999999999': Numerical result out of range"
         );
         let none = parse(&argv(&[])).unwrap_err();
-        assert_eq!(none.message.as_deref(), Some("not enough arguments"));
+        assert_eq!(none.message.as_deref(), Some(&b"not enough arguments"[..]));
         assert!(none.try_help);
         assert_eq!(
             message(&["-oF", "f", "true"]),
@@ -943,7 +949,7 @@ mod tests {
         for bad in ["", "abc", "2 ", "1e", ".", "0x", "1,5", "- 1", "1.5s"] {
             assert_eq!(
                 t(bad).unwrap_err().message.unwrap(),
-                format!("invalid timeout value: '{bad}'"),
+                format!("invalid timeout value: '{bad}'").into_bytes(),
                 "{bad:?}"
             );
         }
@@ -982,11 +988,53 @@ mod tests {
         assert_eq!(parse(&argv(&["holders", "-h"])), Ok(Parsed::HoldersHelp));
         assert!(parse(&argv(&["holders"])).is_err());
         assert!(parse(&argv(&["holders", "a", "b"])).is_err());
-        assert!(parse(&argv(&["holders", "--xml", "a"])).is_err());
+        assert_eq!(
+            message(&["holders", "--xml", "a"]),
+            "holders: unrecognized option '--xml'"
+        );
+        assert_eq!(
+            message(&["holders", "--json=1", "a"]),
+            "holders: option '--json' doesn't allow an argument"
+        );
+        assert_eq!(
+            message(&["holders", "-q", "a"]),
+            "holders: invalid option -- 'q'"
+        );
         // Only the first word selects the subcommand; `./holders` locks a file of that name.
         assert!(matches!(
             parse(&argv(&["./holders", "true"])),
             Ok(Parsed::Run(_))
         ));
+    }
+
+    #[test]
+    fn locks_subcommand() {
+        assert_eq!(
+            parse(&argv(&["locks", "/d"])),
+            Ok(Parsed::Locks(LocksOpts {
+                json: false,
+                dir: os("/d")
+            }))
+        );
+        assert_eq!(
+            parse(&argv(&["locks", "/d", "--json"])),
+            Ok(Parsed::Locks(LocksOpts {
+                json: true,
+                dir: os("/d")
+            }))
+        );
+        assert_eq!(parse(&argv(&["locks", "--help"])), Ok(Parsed::LocksHelp));
+        assert_eq!(message(&["locks"]), "locks: requires a directory");
+        assert_eq!(message(&["locks", "a", "b"]), "locks: takes one directory");
+    }
+
+    #[test]
+    fn short_option_equals_is_part_of_the_argument() {
+        // getopt has no `-w=1` form: the `=` belongs to the argument.
+        assert_eq!(
+            message(&["-w=1", "f", "true"]),
+            "invalid timeout value: '=1'"
+        );
+        assert_eq!(message(&["-s=", "f", "true"]), "invalid option -- '='");
     }
 }

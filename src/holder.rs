@@ -1,0 +1,270 @@
+//! Holder data: who holds or waits for a `flock(2)` lock, as
+//! [`holders`](crate::holders()) and [`Error::Timeout`](crate::Error::Timeout)
+//! report it.
+
+use std::fmt;
+
+use crate::mode::FlockMode;
+
+/// A process that holds, or waits for, a `flock(2)` lock on a file.
+///
+/// The PID is the one `/proc/locks` prints: the process that *took* the
+/// lock (or is blocked asking for it). After `fork(2)` the lock belongs to
+/// every process sharing the open file description, and the one that took
+/// it may have closed its copy or exited; [`status`](Self::status) says
+/// what was verified, and [`sharers`](Self::sharers) names the processes
+/// found holding it instead.
+///
+/// Locks taken in another PID namespace than the one `/proc` is mounted
+/// for are not listed by the kernel and so never appear.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Holder {
+    /// The process that took the lock, or that waits for it.
+    pub pid: u32,
+    /// The mode held or requested.
+    pub mode: FlockMode,
+    /// `true` for a process blocked in `flock(2)` waiting for this lock.
+    /// Waiters that poll with `LOCK_NB` (such as
+    /// [`lock_timeout`](crate::LockFile::lock_timeout)) are not visible.
+    pub waiting: bool,
+    /// The command line of [`pid`](Self::pid): arguments joined by spaces,
+    /// invalid UTF-8 replaced, cut to 256 characters (ending in `…`), as
+    /// the process set it (control characters included; `Display`
+    /// escapes them). `None` if it could not be read or is empty (a kernel
+    /// thread, a zombie, an exited process).
+    pub cmdline: Option<String>,
+    /// How far [`pid`](Self::pid) was verified as a holder.
+    pub status: PidStatus,
+    /// Processes found holding the lock through a descriptor they share with
+    /// [`pid`](Self::pid) (inherited through `fork(2)` or passed over a
+    /// socket), the calling process included. Searched for only when
+    /// `status` is [`PidStatus::Exited`] or [`PidStatus::NotHolding`];
+    /// empty otherwise, and empty when no readable process has it.
+    pub sharers: Vec<LockProcess>,
+    /// `false` when the search for [`sharers`](Self::sharers) was cut short
+    /// by the time allowed for diagnostics (in [`Error::Timeout`] and wait
+    /// notices), so a sharer may be missing; `true` otherwise.
+    ///
+    /// [`Error::Timeout`]: crate::Error::Timeout
+    pub sharers_complete: bool,
+}
+
+/// What was verified about a [`Holder`]'s PID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PidStatus {
+    /// `/proc/PID/fdinfo` shows the lock on one of the process's
+    /// descriptors. For a waiter: the process exists (it is blocked in
+    /// `flock(2)`, which the kernel shows no descriptor for).
+    Confirmed,
+    /// The process may exist and hold the lock, but it was not verified:
+    /// its descriptors or state could not be read (another user's process,
+    /// no descriptor left in the caller), or the time allowed for
+    /// diagnostics ran out first.
+    Unverified,
+    /// The process exists, but none of its descriptors holds the lock: it
+    /// took the lock and then closed its copy after a `fork(2)`, or it exited
+    /// and the PID now belongs to an unrelated process.
+    NotHolding,
+    /// No such process (or only a zombie without live threads): the lock
+    /// lives on in a process that inherited the descriptor; see
+    /// [`Holder::sharers`].
+    Exited,
+}
+
+/// A process found holding a lock through a shared descriptor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockProcess {
+    /// The process id.
+    pub pid: u32,
+    /// Its command line, as in [`Holder::cmdline`].
+    pub cmdline: Option<String>,
+}
+
+/// A command line made safe for a terminal: control characters (C0, DEL,
+/// C1) and the bidirectional-text controls are written as escapes.
+struct Escaped<'a>(&'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                '\\' => f.write_str("\\\\")?,
+                c if (c as u32) < 0x80 && c.is_control() => write!(f, "\\x{:02x}", c as u32)?,
+                c if c.is_control() || is_bidi_control(c) => {
+                    write!(f, "\\u{{{:x}}}", c as u32)?;
+                }
+                c => fmt::Write::write_char(f, c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Characters that reorder the text around them on a terminal.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+fn write_process(f: &mut fmt::Formatter<'_>, pid: u32, cmdline: Option<&str>) -> fmt::Result {
+    write!(f, "pid {pid}")?;
+    if let Some(cmd) = cmdline {
+        write!(f, " ({})", Escaped(cmd))?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for LockProcess {
+    /// `pid 4250 (sleep 100)`; control characters in the command line are
+    /// escapes (`\x1b`, `\n`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_process(f, self.pid, self.cmdline.as_deref())
+    }
+}
+
+impl fmt::Display for Holder {
+    /// `pid 4242 (cargo build --release) holds exclusive`,
+    /// `pid 77 waits for shared`, `pid 4242 holds exclusive (unverified)`,
+    /// or, when the PID no longer holds it,
+    /// `pid 4242 (exited) took exclusive; now held by pid 4250 (sleep 100)`.
+    /// Control characters in command lines are escapes (`\x1b`, `\n`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.waiting {
+            write_process(f, self.pid, self.cmdline.as_deref())?;
+            return write!(f, " waits for {}", self.mode);
+        }
+        match self.status {
+            PidStatus::Confirmed => {
+                write_process(f, self.pid, self.cmdline.as_deref())?;
+                write!(f, " holds {}", self.mode)
+            }
+            PidStatus::Unverified => {
+                write_process(f, self.pid, self.cmdline.as_deref())?;
+                write!(f, " holds {} (unverified)", self.mode)
+            }
+            PidStatus::NotHolding | PidStatus::Exited => {
+                if self.status == PidStatus::Exited {
+                    write!(f, "pid {} (exited) took {}", self.pid, self.mode)?;
+                } else {
+                    write_process(f, self.pid, self.cmdline.as_deref())?;
+                    write!(f, " took {} but no longer has it open", self.mode)?;
+                }
+                if self.sharers.is_empty() {
+                    if self.sharers_complete {
+                        f.write_str("; the process holding it now is not visible")
+                    } else {
+                        f.write_str("; the process holding it now was not found in time")
+                    }
+                } else {
+                    f.write_str("; now held by ")?;
+                    for (i, p) in self.sharers.iter().enumerate() {
+                        if i > 0 {
+                            f.write_str(", ")?;
+                        }
+                        write!(f, "{p}")?;
+                    }
+                    if !self.sharers_complete {
+                        f.write_str(" (search cut short)")?;
+                    }
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder() -> Holder {
+        Holder {
+            pid: 4242,
+            mode: FlockMode::Exclusive,
+            waiting: false,
+            cmdline: Some("cargo build --release".into()),
+            status: PidStatus::Confirmed,
+            sharers: Vec::new(),
+            sharers_complete: true,
+        }
+    }
+
+    #[test]
+    fn holder_display_names_pid_command_and_mode() {
+        let mut h = holder();
+        assert_eq!(
+            h.to_string(),
+            "pid 4242 (cargo build --release) holds exclusive"
+        );
+        h.status = PidStatus::Unverified;
+        assert_eq!(
+            h.to_string(),
+            "pid 4242 (cargo build --release) holds exclusive (unverified)"
+        );
+        h.status = PidStatus::Confirmed;
+        h.waiting = true;
+        h.mode = FlockMode::Shared;
+        assert_eq!(
+            h.to_string(),
+            "pid 4242 (cargo build --release) waits for shared"
+        );
+        h.waiting = false;
+        h.status = PidStatus::Exited;
+        h.cmdline = None;
+        assert_eq!(
+            h.to_string(),
+            "pid 4242 (exited) took shared; the process holding it now is not visible"
+        );
+        h.sharers_complete = false;
+        assert_eq!(
+            h.to_string(),
+            "pid 4242 (exited) took shared; the process holding it now was not found in time"
+        );
+        h.sharers_complete = true;
+        h.sharers = vec![
+            LockProcess {
+                pid: 4250,
+                cmdline: Some("sleep 100".into()),
+            },
+            LockProcess {
+                pid: 4251,
+                cmdline: None,
+            },
+        ];
+        assert_eq!(
+            h.to_string(),
+            "pid 4242 (exited) took shared; now held by pid 4250 (sleep 100), pid 4251"
+        );
+        h.status = PidStatus::NotHolding;
+        h.cmdline = Some("make".into());
+        assert_eq!(
+            h.to_string(),
+            "pid 4242 (make) took shared but no longer has it open; now held by pid 4250 (sleep 100), pid 4251"
+        );
+    }
+
+    #[test]
+    fn control_characters_in_command_lines_are_escaped() {
+        let mut h = holder();
+        h.cmdline = Some("evil \u{1b}[2J\nfake line\r\t\u{7f}\u{9b}\u{202e}x\\ é".into());
+        let text = h.to_string();
+        assert_eq!(
+            text,
+            "pid 4242 (evil \\x1b[2J\\nfake line\\r\\t\\x7f\\u{9b}\\u{202e}x\\\\ é) holds exclusive"
+        );
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        let p = LockProcess {
+            pid: 1,
+            cmdline: Some("a\u{1b}b".into()),
+        };
+        assert_eq!(p.to_string(), "pid 1 (a\\x1bb)");
+        h.status = PidStatus::Exited;
+        h.sharers = vec![p];
+        assert!(!h.to_string().contains('\u{1b}'));
+    }
+}
