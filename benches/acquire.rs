@@ -323,6 +323,14 @@ fn path_acquire(c: &mut Criterion) {
             black_box(st.unwrap());
             raw_flock(&fd, Op::NonBlockingLockExclusive);
         }),
+        // What a 0.2 path acquire and guard drop are made of.
+        case("raw_open_statx_flock_unlock_close", move || {
+            let fd = raw_open(black_box(path));
+            let st = rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, statx_mask);
+            black_box(st.unwrap());
+            raw_flock(&fd, Op::NonBlockingLockExclusive);
+            raw_flock(&fd, Op::Unlock);
+        }),
         // The same plus the getpid(2) of flockguard's fork-ownership record.
         case("raw_open_statx_getpid_flock_close", move || {
             let fd = raw_open(black_box(path));
@@ -391,6 +399,7 @@ fn path_acquire(c: &mut Criterion) {
         .collect();
     pairs.extend([
         ("flockguard", "raw_open_statx_flock_close"),
+        ("flockguard", "raw_open_statx_flock_unlock_close"),
         ("flockguard", "raw_open_statx_getpid_flock_close"),
         ("flockguard_remote_allow", "raw_open_fstat_flock_close"),
         (

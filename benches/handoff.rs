@@ -1,7 +1,11 @@
-//! Cross-process lock handoff: the time from a holder's release to a waiting
-//! process's acquisition, for a waiter in `lock_timeout` against a waiter
-//! blocked in `flock(2)` and a 100 ms `LOCK_NB` poller; and the waiter's
-//! wake-ups per second while the holder keeps the lock.
+//! Cross-process lock handoff: the time from a holder's release (a guard
+//! drop, python's `os.close`, the exit of util-linux `flock(1)`) to a
+//! waiting process's acquisition, for waiters in `lock_timeout`,
+//! `flock_timeout` and (feature `tokio`) `flockguard::tokio::lock_timeout`
+//! against a waiter blocked in `flock(2)` and a 100 ms `LOCK_NB` poller;
+//! 500 threads and 1 000 tasks waiting in one process; deadline lateness
+//! beside busy loops; and the waiter's wake-ups per second while the holder
+//! keeps the lock.
 //!
 //! The benchmark process is the holder; each waiter is this binary
 //! re-executed as a child. Both sides read `CLOCK_MONOTONIC`, so the
@@ -9,7 +13,8 @@
 //! Wake-ups are the waiter's voluntary context switches
 //! (`/proc/PID/status`): every sleep that ends is one.
 //!
-//! Run: `cargo bench --bench handoff` (about 2 minutes); `-- --test` runs
+//! Run: `cargo bench -p flockguard-benches --features tokio --bench handoff`
+//! (about 4 minutes); `-- --test` runs
 //! every case once. Summaries with exact medians over every handoff are
 //! printed at the end.
 
@@ -28,8 +33,12 @@ const CHILD_ENV: &str = "FLOCKGUARD_BENCH_HANDOFF_CHILD";
 enum Waiter {
     /// `flock(LOCK_EX)`, blocked in the kernel: the floor.
     Flock,
-    /// `LockFile::lock_timeout`.
+    /// `LockFile::lock_timeout` on a reused `LockFile`.
     Timed,
+    /// `flock_timeout(path)`: open, wait, and close when done.
+    Path,
+    /// `flockguard::tokio::lock_timeout` on a current-thread runtime.
+    Async,
     /// `lock_timeout` in a process with no descriptor left for inotify.
     TimedNoEvents,
     /// `LOCK_NB` every 100 ms, the approach being replaced.
@@ -41,6 +50,8 @@ impl Waiter {
         match self {
             Waiter::Flock => "flock",
             Waiter::Timed => "lock_timeout",
+            Waiter::Path => "flock_timeout",
+            Waiter::Async => "tokio_lock_timeout",
             Waiter::TimedNoEvents => "lock_timeout_no_inotify",
             Waiter::Poll100 => "poll_100ms",
         }
@@ -50,6 +61,8 @@ impl Waiter {
         [
             Waiter::Flock,
             Waiter::Timed,
+            Waiter::Path,
+            Waiter::Async,
             Waiter::TimedNoEvents,
             Waiter::Poll100,
         ]
@@ -96,10 +109,20 @@ fn waiter_main(args: &str) {
         }
         writeln!(out, "waiting").unwrap();
         out.flush().unwrap();
+        if kind == Waiter::Path {
+            let guard =
+                flockguard::flock_timeout::<Exclusive>(path, Duration::from_secs(120)).unwrap();
+            let t = now_ns();
+            drop(guard);
+            writeln!(out, "acq {t}").unwrap();
+            out.flush().unwrap();
+            continue;
+        }
         let f = file.take().unwrap();
         let guard = match kind {
+            Waiter::Async => async_lock(f),
             Waiter::Flock => f.lock::<Exclusive>().unwrap(),
-            Waiter::Timed | Waiter::TimedNoEvents => f
+            Waiter::Timed | Waiter::TimedNoEvents | Waiter::Path => f
                 .lock_timeout::<Exclusive>(Duration::from_secs(120))
                 .unwrap(),
             Waiter::Poll100 => {
@@ -226,8 +249,8 @@ impl Scenario {
     fn new(dir: &std::path::Path, kind: Waiter, release: Release) -> Scenario {
         let path = dir.join(format!("{}-{release:?}.lock", kind.name()));
         flockguard::materialize(&path).unwrap();
-        let event_driven =
-            matches!(kind, Waiter::Flock) || (kind == Waiter::Timed && release == Release::Close);
+        let event_driven = matches!(kind, Waiter::Flock)
+            || (matches!(kind, Waiter::Timed | Waiter::Path) && release == Release::Close);
         Scenario {
             waiter: WaiterProc::spawn(kind, &path),
             kept: Some(LockFile::open(&path).unwrap()),
@@ -292,9 +315,467 @@ fn median(v: &mut [Duration]) -> Duration {
     v[v.len() / 2]
 }
 
+#[cfg(feature = "tokio")]
+fn async_lock(file: LockFile) -> flockguard::LockGuard<Exclusive> {
+    thread_local! {
+        static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+    }
+    RT.with(|rt| {
+        rt.block_on(flockguard::tokio::lock_timeout::<Exclusive>(
+            file,
+            Duration::from_secs(120),
+        ))
+        .unwrap()
+    })
+}
+
+#[cfg(not(feature = "tokio"))]
+fn async_lock(_: LockFile) -> flockguard::LockGuard<Exclusive> {
+    unreachable!("the async waiter runs only with the tokio feature")
+}
+
+// ---- holders in other programs ---------------------------------------------
+
+/// Who holds the lock before the handoff, and how it lets go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Holder {
+    /// This process: a guard dropped (`close(2)`).
+    GuardDrop,
+    /// A python process: `fcntl.flock`, then `os.close`.
+    Python,
+    /// util-linux `flock(1)` running `cat`; it exits when `cat` sees EOF.
+    FlockCommand,
+}
+
+impl Holder {
+    fn name(self) -> &'static str {
+        match self {
+            Holder::GuardDrop => "guard drop",
+            Holder::Python => "python os.close",
+            Holder::FlockCommand => "flock(1) exit",
+        }
+    }
+}
+
+const PYTHON_HOLDER: &str = r#"
+import fcntl, os, sys, time
+path = sys.argv[1]
+fd = None
+for line in sys.stdin:
+    cmd = line.strip()
+    if cmd == "lock":
+        fd = os.open(path, os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        print("locked", flush=True)
+    elif cmd == "release":
+        t = time.monotonic_ns()
+        os.close(fd)
+        print(t, flush=True)
+    else:
+        break
+"#;
+
+struct Python {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Python {
+    fn spawn(path: &std::path::Path) -> Option<Python> {
+        let mut child = Command::new("python3")
+            .args(["-c", PYTHON_HOLDER])
+            .arg(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .ok()?;
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Some(Python {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    fn ask(&mut self, cmd: &str) -> String {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut s = String::new();
+        assert!(self.stdout.read_line(&mut s).unwrap() > 0, "python died");
+        s.trim_end().to_owned()
+    }
+}
+
+impl Drop for Python {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.child.wait();
+    }
+}
+
+/// A lock held by the holder of `kind`, released by [`Held::release`].
+enum Held {
+    Guard(flockguard::LockGuard<Exclusive>),
+    Python,
+    Command(Child, ChildStdin),
+}
+
+fn take_lock(kind: Holder, path: &std::path::Path, python: &mut Option<Python>) -> Held {
+    match kind {
+        Holder::GuardDrop => Held::Guard(
+            LockFile::open(path)
+                .unwrap()
+                .try_lock::<Exclusive>()
+                .expect("holder lock"),
+        ),
+        Holder::Python => {
+            assert_eq!(python.as_mut().unwrap().ask("lock"), "locked");
+            Held::Python
+        }
+        Holder::FlockCommand => {
+            let mut child = Command::new("flock")
+                .arg("-x")
+                .arg(path)
+                .args(["sh", "-c", "echo locked; exec cat"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("flock(1)");
+            let stdin = child.stdin.take().unwrap();
+            let mut out = BufReader::new(child.stdout.take().unwrap());
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            assert_eq!(line.trim_end(), "locked");
+            Held::Command(child, stdin)
+        }
+    }
+}
+
+impl Held {
+    /// Lets go; returns the `CLOCK_MONOTONIC` time just before.
+    fn release(self, python: &mut Option<Python>) -> u64 {
+        match self {
+            Held::Guard(g) => {
+                let t = now_ns();
+                drop(g);
+                t
+            }
+            Held::Python => python.as_mut().unwrap().ask("release").parse().unwrap(),
+            Held::Command(mut child, stdin) => {
+                let t = now_ns();
+                drop(stdin);
+                child.wait().unwrap();
+                t
+            }
+        }
+    }
+}
+
+/// One handoff from `holder` to `waiter`; returns release→acquire latency.
+fn handoff_from(
+    holder: Holder,
+    path: &std::path::Path,
+    waiter: &mut WaiterProc,
+    python: &mut Option<Python>,
+    phase: &mut Lcg,
+) -> Duration {
+    let held = take_lock(holder, path, python);
+    waiter.send("go");
+    assert_eq!(waiter.line(), "waiting");
+    std::thread::sleep(Duration::from_micros(2000 + phase.below(1000)));
+    let released = held.release(python);
+    let line = waiter.line();
+    let acquired: u64 = line.strip_prefix("acq ").unwrap().parse().unwrap();
+    Duration::from_nanos(acquired.saturating_sub(released))
+}
+
+/// Every holder kind against every waiter kind, round-robin so that load
+/// from elsewhere hits all alike; medians and ratios to `flock(2)`.
+fn handoff_matrix(dir: &std::path::Path, rounds: usize) {
+    let path = dir.join("matrix.lock");
+    flockguard::materialize(&path).unwrap();
+    let mut waiters = vec![Waiter::Flock, Waiter::Timed, Waiter::Path];
+    if cfg!(feature = "tokio") {
+        waiters.push(Waiter::Async);
+    }
+    let mut procs: Vec<WaiterProc> = waiters
+        .iter()
+        .map(|&w| WaiterProc::spawn(w, &path))
+        .collect();
+    let mut python = Python::spawn(&path);
+    let flock_cmd = Command::new("flock").arg("--version").output().is_ok();
+    let holders: Vec<Holder> = [Holder::GuardDrop, Holder::Python, Holder::FlockCommand]
+        .into_iter()
+        .filter(|h| match h {
+            Holder::Python => python.is_some(),
+            Holder::FlockCommand => flock_cmd,
+            Holder::GuardDrop => true,
+        })
+        .collect();
+    let mut samples = vec![vec![Vec::new(); waiters.len()]; holders.len()];
+    let mut phase = Lcg(0xfeed);
+    for _ in 0..rounds {
+        for (h, &holder) in holders.iter().enumerate() {
+            for (w, waiter) in procs.iter_mut().enumerate() {
+                let d = handoff_from(holder, &path, waiter, &mut python, &mut phase);
+                samples[h][w].push(d);
+            }
+        }
+    }
+    println!("\n== handoff matrix: {rounds} rounds, every holder to every waiter in turn (median; × flock(2))");
+    let names: Vec<&str> = waiters.iter().map(|w| w.name()).collect();
+    println!("| holder releases by | {} |", names.join(" | "));
+    println!("|---|{}", "---:|".repeat(names.len()));
+    for (h, holder) in holders.iter().enumerate() {
+        let m: Vec<Duration> = samples[h].iter_mut().map(|v| median(v)).collect();
+        let cells: Vec<String> = m
+            .iter()
+            .map(|d| {
+                format!(
+                    "{:.1} µs ({:.2}×)",
+                    d.as_nanos() as f64 / 1e3,
+                    d.as_nanos() as f64 / m[0].as_nanos().max(1) as f64
+                )
+            })
+            .collect();
+        println!("| {} | {} |", holder.name(), cells.join(" | "));
+    }
+}
+
+// ---- many waiters in one process -------------------------------------------
+
+/// `waiters` threads wait with `flock_timeout` for a lock this thread
+/// holds; once it lets go, each takes the lock once, holds it 200 µs and
+/// drops it. Returns each handoff's latency: from just before a drop to
+/// the next thread's return.
+fn crowd(path: &std::path::Path, waiters: usize) -> Vec<Duration> {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    let released = AtomicU64::new(0);
+    let waiting = AtomicUsize::new(0);
+    let lat = Mutex::new(Vec::with_capacity(waiters));
+    let first = LockFile::open(path).unwrap().lock::<Exclusive>().unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..waiters {
+            std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn_scoped(s, || {
+                    waiting.fetch_add(1, Ordering::SeqCst);
+                    let g = flockguard::flock_timeout::<Exclusive>(path, Duration::from_secs(60))
+                        .expect("crowd waiter timed out");
+                    let t = now_ns();
+                    let r = released.load(Ordering::SeqCst);
+                    lat.lock()
+                        .unwrap()
+                        .push(Duration::from_nanos(t.saturating_sub(r)));
+                    std::thread::sleep(Duration::from_micros(200));
+                    released.store(now_ns(), Ordering::SeqCst);
+                    drop(g);
+                })
+                .unwrap();
+        }
+        while waiting.load(Ordering::SeqCst) < waiters {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Until every waiter sleeps in its wait.
+        std::thread::sleep(Duration::from_millis(if waiters > 1 { 100 } else { 3 }));
+        released.store(now_ns(), Ordering::SeqCst);
+        drop(first);
+    });
+    lat.into_inner().unwrap()
+}
+
+fn many_waiters(dir: &std::path::Path, rounds: usize) {
+    let path = dir.join("crowd.lock");
+    flockguard::materialize(&path).unwrap();
+    println!("\n== many waiters: threads in one process in flock_timeout, each taking the lock once and holding it 200 µs");
+    println!("| waiters | handoffs | median | p90 | median / 1 waiter | p90 / 1 waiter |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    // One waiter: `rounds` times one thread waiting for this one.
+    let mut one: Vec<Duration> = (0..rounds).flat_map(|_| crowd(&path, 1)).collect();
+    let mut many: Vec<Duration> = crowd(&path, 500);
+    let (m1, p1) = (median(&mut one), one[one.len() * 9 / 10]);
+    for (n, v) in [(1, &mut one), (500, &mut many)] {
+        let m = median(v);
+        let p90 = v[v.len() * 9 / 10];
+        println!(
+            "| {n} | {} | {:.1} µs | {:.1} µs | {:.2}× | {:.2}× |",
+            v.len(),
+            m.as_nanos() as f64 / 1e3,
+            p90.as_nanos() as f64 / 1e3,
+            m.as_nanos() as f64 / m1.as_nanos().max(1) as f64,
+            p90.as_nanos() as f64 / p1.as_nanos().max(1) as f64
+        );
+    }
+}
+
+/// `tasks` tasks on a current-thread runtime wait with `flock_timeout`
+/// for a lock another task holds; once it lets go, each takes the lock
+/// once, yields and drops it. Returns the handoff latencies and the time
+/// until the last task had it.
+#[cfg(feature = "tokio")]
+fn async_crowd(path: &std::path::Path, tasks: usize) -> (Vec<Duration>, Duration) {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let released = Arc::new(AtomicU64::new(0));
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(tasks)));
+    rt.block_on(async {
+        let first = LockFile::open(path).unwrap().lock::<Exclusive>().unwrap();
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let (path, released, waiting, lat) = (
+                    path.to_owned(),
+                    Arc::clone(&released),
+                    Arc::clone(&waiting),
+                    Arc::clone(&lat),
+                );
+                tokio::spawn(async move {
+                    waiting.fetch_add(1, Ordering::SeqCst);
+                    let g = flockguard::tokio::flock_timeout::<Exclusive>(
+                        &path,
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .expect("async crowd waiter timed out");
+                    let t = now_ns();
+                    let r = released.load(Ordering::SeqCst);
+                    lat.lock()
+                        .unwrap()
+                        .push(Duration::from_nanos(t.saturating_sub(r)));
+                    tokio::task::yield_now().await;
+                    released.store(now_ns(), Ordering::SeqCst);
+                    drop(g);
+                })
+            })
+            .collect();
+        while waiting.load(Ordering::SeqCst) < tasks {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Until every task sleeps in its wait.
+        let settle = if tasks > 1 { 100 } else { 3 };
+        tokio::time::sleep(Duration::from_millis(settle)).await;
+        let start = std::time::Instant::now();
+        released.store(now_ns(), Ordering::SeqCst);
+        drop(first);
+        for h in handles {
+            h.await.unwrap();
+        }
+        let took = start.elapsed();
+        let v = std::mem::take(&mut *lat.lock().unwrap());
+        (v, took)
+    })
+}
+
+#[cfg(feature = "tokio")]
+fn async_many_waiters(dir: &std::path::Path, rounds: usize) {
+    let path = dir.join("async-crowd.lock");
+    flockguard::materialize(&path).unwrap();
+    println!("\n== many async waiters: tasks on one current-thread runtime in flockguard::tokio::flock_timeout, each taking the lock once");
+    println!("| tasks | handoffs | median | p90 | median / 1 waiter | p90 / 1 waiter | all in |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let mut one: Vec<Duration> = (0..rounds).flat_map(|_| async_crowd(&path, 1).0).collect();
+    let (mut many, took) = async_crowd(&path, 1000);
+    let (m1, p1) = (median(&mut one), one[one.len() * 9 / 10]);
+    for (n, v, all) in [(1, &mut one, None), (1000, &mut many, Some(took))] {
+        let m = median(v);
+        let p90 = v[v.len() * 9 / 10];
+        println!(
+            "| {n} | {} | {:.1} µs | {:.1} µs | {:.2}× | {:.2}× | {} |",
+            v.len(),
+            m.as_nanos() as f64 / 1e3,
+            p90.as_nanos() as f64 / 1e3,
+            m.as_nanos() as f64 / m1.as_nanos().max(1) as f64,
+            p90.as_nanos() as f64 / p1.as_nanos().max(1) as f64,
+            all.map_or("".to_owned(), |d| format!(
+                "{:.1} ms",
+                d.as_secs_f64() * 1e3
+            ))
+        );
+    }
+}
+
+// ---- deadlines under CPU saturation -----------------------------------------
+
+const BURN_ENV: &str = "FLOCKGUARD_BENCH_BURN";
+
+/// How late `lock_timeout(50 ms)` returns its timeout while one busy loop
+/// per CPU runs beside it.
+fn deadline_overshoot(dir: &std::path::Path, waits: usize) {
+    let path = dir.join("deadline.lock");
+    let held = LockFile::open(&path).unwrap().lock::<Exclusive>().unwrap();
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut burners: Vec<Child> = (0..cpus)
+        .map(|_| {
+            Command::new(std::env::current_exe().unwrap())
+                .env(BURN_ENV, "1")
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let timeout = Duration::from_millis(50);
+    // (when the wait noticed the deadline, when the call returned), both
+    // past the deadline; the gap is the holder list of the error, read
+    // from /proc/locks.
+    let (mut noticed, mut returned): (Vec<Duration>, Vec<Duration>) = (0..waits)
+        .map(|_| {
+            let file = LockFile::open(&path).unwrap();
+            let start = std::time::Instant::now();
+            let err = file.lock_timeout::<Exclusive>(timeout).unwrap_err();
+            let total = start.elapsed();
+            let flockguard::Error::Timeout { waited, .. } = err.error else {
+                panic!("{err:?}")
+            };
+            (
+                waited.saturating_sub(timeout),
+                total.saturating_sub(timeout),
+            )
+        })
+        .unzip();
+    for b in &mut burners {
+        let _ = b.kill();
+        let _ = b.wait();
+    }
+    drop(held);
+    println!(
+        "\n== deadline overshoot of lock_timeout(50 ms), {cpus} busy loops beside it, {waits} waits"
+    );
+    println!("| past the deadline | median | p90 | max |");
+    println!("|---|---:|---:|---:|");
+    for (name, v) in [
+        ("wait ends (Error::Timeout::waited)", &mut noticed),
+        ("call returns (with the holder list)", &mut returned),
+    ] {
+        v.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "| {name} | {:.2} ms | {:.2} ms | {:.2} ms |",
+            ms(v[v.len() / 2]),
+            ms(v[v.len() * 9 / 10]),
+            ms(v[v.len() - 1])
+        );
+    }
+}
+
 fn main() {
     if let Ok(args) = std::env::var(CHILD_ENV) {
         waiter_main(&args);
+        return;
+    }
+    if std::env::var_os(BURN_ENV).is_some() {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(120) {
+            std::hint::black_box(0u64);
+        }
         return;
     }
     // `cargo bench -- --test` runs every case once: keep the extras short.
@@ -308,6 +789,7 @@ fn main() {
     let cases = [
         (Waiter::Flock, Release::Close, "flock_close"),
         (Waiter::Timed, Release::Close, "lock_timeout_close"),
+        (Waiter::Path, Release::Close, "flock_timeout_close"),
         (Waiter::Poll100, Release::Close, "poll100_close"),
         (Waiter::Timed, Release::Unlock, "lock_timeout_unlock"),
         (
@@ -322,7 +804,7 @@ fn main() {
         for (kind, release, name) in cases {
             let slow = !matches!(
                 (kind, release),
-                (Waiter::Flock, _) | (Waiter::Timed, Release::Close)
+                (Waiter::Flock, _) | (Waiter::Timed | Waiter::Path, Release::Close)
             );
             // Criterion plans iterations from the reported latency; keep the
             // wall-clock cost of the event-driven cases bounded.
@@ -366,41 +848,28 @@ fn main() {
     }
     drop(all);
 
-    // The machine's load changes between criterion's groups; alternating
-    // the two waiters handoff by handoff exposes both to the same load.
-    let rounds = if smoke { 3 } else { 301 };
-    let mut flock = Scenario::new(dir.path(), Waiter::Flock, Release::Close);
-    let mut timed = Scenario::new(dir.path(), Waiter::Timed, Release::Close);
-    let (mut f, mut t): (Vec<Duration>, Vec<Duration>) = (0..rounds)
-        .map(|_| (flock.handoff(), timed.handoff()))
-        .unzip();
-    let (mf, mt) = (median(&mut f), median(&mut t));
-    println!("\n== interleaved: {rounds} handoffs each, flock(2) and lock_timeout alternating");
-    println!("| waiter | min | median | p90 |");
-    println!("|---|---:|---:|---:|");
-    for (name, v, m) in [("flock", &f, mf), ("lock_timeout", &t, mt)] {
-        println!(
-            "| {name} | {:.1} µs | {:.1} µs | {:.1} µs |",
-            v[0].as_nanos() as f64 / 1e3,
-            m.as_nanos() as f64 / 1e3,
-            v[v.len() * 9 / 10].as_nanos() as f64 / 1e3
-        );
-    }
-    println!(
-        "median lock_timeout / flock(2) = {:.2}",
-        mt.as_nanos() as f64 / mf.as_nanos() as f64
-    );
-    drop((flock, timed));
+    // The machine's load changes between criterion's groups; taking turns
+    // handoff by handoff exposes every waiter to the same load.
+    handoff_matrix(dir.path(), if smoke { 2 } else { 151 });
+    many_waiters(dir.path(), if smoke { 3 } else { 300 });
+    #[cfg(feature = "tokio")]
+    async_many_waiters(dir.path(), if smoke { 3 } else { 300 });
+    deadline_overshoot(dir.path(), if smoke { 3 } else { 60 });
 
     println!("\n== wake-ups while the holder keeps the lock (voluntary context switches)");
     println!("| waiter | first second | per second after |");
     println!("|---|---:|---:|");
-    for kind in [
+    let mut kinds = vec![
         Waiter::Flock,
         Waiter::Timed,
+        Waiter::Path,
         Waiter::TimedNoEvents,
         Waiter::Poll100,
-    ] {
+    ];
+    if cfg!(feature = "tokio") {
+        kinds.push(Waiter::Async);
+    }
+    for kind in kinds {
         let mut s = Scenario::new(dir.path(), kind, Release::Close);
         let (first, steady) = s.wakeups(if smoke { 0 } else { 4 });
         println!("| {} | {first:.0} | {steady:.1} |", kind.name());

@@ -147,12 +147,14 @@
 //!
 //! # Features
 //! - `cli`: the `flockguard` command, a drop-in for util-linux `flock(1)`.
+//! - `tokio`: the `flockguard::tokio` module, async acquisition that never
+//!   blocks an executor thread.
 //! - `postgres`: the module `pg`, the same typed guards over PostgreSQL
 //!   advisory locks for processes on several hosts, with fencing tokens.
 //!
 //! The default build depends on `rustix` and `thiserror` only.
 #![cfg_attr(docsrs, feature(doc_cfg))]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(rust_2018_idioms)]
 
@@ -180,6 +182,9 @@ mod open;
 pub mod pg;
 #[cfg(target_os = "linux")]
 mod sys;
+#[cfg(all(target_os = "linux", feature = "tokio"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub mod tokio;
 #[cfg(target_os = "linux")]
 mod wait;
 

@@ -248,7 +248,7 @@ impl LockFile {
     fn new(opened: Opened, origin: Option<Origin>) -> Self {
         LockFile {
             file: opened.file,
-            owner: sys::getpid(),
+            owner: sys::current_pid(),
             writable: opened.writable,
             origin,
         }
@@ -571,7 +571,7 @@ impl LockFile {
     /// Refuses to change the lock from a process other than the one that
     /// opened the descriptor.
     pub(crate) fn check_owner(&self) -> Result<(), Error> {
-        let current = sys::getpid();
+        let current = sys::current_pid();
         if current == self.owner {
             Ok(())
         } else {
@@ -585,16 +585,33 @@ impl LockFile {
 
     /// Whether this process opened the descriptor.
     fn is_owner(&self) -> bool {
-        sys::getpid() == self.owner
+        sys::current_pid() == self.owner
     }
 
     /// Every acquisition: the owner check, waiting as `wait` says, and path
     /// verification with reopening.
     fn acquire(mut self, mode: FlockMode, wait: Wait<'_>) -> Result<LockFile, LockError<LockFile>> {
-        let start = Instant::now();
         if let Err(error) = self.check_owner() {
             return Err(LockError::new(error, self));
         }
+        let verifies = matches!(
+            &self.origin,
+            Some(Origin {
+                reopen: Some(_),
+                ..
+            })
+        );
+        if wait.deadline == Deadline::None && wait.cancel.is_none() && !verifies {
+            // One attempt, nothing to time, cancel or verify.
+            return match sys::flock(self.file.as_fd(), mode, true) {
+                Ok(()) => Ok(self),
+                Err(err) => {
+                    let error = self.flock_error(mode, err);
+                    Err(LockError::new(error, self))
+                }
+            };
+        }
+        let start = Instant::now();
         let Wait {
             deadline,
             mut notice,
@@ -608,47 +625,60 @@ impl LockFile {
             if let Err(stop) = waited {
                 let error = match stop {
                     Ok(Stop::TimedOut) => self.timeout_error(mode, start, context.as_deref()),
-                    Ok(Stop::Cancelled) => Error::Cancelled {
-                        path: self.error_path(),
-                        mode,
-                        waited: start.elapsed(),
-                    },
+                    Ok(Stop::Cancelled) => self.cancelled_error(mode, start),
                     Err(error) => error,
                 };
                 return Err(LockError::new(error, self));
             }
-            let Some(Origin {
-                path,
-                reopen: Some(spec),
-            }) = &self.origin
-            else {
-                return Ok(self);
-            };
-            match open::names_file(path, self.file.as_fd()) {
+            match self.settle(deadline, &mut attempts) {
                 Ok(true) => return Ok(self),
                 Ok(false) => {}
-                Err(error) => {
-                    let _ = sys::funlock(self.file.as_fd());
-                    return Err(LockError::new(error, self));
-                }
-            }
-            // Removed between open and lock: the lock is on a file nobody
-            // else will open. Let go and lock what the path names now.
-            let _ = sys::funlock(self.file.as_fd());
-            attempts = attempts.saturating_add(1);
-            if deadline == Deadline::None && attempts >= TRY_VERIFY_RETRIES {
-                let error = Error::PathChanged {
-                    path: path.to_path_buf(),
-                };
-                return Err(LockError::new(error, self));
-            }
-            match open::open(path, spec) {
-                Ok(opened) => {
-                    self.file = opened.file;
-                    self.writable = opened.writable;
-                }
                 Err(error) => return Err(LockError::new(error, self)),
             }
+        }
+    }
+
+    /// After the lock was taken: `Ok(true)` if it stands (the path, when
+    /// verified, still names the locked file); `Ok(false)` if the file was
+    /// replaced, the lock let go and the path opened again, to be locked
+    /// anew; `Err` with the lock let go. `attempts` counts the reopenings.
+    pub(crate) fn settle(&mut self, deadline: Deadline, attempts: &mut u32) -> Result<bool, Error> {
+        let Some(Origin {
+            path,
+            reopen: Some(spec),
+        }) = &self.origin
+        else {
+            return Ok(true);
+        };
+        match open::names_file(path, self.file.as_fd()) {
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
+            Err(error) => {
+                let _ = sys::funlock(self.file.as_fd());
+                return Err(error);
+            }
+        }
+        // Removed between open and lock: the lock is on a file nobody
+        // else will open. Let go and lock what the path names now.
+        let _ = sys::funlock(self.file.as_fd());
+        *attempts = attempts.saturating_add(1);
+        if deadline == Deadline::None && *attempts >= TRY_VERIFY_RETRIES {
+            return Err(Error::PathChanged {
+                path: path.to_path_buf(),
+            });
+        }
+        let opened = open::open(path, spec)?;
+        self.file = opened.file;
+        self.writable = opened.writable;
+        Ok(false)
+    }
+
+    /// [`Error::Cancelled`] for a wait that started at `start`.
+    pub(crate) fn cancelled_error(&self, mode: FlockMode, start: Instant) -> Error {
+        Error::Cancelled {
+            path: self.error_path(),
+            mode,
+            waited: start.elapsed(),
         }
     }
 
@@ -764,6 +794,18 @@ impl<M: Mode> LockGuard<M> {
             file: Some(file),
             mode: PhantomData,
         }
+    }
+
+    /// The guard of a file whose lock in mode `M` was just taken.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn new_locked(file: LockFile) -> Self {
+        Self::new(file)
+    }
+
+    /// The file, still locked; dropping it closes the descriptor.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn into_locked_file(self) -> LockFile {
+        self.into_file()
     }
 
     fn file(&self) -> &LockFile {

@@ -7,6 +7,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode as Perms, OFlags, StatxFlags};
 use rustix::io::{Errno, FdFlags};
@@ -155,6 +156,68 @@ pub(crate) fn getpid() -> u32 {
         .unsigned_abs()
 }
 
+/// This process's ID without a system call on the hot path: cached in a
+/// word that the kernel zeroes in every child created by `fork(2)` or
+/// `clone(2)` without `CLONE_VM`, however it was made (see
+/// [`wipe_on_fork_word`]). Where that word is unavailable, `getpid(2)`.
+pub(crate) fn current_pid() -> u32 {
+    match PID_WORD.get_or_init(wipe_on_fork_word) {
+        Some(word) => match word.load(Ordering::Relaxed) {
+            0 => {
+                let pid = getpid();
+                word.store(pid, Ordering::Relaxed);
+                pid
+            }
+            pid => pid,
+        },
+        None => getpid(),
+    }
+}
+
+/// The word behind [`current_pid`], mapped on first use.
+static PID_WORD: std::sync::OnceLock<Option<&'static AtomicU32>> = std::sync::OnceLock::new();
+
+/// Whether [`current_pid`] answers from the wiped-on-fork page rather than
+/// calling `getpid(2)` each time.
+#[cfg(test)]
+pub(crate) fn pid_is_cached() -> bool {
+    current_pid();
+    PID_WORD.get().is_some_and(Option::is_some)
+}
+
+/// Maps one private anonymous page, marks it `MADV_WIPEONFORK` (Linux
+/// 4.14+) and returns its first word, zero until written; `None` if the
+/// kernel refuses either step. The page is never unmapped.
+///
+/// # References
+/// - [madvise(2)](https://man7.org/linux/man-pages/man2/madvise.2.html)
+#[allow(unsafe_code)] // the crate's one unsafe function: fork detection needs a raw mapping
+fn wipe_on_fork_word() -> Option<&'static AtomicU32> {
+    use rustix::mm::{madvise, mmap_anonymous, munmap, Advice, MapFlags, ProtFlags};
+    // Rounded up to the page size by the kernel.
+    const LEN: usize = 4096;
+    // SAFETY: mmap_anonymous with a null hint creates a fresh mapping that
+    // aliases no Rust object. madvise and munmap touch only that mapping.
+    // On success the mapping is readable and writable, page-aligned (so
+    // aligned for AtomicU32), zero-filled (a valid AtomicU32), never
+    // unmapped (so `'static`), and only ever accessed through the atomic;
+    // the kernel's zeroing in a child happens before the child runs.
+    unsafe {
+        let ptr = mmap_anonymous(
+            std::ptr::null_mut(),
+            LEN,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::PRIVATE,
+        )
+        .ok()?;
+        if madvise(ptr, LEN, Advice::LinuxWipeOnFork).is_err() {
+            let _ = munmap(ptr, LEN);
+            return None;
+        }
+        Some(&*ptr.cast::<AtomicU32>())
+    }
+}
+
 /// `mkdir(2)` of every missing directory along `path`.
 pub(crate) fn create_dir_all(path: &Path) -> io::Result<()> {
     std::fs::create_dir_all(path)
@@ -268,7 +331,7 @@ pub(crate) fn inotify_new() -> io::Result<OwnedFd> {
 }
 
 /// `inotify_add_watch(inotify, path, IN_CLOSE_WRITE | IN_CLOSE_NOWRITE)`;
-/// returns the watch descriptor.
+/// returns the watch descriptor, the same one for every watch of an inode.
 pub(crate) fn inotify_watch_close(inotify: BorrowedFd<'_>, path: &Path) -> io::Result<i32> {
     use rustix::fs::inotify::{self, WatchFlags};
     inotify::add_watch(
@@ -280,40 +343,47 @@ pub(crate) fn inotify_watch_close(inotify: BorrowedFd<'_>, path: &Path) -> io::R
 }
 
 /// `inotify_rm_watch(inotify, wd)`.
-///
-/// Closing an inotify descriptor that still has a watch waits for the
-/// kernel to retire the watch (an SRCU grace period, milliseconds); removing
-/// the watch first makes the close return at once.
 pub(crate) fn inotify_unwatch(inotify: BorrowedFd<'_>, wd: i32) -> io::Result<()> {
     rustix::fs::inotify::remove_watch(inotify, wd).map_err(Into::into)
 }
 
-/// What a drained inotify descriptor had queued.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct InotifyDrained {
-    /// A close of the watched file was reported.
-    pub(crate) closed: bool,
-    /// The watch is gone (`IN_IGNORED`) or events were lost
-    /// (`IN_Q_OVERFLOW`).
-    pub(crate) lost: bool,
+/// One event read from an inotify descriptor, as the waiting service sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum InotifyEvent {
+    /// The watched inode itself was closed (not a child of a watched
+    /// directory).
+    Closed(i32),
+    /// The watch is gone (`IN_IGNORED`).
+    Gone(i32),
+    /// Events were lost (`IN_Q_OVERFLOW`).
+    Overflow,
 }
 
-/// Reads every queued event from a non-blocking inotify descriptor.
-pub(crate) fn inotify_drain(inotify: BorrowedFd<'_>) -> io::Result<InotifyDrained> {
+/// Reads every queued event from a non-blocking inotify descriptor, calling
+/// `each` for the ones that matter; returns at `EAGAIN`.
+pub(crate) fn inotify_read(
+    inotify: BorrowedFd<'_>,
+    mut each: impl FnMut(InotifyEvent),
+) -> io::Result<()> {
     use rustix::fs::inotify::{ReadFlags, Reader};
     use std::mem::MaybeUninit;
-    let mut buf = [MaybeUninit::<u8>::uninit(); 1024];
+    let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
     let mut reader = Reader::new(inotify, &mut buf);
-    let mut drained = InotifyDrained::default();
     loop {
         match reader.next() {
             Ok(event) => {
                 let flags = event.events();
-                drained.closed |=
-                    flags.intersects(ReadFlags::CLOSE_WRITE | ReadFlags::CLOSE_NOWRITE);
-                drained.lost |= flags.intersects(ReadFlags::IGNORED | ReadFlags::QUEUE_OVERFLOW);
+                let own = event.file_name().map_or(true, |n| n.is_empty());
+                if flags.contains(ReadFlags::QUEUE_OVERFLOW) {
+                    each(InotifyEvent::Overflow);
+                } else if flags.contains(ReadFlags::IGNORED) {
+                    each(InotifyEvent::Gone(event.wd()));
+                } else if own && flags.intersects(ReadFlags::CLOSE_WRITE | ReadFlags::CLOSE_NOWRITE)
+                {
+                    each(InotifyEvent::Closed(event.wd()));
+                }
             }
-            Err(Errno::AGAIN) => return Ok(drained),
+            Err(Errno::AGAIN) => return Ok(()),
             Err(Errno::INTR) => continue,
             Err(err) => return Err(err.into()),
         }
@@ -333,6 +403,13 @@ pub(crate) fn eventfd_signal(fd: BorrowedFd<'_>) -> io::Result<()> {
         Ok(_) | Err(Errno::AGAIN) => Ok(()),
         Err(err) => Err(err.into()),
     }
+}
+
+/// Resets a non-blocking eventfd's counter to zero; never blocks.
+pub(crate) fn eventfd_clear(fd: BorrowedFd<'_>) {
+    let mut buf = [0u8; 8];
+    // EAGAIN: already zero; nothing else can fail on an eventfd.
+    let _ = retry(|| rustix::io::read(fd, &mut buf));
 }
 
 /// `ppoll(2)` for readability of up to two descriptors, with a timeout

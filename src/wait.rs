@@ -1,26 +1,41 @@
 //! Waiting for a lock: the public [`Wait`] description and [`CancelToken`],
-//! and the machinery behind waits that need events, kept apart from the
-//! blocking call so that another front-end (an async runtime polling the
-//! same descriptors) can drive it step by step.
+//! and the service behind waits that need events, shared by blocked
+//! threads and async tasks.
 //!
-//! `flock(2)` has no timed form, so a [`Waiter`] retries `LOCK_NB` and
-//! sleeps in between on two event sources:
-//! - an inotify watch for `IN_CLOSE_WRITE | IN_CLOSE_NOWRITE` on the lock
-//!   file's inode. A holder that closes its descriptor or exits raises it.
-//!   The kernel raises the event just *before* it drops the lock, so a close
-//!   is followed by a few quick retries;
-//! - the eventfd of a [`CancelToken`], written by [`CancelToken::cancel`].
+//! `flock(2)` has no timed form, so a waiter retries `LOCK_NB`, and between
+//! attempts sleeps until a holder closes the file or the next retry is due.
 //!
-//! A release by `flock(LOCK_UN)` without a close raises nothing, and the
-//! watch may be unavailable (`fs.inotify.max_user_instances` reached, no
-//! descriptors left); a bounded back-off retry covers both.
+//! - **One inotify instance per process** ([`Hub`]), created on first use,
+//!   with one watch (`IN_CLOSE_WRITE | IN_CLOSE_NOWRITE`) per lock file
+//!   inode, shared by every waiter of that inode. Watches outlive their
+//!   waiters and are removed lazily by a later registration, so nothing is
+//!   torn down between taking the lock and returning.
+//! - **One reader at a time.** Whichever waiter holds the reader role
+//!   (a thread in `ppoll(2)`, or a task whose runtime polls the descriptor)
+//!   reads the events and wakes the waiters of the inode that was closed:
+//!   the first in line, and those queued right behind it in shared mode.
+//!   The others sleep on their own wake-up (a thread park or a task's
+//!   `Waker`). A leaving reader hands the role to the next waiter. No
+//!   thread is started.
+//! - The kernel raises the close event just *before* it drops the lock, so
+//!   a woken waiter retries at once for a moment, then a few times more.
+//! - A release by `flock(LOCK_UN)` without a close raises nothing, and the
+//!   instance or watch may be unavailable (`fs.inotify.max_user_instances`,
+//!   `max_user_watches`, no descriptors left): a jittered back-off retry,
+//!   at most about ten per second, covers both.
+//!
+//! A forked child never touches its parent's hub (its events belong to the
+//! parent's description); it makes its own on first use.
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use crate::holder::Holder;
@@ -153,54 +168,46 @@ impl fmt::Debug for Wait<'_> {
     }
 }
 
-/// Waits for `mode` on `fd` until it is taken, the deadline passes or the
-/// token cancels. `Err` is a `flock(2)` failure other than contention.
-pub(crate) fn acquire(
-    fd: BorrowedFd<'_>,
-    path: Option<&Path>,
-    mode: FlockMode,
-    deadline: Option<Instant>,
-    cancel: Option<&CancelToken>,
-) -> io::Result<Result<(), Stop>> {
-    let mut waiter = Waiter::new(fd, path, deadline, cancel);
-    loop {
-        if let Some(Stop::Cancelled) = waiter.stop(Instant::now()) {
-            return Ok(Err(Stop::Cancelled));
-        }
-        if waiter.try_acquire(fd, mode)? {
-            return Ok(Ok(()));
-        }
-        if let Some(stop) = waiter.stop(Instant::now()) {
-            return Ok(Err(stop));
-        }
-        waiter.block();
-    }
-}
-
+/// First back-off interval.
 const BACKOFF_FIRST: Duration = Duration::from_millis(2);
-/// Longest back-off interval. A release by `LOCK_UN` without a close (or
-/// any release, without a close watch) is noticed within this long, and a
-/// waiter wakes at most 1 / this often while the lock stays held.
+/// Longest back-off interval before jitter. A release by `LOCK_UN` without
+/// a close (or any release, without a watch) is noticed within 1.25× this,
+/// and a waiter wakes about 1 / this often while the lock stays held.
 const BACKOFF_CAP: Duration = Duration::from_millis(100);
 /// How long a close event is followed by immediate retries that only yield
 /// the CPU: the kernel reports the close a moment before it releases the
 /// lock (sub-microsecond when the closer keeps running, longer when it is
 /// preempted in between).
 const AFTER_CLOSE_SPIN: Duration = Duration::from_micros(100);
+/// The first part of [`AFTER_CLOSE_SPIN`], in which a thread retries
+/// without giving up the CPU: a closer running on another CPU drops the
+/// lock within microseconds, and yielding to another runnable process
+/// would cost a whole time slice.
+const AFTER_CLOSE_HOT: Duration = Duration::from_micros(20);
 /// Retry intervals after the spin, before the back-off resumes.
 const AFTER_CLOSE: [Duration; 3] = [
     Duration::from_micros(250),
     Duration::from_millis(1),
     Duration::from_millis(5),
 ];
+/// Watches without waiters kept for reuse; beyond this the oldest go.
+const IDLE_WATCHES: usize = 32;
+/// How long a watch without waiters is kept.
+const IDLE_KEEP: Duration = Duration::from_secs(30);
+/// How long after a failed `inotify_init1` the next wait tries again.
+const HUB_RETRY: Duration = Duration::from_secs(1);
 
-/// A token to give up a wait from another thread.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while these locks are held; a poisoned lock still
+    // guards consistent data.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A token to give up a wait from another thread or task.
 ///
 /// Clones share one state: [`cancel`](Self::cancel) on any clone ends every
 /// wait that uses any clone, now and later; a cancelled token stays
-/// cancelled. A waiter sleeps on an eventfd registered with the token for
-/// the length of the wait, so a cancel wakes it at once; if no eventfd could
-/// be created, the waiter notices at its next back-off retry.
+/// cancelled. A cancel wakes the waiters at once; it opens no descriptor.
 ///
 /// # Examples
 /// ```
@@ -228,8 +235,8 @@ pub struct CancelToken {
 #[derive(Default)]
 struct CancelInner {
     cancelled: AtomicBool,
-    /// Eventfds of the waits in progress, by registration number.
-    wakers: Mutex<Vec<(u64, Arc<OwnedFd>)>>,
+    /// The waits in progress, by registration number.
+    waiters: Mutex<Vec<(u64, Arc<Slot>)>>,
     next_id: AtomicU64,
 }
 
@@ -242,10 +249,8 @@ impl CancelToken {
     /// Cancels every wait using this token (or a clone), waking them.
     pub fn cancel(&self) {
         self.inner.cancelled.store(true, Ordering::SeqCst);
-        for (_, fd) in self.wakers().iter() {
-            // A full counter is still readable; no other error can occur on
-            // an eventfd this crate created.
-            let _ = sys::eventfd_signal(fd.as_fd());
+        for (_, slot) in lock(&self.inner.waiters).iter() {
+            slot.wake();
         }
     }
 
@@ -254,31 +259,19 @@ impl CancelToken {
         self.inner.cancelled.load(Ordering::SeqCst)
     }
 
-    fn wakers(&self) -> MutexGuard<'_, Vec<(u64, Arc<OwnedFd>)>> {
-        // The lock is never held across anything that can panic.
-        self.inner
-            .wakers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn register(&self, slot: &Arc<Slot>) -> u64 {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.inner.waiters).push((id, Arc::clone(slot)));
+        id
     }
 
-    /// Registers a fresh eventfd that [`cancel`](Self::cancel) will write.
-    fn register(&self) -> Option<Registration<'_>> {
-        let fd = Arc::new(sys::eventfd_new().ok()?);
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut wakers = self.wakers();
-        // Checked under the lock that cancel() takes after setting the flag,
-        // so a cancel either sees this eventfd or is seen here.
-        if self.is_cancelled() {
-            sys::eventfd_signal(fd.as_fd()).ok()?;
-        }
-        wakers.push((id, Arc::clone(&fd)));
-        drop(wakers);
-        Some(Registration {
-            token: self,
-            id,
-            fd,
-        })
+    fn unregister(&self, id: u64) {
+        lock(&self.inner.waiters).retain(|(i, _)| *i != id);
+    }
+
+    #[cfg(test)]
+    fn registered(&self) -> usize {
+        lock(&self.inner.waiters).len()
     }
 }
 
@@ -287,20 +280,6 @@ impl fmt::Debug for CancelToken {
         f.debug_struct("CancelToken")
             .field("cancelled", &self.is_cancelled())
             .finish()
-    }
-}
-
-/// An eventfd registered with a [`CancelToken`]; unregistered and closed on
-/// drop.
-struct Registration<'a> {
-    token: &'a CancelToken,
-    id: u64,
-    fd: Arc<OwnedFd>,
-}
-
-impl Drop for Registration<'_> {
-    fn drop(&mut self) {
-        self.token.wakers().retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -313,75 +292,500 @@ pub(crate) enum Stop {
     Cancelled,
 }
 
-/// One wait for a lock: its event sources, deadline and retry schedule.
-///
-/// Owns every descriptor it opens; dropping it closes them.
-pub(crate) struct Waiter<'a> {
-    /// An inotify instance watching closes of the lock file.
-    events: Option<Watch>,
-    cancel: Option<&'a CancelToken>,
-    cancel_fd: Option<Registration<'a>>,
-    deadline: Option<Instant>,
-    backoff: Duration,
-    /// Close events are queued and not yet read.
-    unread: bool,
-    /// Until when to retry at once after a close event.
-    spin_until: Option<Instant>,
-    /// Index into [`AFTER_CLOSE`] while retrying after a close event.
-    after_close: Option<usize>,
+/// How a waiter is woken.
+enum Wake {
+    /// A thread sleeping in `park_timeout`, or in `ppoll(2)` as the reader.
+    Thread(Thread),
+    /// An async task.
+    Task(Mutex<Option<Waker>>),
 }
 
-impl<'a> Waiter<'a> {
-    /// Sets up the event sources for waiting on `file`.
+/// One waiter's wake-up state, shared with the hub and cancel tokens.
+struct Slot {
+    /// A close of the waited-for file was seen since the waiter last looked.
+    notified: AtomicBool,
+    /// This waiter holds the reader role.
+    reader: AtomicBool,
+    wake: Wake,
+    /// The bell of the hub this waiter is registered with, to interrupt a
+    /// reader thread's `ppoll(2)`.
+    hub: Option<Arc<Hub>>,
+}
+
+impl Slot {
+    fn wake(&self) {
+        match &self.wake {
+            Wake::Thread(thread) => {
+                if self.reader.load(Ordering::SeqCst) {
+                    if let Some(hub) = &self.hub {
+                        // Cannot fail on an eventfd this crate created.
+                        let _ = sys::eventfd_signal(hub.bell.as_fd());
+                    }
+                }
+                thread.unpark();
+            }
+            Wake::Task(waker) => {
+                if let Some(w) = lock(waker).as_ref() {
+                    w.wake_by_ref();
+                }
+            }
+        }
+    }
+}
+
+/// The process-wide inotify instance, its watches and the waiters queued
+/// on each.
+pub(crate) struct Hub {
+    pid: u32,
+    inotify: OwnedFd,
+    /// An eventfd that interrupts the reader thread's `ppoll(2)`.
+    bell: OwnedFd,
+    state: Mutex<HubState>,
+}
+
+#[derive(Default)]
+struct HubState {
+    /// Watched inodes by watch descriptor.
+    inodes: HashMap<i32, Inode>,
+    /// The waiter holding the reader role.
+    reader: Option<Arc<Slot>>,
+}
+
+#[derive(Default)]
+struct Inode {
+    /// Waiters in arrival order, with the mode each wants.
+    queue: VecDeque<(Arc<Slot>, FlockMode)>,
+    /// When the last waiter left.
+    idle_since: Option<Instant>,
+}
+
+impl Inode {
+    /// Marks the first waiter, and the shared-mode ones right behind a
+    /// shared first, as notified; collects them to be woken.
+    fn notify_head(&self, woken: &mut Vec<Arc<Slot>>) {
+        let Some((first, mode)) = self.queue.front() else {
+            return;
+        };
+        let mut notify = |slot: &Arc<Slot>| {
+            slot.notified.store(true, Ordering::SeqCst);
+            woken.push(Arc::clone(slot));
+        };
+        notify(first);
+        if *mode == FlockMode::Shared {
+            for (slot, mode) in self.queue.iter().skip(1) {
+                if *mode != FlockMode::Shared {
+                    break;
+                }
+                notify(slot);
+            }
+        }
+    }
+}
+
+/// The hub, and when the last attempt to create one failed.
+struct HubCell {
+    hub: Option<Arc<Hub>>,
+    failed: Option<(u32, Instant)>,
+}
+
+static HUB: Mutex<HubCell> = Mutex::new(HubCell {
+    hub: None,
+    failed: None,
+});
+
+/// This process's hub, created on first use; `None` if the kernel refuses
+/// an inotify instance or an eventfd (retried a second later).
+fn hub() -> Option<Arc<Hub>> {
+    let pid = sys::current_pid();
+    let mut cell = lock(&HUB);
+    if let Some(hub) = &cell.hub {
+        if hub.pid == pid {
+            return Some(Arc::clone(hub));
+        }
+        // Forked: the parent's instance is shared with it; leave it be.
+        cell.hub = None;
+    }
+    if let Some((p, at)) = cell.failed {
+        if p == pid && at.elapsed() < HUB_RETRY {
+            return None;
+        }
+    }
+    match sys::inotify_new().and_then(|i| Ok((i, sys::eventfd_new()?))) {
+        Ok((inotify, bell)) => {
+            let hub = Arc::new(Hub {
+                pid,
+                inotify,
+                bell,
+                state: Mutex::new(HubState::default()),
+            });
+            cell.hub = Some(Arc::clone(&hub));
+            cell.failed = None;
+            Some(hub)
+        }
+        Err(_) => {
+            cell.failed = Some((pid, Instant::now()));
+            None
+        }
+    }
+}
+
+/// The hub's inotify descriptor, for an async runtime to poll; kept alive
+/// by the hub it came from.
+pub(crate) struct HubFd(Arc<Hub>);
+
+impl HubFd {
+    /// Whether both name the same hub's descriptor.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn same_hub(&self, other: &HubFd) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl AsRawFd for HubFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.inotify.as_raw_fd()
+    }
+}
+
+impl fmt::Debug for HubFd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("HubFd").field(&self.as_raw_fd()).finish()
+    }
+}
+
+/// How a registered waiter wants to be woken.
+pub(crate) enum Waking<'w> {
+    /// Unpark the calling thread.
+    Thread,
+    /// Wake this task.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    Task(&'w Waker),
+}
+
+/// A waiter registered with the hub (queued on its file's watch) and with
+/// its cancel token; deregistered on drop, handing on the reader role and
+/// any wake-up it did not use.
+pub(crate) struct Registration {
+    slot: Arc<Slot>,
+    /// The watch it is queued on; `None`: back-off retries only.
+    wd: Option<i32>,
+    cancel: Option<(CancelToken, u64)>,
+    acquired: bool,
+}
+
+impl Registration {
+    /// Registers a waiter for the lock on `file` (opened by `path`, if
+    /// known) in `mode`.
     ///
-    /// The close watch is placed on the open file's inode through
-    /// `/proc/self/fd` (so a rename or unlink of the path does not matter),
-    /// or on `path` when `/proc` is unavailable. Any failure leaves the
-    /// waiter with back-off retries alone.
+    /// The watch is placed on the open file's inode through `/proc/self/fd`
+    /// (so a rename or unlink of the path does not matter), or on `path`
+    /// when `/proc` is unavailable and the path still names the file.
     pub(crate) fn new(
         file: BorrowedFd<'_>,
         path: Option<&Path>,
-        deadline: Option<Instant>,
-        cancel: Option<&'a CancelToken>,
-    ) -> Self {
-        Waiter {
-            events: Watch::new(file, path),
+        mode: FlockMode,
+        waking: Waking<'_>,
+        cancel: Option<&CancelToken>,
+    ) -> Registration {
+        let hub = hub();
+        let slot = Arc::new(Slot {
+            notified: AtomicBool::new(false),
+            reader: AtomicBool::new(false),
+            wake: match waking {
+                Waking::Thread => Wake::Thread(std::thread::current()),
+                Waking::Task(w) => Wake::Task(Mutex::new(Some(w.clone()))),
+            },
+            hub: hub.clone(),
+        });
+        let wd = hub
+            .as_ref()
+            .and_then(|hub| hub.enqueue(&slot, file, path, mode));
+        let cancel = cancel.map(|token| (token.clone(), token.register(&slot)));
+        Registration {
+            slot,
+            wd,
             cancel,
-            cancel_fd: cancel.and_then(CancelToken::register),
-            deadline,
-            backoff: BACKOFF_FIRST,
-            unread: false,
-            spin_until: None,
-            after_close: None,
+            acquired: false,
         }
     }
 
-    /// Ends the wait: removes the close watch and returns the inotify
-    /// instance, which the caller keeps for the next wait rather than
-    /// closing it now (see [`Watch`]).
-    /// Whether close events are being watched.
-    #[cfg(test)]
-    pub(crate) fn is_watching(&self) -> bool {
-        self.events.is_some()
+    /// Whether a close of the file was seen since the last call.
+    pub(crate) fn take_notified(&self) -> bool {
+        self.slot.notified.swap(false, Ordering::SeqCst)
     }
 
-    /// One `flock(LOCK_NB)` attempt: `Ok(true)` if the lock was taken,
-    /// `Ok(false)` on contention.
-    pub(crate) fn try_acquire(
-        &mut self,
+    /// Whether this waiter holds the reader role: it must read the hub's
+    /// events (see [`dispatch`](Self::dispatch)) for every waiter.
+    pub(crate) fn is_reader(&self) -> bool {
+        self.slot.reader.load(Ordering::SeqCst)
+    }
+
+    /// The descriptor the reader waits on for readability.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn hub_fd(&self) -> Option<HubFd> {
+        self.slot.hub.clone().map(HubFd)
+    }
+
+    /// Replaces the waker a task is woken with.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn set_waker(&self, waker: &Waker) {
+        if let Wake::Task(slot) = &self.slot.wake {
+            let mut slot = lock(slot);
+            if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                *slot = Some(waker.clone());
+            }
+        }
+    }
+
+    /// Reads every queued event and wakes the waiters of each closed file.
+    ///
+    /// # Errors
+    /// The error of `read(2)` on the inotify descriptor.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn dispatch(&self) -> io::Result<()> {
+        match &self.slot.hub {
+            Some(hub) => hub.dispatch(&self.slot),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the wait as ended by taking the lock: a wake-up it did not use
+    /// is not handed on.
+    pub(crate) fn acquired(&mut self) {
+        self.acquired = true;
+    }
+
+    /// Sleeps the calling thread for at most `timeout`, until a wake-up.
+    fn sleep(&self, timeout: Duration) {
+        let hub = match &self.slot.hub {
+            Some(hub) if self.is_reader() => hub,
+            _ => return std::thread::park_timeout(timeout),
+        };
+        let fds = [Some(hub.inotify.as_fd()), Some(hub.bell.as_fd())];
+        match sys::poll_readable(fds, Some(timeout)) {
+            Ok([events, bell]) => {
+                if bell {
+                    sys::eventfd_clear(hub.bell.as_fd());
+                }
+                if events && hub.dispatch(&self.slot).is_err() {
+                    // Unreadable instance: back-off retries remain.
+                    std::thread::sleep(timeout);
+                }
+            }
+            // ppoll(2) fails only for lack of memory: keep the schedule.
+            Err(_) => std::thread::sleep(timeout),
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some((token, id)) = &self.cancel {
+            token.unregister(*id);
+        }
+        if let Some(hub) = &self.slot.hub {
+            hub.dequeue(&self.slot, self.wd, !self.acquired);
+        }
+    }
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("wd", &self.wd)
+            .field("reader", &self.is_reader())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    fn state(&self) -> MutexGuard<'_, HubState> {
+        lock(&self.state)
+    }
+
+    /// Watches `file`, queues `slot` on the watch and gives it the reader
+    /// role if nobody has it; `None` if the watch cannot be placed.
+    fn enqueue(
+        &self,
+        slot: &Arc<Slot>,
         file: BorrowedFd<'_>,
+        path: Option<&Path>,
         mode: FlockMode,
-    ) -> std::io::Result<bool> {
-        match sys::flock(file, mode, true) {
-            Ok(()) => Ok(true),
-            Err(err) if sys::is_contention(&err) => Ok(false),
-            Err(err) => Err(err),
+    ) -> Option<i32> {
+        let mut st = self.state();
+        // Under the lock: a concurrent removal of an idle watch must not
+        // take the one just (re)placed.
+        self.prune(&mut st);
+        let wd = self.watch(file, path)?;
+        let inode = st.inodes.entry(wd).or_default();
+        inode.idle_since = None;
+        inode.queue.push_back((Arc::clone(slot), mode));
+        if st.reader.is_none() {
+            // Nobody waited: whatever is queued is stale.
+            let _ = sys::inotify_read(self.inotify.as_fd(), |_| {});
+            slot.reader.store(true, Ordering::SeqCst);
+            st.reader = Some(Arc::clone(slot));
+        }
+        Some(wd)
+    }
+
+    fn watch(&self, file: BorrowedFd<'_>, path: Option<&Path>) -> Option<i32> {
+        let link = format!("/proc/self/fd/{}", file.as_raw_fd());
+        match sys::inotify_watch_close(self.inotify.as_fd(), Path::new(&link)) {
+            Ok(wd) => Some(wd),
+            Err(_) => {
+                // Without /proc, the path is the next best thing: it names
+                // the same inode unless it was replaced since the open.
+                let path = path?;
+                let same = sys::lstat(path)
+                    .ok()
+                    .zip(sys::fstat(file).ok())
+                    .is_some_and(|(a, b)| a.dev == b.dev && a.ino == b.ino);
+                if !same {
+                    return None;
+                }
+                sys::inotify_watch_close(self.inotify.as_fd(), path).ok()
+            }
+        }
+    }
+
+    /// Removes watches idle for longer than [`IDLE_KEEP`], and the oldest
+    /// idle ones beyond [`IDLE_WATCHES`].
+    fn prune(&self, st: &mut HubState) {
+        let mut idle: Vec<(Instant, i32)> = st
+            .inodes
+            .iter()
+            .filter_map(|(wd, inode)| inode.idle_since.map(|t| (t, *wd)))
+            .collect();
+        if idle.len() <= IDLE_WATCHES && idle.iter().all(|(t, _)| t.elapsed() < IDLE_KEEP) {
+            return;
+        }
+        idle.sort_unstable();
+        let excess = idle.len().saturating_sub(IDLE_WATCHES);
+        for (i, (since, wd)) in idle.into_iter().enumerate() {
+            if i < excess || since.elapsed() >= IDLE_KEEP {
+                st.inodes.remove(&wd);
+                // Fails only if the inode is already gone.
+                let _ = sys::inotify_unwatch(self.inotify.as_fd(), wd);
+            }
+        }
+    }
+
+    /// Takes `slot` off its queue, hands on an unused wake-up (`pass_on`:
+    /// the waiter leaves without the lock) and the reader role.
+    fn dequeue(&self, slot: &Arc<Slot>, wd: Option<i32>, pass_on: bool) {
+        let mut woken = Vec::new();
+        let mut st = self.state();
+        if let Some(inode) = wd.and_then(|wd| st.inodes.get_mut(&wd)) {
+            if let Some(i) = inode.queue.iter().position(|(s, _)| Arc::ptr_eq(s, slot)) {
+                inode.queue.remove(i);
+                // A waiter that leaves without the lock may have been the
+                // one a release woke: the next in line tries instead.
+                if pass_on && i == 0 {
+                    inode.notify_head(&mut woken);
+                }
+            }
+            if inode.queue.is_empty() {
+                inode.idle_since = Some(Instant::now());
+            }
+        }
+        if slot.reader.swap(false, Ordering::SeqCst) {
+            st.reader = None;
+            // The next in line on the same file is the likeliest to be woken
+            // by the next event: make it the reader, saving a wake-up.
+            let next = wd
+                .and_then(|wd| st.inodes.get(&wd))
+                .and_then(|inode| inode.queue.front())
+                .or_else(|| st.inodes.values().find_map(|inode| inode.queue.front()))
+                .map(|(s, _)| Arc::clone(s));
+            if let Some(next) = next {
+                next.reader.store(true, Ordering::SeqCst);
+                st.reader = Some(Arc::clone(&next));
+                woken.push(next);
+            }
+        }
+        drop(st);
+        for s in woken {
+            s.wake();
+        }
+    }
+
+    /// Reads the queued events and wakes the waiters they concern; `me`,
+    /// the reader, is only marked.
+    fn dispatch(&self, me: &Arc<Slot>) -> io::Result<()> {
+        let mut woken = Vec::new();
+        let st = self.state();
+        let mut gone = Vec::new();
+        let read = sys::inotify_read(self.inotify.as_fd(), |event| match event {
+            sys::InotifyEvent::Closed(wd) => {
+                if let Some(inode) = st.inodes.get(&wd) {
+                    inode.notify_head(&mut woken);
+                }
+            }
+            sys::InotifyEvent::Gone(wd) => gone.push(wd),
+            sys::InotifyEvent::Overflow => {
+                for inode in st.inodes.values() {
+                    inode.notify_head(&mut woken);
+                }
+            }
+        });
+        let mut st = st;
+        for wd in gone {
+            // The inode was evicted or its filesystem unmounted: its
+            // waiters fall back to retries.
+            if let Some(inode) = st.inodes.remove(&wd) {
+                for (slot, _) in inode.queue {
+                    slot.notified.store(true, Ordering::SeqCst);
+                    woken.push(slot);
+                }
+            }
+        }
+        drop(st);
+        for s in woken {
+            if !Arc::ptr_eq(&s, me) {
+                s.wake();
+            }
+        }
+        read
+    }
+}
+
+/// When to retry: the back-off, the quick retries after a close event, and
+/// the deadline.
+#[derive(Debug)]
+pub(crate) struct Schedule {
+    deadline: Option<Instant>,
+    backoff: Duration,
+    /// Until when to retry at once after a close event.
+    spin_until: Option<Instant>,
+    /// Until when to retry without yielding after a close event.
+    hot_until: Option<Instant>,
+    /// Index into [`AFTER_CLOSE`] while retrying after a close event.
+    after_close: Option<usize>,
+    /// State of the jitter generator.
+    rng: u64,
+}
+
+impl Schedule {
+    pub(crate) fn new(deadline: Option<Instant>) -> Schedule {
+        use std::hash::{BuildHasher, Hasher};
+        // Randomly keyed per process and per call.
+        let seed = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        Schedule {
+            deadline,
+            backoff: BACKOFF_FIRST,
+            spin_until: None,
+            hot_until: None,
+            after_close: None,
+            rng: seed | 1,
         }
     }
 
     /// Whether the wait must end now: cancelled, or past the deadline.
-    pub(crate) fn stop(&self, now: Instant) -> Option<Stop> {
-        if self.cancel.is_some_and(CancelToken::is_cancelled) {
+    pub(crate) fn stop(&self, cancel: Option<&CancelToken>, now: Instant) -> Option<Stop> {
+        if cancel.is_some_and(CancelToken::is_cancelled) {
             Some(Stop::Cancelled)
         } else if self.deadline.is_some_and(|d| now >= d) {
             Some(Stop::TimedOut)
@@ -390,9 +794,34 @@ impl<'a> Waiter<'a> {
         }
     }
 
-    /// How long to sleep before the next attempt unless an event source
-    /// becomes readable first; advances the retry schedule.
-    pub(crate) fn next_timeout(&mut self, now: Instant) -> Duration {
+    /// A close was seen: retry at once for a moment, then a few times more.
+    pub(crate) fn on_close(&mut self, now: Instant) {
+        self.spin_until = Some(now + AFTER_CLOSE_SPIN);
+        self.hot_until = Some(now + AFTER_CLOSE_HOT);
+        self.after_close = Some(0);
+    }
+
+    /// Whether a retry now should not give up the CPU (see
+    /// [`AFTER_CLOSE_HOT`]).
+    pub(crate) fn is_hot(&self, now: Instant) -> bool {
+        self.hot_until.is_some_and(|until| now < until)
+    }
+
+    /// A factor in [0.75, 1.25), so that waiters that started together do
+    /// not retry in lockstep.
+    fn jitter(&mut self, step: Duration) -> Duration {
+        // xorshift64
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let quarter = step / 4;
+        let nanos = u64::try_from(quarter.as_nanos()).unwrap_or(u64::MAX).max(1);
+        step - quarter + Duration::from_nanos(self.rng % (2 * nanos))
+    }
+
+    /// How long to sleep before the next attempt unless woken first;
+    /// advances the schedule. Zero: retry after yielding.
+    pub(crate) fn next(&mut self, now: Instant) -> Duration {
         if self.spin_until.is_some_and(|until| now < until) {
             return Duration::ZERO;
         }
@@ -406,7 +835,7 @@ impl<'a> Waiter<'a> {
                 self.after_close = None;
                 let step = self.backoff.min(BACKOFF_CAP);
                 self.backoff = (self.backoff * 2).min(BACKOFF_CAP);
-                step
+                self.jitter(step)
             }
         };
         match self.deadline {
@@ -414,130 +843,80 @@ impl<'a> Waiter<'a> {
             None => step,
         }
     }
+}
 
-    /// The inotify descriptor to wait on for readability, if any.
-    pub(crate) fn event_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.events.as_ref().and_then(Watch::fd)
+/// One `flock(LOCK_NB)` attempt: `Ok(true)` if the lock was taken,
+/// `Ok(false)` on contention.
+pub(crate) fn try_once(file: BorrowedFd<'_>, mode: FlockMode) -> io::Result<bool> {
+    match sys::flock(file, mode, true) {
+        Ok(()) => Ok(true),
+        Err(err) if sys::is_contention(&err) => Ok(false),
+        Err(err) => Err(err),
     }
+}
 
-    /// The cancel eventfd to wait on for readability, if any.
-    pub(crate) fn cancel_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.cancel_fd.as_ref().map(|r| r.fd.as_fd())
-    }
-
-    /// Consumes the queued close events after [`event_fd`](Self::event_fd)
-    /// became readable, and schedules quick retries if a close was seen.
-    pub(crate) fn on_ready(&mut self) {
-        let Some(events) = &self.events else {
-            return;
-        };
-        let Some(fd) = events.fd() else {
-            return;
-        };
-        match sys::inotify_drain(fd) {
-            Ok(drained) => {
-                if drained.closed || drained.lost {
-                    self.spin_until = Some(Instant::now() + AFTER_CLOSE_SPIN);
-                    self.after_close = Some(0);
-                }
-                if drained.lost {
-                    // The watch may be gone; back-off retries take over.
-                    self.events = None;
-                }
-            }
-            Err(_) => self.events = None,
+/// Waits in the calling thread until the lock on `file` is taken in `mode`
+/// with `LOCK_NB` (`Ok(Ok(()))`), the deadline passes or `cancel` is
+/// cancelled (`Ok(Err(_))`); `Err` is a `flock(2)` failure other than
+/// contention. The caller has made the first attempt.
+pub(crate) fn acquire(
+    file: BorrowedFd<'_>,
+    path: Option<&Path>,
+    mode: FlockMode,
+    deadline: Option<Instant>,
+    cancel: Option<&CancelToken>,
+) -> io::Result<Result<(), Stop>> {
+    let mut reg = Registration::new(file, path, mode, Waking::Thread, cancel);
+    let mut schedule = Schedule::new(deadline);
+    loop {
+        if cancel.is_some_and(CancelToken::is_cancelled) {
+            return Ok(Err(Stop::Cancelled));
         }
-    }
-
-    /// Sleeps until an event source is readable or the next retry is due.
-    ///
-    /// Readable close events are consumed on the next call rather than at
-    /// once, so the attempt that follows a wake-up comes first.
-    pub(crate) fn block(&mut self) {
-        if std::mem::take(&mut self.unread) {
-            self.on_ready();
+        // Also the first attempt after the watch was placed: a release
+        // before that raised no event for this waiter.
+        if try_once(file, mode)? {
+            reg.acquired();
+            return Ok(Ok(()));
         }
-        let timeout = self.next_timeout(Instant::now());
+        let now = Instant::now();
+        if let Some(stop) = schedule.stop(cancel, now) {
+            return Ok(Err(stop));
+        }
+        if reg.take_notified() {
+            schedule.on_close(now);
+        }
+        let timeout = schedule.next(now);
         if timeout.is_zero() {
-            std::thread::yield_now();
-            return;
-        }
-        match sys::poll_readable([self.event_fd(), self.cancel_fd()], Some(timeout)) {
-            Ok([events_ready, _]) => self.unread = events_ready,
-            // ppoll(2) fails only for lack of memory or a bad descriptor:
-            // drop the event sources and keep the schedule.
-            Err(_) => {
-                self.events = None;
-                self.cancel_fd = None;
-                std::thread::sleep(timeout);
-            }
-        }
-    }
-}
-
-impl fmt::Debug for Waiter<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Waiter")
-            .field("events", &self.event_fd().map(|fd| fd.as_raw_fd()))
-            .field("deadline", &self.deadline)
-            .field("backoff", &self.backoff)
-            .finish_non_exhaustive()
-    }
-}
-
-/// An inotify instance with one watch for closes of the lock file.
-///
-struct Watch {
-    inotify: Option<OwnedFd>,
-    wd: i32,
-}
-
-impl Watch {
-    /// Watches closes of `file` with a new instance; `None` if that is not
-    /// possible.
-    fn new(file: BorrowedFd<'_>, path: Option<&Path>) -> Option<Watch> {
-        let inotify = sys::inotify_new().ok()?;
-        let link = format!("/proc/self/fd/{}", file.as_raw_fd());
-        let wd = match sys::inotify_watch_close(inotify.as_fd(), Path::new(&link)) {
-            Ok(wd) => wd,
-            Err(_) => {
-                // Without /proc, the path is the next best thing: it names
-                // the same inode unless it was replaced since the open.
-                let path = path?;
-                let same = sys::lstat(path)
-                    .ok()
-                    .zip(sys::fstat(file).ok())
-                    .is_some_and(|(a, b)| a.dev == b.dev && a.ino == b.ino);
-                if !same {
-                    return None;
+            if schedule.is_hot(now) {
+                for _ in 0..64 {
+                    std::hint::spin_loop();
                 }
-                sys::inotify_watch_close(inotify.as_fd(), path).ok()?
+            } else {
+                std::thread::yield_now();
             }
-        };
-        Some(Watch {
-            inotify: Some(inotify),
-            wd,
-        })
-    }
-
-    fn fd(&self) -> Option<BorrowedFd<'_>> {
-        self.inotify.as_ref().map(AsFd::as_fd)
+        } else {
+            reg.sleep(timeout);
+        }
     }
 }
 
-impl Drop for Watch {
-    fn drop(&mut self) {
-        if let Some(inotify) = &self.inotify {
-            // Fails only if the watch is already gone.
-            let _ = sys::inotify_unwatch(inotify.as_fd(), self.wd);
-        }
-    }
+/// The number of waiters queued and watches held by this process's hub,
+/// and whether a reader is appointed.
+#[cfg(test)]
+fn hub_census() -> (usize, usize, bool) {
+    let Some(hub) = hub() else {
+        return (0, 0, false);
+    };
+    let st = hub.state();
+    let waiters = st.inodes.values().map(|i| i.queue.len()).sum();
+    (waiters, st.inodes.len(), st.reader.is_some())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::LockFile;
+    use std::os::fd::AsFd;
 
     fn lock_file() -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
@@ -545,120 +924,192 @@ mod tests {
         (dir, path)
     }
 
+    /// Tests that count the hub's waiters must not overlap.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
     #[test]
-    fn backoff_doubles_to_its_cap_and_respects_the_deadline() {
-        let (_dir, path) = lock_file();
-        let file = LockFile::open(&path).unwrap();
+    fn backoff_doubles_to_its_cap_with_jitter_and_respects_the_deadline() {
         let now = Instant::now();
-        let mut w = Waiter::new(file.as_fd(), None, None, None);
-        assert!(w.is_watching());
-        let steps: Vec<Duration> = (0..10).map(|_| w.next_timeout(now)).collect();
-        assert_eq!(steps[0], BACKOFF_FIRST);
-        assert_eq!(steps[1], BACKOFF_FIRST * 2);
-        assert_eq!(*steps.last().unwrap(), BACKOFF_CAP);
-        assert!(steps.windows(2).all(|w| w[0] <= w[1]));
+        let mut s = Schedule::new(None);
+        let steps: Vec<Duration> = (0..12).map(|_| s.next(now)).collect();
+        let within = |d: Duration, base: Duration| d >= base * 3 / 4 && d < base * 5 / 4;
+        assert!(within(steps[0], BACKOFF_FIRST), "{steps:?}");
+        assert!(within(steps[1], BACKOFF_FIRST * 2), "{steps:?}");
+        assert!(
+            steps[8..].iter().all(|d| within(*d, BACKOFF_CAP)),
+            "{steps:?}"
+        );
+
+        // Two schedules started together do not retry in lockstep.
+        let mut a = Schedule::new(None);
+        let mut b = Schedule::new(None);
+        let a: Vec<Duration> = (0..12).map(|_| a.next(now)).collect();
+        let b: Vec<Duration> = (0..12).map(|_| b.next(now)).collect();
+        assert_ne!(a, b);
 
         let deadline = now + Duration::from_millis(3);
-        let mut w = Waiter::new(file.as_fd(), None, Some(deadline), None);
+        let mut s = Schedule::new(Some(deadline));
         for _ in 0..5 {
-            w.next_timeout(now);
+            s.next(now);
         }
-        assert_eq!(w.next_timeout(now), Duration::from_millis(3));
-        assert_eq!(w.next_timeout(deadline), Duration::ZERO);
-        assert_eq!(w.stop(deadline), Some(Stop::TimedOut));
-        assert_eq!(w.stop(now), None);
+        assert_eq!(s.next(now), Duration::from_millis(3));
+        assert_eq!(s.next(deadline), Duration::ZERO);
+        assert_eq!(s.stop(None, deadline), Some(Stop::TimedOut));
+        assert_eq!(s.stop(None, now), None);
     }
 
     #[test]
-    fn a_close_of_the_file_wakes_the_waiter_and_schedules_quick_retries() {
+    fn a_close_schedules_quick_retries() {
+        let now = Instant::now();
+        let mut s = Schedule::new(None);
+        s.on_close(now);
+        assert!(s.is_hot(now) && !s.is_hot(now + AFTER_CLOSE_HOT));
+        assert_eq!(s.next(now), Duration::ZERO, "retry at once");
+        let later = now + AFTER_CLOSE_SPIN * 2;
+        assert_eq!(s.next(later), AFTER_CLOSE[0]);
+        assert_eq!(s.next(later), AFTER_CLOSE[1]);
+        assert_eq!(s.next(later), AFTER_CLOSE[2]);
+        assert!(s.next(later) < BACKOFF_FIRST * 5 / 4);
+    }
+
+    fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !f() {
+            assert!(start.elapsed() < Duration::from_secs(30), "{what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_close_of_the_file_notifies_the_first_waiter_only() {
+        let _serial = lock(&SERIAL);
         let (_dir, path) = lock_file();
-        let file = LockFile::open(&path).unwrap();
-        let mut w = Waiter::new(file.as_fd(), None, None, None);
-        let other = LockFile::open(&path).unwrap();
-        drop(other);
-        // Readable at once: the close event is queued.
-        let ready =
-            sys::poll_readable([w.event_fd(), None], Some(Duration::from_secs(30))).unwrap();
-        assert_eq!(ready, [true, false]);
-        let woken = Instant::now();
-        w.on_ready();
-        assert_eq!(w.next_timeout(woken), Duration::ZERO, "retry at once");
-        let later = woken + AFTER_CLOSE_SPIN * 2;
-        assert_eq!(w.next_timeout(later), AFTER_CLOSE[0]);
-        assert_eq!(w.next_timeout(later), AFTER_CLOSE[1]);
-        // Drained: nothing is readable any more.
-        let ready = sys::poll_readable([w.event_fd(), None], Some(Duration::ZERO)).unwrap();
-        assert_eq!(ready, [false, false]);
-    }
-
-    #[test]
-    fn a_close_of_another_file_does_not_wake_the_waiter() {
-        let (dir, path) = lock_file();
-        let file = LockFile::open(&path).unwrap();
-        let w = Waiter::new(file.as_fd(), None, None, None);
-        drop(LockFile::open(dir.path().join("other.lock")).unwrap());
-        let ready = sys::poll_readable([w.event_fd(), None], Some(Duration::ZERO)).unwrap();
-        assert_eq!(ready, [false, false]);
-    }
-
-    #[test]
-    fn cancel_makes_the_registered_eventfd_readable() {
-        let (_dir, path) = lock_file();
-        let file = LockFile::open(&path).unwrap();
-        let token = CancelToken::new();
-        let w = Waiter::new(file.as_fd(), None, None, Some(&token));
-        assert_eq!(w.stop(Instant::now()), None);
-        let canceller = token.clone();
-        std::thread::spawn(move || canceller.cancel())
-            .join()
-            .unwrap();
-        let ready =
-            sys::poll_readable([None, w.cancel_fd()], Some(Duration::from_secs(30))).unwrap();
-        assert_eq!(ready, [false, true]);
-        assert_eq!(w.stop(Instant::now()), Some(Stop::Cancelled));
-    }
-
-    #[test]
-    fn a_token_cancelled_before_the_wait_is_readable_at_once() {
-        let (_dir, path) = lock_file();
-        let file = LockFile::open(&path).unwrap();
-        let token = CancelToken::new();
-        token.cancel();
-        let w = Waiter::new(file.as_fd(), None, None, Some(&token));
-        let ready =
-            sys::poll_readable([None, w.cancel_fd()], Some(Duration::from_secs(30))).unwrap();
-        assert_eq!(ready, [false, true]);
-    }
-
-    #[test]
-    fn registrations_are_removed_when_the_waiter_is_dropped() {
-        let (_dir, path) = lock_file();
-        let file = LockFile::open(&path).unwrap();
-        let token = CancelToken::new();
-        let a = Waiter::new(file.as_fd(), None, None, Some(&token));
-        let b = Waiter::new(file.as_fd(), None, None, Some(&token));
-        assert_eq!(token.wakers().len(), 2);
-        drop(a);
-        assert_eq!(token.wakers().len(), 1);
-        drop(b);
-        assert!(token.wakers().is_empty());
-    }
-
-    #[test]
-    fn inotify_reports_the_close_of_a_watched_path() {
-        let (_dir, path) = lock_file();
-        let file = LockFile::open(&path).unwrap();
-        let inotify = sys::inotify_new().unwrap();
-        let wd = sys::inotify_watch_close(inotify.as_fd(), &path).unwrap();
+        let a = LockFile::open(&path).unwrap();
+        let b = LockFile::open(&path).unwrap();
+        let ra = Registration::new(a.as_fd(), None, FlockMode::Exclusive, Waking::Thread, None);
+        let rb = Registration::new(b.as_fd(), None, FlockMode::Exclusive, Waking::Thread, None);
+        assert!(ra.is_reader() && !rb.is_reader());
+        assert_eq!(ra.wd, rb.wd, "one watch per inode");
         drop(LockFile::open(&path).unwrap());
-        let drained = sys::inotify_drain(inotify.as_fd()).unwrap();
-        assert!(drained.closed);
-        assert!(!drained.lost);
-        sys::inotify_unwatch(inotify.as_fd(), wd).unwrap();
-        assert!(
-            sys::inotify_drain(inotify.as_fd()).unwrap().lost,
-            "IN_IGNORED after removal"
+        wait_for("the close event", || {
+            ra.dispatch().unwrap();
+            ra.take_notified()
+        });
+        assert!(!rb.take_notified());
+        // The first leaves without the lock: the second is notified and
+        // becomes the reader.
+        drop(ra);
+        assert!(rb.take_notified());
+        assert!(rb.is_reader());
+    }
+
+    #[test]
+    fn shared_waiters_behind_a_shared_first_are_notified_together() {
+        let _serial = lock(&SERIAL);
+        let (_dir, path) = lock_file();
+        let files: Vec<LockFile> = (0..4).map(|_| LockFile::open(&path).unwrap()).collect();
+        let modes = [
+            FlockMode::Shared,
+            FlockMode::Shared,
+            FlockMode::Exclusive,
+            FlockMode::Shared,
+        ];
+        let regs: Vec<Registration> = files
+            .iter()
+            .zip(modes)
+            .map(|(f, m)| Registration::new(f.as_fd(), None, m, Waking::Thread, None))
+            .collect();
+        drop(LockFile::open(&path).unwrap());
+        wait_for("the close event", || {
+            regs[0].dispatch().unwrap();
+            regs[0].slot.notified.load(Ordering::SeqCst)
+        });
+        let seen: Vec<bool> = regs.iter().map(Registration::take_notified).collect();
+        assert_eq!(seen, [true, true, false, false]);
+    }
+
+    #[test]
+    fn a_close_of_another_file_or_of_a_child_notifies_nobody() {
+        let _serial = lock(&SERIAL);
+        let dir = tempfile::tempdir().unwrap();
+        let locked = crate::LockOptions::new()
+            .allow_directory(true)
+            .open(dir.path())
+            .unwrap();
+        let r = Registration::new(
+            locked.as_fd(),
+            None,
+            FlockMode::Exclusive,
+            Waking::Thread,
+            None,
         );
-        drop(file);
+        drop(LockFile::open(dir.path().join("child.lock")).unwrap());
+        let other = tempfile::tempdir().unwrap();
+        drop(LockFile::open(other.path().join("other.lock")).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+        r.dispatch().unwrap();
+        assert!(!r.take_notified());
+        // The directory's own close does.
+        drop(
+            crate::LockOptions::new()
+                .allow_directory(true)
+                .open(dir.path())
+                .unwrap(),
+        );
+        wait_for("the directory's close", || {
+            r.dispatch().unwrap();
+            r.take_notified()
+        });
+    }
+
+    #[test]
+    fn waiters_share_one_instance_and_leave_nothing_queued() {
+        let _serial = lock(&SERIAL);
+        let (_dir, path) = lock_file();
+        let files: Vec<LockFile> = (0..50).map(|_| LockFile::open(&path).unwrap()).collect();
+        let before = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let regs: Vec<Registration> = files
+            .iter()
+            .map(|f| Registration::new(f.as_fd(), None, FlockMode::Exclusive, Waking::Thread, None))
+            .collect();
+        let during = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        assert!(during <= before + 2, "{before} → {during} descriptors");
+        assert_eq!(hub_census().0, 50);
+        drop(regs);
+        let (waiters, _, reader) = hub_census();
+        assert_eq!((waiters, reader), (0, false));
+    }
+
+    #[test]
+    fn cancel_wakes_a_parked_waiter_and_unregisters_on_drop() {
+        let _serial = lock(&SERIAL);
+        let (_dir, path) = lock_file();
+        let held = LockFile::open(&path)
+            .unwrap()
+            .try_lock::<crate::Exclusive>()
+            .unwrap();
+        let token = CancelToken::new();
+        let start = Instant::now();
+        let outcome = std::thread::scope(|s| {
+            let file = LockFile::open(&path).unwrap();
+            let t = token.clone();
+            let waiter = s.spawn(move || {
+                acquire(file.as_fd(), None, FlockMode::Exclusive, None, Some(&t)).unwrap()
+            });
+            wait_for("registration", || token.registered() == 1);
+            token.cancel();
+            waiter.join().unwrap()
+        });
+        assert_eq!(outcome, Err(Stop::Cancelled));
+        assert!(start.elapsed() < Duration::from_secs(10));
+        assert_eq!(token.registered(), 0);
+        drop(held);
+    }
+
+    #[test]
+    fn the_pid_is_cached_where_the_kernel_wipes_it_on_fork() {
+        assert_eq!(sys::current_pid(), std::process::id());
+        // Linux 4.14+ everywhere this crate is tested.
+        assert!(sys::pid_is_cached());
     }
 }

@@ -401,6 +401,21 @@ macro_rules! in_fork {
         // SAFETY: the child only runs the body (allocation is fork-safe in
         // glibc) and then _exit(2)s without unwinding into the parent's stack.
         let pid = unsafe { libc::fork() };
+        in_fork!(@run pid, $body)
+    }};
+    (raw, $body:block) => {{
+        // SAFETY: as above; the forking process is single-threaded here, so
+        // skipping glibc's fork handlers leaves no lock held in the child.
+        #[cfg(target_arch = "x86_64")]
+        let pid = unsafe { libc::syscall(libc::SYS_fork) } as libc::pid_t;
+        // SAFETY: as above; clone(SIGCHLD) is fork without glibc.
+        #[cfg(not(target_arch = "x86_64"))]
+        let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) }
+            as libc::pid_t;
+        in_fork!(@run pid, $body)
+    }};
+    (@run $pid:ident, $body:block) => {{
+        let pid = $pid;
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
             let body = std::panic::AssertUnwindSafe(|| -> i32 { $body });
@@ -523,6 +538,37 @@ fn fork_scenarios(path: &Path) {
     });
     assert_eq!(code, 0, "try_lock in a forked child");
     assert_eq!(held_through(&spare), None);
+
+    // A raw fork(2) system call runs no pthread_atfork handler; the child
+    // is refused all the same, and its own timed waits work.
+    let other = path.with_extension("other");
+    let code = in_fork!(raw, {
+        let err = spare.try_lock::<Exclusive>().unwrap_err();
+        if !not_owner(&err.error, me) {
+            return 2;
+        }
+        let err = err
+            .into_inner()
+            .lock_timeout::<Shared>(LINE_TIMEOUT)
+            .unwrap_err();
+        if !not_owner(&err.error, me) {
+            return 3;
+        }
+        let held = try_flock::<Exclusive>(&other).unwrap();
+        let waiter = LockFile::open(&other).unwrap();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            drop(held);
+        });
+        if waiter.lock_timeout::<Exclusive>(LINE_TIMEOUT).is_err() {
+            return 4;
+        }
+        releaser.join().unwrap();
+        0
+    });
+    assert_eq!(code, 0, "a child of a raw fork system call");
+    assert_eq!(held_through(&spare), None);
+    assert_eq!(held_through(&reader), Some(FlockMode::Shared));
 
     support::tell("result: ok");
     support::wait_for_parent(|_| {});
