@@ -629,9 +629,26 @@ fn dash_c_runs_through_shell_or_bin_sh() {
     assert_eq!((code(&out), stdout(&out).as_str()), (0, "ok\n"));
 }
 
+/// The command with SIGINT at its default action: a shell started in the
+/// background of a non-interactive shell inherits it ignored, and a shell
+/// cannot undo that, so `kill -INT $$` would do nothing.
+fn fg_default_sigint() -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = fg();
+    // SAFETY: signal(2) is async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    cmd
+}
+
 #[test]
 fn exit_status_is_the_commands_or_128_plus_signal() {
     let (_dir, path) = support::lock_path();
+    let fg = fg_default_sigint;
     for (script, want) in [
         ("exit 0", 0),
         ("exit 3", 3),
