@@ -21,6 +21,10 @@ use crate::open::{self, Access, OpenSpec, Opened, RemoteFs};
 use crate::sys;
 use crate::wait::{self, CancelToken, Deadline, Notice, Stop, Wait};
 
+/// How long before a deadline a timed wait reads the holders its timeout
+/// error names: longer than a cold read of `/proc/locks` (7–16 ms here).
+const DIAGNOSTICS_LEAD: Duration = Duration::from_millis(20);
+
 /// Attempts of a non-blocking verified acquisition whose file keeps being
 /// removed before it gives up with [`Error::PathChanged`].
 const TRY_VERIFY_RETRIES: u32 = 16;
@@ -620,11 +624,22 @@ impl LockFile {
         } = wait;
         let until = deadline.resolve(start);
         let mut attempts = 0u32;
+        let mut snapshot = None;
         loop {
-            let waited = self.wait_for(mode, deadline, until, cancel.as_ref(), &mut notice);
+            let waited = self.wait_for(
+                mode,
+                deadline,
+                until,
+                cancel.as_ref(),
+                &mut notice,
+                &mut snapshot,
+            );
             if let Err(stop) = waited {
                 let error = match stop {
-                    Ok(Stop::TimedOut) => self.timeout_error(mode, start, context.as_deref()),
+                    Ok(Stop::TimedOut) => match snapshot.take() {
+                        Some(holders) => self.timeout_error_with(mode, start, context, holders),
+                        None => self.timeout_error(mode, start, context.as_deref()),
+                    },
                     Ok(Stop::Cancelled) => self.cancelled_error(mode, start),
                     Err(error) => error,
                 };
@@ -691,6 +706,7 @@ impl LockFile {
         until: Option<Instant>,
         cancel: Option<&CancelToken>,
         notice: &mut Option<Notice<'_>>,
+        snapshot: &mut Option<Vec<Holder>>,
     ) -> Result<(), Result<Stop, Error>> {
         let fd = self.file.as_fd();
         if cancel.is_some_and(CancelToken::is_cancelled) {
@@ -710,10 +726,42 @@ impl LockFile {
         if until.is_none() && cancel.is_none() {
             return sys::flock(fd, mode, false).map_err(|err| Err(self.flock_error(mode, err)));
         }
+        // The holders for a timeout error are read DIAGNOSTICS_LEAD before
+        // the deadline, so that a cold /proc/locks (milliseconds) is read
+        // while the wait still runs, not after its deadline.
+        if let Some(until) = until {
+            let early = until.checked_sub(DIAGNOSTICS_LEAD).unwrap_or(until);
+            if Instant::now() < early {
+                match wait::acquire(fd, self.path(), mode, Some(early), cancel) {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(Stop::TimedOut)) => {}
+                    Ok(Err(stop)) => return Err(Ok(stop)),
+                    Err(err) => return Err(Err(self.flock_error(mode, err))),
+                }
+            }
+            *snapshot = Some(self.holders_within(holders::WAIT_DIAGNOSTICS_BUDGET));
+        }
         match wait::acquire(fd, self.path(), mode, until, cancel) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(stop)) => Err(Ok(stop)),
             Err(err) => Err(Err(self.flock_error(mode, err))),
+        }
+    }
+
+    /// [`Error::Timeout`] with holders read before the deadline.
+    fn timeout_error_with(
+        &self,
+        mode: FlockMode,
+        start: Instant,
+        context: Option<String>,
+        holders: Vec<Holder>,
+    ) -> Error {
+        Error::Timeout {
+            path: self.error_path(),
+            mode,
+            waited: start.elapsed(),
+            holders: holders.into(),
+            context: context.map(String::into_boxed_str),
         }
     }
 
