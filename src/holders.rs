@@ -48,12 +48,6 @@ const CMDLINE_MAX_CHARS: usize = 256;
 /// Bytes of `/proc/PID/cmdline` read at most.
 const CMDLINE_READ_MAX: u64 = 4096;
 
-/// The time the holder diagnostics of a timeout error or a wait notice may
-/// take, beyond the first page of `/proc/locks` (whose read can itself take
-/// milliseconds: the kernel waits for an RCU grace period when the file was
-/// not read in the last tens of milliseconds).
-pub(crate) const WAIT_DIAGNOSTICS_BUDGET: Duration = Duration::from_millis(5);
-
 /// Lists the processes that hold or wait for a `flock(2)` lock on the file
 /// at `path` (following symbolic links): holders, then waiters, each in
 /// the order of `/proc/locks`.

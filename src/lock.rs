@@ -21,6 +21,16 @@ use crate::open::{self, Access, OpenSpec, Opened, RemoteFs};
 use crate::sys;
 use crate::wait::{self, CancelToken, Deadline, Notice, Stop, Wait};
 
+/// The limits of one acquisition's wait.
+#[derive(Clone, Copy)]
+struct Limits {
+    deadline: Deadline,
+    /// `deadline` resolved against the start of the acquisition.
+    until: Option<Instant>,
+    /// How long holder diagnostics may take.
+    diagnostics: Duration,
+}
+
 /// How long before a deadline a timed wait reads the holders its timeout
 /// error names: longer than a cold read of `/proc/locks` (7–16 ms here).
 const DIAGNOSTICS_LEAD: Duration = Duration::from_millis(20);
@@ -621,24 +631,23 @@ impl LockFile {
             mut notice,
             cancel,
             context,
+            diagnostics,
         } = wait;
         let until = deadline.resolve(start);
         let mut attempts = 0u32;
         let mut snapshot = None;
         loop {
-            let waited = self.wait_for(
-                mode,
+            let limits = Limits {
                 deadline,
                 until,
-                cancel.as_ref(),
-                &mut notice,
-                &mut snapshot,
-            );
+                diagnostics,
+            };
+            let waited = self.wait_for(mode, limits, cancel.as_ref(), &mut notice, &mut snapshot);
             if let Err(stop) = waited {
                 let error = match stop {
                     Ok(Stop::TimedOut) => match snapshot.take() {
                         Some(holders) => self.timeout_error_with(mode, start, context, holders),
-                        None => self.timeout_error(mode, start, context.as_deref()),
+                        None => self.timeout_error(mode, start, context.as_deref(), diagnostics),
                     },
                     Ok(Stop::Cancelled) => self.cancelled_error(mode, start),
                     Err(error) => error,
@@ -702,12 +711,16 @@ impl LockFile {
     fn wait_for(
         &self,
         mode: FlockMode,
-        deadline: Deadline,
-        until: Option<Instant>,
+        limits: Limits,
         cancel: Option<&CancelToken>,
         notice: &mut Option<Notice<'_>>,
         snapshot: &mut Option<Vec<Holder>>,
     ) -> Result<(), Result<Stop, Error>> {
+        let Limits {
+            deadline,
+            until,
+            diagnostics,
+        } = limits;
         let fd = self.file.as_fd();
         if cancel.is_some_and(CancelToken::is_cancelled) {
             return Err(Ok(Stop::Cancelled));
@@ -721,7 +734,7 @@ impl LockFile {
             return Err(Ok(Stop::TimedOut));
         }
         if let Some(notice) = notice.take() {
-            notice(&self.holders_within(holders::WAIT_DIAGNOSTICS_BUDGET));
+            notice(&self.holders_within(diagnostics));
         }
         if until.is_none() && cancel.is_none() {
             return sys::flock(fd, mode, false).map_err(|err| Err(self.flock_error(mode, err)));
@@ -739,7 +752,7 @@ impl LockFile {
                     Err(err) => return Err(Err(self.flock_error(mode, err))),
                 }
             }
-            *snapshot = Some(self.holders_within(holders::WAIT_DIAGNOSTICS_BUDGET));
+            *snapshot = Some(self.holders_within(diagnostics));
         }
         match wait::acquire(fd, self.path(), mode, until, cancel) {
             Ok(Ok(())) => Ok(()),
@@ -771,6 +784,7 @@ impl LockFile {
         mode: FlockMode,
         start: Instant,
         context: Option<&str>,
+        diagnostics: Duration,
     ) -> Error {
         Error::Timeout {
             path: self.error_path(),
@@ -778,7 +792,7 @@ impl LockFile {
             waited: start.elapsed(),
             // Diagnostics must not hide the timeout or delay it past a few
             // milliseconds: a failed read of /proc leaves the list empty.
-            holders: self.holders_within(holders::WAIT_DIAGNOSTICS_BUDGET).into(),
+            holders: self.holders_within(diagnostics).into(),
             context: context.map(Box::from),
         }
     }

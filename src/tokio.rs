@@ -220,6 +220,7 @@ struct Acquire<'a> {
     notice: Option<Notice<'a>>,
     cancel: Option<CancelToken>,
     context: Option<String>,
+    diagnostics: Duration,
     attempts: u32,
 }
 
@@ -230,6 +231,7 @@ impl<'a> Acquire<'a> {
             notice,
             cancel,
             context,
+            diagnostics,
         } = wait;
         Acquire {
             reader: None,
@@ -243,6 +245,7 @@ impl<'a> Acquire<'a> {
             notice,
             cancel,
             context,
+            diagnostics,
             attempts: 0,
         }
     }
@@ -297,10 +300,12 @@ impl<'a> Acquire<'a> {
             let now = Instant::now();
             if until.is_some_and(|until| now >= until) {
                 let context = self.context.take();
-                return self.fail(|f| f.timeout_error(mode, start, context.as_deref()));
+                let diagnostics = self.diagnostics;
+                return self
+                    .fail(|f| f.timeout_error(mode, start, context.as_deref(), diagnostics));
             }
             if let Some(notice) = self.notice.take() {
-                notice(&file.holders().unwrap_or_default());
+                notice(&file.holders_within(self.diagnostics));
             }
             let Some(reg) = &self.reg else {
                 self.reg = Some(Registration::new(

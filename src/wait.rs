@@ -74,7 +74,14 @@ pub struct Wait<'a> {
     pub(crate) notice: Option<Notice<'a>>,
     pub(crate) cancel: Option<CancelToken>,
     pub(crate) context: Option<String>,
+    pub(crate) diagnostics: Duration,
 }
+
+/// The default of [`Wait::diagnostics`]: the time the holder diagnostics
+/// may take beyond the first page of `/proc/locks` (whose read can itself
+/// take milliseconds: the kernel waits for an RCU grace period when the
+/// file was not read in the last tens of milliseconds).
+pub(crate) const DIAGNOSTICS_BUDGET: Duration = Duration::from_millis(5);
 
 /// The callback of [`Wait::on_wait`].
 pub(crate) type Notice<'a> = Box<dyn FnOnce(&[Holder]) + Send + 'a>;
@@ -133,7 +140,27 @@ impl<'a> Wait<'a> {
             notice: None,
             cancel: None,
             context: None,
+            diagnostics: DIAGNOSTICS_BUDGET,
         }
+    }
+
+    /// How long the holder diagnostics of the notice and of the timeout
+    /// error may take beyond the first page of `/proc/locks` (default 5 ms).
+    /// Holders not verified in time are
+    /// [`PidStatus::Unverified`](crate::PidStatus::Unverified), without a
+    /// command line. A command-line tool that prints who holds the lock
+    /// can afford more.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use flockguard::Wait;
+    /// let wait = Wait::timeout(Duration::from_secs(2)).diagnostics(Duration::from_millis(200));
+    /// # drop(wait);
+    /// ```
+    pub fn diagnostics(mut self, budget: Duration) -> Self {
+        self.diagnostics = budget;
+        self
     }
 
     /// Calls `notice` once, with the current holders, just before the call

@@ -60,6 +60,11 @@ const EX_CANTCREAT: i32 = 73;
 /// unreliable, refused without `--allow-remote-fs`.
 const EX_CONFIG: i32 = 78;
 
+/// How long the holder lines may take beyond one read of /proc/locks: more
+/// than a library caller's default, since naming the holder is what the
+/// command adds to flock(1).
+const DIAGNOSTICS: Duration = Duration::from_millis(100);
+
 fn main() {
     let argv: Vec<OsString> = std::env::args_os().collect();
     let prog = program_name(&argv);
@@ -312,7 +317,8 @@ fn lock(
         Patience::No => {
             // A zero deadline rather than Wait::none(): the error then
             // carries the holders, found within the diagnostics budget.
-            return match file.lock_any(mode, Wait::timeout(Duration::ZERO)) {
+            return match file.lock_any(mode, Wait::timeout(Duration::ZERO).diagnostics(DIAGNOSTICS))
+            {
                 Ok(guard) => Ok(Held::Locked(guard.into_locked_fd())),
                 Err(err) if err.is_timeout() => {
                     if opts.verbose {
@@ -335,8 +341,8 @@ fn lock(
         Patience::Limit(limit) => Some(limit),
     };
     let mut wait = match limit {
-        Some(limit) => Wait::timeout(limit),
-        None => Wait::forever(),
+        Some(limit) => Wait::timeout(limit).diagnostics(DIAGNOSTICS),
+        None => Wait::forever().diagnostics(DIAGNOSTICS),
     };
     // Set once the holders have been printed, so a timeout does not print
     // them a second time.
