@@ -585,16 +585,14 @@ impl LockFile {
     /// Refuses to change the lock from a process other than the one that
     /// opened the descriptor.
     pub(crate) fn check_owner(&self) -> Result<(), Error> {
-        let current = sys::current_pid();
-        if current == self.owner {
-            Ok(())
-        } else {
-            Err(Error::NotOwner {
-                path: self.error_path(),
-                owner: self.owner,
-                current,
-            })
+        if self.is_owner() {
+            return Ok(());
         }
+        Err(Error::NotOwner {
+            path: self.error_path(),
+            owner: self.owner,
+            current: sys::current_pid(),
+        })
     }
 
     /// Whether this process opened the descriptor.
@@ -646,7 +644,12 @@ impl LockFile {
             if let Err(stop) = waited {
                 let error = match stop {
                     Ok(Stop::TimedOut) => match snapshot.take() {
-                        Some(holders) => self.timeout_error_with(mode, start, context, holders),
+                        Some(holders) => self.timeout_error_with(
+                            mode,
+                            start.elapsed(),
+                            context.as_deref(),
+                            holders,
+                        ),
                         None => self.timeout_error(mode, start, context.as_deref(), diagnostics),
                     },
                     Ok(Stop::Cancelled) => self.cancelled_error(mode, start),
@@ -765,16 +768,16 @@ impl LockFile {
     fn timeout_error_with(
         &self,
         mode: FlockMode,
-        start: Instant,
-        context: Option<String>,
+        waited: Duration,
+        context: Option<&str>,
         holders: Vec<Holder>,
     ) -> Error {
         Error::Timeout {
             path: self.error_path(),
             mode,
-            waited: start.elapsed(),
+            waited,
             holders: holders.into(),
-            context: context.map(String::into_boxed_str),
+            context: context.map(Box::from),
         }
     }
 
@@ -786,15 +789,11 @@ impl LockFile {
         context: Option<&str>,
         diagnostics: Duration,
     ) -> Error {
-        Error::Timeout {
-            path: self.error_path(),
-            mode,
-            waited: start.elapsed(),
-            // Diagnostics must not hide the timeout or delay it past a few
-            // milliseconds: a failed read of /proc leaves the list empty.
-            holders: self.holders_within(diagnostics).into(),
-            context: context.map(Box::from),
-        }
+        let waited = start.elapsed();
+        // Diagnostics must not hide the timeout or delay it past a few
+        // milliseconds: a failed read of /proc leaves the list empty.
+        let holders = self.holders_within(diagnostics);
+        self.timeout_error_with(mode, waited, context, holders)
     }
 }
 
