@@ -110,7 +110,14 @@ fn timeout_names_holder_and_context_and_gives_the_file_back() {
     let timeout = Duration::from_millis(150);
     let err = LockFile::open(&path)
         .unwrap()
-        .lock_with::<Exclusive>(Wait::timeout(timeout).context("cache entry abc123"))
+        .lock_with::<Exclusive>(
+            Wait::timeout(timeout)
+                .context("cache entry abc123")
+                // Verifying the holder takes more than the default 5 ms on
+                // a slow machine (an emulated guest); this test is about
+                // what a verified holder looks like.
+                .diagnostics(Duration::from_secs(10)),
+        )
         .unwrap_err();
     let Error::Timeout {
         path: ref err_path,
