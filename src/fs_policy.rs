@@ -1,6 +1,7 @@
 //! Which filesystems `flock(2)` does not reliably serialize on.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// A filesystem on which `flock(2)` does not reliably serialize processes.
@@ -66,25 +67,68 @@ pub fn classify(magic: u64) -> Option<&'static UnreliableFs> {
 /// every time.
 const MOUNT_CACHE_LEN: usize = 32;
 
+/// One remembered mount: its unique id (0 while the slot is empty or being
+/// filled) and its filesystem magic.
+struct MountSlot {
+    mount: AtomicU64,
+    magic: AtomicU64,
+}
+
+// Only the initializer of MOUNT_MAGIC's slots (`[const { .. }; N]` needs Rust 1.79).
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_SLOT: MountSlot = MountSlot {
+    mount: AtomicU64::new(0),
+    magic: AtomicU64::new(0),
+};
+
 /// Filesystem magics by unique mount id. A mount keeps its superblock, and
 /// so its magic, for life, and its unique id is never reused, so an entry
-/// never goes stale.
-static MOUNT_MAGIC: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+/// never goes stale. Slots are filled in order and written once, before
+/// the count of filled slots is raised with release ordering, so a reader
+/// sees whole entries; no lock is taken on the acquire path.
+static MOUNT_MAGIC: [MountSlot; MOUNT_CACHE_LEN] = [EMPTY_SLOT; MOUNT_CACHE_LEN];
+
+/// Slots filled so far, at most [`MOUNT_CACHE_LEN`].
+static MOUNTS_FILLED: AtomicUsize = AtomicUsize::new(0);
 
 /// The filesystem magic of the mount with unique id `mount`: remembered, or
 /// found with `lookup` and remembered.
+#[inline]
 pub(crate) fn magic_of_mount(
     mount: u64,
     lookup: impl FnOnce() -> io::Result<u64>,
 ) -> io::Result<u64> {
-    let known = |cache: &[(u64, u64)]| cache.iter().find(|e| e.0 == mount).map(|e| e.1);
-    if let Some(magic) = known(&MOUNT_MAGIC.lock().unwrap_or_else(PoisonError::into_inner)) {
+    match remembered(mount) {
+        Some(magic) => Ok(magic),
+        None => remember(mount, lookup()?),
+    }
+}
+
+#[inline]
+fn remembered(mount: u64) -> Option<u64> {
+    let filled = MOUNTS_FILLED.load(Ordering::Acquire);
+    MOUNT_MAGIC[..filled]
+        .iter()
+        .find(|slot| mount != 0 && slot.mount.load(Ordering::Acquire) == mount)
+        .map(|slot| slot.magic.load(Ordering::Relaxed))
+}
+
+/// Stores `magic` for `mount` in the next free slot, if one is left.
+/// Writers take a lock, so a mount is stored once; readers take none.
+#[cold]
+fn remember(mount: u64, magic: u64) -> io::Result<u64> {
+    static WRITER: Mutex<()> = Mutex::new(());
+    if mount == 0 {
         return Ok(magic);
     }
-    let magic = lookup()?;
-    let mut cache = MOUNT_MAGIC.lock().unwrap_or_else(PoisonError::into_inner);
-    if cache.len() < MOUNT_CACHE_LEN && known(&cache).is_none() {
-        cache.push((mount, magic));
+    let _writer = WRITER.lock().unwrap_or_else(PoisonError::into_inner);
+    let filled = MOUNTS_FILLED.load(Ordering::Relaxed);
+    if remembered(mount).is_none() {
+        if let Some(slot) = MOUNT_MAGIC.get(filled) {
+            slot.magic.store(magic, Ordering::Relaxed);
+            slot.mount.store(mount, Ordering::Release);
+            MOUNTS_FILLED.store(filled + 1, Ordering::Release);
+        }
     }
     Ok(magic)
 }
@@ -170,6 +214,38 @@ mod tests {
             magic_of_mount(err_id, || lookup(Ok(0xEF53))).unwrap(),
             0xEF53
         );
+        assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn racing_threads_each_get_their_mounts_magic() {
+        // Every id raced by several threads.
+        let ids: Vec<u64> = (0..6).map(|i| u64::MAX - 1000 - i).collect();
+        let magic = |id: u64| id ^ 0x5A5A;
+        std::thread::scope(|scope| {
+            for t in 0..6 {
+                let ids = &ids;
+                scope.spawn(move || {
+                    for round in 0..50 {
+                        for (i, &id) in ids.iter().enumerate() {
+                            if (i + t + round) % 3 == 0 {
+                                let got = magic_of_mount(id, || Ok(magic(id))).unwrap();
+                                assert_eq!(got, magic(id), "mount {id:#x}");
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        // Id 0 (no unique id) is never remembered.
+        let mut calls = 0;
+        for _ in 0..3 {
+            magic_of_mount(0, || {
+                calls += 1;
+                Ok(1)
+            })
+            .unwrap();
+        }
         assert_eq!(calls, 3);
     }
 }

@@ -18,7 +18,7 @@ use crate::holder::Holder;
 use crate::holders;
 use crate::mode::{Exclusive, FlockMode, Mode, Shared};
 use crate::open::{self, Access, OpenSpec, Opened, RemoteFs};
-use crate::sys;
+use crate::sys::{self, OnConflict};
 use crate::wait::{self, CancelToken, Deadline, Notice, Stop, Wait};
 
 /// The limits of one acquisition's wait.
@@ -173,6 +173,7 @@ impl LockOptions {
     /// - [open(2)](https://man7.org/linux/man-pages/man2/open.2.html)
     /// - [statx(2)](https://man7.org/linux/man-pages/man2/statx.2.html)
     /// - [statfs(2)](https://man7.org/linux/man-pages/man2/statfs.2.html)
+    #[inline]
     pub fn open(&self, path: impl AsRef<Path>) -> Result<LockFile, Error> {
         let path = path.as_ref();
         if self.verify && self.spec.follow_symlinks {
@@ -259,6 +260,7 @@ struct Origin {
 }
 
 impl LockFile {
+    #[inline(always)]
     fn new(opened: Opened, origin: Option<Origin>) -> Self {
         LockFile {
             file: opened.file,
@@ -282,6 +284,7 @@ impl LockFile {
     /// # drop(guard);
     /// # Ok::<(), flockguard::Error>(())
     /// ```
+    #[inline(always)]
     pub fn open(path: impl AsRef<Path>) -> Result<LockFile, Error> {
         LockOptions::new().open(path)
     }
@@ -330,8 +333,24 @@ impl LockFile {
     /// # References
     /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
     #[doc(alias = "LOCK_NB")]
+    #[inline(always)]
     pub fn try_lock<M: Mode>(self) -> Result<LockGuard<M>, LockError<LockFile>> {
-        self.acquire(M::MODE, Wait::none()).map(LockGuard::new)
+        if self.is_owner() && !self.verifies() {
+            // The common case, kept in the caller's frame.
+            return match sys::flock(self.file.as_fd(), M::MODE, OnConflict::Fail) {
+                Ok(()) => Ok(LockGuard::new(self)),
+                Err(err) => Err(self.refused(M::MODE, err)),
+            };
+        }
+        self.try_lock_checked(M::MODE).map(LockGuard::new)
+    }
+
+    /// [`try_lock`](Self::try_lock) in a forked child or under path
+    /// verification.
+    #[cold]
+    #[inline(never)]
+    fn try_lock_checked(self, mode: FlockMode) -> Result<LockFile, LockError<LockFile>> {
+        self.acquire(mode, Wait::none())
     }
 
     /// Takes the lock, waiting in `flock(2)` as long as it takes.
@@ -584,20 +603,48 @@ impl LockFile {
 
     /// Refuses to change the lock from a process other than the one that
     /// opened the descriptor.
+    #[inline]
     pub(crate) fn check_owner(&self) -> Result<(), Error> {
         if self.is_owner() {
             return Ok(());
         }
-        Err(Error::NotOwner {
+        Err(self.not_owner())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn not_owner(&self) -> Error {
+        Error::NotOwner {
             path: self.error_path(),
             owner: self.owner,
             current: sys::current_pid(),
-        })
+        }
     }
 
     /// Whether this process opened the descriptor.
+    #[inline(always)]
     fn is_owner(&self) -> bool {
         sys::current_pid() == self.owner
+    }
+
+    /// Whether acquisitions check that the path still names the file.
+    #[inline(always)]
+    fn verifies(&self) -> bool {
+        matches!(
+            &self.origin,
+            Some(Origin {
+                reopen: Some(_),
+                ..
+            })
+        )
+    }
+
+    /// The error of a refused `flock(2)`, with the file.
+    #[cold]
+    #[inline(never)]
+    fn refused(self, mode: FlockMode, err: io::Error) -> LockError<LockFile> {
+        let error = self.flock_error(mode, err);
+        LockError::new(error, self)
     }
 
     /// Every acquisition: the owner check, waiting as `wait` says, and path
@@ -606,21 +653,11 @@ impl LockFile {
         if let Err(error) = self.check_owner() {
             return Err(LockError::new(error, self));
         }
-        let verifies = matches!(
-            &self.origin,
-            Some(Origin {
-                reopen: Some(_),
-                ..
-            })
-        );
-        if wait.deadline == Deadline::None && wait.cancel.is_none() && !verifies {
+        if wait.deadline == Deadline::None && wait.cancel.is_none() && !self.verifies() {
             // One attempt, nothing to time, cancel or verify.
-            return match sys::flock(self.file.as_fd(), mode, true) {
+            return match sys::flock(self.file.as_fd(), mode, OnConflict::Fail) {
                 Ok(()) => Ok(self),
-                Err(err) => {
-                    let error = self.flock_error(mode, err);
-                    Err(LockError::new(error, self))
-                }
+                Err(err) => Err(self.refused(mode, err)),
             };
         }
         let start = Instant::now();
@@ -728,7 +765,7 @@ impl LockFile {
         if cancel.is_some_and(CancelToken::is_cancelled) {
             return Err(Ok(Stop::Cancelled));
         }
-        match sys::flock(fd, mode, true) {
+        match sys::flock(fd, mode, OnConflict::Fail) {
             Ok(()) => return Ok(()),
             Err(err) if sys::is_contention(&err) && deadline != Deadline::None => {}
             Err(err) => return Err(Err(self.flock_error(mode, err))),
@@ -740,7 +777,8 @@ impl LockFile {
             notice(&self.holders_within(diagnostics));
         }
         if until.is_none() && cancel.is_none() {
-            return sys::flock(fd, mode, false).map_err(|err| Err(self.flock_error(mode, err)));
+            return sys::flock(fd, mode, OnConflict::Block)
+                .map_err(|err| Err(self.flock_error(mode, err)));
         }
         // The holders for a timeout error are read DIAGNOSTICS_LEAD before
         // the deadline, so that a cold /proc/locks (milliseconds) is read
@@ -850,6 +888,7 @@ pub struct LockGuard<M: Mode> {
 }
 
 impl<M: Mode> LockGuard<M> {
+    #[inline(always)]
     fn new(file: LockFile) -> Self {
         LockGuard {
             file: Some(file),
@@ -869,6 +908,7 @@ impl<M: Mode> LockGuard<M> {
         self.into_file()
     }
 
+    #[inline(always)]
     fn file(&self) -> &LockFile {
         match &self.file {
             Some(file) => file,
@@ -877,6 +917,7 @@ impl<M: Mode> LockGuard<M> {
     }
 
     /// Moves the file out; the guard's drop then does nothing.
+    #[inline(always)]
     fn into_file(mut self) -> LockFile {
         match self.file.take() {
             Some(file) => file,
@@ -924,22 +965,33 @@ impl<M: Mode> LockGuard<M> {
     /// # References
     /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
     #[doc(alias = "LOCK_UN")]
+    #[inline(always)]
     pub fn unlock(self) -> Result<LockFile, LockError<LockGuard<M>>> {
         let file = self.file();
-        if let Err(error) = file.check_owner() {
-            return Err(LockError::new(error, self));
+        if !file.is_owner() {
+            return Err(self.unlock_refused(None));
         }
         match sys::funlock(file.as_fd()) {
             Ok(()) => Ok(self.into_file()),
-            Err(source) => {
-                let error = Error::Unlock {
-                    path: file.error_path(),
-                    mode: Some(M::MODE),
-                    source,
-                };
-                Err(LockError::new(error, self))
-            }
+            Err(source) => Err(self.unlock_refused(Some(source))),
         }
+    }
+
+    /// The error of [`unlock`](Self::unlock): in a forked child (`None`)
+    /// or from `flock(2)`, with the guard.
+    #[cold]
+    #[inline(never)]
+    fn unlock_refused(self, source: Option<io::Error>) -> LockError<LockGuard<M>> {
+        let file = self.file();
+        let error = match source {
+            None => file.not_owner(),
+            Some(source) => Error::Unlock {
+                path: file.error_path(),
+                mode: Some(M::MODE),
+                source,
+            },
+        };
+        LockError::new(error, self)
     }
 
     /// Gives up the guard and keeps the lock: the descriptor holds it until
@@ -1009,13 +1061,16 @@ impl<M: Mode> LockGuard<M> {
     /// in a forked child, where nothing was changed: the file handed back
     /// there still shares the parent's locked open file description, and
     /// refuses every change with [`Error::NotOwner`].
-    fn convert<N: Mode>(self, nonblocking: bool) -> Result<LockGuard<N>, LockError<LockFile>> {
+    fn convert<N: Mode>(
+        self,
+        on_conflict: OnConflict,
+    ) -> Result<LockGuard<N>, LockError<LockFile>> {
         let checked = self.file().check_owner();
         let file = self.into_file();
         if let Err(error) = checked {
             return Err(LockError::new(error, file));
         }
-        match sys::flock(file.as_fd(), N::MODE, nonblocking) {
+        match sys::flock(file.as_fd(), N::MODE, on_conflict) {
             Ok(()) => Ok(LockGuard::new(file)),
             Err(source) => {
                 let mut error = file.flock_error(N::MODE, source);
@@ -1057,7 +1112,7 @@ impl LockGuard<Exclusive> {
     /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
     pub fn downgrade(self) -> Result<LockGuard<Shared>, LockError<LockFile>> {
         // LOCK_NB: converting down never conflicts, so it must never wait.
-        self.convert(true)
+        self.convert(OnConflict::Fail)
     }
 
     /// Truncates or extends the lock file, as [`File::set_len`].
@@ -1115,7 +1170,7 @@ impl LockGuard<Shared> {
     /// # References
     /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
     pub fn upgrade(self) -> Result<LockGuard<Exclusive>, LockError<LockFile>> {
-        self.convert(false)
+        self.convert(OnConflict::Block)
     }
 
     /// Converts to an exclusive lock if no one else holds the lock.
@@ -1147,7 +1202,7 @@ impl LockGuard<Shared> {
     /// # References
     /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
     pub fn try_upgrade(self) -> Result<LockGuard<Exclusive>, LockError<LockFile>> {
-        self.convert(true)
+        self.convert(OnConflict::Fail)
     }
 }
 
@@ -1206,6 +1261,7 @@ impl LockGuard<Exclusive> {
 }
 
 impl<M: Mode> Drop for LockGuard<M> {
+    #[inline(always)]
     fn drop(&mut self) {
         if let Some(file) = &self.file {
             if file.is_owner() {
@@ -1406,6 +1462,7 @@ pub fn materialize(path: impl AsRef<Path>) -> Result<(), Error> {
 /// # drop(guard);
 /// # Ok::<(), flockguard::Error>(())
 /// ```
+#[inline(always)]
 pub fn try_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Error> {
     Ok(LockFile::open(path)?.try_lock()?)
 }

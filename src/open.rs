@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, FileKind, PathProblem};
-use crate::fs_policy::{classify, magic_of_mount};
+use crate::fs_policy::{classify, magic_of_mount, UnreliableFs};
 use crate::sys::{self, FileId, Kind, OpenHow};
 
 /// Whether lock files on filesystems where `flock(2)` is unreliable are
@@ -83,21 +83,42 @@ const CREATE_RACE_RETRIES: u32 = 16;
 /// Opens `path` for locking: validates it, opens or creates it, checks its
 /// type and filesystem. A file this call created and then refused is
 /// closed and unlinked.
+///
+/// Inlined: an existing file on a known mount costs `open(2)` and
+/// `statx(2)` in the caller's frame; everything else is out of line.
+#[inline]
 pub(crate) fn open(path: &Path, spec: &OpenSpec) -> Result<Opened, Error> {
     validate(path, spec)?;
-    let (fd, created, writable) = open_fd(path, spec)?;
+    let how = OpenHow {
+        create_excl: false,
+        follow_symlinks: spec.follow_symlinks,
+        read_only: spec.access == Access::ReadOnly,
+        directory: false,
+        perms: spec.permissions,
+    };
+    // Open without O_CREAT first: the common case, and the only way to
+    // know afterwards whether this call created the file.
+    let (fd, created, writable) = match sys::open(path, how) {
+        Ok(fd) => (fd, false, !how.read_only),
+        Err(err) => open_fd(path, spec, how, err)?,
+    };
     match check(fd.as_fd(), path, spec) {
         Ok(()) => Ok(Opened {
             file: File::from(fd),
             writable,
         }),
-        Err(err) => {
-            if created {
-                remove_if_same(path, fd);
-            }
-            Err(err)
-        }
+        Err(err) => Err(refuse(path, fd, created, err)),
     }
+}
+
+/// A refused file: closed, and unlinked if this call created it.
+#[cold]
+#[inline(never)]
+fn refuse(path: &Path, fd: OwnedFd, created: bool, err: Error) -> Error {
+    if created {
+        remove_if_same(path, fd);
+    }
+    err
 }
 
 /// Checks a caller's open file as [`open`] checks a path, and sets
@@ -120,6 +141,7 @@ pub(crate) fn adopt(file: &File, spec: &OpenSpec) -> Result<bool, Error> {
     Ok(writable)
 }
 
+#[inline]
 fn validate(path: &Path, spec: &OpenSpec) -> Result<(), Error> {
     use std::os::unix::ffi::OsStrExt;
     let bytes = path.as_os_str().as_bytes();
@@ -132,71 +154,100 @@ fn validate(path: &Path, spec: &OpenSpec) -> Result<(), Error> {
     } else {
         return Ok(());
     };
-    Err(Error::InvalidPath {
+    Err(invalid_path(path, reason))
+}
+
+#[cold]
+#[inline(never)]
+fn invalid_path(path: &Path, reason: PathProblem) -> Error {
+    Error::InvalidPath {
         path: path.into(),
         reason,
-    })
+    }
 }
 
 /// The type check and, under [`RemoteFs::Reject`], the filesystem check:
 /// one `statx(2)`, and `fstatfs(2)` once per mount.
+#[inline]
 fn check(fd: BorrowedFd<'_>, path: &Path, spec: &OpenSpec) -> Result<(), Error> {
-    let stat_err = |source| Error::Stat {
-        path: path.into(),
-        source,
-    };
     let reject = spec.remote_fs == RemoteFs::Reject;
     let (kind, mount) = match reject.then(|| sys::kind_and_mount(fd)) {
         Some(Ok(found)) => found,
-        _ => (sys::fstat(fd).map_err(stat_err)?.kind, None),
+        _ => (sys::fstat(fd).map_err(|e| stat_error(path, e))?.kind, None),
     };
     match kind {
         Kind::RegularFile => {}
         Kind::Directory if spec.allow_directory => {}
-        other => {
-            return Err(Error::NotRegularFile {
-                path: path.into(),
-                kind: file_kind(other),
-            })
-        }
+        other => return Err(not_regular(path, other)),
     }
     if reject {
         let magic = match mount {
             Some(mount) => magic_of_mount(mount, || sys::fs_magic(fd)),
             None => sys::fs_magic(fd),
         }
-        .map_err(stat_err)?;
+        .map_err(|e| stat_error(path, e))?;
         if let Some(fs) = classify(magic) {
-            return Err(Error::RemoteFs {
-                path: path.into(),
-                fs,
-            });
+            return Err(remote_fs(path, fs));
         }
     }
     Ok(())
 }
 
-/// Opens or creates the file; returns the descriptor, whether this call
-/// created the file, and whether it is open for writing.
-fn open_fd(path: &Path, spec: &OpenSpec) -> Result<(OwnedFd, bool, bool), Error> {
+#[cold]
+#[inline(never)]
+fn stat_error(path: &Path, source: io::Error) -> Error {
+    Error::Stat {
+        path: path.into(),
+        source,
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn not_regular(path: &Path, kind: Kind) -> Error {
+    Error::NotRegularFile {
+        path: path.into(),
+        kind: file_kind(kind),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn remote_fs(path: &Path, fs: &'static UnreliableFs) -> Error {
+    Error::RemoteFs {
+        path: path.into(),
+        fs,
+    }
+}
+
+/// After the first open (`how`, without `O_CREAT`) failed with `first`:
+/// creates the file, falls back to read-only or retries as the error
+/// says. Returns the descriptor, whether this call created the file, and
+/// whether it is open for writing.
+#[cold]
+#[inline(never)]
+fn open_fd(
+    path: &Path,
+    spec: &OpenSpec,
+    mut how: OpenHow,
+    first: io::Error,
+) -> Result<(OwnedFd, bool, bool), Error> {
     let open_err = |source| Error::Open {
         path: path.into(),
         source,
     };
-    let mut how = OpenHow {
-        create_excl: false,
-        follow_symlinks: spec.follow_symlinks,
-        read_only: spec.access == Access::ReadOnly,
-        directory: false,
-        perms: spec.permissions,
-    };
     let mut last = None;
+    let mut first = Some(first);
     for _ in 0..CREATE_RACE_RETRIES {
-        // Open without O_CREAT first: the common case, and the only way
-        // to know afterwards whether this call created the file.
-        let err = match open_leased(path, how) {
-            Ok(fd) => return Ok((fd, false, !how.read_only && !how.directory)),
-            Err(err) => err,
+        let err = match first.take() {
+            Some(err) => match lease_retry(path, how, err) {
+                Ok(fd) => return Ok((fd, false, !how.read_only && !how.directory)),
+                Err(err) => err,
+            },
+            None => match open_leased(path, how) {
+                Ok(fd) => return Ok((fd, false, !how.read_only && !how.directory)),
+                Err(err) => err,
+            },
         };
         if err.kind() == io::ErrorKind::NotFound && spec.create {
             let excl = OpenHow {
@@ -270,15 +321,16 @@ fn open_fd(path: &Path, spec: &OpenSpec) -> Result<(OwnedFd, bool, bool), Error>
 /// non-blocking open fail: only regular files carry leases, and a blocking
 /// open waits for the lease holder to let go, as any other open would.
 fn open_leased(path: &Path, how: OpenHow) -> io::Result<OwnedFd> {
-    match sys::open(path, how) {
-        Err(err) if sys::is_contention(&err) => {
-            if sys::lstat(path).is_ok_and(|id| id.kind == Kind::RegularFile) {
-                sys::open_blocking(path, how)
-            } else {
-                Err(err)
-            }
-        }
-        other => other,
+    sys::open(path, how).or_else(|err| lease_retry(path, how, err))
+}
+
+/// After [`sys::open`] failed with `err`: the blocking open if a lease
+/// refused it, else `err`.
+fn lease_retry(path: &Path, how: OpenHow, err: io::Error) -> io::Result<OwnedFd> {
+    if sys::is_contention(&err) && sys::lstat(path).is_ok_and(|id| id.kind == Kind::RegularFile) {
+        sys::open_blocking(path, how)
+    } else {
+        Err(err)
     }
 }
 

@@ -31,6 +31,7 @@ pub(crate) struct OpenHow {
 ///
 /// `O_NONBLOCK` keeps a FIFO planted at the path from blocking the open; it
 /// has no effect on regular files or on `flock(2)`.
+#[inline]
 pub(crate) fn open(path: &Path, how: OpenHow) -> io::Result<OwnedFd> {
     open_with(path, how, OFlags::NONBLOCK)
 }
@@ -40,6 +41,7 @@ pub(crate) fn open_blocking(path: &Path, how: OpenHow) -> io::Result<OwnedFd> {
     open_with(path, how, OFlags::empty())
 }
 
+#[inline]
 fn open_with(path: &Path, how: OpenHow, extra: OFlags) -> io::Result<OwnedFd> {
     let mut flags = OFlags::CLOEXEC | OFlags::NOCTTY | extra;
     if how.directory {
@@ -94,6 +96,7 @@ const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
 
 /// One `statx(2)` on an open file: its type, and its mount's unique id when
 /// the kernel reports one (Linux 6.8 and later).
+#[inline]
 pub(crate) fn kind_and_mount(fd: BorrowedFd<'_>) -> io::Result<(Kind, Option<u64>)> {
     let mask = StatxFlags::TYPE | StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE);
     let st = retry(|| rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, mask))?;
@@ -112,21 +115,42 @@ pub(crate) fn fs_magic(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(st.f_type as u64 & 0xFFFF_FFFF)
 }
 
+/// What [`flock`] does when another open file description holds a
+/// conflicting lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OnConflict {
+    /// Wait in the kernel until the lock can be taken.
+    Block,
+    /// Fail at once with `EWOULDBLOCK` (`LOCK_NB`).
+    Fail,
+}
+
 /// `flock(fd, LOCK_EX|LOCK_SH [| LOCK_NB])`.
 ///
 /// The blocking form retries `EINTR`, so a signal handler installed without
 /// `SA_RESTART` does not end the wait.
-pub(crate) fn flock(fd: BorrowedFd<'_>, mode: FlockMode, nonblocking: bool) -> io::Result<()> {
-    let op = match (mode, nonblocking) {
-        (FlockMode::Exclusive, false) => FlockOperation::LockExclusive,
-        (FlockMode::Exclusive, true) => FlockOperation::NonBlockingLockExclusive,
-        (FlockMode::Shared, false) => FlockOperation::LockShared,
-        (FlockMode::Shared, true) => FlockOperation::NonBlockingLockShared,
+///
+/// Inlined, as are the other calls on the acquire and release paths: on
+/// some machines the first return after a system call costs more than the
+/// call itself (see docs/benchmarks.md), so the hot paths keep their system
+/// calls in the caller's frame.
+#[inline(always)]
+pub(crate) fn flock(
+    fd: BorrowedFd<'_>,
+    mode: FlockMode,
+    on_conflict: OnConflict,
+) -> io::Result<()> {
+    let op = match (mode, on_conflict) {
+        (FlockMode::Exclusive, OnConflict::Block) => FlockOperation::LockExclusive,
+        (FlockMode::Exclusive, OnConflict::Fail) => FlockOperation::NonBlockingLockExclusive,
+        (FlockMode::Shared, OnConflict::Block) => FlockOperation::LockShared,
+        (FlockMode::Shared, OnConflict::Fail) => FlockOperation::NonBlockingLockShared,
     };
     retry(|| rustix::fs::flock(fd, op)).map_err(Into::into)
 }
 
 /// `flock(fd, LOCK_UN)`.
+#[inline(always)]
 pub(crate) fn funlock(fd: BorrowedFd<'_>) -> io::Result<()> {
     retry(|| rustix::fs::flock(fd, FlockOperation::Unlock)).map_err(Into::into)
 }
@@ -149,6 +173,7 @@ pub(crate) fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// `getpid(2)`.
+#[inline(always)]
 pub(crate) fn getpid() -> u32 {
     rustix::process::getpid()
         .as_raw_nonzero()
@@ -160,18 +185,26 @@ pub(crate) fn getpid() -> u32 {
 /// word that the kernel zeroes in every child created by `fork(2)` or
 /// `clone(2)` without `CLONE_VM`, however it was made (see
 /// [`wipe_on_fork_word`]). Where that word is unavailable, `getpid(2)`.
+#[inline(always)]
 pub(crate) fn current_pid() -> u32 {
-    match PID_WORD.get_or_init(wipe_on_fork_word) {
-        Some(word) => match word.load(Ordering::Relaxed) {
-            0 => {
-                let pid = getpid();
-                word.store(pid, Ordering::Relaxed);
-                pid
-            }
-            pid => pid,
-        },
-        None => getpid(),
+    if let Some(Some(word)) = PID_WORD.get() {
+        let pid = word.load(Ordering::Relaxed);
+        if pid != 0 {
+            return pid;
+        }
     }
+    current_pid_slow()
+}
+
+/// [`current_pid`] on first use, in a new child, or without the word.
+#[cold]
+#[inline(never)]
+fn current_pid_slow() -> u32 {
+    let pid = getpid();
+    if let Some(word) = PID_WORD.get_or_init(wipe_on_fork_word) {
+        word.store(pid, Ordering::Relaxed);
+    }
+    pid
 }
 
 /// The word behind [`current_pid`], mapped on first use.
@@ -263,6 +296,7 @@ pub(crate) fn is_write_refused(err: &io::Error) -> bool {
         .any(|e| err.raw_os_error() == Some(e.raw_os_error()))
 }
 
+#[inline(always)]
 fn retry<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> rustix::io::Result<T> {
     loop {
         match f() {

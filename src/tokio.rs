@@ -280,7 +280,7 @@ impl<'a> Acquire<'a> {
             if self.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
                 return self.fail(|f| f.cancelled_error(mode, start));
             }
-            match sys::flock(file.as_fd(), mode, true) {
+            match sys::flock(file.as_fd(), mode, sys::OnConflict::Fail) {
                 Ok(()) => {
                     self.leave(true);
                     let deadline = self.deadline;

@@ -875,7 +875,7 @@ impl Schedule {
 /// One `flock(LOCK_NB)` attempt: `Ok(true)` if the lock was taken,
 /// `Ok(false)` on contention.
 pub(crate) fn try_once(file: BorrowedFd<'_>, mode: FlockMode) -> io::Result<bool> {
-    match sys::flock(file, mode, true) {
+    match sys::flock(file, mode, sys::OnConflict::Fail) {
         Ok(()) => Ok(true),
         Err(err) if sys::is_contention(&err) => Ok(false),
         Err(err) => Err(err),
