@@ -16,7 +16,8 @@
 //! Run: `cargo bench -p flockguard-benches --features tokio --bench handoff`
 //! (about 4 minutes); `-- --test` runs
 //! every case once. Summaries with exact medians over every handoff are
-//! printed at the end.
+//! printed at the end. `FLOCKGUARD_BENCH_MATRIX_ONLY=ROUNDS` runs only the
+//! holder × waiter matrix (about 1 s per 10 rounds).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -27,6 +28,8 @@ use criterion::{BenchmarkId, Criterion, SamplingMode};
 use flockguard::{Exclusive, LockFile};
 
 const CHILD_ENV: &str = "FLOCKGUARD_BENCH_HANDOFF_CHILD";
+/// Set to a number of rounds to run only the handoff matrix.
+const MATRIX_ONLY_ENV: &str = "FLOCKGUARD_BENCH_MATRIX_ONLY";
 
 /// How the waiter waits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -781,6 +784,13 @@ fn main() {
     // `cargo bench -- --test` runs every case once: keep the extras short.
     let smoke = std::env::args().any(|a| a == "--test");
     let dir = tempfile::tempdir().unwrap();
+    if let Some(rounds) = std::env::var(MATRIX_ONLY_ENV)
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        handoff_matrix(dir.path(), rounds);
+        return;
+    }
     let mut c = Criterion::default()
         .sample_size(10)
         .without_plots()

@@ -349,6 +349,8 @@ impl<'a> Acquire<'a> {
             let schedule = self.schedule.as_mut().expect("set with the registration");
             if reg.take_notified() {
                 schedule.on_close(now);
+                // A close was just reported: try again before yielding.
+                continue;
             }
             let pause = schedule.next(now);
             if pause.is_zero() {
