@@ -2,7 +2,8 @@
 """Prints the tables of docs/benchmarks.md from the output of
 `cargo bench --bench acquire`.
 
-Usage: python3 benches/bench_table.py [CRITERION_DIR]   (default benches/target/criterion, else target/criterion)
+Usage: python3 benches/bench_table.py [CRITERION_DIR]   (default: target/criterion for the
+estimates, benches/target/criterion for the pairs)
 
 Medians come from criterion (<group>/<case>/[<param>/]new/estimates.json and
 benchmark.json); ratios come from the interleaved pairs the bench stores in
@@ -82,13 +83,19 @@ def reference(group, case):
 
 
 def main():
-    # Bench binaries run in their package's directory, so criterion writes
-    # under benches/target unless CARGO_TARGET_DIR says otherwise.
-    default = os.path.join("benches", "target", "criterion")
-    if not os.path.isdir(default):
-        default = os.path.join("target", "criterion")
-    root = sys.argv[1] if len(sys.argv) > 1 else default
-    medians, pairs = load_medians(root), load_pairs(root)
+    # Criterion writes its estimates under the workspace's target; the
+    # bench binary, run in its package's directory, writes the pairs under
+    # benches/target unless CARGO_TARGET_DIR or CRITERION_HOME says
+    # otherwise. Each is taken from the first directory that has it.
+    roots = [sys.argv[1]] if len(sys.argv) > 1 else [
+        os.path.join("target", "criterion"),
+        os.path.join("benches", "target", "criterion"),
+    ]
+    root = roots[0]
+    medians, pairs = {}, {}
+    for r in roots:
+        medians = medians or load_medians(r)
+        pairs = pairs or load_pairs(r)
     if not medians:
         sys.exit(f"no criterion results under {root}; run `cargo bench --bench acquire` first")
     groups = [g for g in REFERENCE if any(k[0] == g for k in medians)]

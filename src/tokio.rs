@@ -8,7 +8,15 @@
 //! it (for an async waiter, by registering it with its runtime's reactor)
 //! and wakes the waiters of the file that was closed. A release by
 //! `flock(LOCK_UN)` without a close raises no event and is noticed by a
-//! jittered back-off retry, within about 125 ms.
+//! jittered back-off retry, within about 125 ms. While a task holds the
+//! reader role, the other waiters of the process depend on its runtime
+//! being driven; if it is not (a current-thread runtime between
+//! `block_on` calls), they too are left to the back-off until it runs
+//! again or the task is dropped.
+//!
+//! A timeout error's holder list is read on the polling thread after the
+//! deadline: one read of `/proc/locks` (milliseconds when cold) plus the
+//! [`Wait::diagnostics`](crate::Wait::diagnostics) budget.
 //!
 //! The futures are `Send` and **cancel-safe**: dropping one at any point
 //! leaves no lock taken by it and closes what it opened. A lock taken in

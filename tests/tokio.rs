@@ -24,6 +24,7 @@ fn dispatch(args: &[String]) {
         "idle_cpu" => idle_cpu(Path::new(&args[1])),
         "crowd" => crowd(Path::new(&args[1]), args[2].parse().unwrap()),
         "cancel" => cancellation::cancel_child(&args[1]),
+        "stalled_reader" => stalled_reader(Path::new(&args[1])),
         other => panic!("unknown child command {other}"),
     }
 }
@@ -274,6 +275,49 @@ fn killing_the_holder_wakes_every_waiter() {
         assert!(latest < Duration::from_secs(5), "{latest:?}");
         eprintln!("20 shared waiters in after the holder's SIGKILL within {latest:?}");
     }
+}
+
+/// Child: a task on a current-thread runtime starts waiting (the process's
+/// first waiter, so it reads the inotify instance), then the runtime is no
+/// longer driven and a thread waits for the same lock.
+fn stalled_reader(path: &Path) {
+    let rt = current_thread();
+    let _stalled = rt.spawn({
+        let path = path.to_path_buf();
+        async move {
+            let file = LockFile::open(&path).unwrap();
+            flockguard::tokio::lock_timeout::<Exclusive>(file, LINE).await
+        }
+    });
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
+    support::tell("waiting");
+    let start = Instant::now();
+    let got = LockFile::open(path)
+        .unwrap()
+        .lock_timeout::<Exclusive>(Duration::from_secs(10));
+    match got {
+        Ok(_guard) => support::tell(&format!("acquired {}", start.elapsed().as_millis())),
+        Err(err) => support::tell(&format!("failed {}", err.error)),
+    }
+}
+
+#[test]
+fn a_thread_waiter_gets_the_lock_while_the_reader_task_is_not_driven() {
+    let (_dir, path) = support::lock_path();
+    let mut holder = Holder::spawn(&path);
+    holder.lock();
+    let mut child = Child::spawn(&["stalled_reader", path.to_str().unwrap()]);
+    child.expect_line("waiting", LINE);
+    std::thread::sleep(Duration::from_millis(50));
+    holder.close();
+    let line = child.expect_line("", LINE);
+    let ms: u64 = match line.strip_prefix("acquired ") {
+        Some(ms) => ms.parse().unwrap(),
+        None => panic!("the thread waiter did not get the lock: {line}"),
+    };
+    // No event reaches it, so the back-off finds the release.
+    eprintln!("thread waiter beside an undriven reader task: acquired after {ms} ms");
+    assert!(child.release().success());
 }
 
 #[test]
