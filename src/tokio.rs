@@ -10,9 +10,10 @@
 //! `flock(LOCK_UN)` without a close raises no event and is noticed by a
 //! jittered back-off retry, within about 125 ms. While a task holds the
 //! reader role, the other waiters of the process depend on its runtime
-//! being driven; if it is not (a current-thread runtime between
-//! `block_on` calls), they too are left to the back-off until it runs
-//! again or the task is dropped.
+//! being driven. If it is not (a current-thread runtime between
+//! `block_on` calls), a waiting thread takes the role over at its next
+//! back-off retry; tasks on other runtimes are left to the back-off until
+//! it runs again or the task is dropped.
 //!
 //! A timeout error's holder list is read on the polling thread after the
 //! deadline: one read of `/proc/locks` (milliseconds when cold) plus the

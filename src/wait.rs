@@ -15,8 +15,9 @@
 //!   reads the events and wakes the waiters of the inode that was closed:
 //!   the first in line, and those queued right behind it in shared mode.
 //!   The others sleep on their own wake-up (a thread park or a task's
-//!   `Waker`). A leaving reader hands the role to the next waiter. No
-//!   thread is started.
+//!   `Waker`). A leaving reader hands the role to the next waiter, and a
+//!   sleeping thread takes it from a task that has left events unread (its
+//!   runtime may have stopped). No thread is started.
 //! - The kernel raises the close event just *before* it drops the lock, so
 //!   a woken waiter retries at once for a moment, then a few times more.
 //! - A release by `flock(LOCK_UN)` without a close raises nothing, and the
@@ -547,6 +548,17 @@ impl Registration {
         self.slot.reader.load(Ordering::SeqCst)
     }
 
+    /// Takes the reader role from a task that has left events unread,
+    /// whose runtime may have stopped running it; returns whether this
+    /// waiter is now the reader. A thread reader is never taken over: it
+    /// reads whenever an event comes.
+    pub(crate) fn take_over_idle_reader(&self) -> bool {
+        match &self.slot.hub {
+            Some(hub) if !self.is_reader() => hub.take_over_idle_reader(&self.slot),
+            _ => self.is_reader(),
+        }
+    }
+
     /// The descriptor the reader waits on for readability.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn hub_fd(&self) -> Option<HubFd> {
@@ -585,7 +597,7 @@ impl Registration {
     /// Sleeps the calling thread for at most `timeout`, until a wake-up.
     fn sleep(&self, timeout: Duration) {
         let hub = match &self.slot.hub {
-            Some(hub) if self.is_reader() => hub,
+            Some(hub) if self.take_over_idle_reader() => hub,
             _ => return std::thread::park_timeout(timeout),
         };
         let fds = [Some(hub.inotify.as_fd()), Some(hub.bell.as_fd())];
@@ -735,6 +747,35 @@ impl Hub {
         for s in woken {
             s.wake();
         }
+    }
+
+    /// Gives `slot` the reader role if a task holds it and events wait
+    /// unread: the events of every waiter in the process would otherwise
+    /// wait for that task's runtime. Taking it from a task that was about
+    /// to read costs nothing: it stays registered and reads on readiness,
+    /// and the role is only handed on when its holder leaves.
+    fn take_over_idle_reader(&self, slot: &Arc<Slot>) -> bool {
+        let mut st = self.state();
+        let held_by_task = st
+            .reader
+            .as_ref()
+            .is_some_and(|reader| matches!(reader.wake, Wake::Task(_)));
+        if !held_by_task {
+            return false;
+        }
+        let unread = matches!(
+            sys::poll_readable([Some(self.inotify.as_fd()), None], Some(Duration::ZERO)),
+            Ok([true, _])
+        );
+        if !unread {
+            return false;
+        }
+        if let Some(task) = st.reader.take() {
+            task.reader.store(false, Ordering::SeqCst);
+        }
+        slot.reader.store(true, Ordering::SeqCst);
+        st.reader = Some(Arc::clone(slot));
+        true
     }
 
     /// Reads the queued events and wakes the waiters they concern; `me`,
@@ -1028,6 +1069,44 @@ mod tests {
         drop(ra);
         assert!(rb.take_notified());
         assert!(rb.is_reader());
+    }
+
+    #[test]
+    fn a_thread_takes_the_reader_role_from_a_task_that_leaves_events_unread() {
+        struct Nothing;
+        impl std::task::Wake for Nothing {
+            fn wake(self: Arc<Self>) {}
+        }
+        let _serial = lock(&SERIAL);
+        let (_dir, path) = lock_file();
+        let a = LockFile::open(&path).unwrap();
+        let b = LockFile::open(&path).unwrap();
+        let waker = Waker::from(Arc::new(Nothing));
+        let task = Registration::new(
+            a.as_fd(),
+            None,
+            FlockMode::Exclusive,
+            Waking::Task(&waker),
+            None,
+        );
+        let thread = Registration::new(b.as_fd(), None, FlockMode::Exclusive, Waking::Thread, None);
+        assert!(task.is_reader() && !thread.is_reader());
+        // Nothing unread: the task keeps the role.
+        assert!(!thread.take_over_idle_reader());
+        assert!(task.is_reader());
+        drop(LockFile::open(&path).unwrap());
+        wait_for("the close event to be readable", || {
+            thread.take_over_idle_reader()
+        });
+        assert!(thread.is_reader() && !task.is_reader());
+        // The new reader reads the event for the task, first in line.
+        thread.dispatch().unwrap();
+        assert!(task.take_notified());
+        // A thread reader is never taken over.
+        drop(LockFile::open(&path).unwrap());
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(!task.take_over_idle_reader());
+        assert!(thread.is_reader());
     }
 
     #[test]

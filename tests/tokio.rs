@@ -315,7 +315,8 @@ fn a_thread_waiter_gets_the_lock_while_the_reader_task_is_not_driven() {
         Some(ms) => ms.parse().unwrap(),
         None => panic!("the thread waiter did not get the lock: {line}"),
     };
-    // No event reaches it, so the back-off finds the release.
+    // The reader task is not polled: the thread finds the close event
+    // unread at a back-off retry and takes the reader role over.
     eprintln!("thread waiter beside an undriven reader task: acquired after {ms} ms");
     assert!(child.release().success());
 }
