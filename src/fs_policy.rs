@@ -1,7 +1,9 @@
 //! Which filesystems `flock(2)` does not reliably serialize on.
 
 use std::io;
+#[cfg(target_has_atomic = "64")]
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+#[cfg(target_has_atomic = "64")]
 use std::sync::{Mutex, PoisonError};
 
 /// A filesystem on which `flock(2)` does not reliably serialize processes.
@@ -65,16 +67,18 @@ pub fn classify(magic: u64) -> Option<&'static UnreliableFs> {
 
 /// How many mounts [`magic_of_mount`] remembers; later ones are looked up
 /// every time.
+#[cfg(target_has_atomic = "64")]
 const MOUNT_CACHE_LEN: usize = 32;
 
-/// One remembered mount: its unique id (0 while the slot is empty or being
-/// filled) and its filesystem magic.
+/// One remembered mount: its unique id and its filesystem magic.
+#[cfg(target_has_atomic = "64")]
 struct MountSlot {
     mount: AtomicU64,
     magic: AtomicU64,
 }
 
 // Only the initializer of MOUNT_MAGIC's slots (`[const { .. }; N]` needs Rust 1.79).
+#[cfg(target_has_atomic = "64")]
 #[allow(clippy::declare_interior_mutable_const)]
 const EMPTY_SLOT: MountSlot = MountSlot {
     mount: AtomicU64::new(0),
@@ -86,13 +90,16 @@ const EMPTY_SLOT: MountSlot = MountSlot {
 /// never goes stale. Slots are filled in order and written once, before
 /// the count of filled slots is raised with release ordering, so a reader
 /// sees whole entries; no lock is taken on the acquire path.
+#[cfg(target_has_atomic = "64")]
 static MOUNT_MAGIC: [MountSlot; MOUNT_CACHE_LEN] = [EMPTY_SLOT; MOUNT_CACHE_LEN];
 
 /// Slots filled so far, at most [`MOUNT_CACHE_LEN`].
+#[cfg(target_has_atomic = "64")]
 static MOUNTS_FILLED: AtomicUsize = AtomicUsize::new(0);
 
 /// The filesystem magic of the mount with unique id `mount`: remembered, or
 /// found with `lookup` and remembered.
+#[cfg(target_has_atomic = "64")]
 #[inline]
 pub(crate) fn magic_of_mount(
     mount: u64,
@@ -104,18 +111,24 @@ pub(crate) fn magic_of_mount(
     }
 }
 
+#[cfg(target_has_atomic = "64")]
 #[inline]
 fn remembered(mount: u64) -> Option<u64> {
+    if mount == 0 {
+        return None;
+    }
     let filled = MOUNTS_FILLED.load(Ordering::Acquire);
     MOUNT_MAGIC[..filled]
         .iter()
-        .find(|slot| mount != 0 && slot.mount.load(Ordering::Acquire) == mount)
+        .find(|slot| slot.mount.load(Ordering::Relaxed) == mount)
         .map(|slot| slot.magic.load(Ordering::Relaxed))
 }
 
 /// Stores `magic` for `mount` in the next free slot, if one is left.
 /// Writers take a lock, so a mount is stored once; readers take none.
+#[cfg(target_has_atomic = "64")]
 #[cold]
+#[inline(never)]
 fn remember(mount: u64, magic: u64) -> io::Result<u64> {
     static WRITER: Mutex<()> = Mutex::new(());
     if mount == 0 {
@@ -126,11 +139,21 @@ fn remember(mount: u64, magic: u64) -> io::Result<u64> {
     if remembered(mount).is_none() {
         if let Some(slot) = MOUNT_MAGIC.get(filled) {
             slot.magic.store(magic, Ordering::Relaxed);
-            slot.mount.store(mount, Ordering::Release);
+            slot.mount.store(mount, Ordering::Relaxed);
             MOUNTS_FILLED.store(filled + 1, Ordering::Release);
         }
     }
     Ok(magic)
+}
+
+/// Without 64-bit atomics nothing is remembered: every open looks the
+/// magic up.
+#[cfg(not(target_has_atomic = "64"))]
+pub(crate) fn magic_of_mount(
+    _mount: u64,
+    lookup: impl FnOnce() -> io::Result<u64>,
+) -> io::Result<u64> {
+    lookup()
 }
 
 #[cfg(test)]
@@ -192,6 +215,7 @@ mod tests {
         }
     }
 
+    #[cfg(target_has_atomic = "64")]
     #[test]
     fn mount_magic_is_looked_up_once_and_errors_are_not_kept() {
         // Ids far above any real mount's, so other tests' entries do not interfere.
@@ -217,6 +241,7 @@ mod tests {
         assert_eq!(calls, 3);
     }
 
+    #[cfg(target_has_atomic = "64")]
     #[test]
     fn racing_threads_each_get_their_mounts_magic() {
         // Every id raced by several threads.

@@ -33,7 +33,7 @@ struct Limits {
 
 /// How long before a deadline a timed wait reads the holders its timeout
 /// error names: longer than a cold read of `/proc/locks` (7–16 ms here).
-const DIAGNOSTICS_LEAD: Duration = Duration::from_millis(20);
+pub(crate) const DIAGNOSTICS_LEAD: Duration = Duration::from_millis(20);
 
 /// Attempts of a non-blocking verified acquisition whose file keeps being
 /// removed before it gives up with [`Error::PathChanged`].
@@ -173,7 +173,7 @@ impl LockOptions {
     /// - [open(2)](https://man7.org/linux/man-pages/man2/open.2.html)
     /// - [statx(2)](https://man7.org/linux/man-pages/man2/statx.2.html)
     /// - [statfs(2)](https://man7.org/linux/man-pages/man2/statfs.2.html)
-    #[inline]
+    #[inline(always)]
     pub fn open(&self, path: impl AsRef<Path>) -> Result<LockFile, Error> {
         let path = path.as_ref();
         if self.verify && self.spec.follow_symlinks {
@@ -339,7 +339,7 @@ impl LockFile {
             // The common case, kept in the caller's frame.
             return match sys::flock(self.file.as_fd(), M::MODE, OnConflict::Fail) {
                 Ok(()) => Ok(LockGuard::new(self)),
-                Err(err) => Err(self.refused(M::MODE, err)),
+                Err(err) => Err(self.flock_refused(M::MODE, err)),
             };
         }
         self.try_lock_checked(M::MODE).map(LockGuard::new)
@@ -608,12 +608,12 @@ impl LockFile {
         if self.is_owner() {
             return Ok(());
         }
-        Err(self.not_owner())
+        Err(self.not_owner_error())
     }
 
     #[cold]
     #[inline(never)]
-    fn not_owner(&self) -> Error {
+    fn not_owner_error(&self) -> Error {
         Error::NotOwner {
             path: self.error_path(),
             owner: self.owner,
@@ -642,7 +642,7 @@ impl LockFile {
     /// The error of a refused `flock(2)`, with the file.
     #[cold]
     #[inline(never)]
-    fn refused(self, mode: FlockMode, err: io::Error) -> LockError<LockFile> {
+    fn flock_refused(self, mode: FlockMode, err: io::Error) -> LockError<LockFile> {
         let error = self.flock_error(mode, err);
         LockError::new(error, self)
     }
@@ -657,7 +657,7 @@ impl LockFile {
             // One attempt, nothing to time, cancel or verify.
             return match sys::flock(self.file.as_fd(), mode, OnConflict::Fail) {
                 Ok(()) => Ok(self),
-                Err(err) => Err(self.refused(mode, err)),
+                Err(err) => Err(self.flock_refused(mode, err)),
             };
         }
         let start = Instant::now();
@@ -803,7 +803,7 @@ impl LockFile {
     }
 
     /// [`Error::Timeout`] with holders read before the deadline.
-    fn timeout_error_with(
+    pub(crate) fn timeout_error_with(
         &self,
         mode: FlockMode,
         waited: Duration,
@@ -969,11 +969,11 @@ impl<M: Mode> LockGuard<M> {
     pub fn unlock(self) -> Result<LockFile, LockError<LockGuard<M>>> {
         let file = self.file();
         if !file.is_owner() {
-            return Err(self.unlock_refused(None));
+            return Err(self.unlock_error(None));
         }
         match sys::funlock(file.as_fd()) {
             Ok(()) => Ok(self.into_file()),
-            Err(source) => Err(self.unlock_refused(Some(source))),
+            Err(source) => Err(self.unlock_error(Some(source))),
         }
     }
 
@@ -981,10 +981,10 @@ impl<M: Mode> LockGuard<M> {
     /// or from `flock(2)`, with the guard.
     #[cold]
     #[inline(never)]
-    fn unlock_refused(self, source: Option<io::Error>) -> LockError<LockGuard<M>> {
+    fn unlock_error(self, source: Option<io::Error>) -> LockError<LockGuard<M>> {
         let file = self.file();
         let error = match source {
-            None => file.not_owner(),
+            None => file.not_owner_error(),
             Some(source) => Error::Unlock {
                 path: file.error_path(),
                 mode: Some(M::MODE),

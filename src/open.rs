@@ -84,9 +84,9 @@ const CREATE_RACE_RETRIES: u32 = 16;
 /// type and filesystem. A file this call created and then refused is
 /// closed and unlinked.
 ///
-/// Inlined: an existing file on a known mount costs `open(2)` and
-/// `statx(2)` in the caller's frame; everything else is out of line.
-#[inline]
+// Inlined into the caller with its error paths out of line: the first
+// return after a system call is costly (docs/benchmarks.md).
+#[inline(always)]
 pub(crate) fn open(path: &Path, spec: &OpenSpec) -> Result<Opened, Error> {
     validate(path, spec)?;
     let how = OpenHow {
@@ -107,14 +107,14 @@ pub(crate) fn open(path: &Path, spec: &OpenSpec) -> Result<Opened, Error> {
             file: File::from(fd),
             writable,
         }),
-        Err(err) => Err(refuse(path, fd, created, err)),
+        Err(err) => Err(discard_refused(path, fd, created, err)),
     }
 }
 
 /// A refused file: closed, and unlinked if this call created it.
 #[cold]
 #[inline(never)]
-fn refuse(path: &Path, fd: OwnedFd, created: bool, err: Error) -> Error {
+fn discard_refused(path: &Path, fd: OwnedFd, created: bool, err: Error) -> Error {
     if created {
         remove_if_same(path, fd);
     }
@@ -154,12 +154,12 @@ fn validate(path: &Path, spec: &OpenSpec) -> Result<(), Error> {
     } else {
         return Ok(());
     };
-    Err(invalid_path(path, reason))
+    Err(invalid_path_error(path, reason))
 }
 
 #[cold]
 #[inline(never)]
-fn invalid_path(path: &Path, reason: PathProblem) -> Error {
+fn invalid_path_error(path: &Path, reason: PathProblem) -> Error {
     Error::InvalidPath {
         path: path.into(),
         reason,
@@ -178,7 +178,7 @@ fn check(fd: BorrowedFd<'_>, path: &Path, spec: &OpenSpec) -> Result<(), Error> 
     match kind {
         Kind::RegularFile => {}
         Kind::Directory if spec.allow_directory => {}
-        other => return Err(not_regular(path, other)),
+        other => return Err(not_regular_error(path, other)),
     }
     if reject {
         let magic = match mount {
@@ -187,7 +187,7 @@ fn check(fd: BorrowedFd<'_>, path: &Path, spec: &OpenSpec) -> Result<(), Error> 
         }
         .map_err(|e| stat_error(path, e))?;
         if let Some(fs) = classify(magic) {
-            return Err(remote_fs(path, fs));
+            return Err(remote_fs_error(path, fs));
         }
     }
     Ok(())
@@ -204,7 +204,7 @@ fn stat_error(path: &Path, source: io::Error) -> Error {
 
 #[cold]
 #[inline(never)]
-fn not_regular(path: &Path, kind: Kind) -> Error {
+fn not_regular_error(path: &Path, kind: Kind) -> Error {
     Error::NotRegularFile {
         path: path.into(),
         kind: file_kind(kind),
@@ -213,7 +213,7 @@ fn not_regular(path: &Path, kind: Kind) -> Error {
 
 #[cold]
 #[inline(never)]
-fn remote_fs(path: &Path, fs: &'static UnreliableFs) -> Error {
+fn remote_fs_error(path: &Path, fs: &'static UnreliableFs) -> Error {
     Error::RemoteFs {
         path: path.into(),
         fs,

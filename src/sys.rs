@@ -129,11 +129,8 @@ pub(crate) enum OnConflict {
 ///
 /// The blocking form retries `EINTR`, so a signal handler installed without
 /// `SA_RESTART` does not end the wait.
-///
-/// Inlined, as are the other calls on the acquire and release paths: on
-/// some machines the first return after a system call costs more than the
-/// call itself (see docs/benchmarks.md), so the hot paths keep their system
-/// calls in the caller's frame.
+// Inlined, as are the other calls of the acquire and release paths: the
+// first return after a system call is costly (docs/benchmarks.md).
 #[inline(always)]
 pub(crate) fn flock(
     fd: BorrowedFd<'_>,
@@ -173,7 +170,6 @@ pub(crate) fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// `getpid(2)`.
-#[inline(always)]
 pub(crate) fn getpid() -> u32 {
     rustix::process::getpid()
         .as_raw_nonzero()
@@ -296,7 +292,7 @@ pub(crate) fn is_write_refused(err: &io::Error) -> bool {
         .any(|e| err.raw_os_error() == Some(e.raw_os_error()))
 }
 
-#[inline(always)]
+#[inline]
 fn retry<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> rustix::io::Result<T> {
     loop {
         match f() {

@@ -15,9 +15,9 @@
 //! back-off retry; tasks on other runtimes are left to the back-off until
 //! it runs again or the task is dropped.
 //!
-//! A timeout error's holder list is read on the polling thread after the
-//! deadline: one read of `/proc/locks` (milliseconds when cold) plus the
-//! [`Wait::diagnostics`](crate::Wait::diagnostics) budget.
+//! A timeout error's holder list is read on the polling thread shortly
+//! before the deadline: one read of `/proc/locks` (milliseconds when
+//! cold) plus the [`Wait::diagnostics`](crate::Wait::diagnostics) budget.
 //!
 //! The futures are `Send` and **cancel-safe**: dropping one at any point
 //! leaves no lock taken by it and closes what it opened. A lock taken in
@@ -69,7 +69,8 @@ use ::tokio::io::Interest;
 use ::tokio::time::Sleep;
 
 use crate::error::{Error, LockError};
-use crate::lock::{AnyGuard, LockFile, LockGuard};
+use crate::holder::Holder;
+use crate::lock::{AnyGuard, LockFile, LockGuard, DIAGNOSTICS_LEAD};
 use crate::mode::{Exclusive, FlockMode, Mode, Shared};
 use crate::sys;
 use crate::wait::{CancelToken, Deadline, HubFd, Notice, Registration, Schedule, Wait, Waking};
@@ -230,6 +231,8 @@ struct Acquire<'a> {
     cancel: Option<CancelToken>,
     context: Option<String>,
     diagnostics: Duration,
+    /// The holders for a timeout error, read shortly before the deadline.
+    holders: Option<Vec<Holder>>,
     attempts: u32,
 }
 
@@ -255,6 +258,7 @@ impl<'a> Acquire<'a> {
             cancel,
             context,
             diagnostics,
+            holders: None,
             attempts: 0,
         }
     }
@@ -283,6 +287,7 @@ impl<'a> Acquire<'a> {
             let now = Instant::now();
             (now, self.deadline.resolve(now))
         });
+        let mut retried = false;
         loop {
             let mode = self.mode;
             let file = self.file.as_ref().expect("polled after completion");
@@ -310,8 +315,21 @@ impl<'a> Acquire<'a> {
             if until.is_some_and(|until| now >= until) {
                 let context = self.context.take();
                 let diagnostics = self.diagnostics;
-                return self
-                    .fail(|f| f.timeout_error(mode, start, context.as_deref(), diagnostics));
+                return match self.holders.take() {
+                    Some(holders) => self.fail(|f| {
+                        f.timeout_error_with(mode, now - start, context.as_deref(), holders)
+                    }),
+                    None => {
+                        self.fail(|f| f.timeout_error(mode, start, context.as_deref(), diagnostics))
+                    }
+                };
+            }
+            // As in the blocking wait, the holders for a timeout error are
+            // read DIAGNOSTICS_LEAD before the deadline, so that the
+            // deadline is not passed while /proc/locks is read.
+            let early = until.map(|until| until.checked_sub(DIAGNOSTICS_LEAD).unwrap_or(until));
+            if self.holders.is_none() && early.is_some_and(|early| now >= early) {
+                self.holders = Some(file.holders_within(self.diagnostics));
             }
             if let Some(notice) = self.notice.take() {
                 notice(&file.holders_within(self.diagnostics));
@@ -358,10 +376,18 @@ impl<'a> Acquire<'a> {
             let schedule = self.schedule.as_mut().expect("set with the registration");
             if reg.take_notified() {
                 schedule.on_close(now);
-                // A close was just reported: try again before yielding.
-                continue;
+                // A close was just reported: try again before yielding,
+                // once per poll, so that a stream of closes cannot keep
+                // the task from yielding.
+                if !retried {
+                    retried = true;
+                    continue;
+                }
             }
-            let pause = schedule.next(now);
+            let mut pause = schedule.next(now);
+            if let Some(early) = early.filter(|_| self.holders.is_none()) {
+                pause = pause.min(early.saturating_duration_since(now));
+            }
             if pause.is_zero() {
                 // Retry after the executor has run what else is ready.
                 cx.waker().wake_by_ref();

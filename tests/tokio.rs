@@ -172,6 +172,14 @@ fn every_acquisition_works_on_both_runtimes() {
             .await
             .unwrap_err();
             assert!(err.is_timeout(), "{err:?}");
+            // The holders are read before the deadline, for a wait shorter
+            // than the lead (at once) and a longer one (on a timer).
+            assert_eq!(err.error.holders()[0].pid, std::process::id(), "{err:?}");
+            let err = ft::lock_timeout::<Shared>(err.into_inner(), Duration::from_millis(60))
+                .await
+                .unwrap_err();
+            assert!(err.is_timeout(), "{err:?}");
+            assert_eq!(err.error.holders()[0].pid, std::process::id(), "{err:?}");
             let token = CancelToken::new();
             token.cancel();
             let err = ft::lock_with::<Shared>(err.into_inner(), Wait::forever().cancel(token))
