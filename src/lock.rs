@@ -1061,29 +1061,35 @@ impl<M: Mode> LockGuard<M> {
     /// in a forked child, where nothing was changed: the file handed back
     /// there still shares the parent's locked open file description, and
     /// refuses every change with [`Error::NotOwner`].
+    #[inline(always)]
     fn convert<N: Mode>(
         self,
         on_conflict: OnConflict,
     ) -> Result<LockGuard<N>, LockError<LockFile>> {
-        let checked = self.file().check_owner();
         let file = self.into_file();
-        if let Err(error) = checked {
+        if !file.is_owner() {
+            let error = file.not_owner_error();
             return Err(LockError::new(error, file));
         }
         match sys::flock(file.as_fd(), N::MODE, on_conflict) {
             Ok(()) => Ok(LockGuard::new(file)),
-            Err(source) => {
-                let mut error = file.flock_error(N::MODE, source);
-                if let Error::WouldBlock { shared_lost, .. } = &mut error {
-                    // Local flock(2) removes the old lock before it looks
-                    // for conflicts; NFS keeps it. LOCK_UN below makes
-                    // "lost" true on both.
-                    *shared_lost = M::MODE == FlockMode::Shared;
-                }
-                let _ = sys::funlock(file.as_fd());
-                Err(LockError::new(error, file))
-            }
+            Err(source) => Err(Self::convert_error(file, N::MODE, source)),
         }
+    }
+
+    /// The error of a failed conversion to `to`, with the file let go.
+    #[cold]
+    #[inline(never)]
+    fn convert_error(file: LockFile, to: FlockMode, source: io::Error) -> LockError<LockFile> {
+        let mut error = file.flock_error(to, source);
+        if let Error::WouldBlock { shared_lost, .. } = &mut error {
+            // Local flock(2) removes the old lock before it looks for
+            // conflicts; NFS keeps it. LOCK_UN below makes "lost" true on
+            // both.
+            *shared_lost = M::MODE == FlockMode::Shared;
+        }
+        let _ = sys::funlock(file.as_fd());
+        LockError::new(error, file)
     }
 }
 
@@ -1110,6 +1116,7 @@ impl LockGuard<Exclusive> {
     ///
     /// # References
     /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
+    #[inline]
     pub fn downgrade(self) -> Result<LockGuard<Shared>, LockError<LockFile>> {
         // LOCK_NB: converting down never conflicts, so it must never wait.
         self.convert(OnConflict::Fail)
@@ -1169,6 +1176,7 @@ impl LockGuard<Shared> {
     ///
     /// # References
     /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
+    #[inline]
     pub fn upgrade(self) -> Result<LockGuard<Exclusive>, LockError<LockFile>> {
         self.convert(OnConflict::Block)
     }
@@ -1201,6 +1209,7 @@ impl LockGuard<Shared> {
     ///
     /// # References
     /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
+    #[inline]
     pub fn try_upgrade(self) -> Result<LockGuard<Exclusive>, LockError<LockFile>> {
         self.convert(OnConflict::Fail)
     }
