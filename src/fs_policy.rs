@@ -107,7 +107,7 @@ pub(crate) fn magic_of_mount(
 ) -> io::Result<u64> {
     match remembered(mount) {
         Some(magic) => Ok(magic),
-        None => remember(mount, lookup()?),
+        None => lookup().map(|magic| remember(mount, magic)),
     }
 }
 
@@ -129,10 +129,10 @@ fn remembered(mount: u64) -> Option<u64> {
 #[cfg(target_has_atomic = "64")]
 #[cold]
 #[inline(never)]
-fn remember(mount: u64, magic: u64) -> io::Result<u64> {
+fn remember(mount: u64, magic: u64) -> u64 {
     static WRITER: Mutex<()> = Mutex::new(());
     if mount == 0 {
-        return Ok(magic);
+        return magic;
     }
     let _writer = WRITER.lock().unwrap_or_else(PoisonError::into_inner);
     let filled = MOUNTS_FILLED.load(Ordering::Relaxed);
@@ -143,7 +143,7 @@ fn remember(mount: u64, magic: u64) -> io::Result<u64> {
             MOUNTS_FILLED.store(filled + 1, Ordering::Release);
         }
     }
-    Ok(magic)
+    magic
 }
 
 /// Without 64-bit atomics nothing is remembered: every open looks the

@@ -291,9 +291,7 @@ fn split_lines(chunk: &[u8]) -> Vec<&[u8]> {
 /// Whether a `/proc/locks` line is a waiter (`ID: -> …`), which the kernel
 /// prints after the lock it waits for, as part of the same record.
 fn is_waiter_line(line: &[u8]) -> bool {
-    line.iter()
-        .position(|&b| b == b':')
-        .is_some_and(|i| trim_start(&line[i + 1..]).starts_with(b"->"))
+    line.contains(&b':') && without_position(line).starts_with(b"->")
 }
 
 /// The `FLOCK` entries on `target`, each record counted once; see the

@@ -33,7 +33,13 @@ struct Limits {
 
 /// How long before a deadline a timed wait reads the holders its timeout
 /// error names: longer than a cold read of `/proc/locks` (7–16 ms here).
-pub(crate) const DIAGNOSTICS_LEAD: Duration = Duration::from_millis(20);
+const DIAGNOSTICS_LEAD: Duration = Duration::from_millis(20);
+
+/// When a wait ending at `until` reads the holders for its timeout error:
+/// [`DIAGNOSTICS_LEAD`] before, or at once for a shorter wait.
+pub(crate) fn diagnostics_due(until: Instant) -> Instant {
+    until.checked_sub(DIAGNOSTICS_LEAD).unwrap_or(until)
+}
 
 /// Attempts of a non-blocking verified acquisition whose file keeps being
 /// removed before it gives up with [`Error::PathChanged`].
@@ -680,15 +686,13 @@ impl LockFile {
             let waited = self.wait_for(mode, limits, cancel.as_ref(), &mut notice, &mut snapshot);
             if let Err(stop) = waited {
                 let error = match stop {
-                    Ok(Stop::TimedOut) => match snapshot.take() {
-                        Some(holders) => self.timeout_error_with(
-                            mode,
-                            start.elapsed(),
-                            context.as_deref(),
-                            holders,
-                        ),
-                        None => self.timeout_error(mode, start, context.as_deref(), diagnostics),
-                    },
+                    Ok(Stop::TimedOut) => self.timeout_error(
+                        mode,
+                        start,
+                        context.as_deref(),
+                        snapshot.take(),
+                        diagnostics,
+                    ),
                     Ok(Stop::Cancelled) => self.cancelled_error(mode, start),
                     Err(error) => error,
                 };
@@ -784,7 +788,7 @@ impl LockFile {
         // the deadline, so that a cold /proc/locks (milliseconds) is read
         // while the wait still runs, not after its deadline.
         if let Some(until) = until {
-            let early = until.checked_sub(DIAGNOSTICS_LEAD).unwrap_or(until);
+            let early = diagnostics_due(until);
             if Instant::now() < early {
                 match wait::acquire(fd, self.path(), mode, Some(early), cancel) {
                     Ok(Ok(())) => return Ok(()),
@@ -802,14 +806,20 @@ impl LockFile {
         }
     }
 
-    /// [`Error::Timeout`] with holders read before the deadline.
-    pub(crate) fn timeout_error_with(
+    /// [`Error::Timeout`] naming `holders`, read shortly before the
+    /// deadline, or when `None` the holders read now within `diagnostics`
+    /// (a failed read of /proc leaves the list empty rather than hiding
+    /// the timeout).
+    pub(crate) fn timeout_error(
         &self,
         mode: FlockMode,
-        waited: Duration,
+        start: Instant,
         context: Option<&str>,
-        holders: Vec<Holder>,
+        holders: Option<Vec<Holder>>,
+        diagnostics: Duration,
     ) -> Error {
+        let waited = start.elapsed();
+        let holders = holders.unwrap_or_else(|| self.holders_within(diagnostics));
         Error::Timeout {
             path: self.error_path(),
             mode,
@@ -817,21 +827,6 @@ impl LockFile {
             holders: holders.into(),
             context: context.map(Box::from),
         }
-    }
-
-    /// [`Error::Timeout`] with the holders at the deadline.
-    pub(crate) fn timeout_error(
-        &self,
-        mode: FlockMode,
-        start: Instant,
-        context: Option<&str>,
-        diagnostics: Duration,
-    ) -> Error {
-        let waited = start.elapsed();
-        // Diagnostics must not hide the timeout or delay it past a few
-        // milliseconds: a failed read of /proc leaves the list empty.
-        let holders = self.holders_within(diagnostics);
-        self.timeout_error_with(mode, waited, context, holders)
     }
 }
 

@@ -442,32 +442,31 @@ pub(crate) fn eventfd_clear(fd: BorrowedFd<'_>) {
     let _ = retry(|| rustix::io::read(fd, &mut buf));
 }
 
-/// `ppoll(2)` for readability of up to two descriptors, with a timeout
-/// (`None`: no limit). Returns which of them are readable (or in error);
-/// `EINTR` is reported as neither being ready.
+/// `ppoll(2)` for readability of `first` and, if given, `second`, with a
+/// timeout (`None`: no limit). Returns which of them are readable (or in
+/// error); `EINTR` is reported as neither being ready.
 pub(crate) fn poll_readable(
-    fds: [Option<BorrowedFd<'_>>; 2],
+    first: BorrowedFd<'_>,
+    second: Option<BorrowedFd<'_>>,
     timeout: Option<std::time::Duration>,
 ) -> io::Result<[bool; 2]> {
     use rustix::event::{PollFd, PollFlags, Timespec};
-    let mut set: Vec<PollFd<'_>> = Vec::with_capacity(2);
-    let mut slot = [None; 2];
-    for (i, fd) in fds.iter().enumerate() {
-        if let Some(fd) = fd {
-            slot[i] = Some(set.len());
-            set.push(PollFd::from_borrowed_fd(*fd, PollFlags::IN));
-        }
-    }
+    let mut set = [
+        PollFd::from_borrowed_fd(first, PollFlags::IN),
+        PollFd::from_borrowed_fd(second.unwrap_or(first), PollFlags::IN),
+    ];
+    let n = 1 + usize::from(second.is_some());
     let timeout = timeout.map(|t| Timespec {
         tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
         tv_nsec: i64::from(t.subsec_nanos()),
     });
-    match rustix::event::poll(&mut set, timeout.as_ref()) {
+    match rustix::event::poll(&mut set[..n], timeout.as_ref()) {
         Ok(_) => {}
         Err(Errno::INTR) => return Ok([false; 2]),
         Err(err) => return Err(err.into()),
     }
-    Ok(slot.map(|s| s.is_some_and(|i| !set[i].revents().is_empty())))
+    let ready = |fd: &PollFd<'_>| !fd.revents().is_empty();
+    Ok([ready(&set[0]), n == 2 && ready(&set[1])])
 }
 
 /// Raw `errno` values the typed layer distinguishes in messages.

@@ -60,7 +60,7 @@ use std::future::Future;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -70,10 +70,12 @@ use ::tokio::time::Sleep;
 
 use crate::error::{Error, LockError};
 use crate::holder::Holder;
-use crate::lock::{AnyGuard, LockFile, LockGuard, DIAGNOSTICS_LEAD};
+use crate::lock::{diagnostics_due, AnyGuard, LockFile, LockGuard};
 use crate::mode::{Exclusive, FlockMode, Mode, Shared};
 use crate::sys;
-use crate::wait::{CancelToken, Deadline, HubFd, Notice, Registration, Schedule, Wait, Waking};
+use crate::wait::{
+    self, CancelToken, Deadline, HubFd, Notice, Registration, Schedule, Wait, Waking,
+};
 
 /// Opens `path` with the default [`LockOptions`](crate::LockOptions) and
 /// takes the lock in mode `M`, waiting at most `timeout`.
@@ -219,9 +221,10 @@ pub async fn upgrade(
 /// next reader can register the descriptor with the same runtime.
 struct Acquire<'a> {
     reader: Option<AsyncFd<HubFd>>,
-    reg: Option<Registration>,
+    /// The hub registration and the retry schedule, made together on the
+    /// first contention.
+    wait: Option<(Registration, Schedule)>,
     sleep: Option<Pin<Box<Sleep>>>,
-    schedule: Option<Schedule>,
     file: Option<LockFile>,
     mode: FlockMode,
     deadline: Deadline,
@@ -247,9 +250,8 @@ impl<'a> Acquire<'a> {
         } = wait;
         Acquire {
             reader: None,
-            reg: None,
+            wait: None,
             sleep: None,
-            schedule: None,
             file: Some(file),
             mode,
             deadline,
@@ -269,7 +271,7 @@ impl<'a> Acquire<'a> {
         if let Some(reader) = self.reader.take() {
             park(reader);
         }
-        if let Some(mut reg) = self.reg.take() {
+        if let Some((mut reg, _)) = self.wait.take() {
             if acquired {
                 reg.acquired();
             }
@@ -315,34 +317,30 @@ impl<'a> Acquire<'a> {
             if until.is_some_and(|until| now >= until) {
                 let context = self.context.take();
                 let diagnostics = self.diagnostics;
-                return match self.holders.take() {
-                    Some(holders) => self.fail(|f| {
-                        f.timeout_error_with(mode, now - start, context.as_deref(), holders)
-                    }),
-                    None => {
-                        self.fail(|f| f.timeout_error(mode, start, context.as_deref(), diagnostics))
-                    }
-                };
+                let holders = self.holders.take();
+                return self.fail(|f| {
+                    f.timeout_error(mode, start, context.as_deref(), holders, diagnostics)
+                });
             }
             // As in the blocking wait, the holders for a timeout error are
-            // read DIAGNOSTICS_LEAD before the deadline, so that the
-            // deadline is not passed while /proc/locks is read.
-            let early = until.map(|until| until.checked_sub(DIAGNOSTICS_LEAD).unwrap_or(until));
+            // read before the deadline, so that the deadline is not passed
+            // while /proc/locks is read.
+            let early = until.map(diagnostics_due);
             if self.holders.is_none() && early.is_some_and(|early| now >= early) {
                 self.holders = Some(file.holders_within(self.diagnostics));
             }
             if let Some(notice) = self.notice.take() {
                 notice(&file.holders_within(self.diagnostics));
             }
-            let Some(reg) = &self.reg else {
-                self.reg = Some(Registration::new(
+            let Some((reg, schedule)) = &mut self.wait else {
+                let reg = Registration::new(
                     file.as_fd(),
                     file.path(),
                     mode,
                     Waking::Task(cx.waker()),
                     self.cancel.as_ref(),
-                ));
-                self.schedule = Some(Schedule::new(until));
+                );
+                self.wait = Some((reg, Schedule::new(until)));
                 // A release before the watch was placed raised no event
                 // for this waiter: try again first.
                 continue;
@@ -373,7 +371,6 @@ impl<'a> Acquire<'a> {
                 }
                 None => {}
             }
-            let schedule = self.schedule.as_mut().expect("set with the registration");
             if reg.take_notified() {
                 schedule.on_close(now);
                 // A close was just reported: try again before yielding,
@@ -414,8 +411,7 @@ impl<'a> Acquire<'a> {
 static PARKED: Mutex<Option<AsyncFd<HubFd>>> = Mutex::new(None);
 
 fn parked() -> MutexGuard<'static, Option<AsyncFd<HubFd>>> {
-    // Nothing panics while the lock is held.
-    PARKED.lock().unwrap_or_else(PoisonError::into_inner)
+    wait::lock(&PARKED)
 }
 
 fn park(reader: AsyncFd<HubFd>) {

@@ -225,7 +225,7 @@ const IDLE_KEEP: Duration = Duration::from_secs(30);
 /// How long after a failed `inotify_init1` the next wait tries again.
 const HUB_RETRY: Duration = Duration::from_secs(1);
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing panics while these locks are held; a poisoned lock still
     // guards consistent data.
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -335,8 +335,7 @@ struct Slot {
     /// This waiter holds the reader role.
     reader: AtomicBool,
     wake: Wake,
-    /// The bell of the hub this waiter is registered with, to interrupt a
-    /// reader thread's `ppoll(2)`.
+    /// The hub this waiter is queued with; `None`: back-off retries only.
     hub: Option<Arc<Hub>>,
 }
 
@@ -600,8 +599,7 @@ impl Registration {
             Some(hub) if self.take_over_idle_reader() => hub,
             _ => return std::thread::park_timeout(timeout),
         };
-        let fds = [Some(hub.inotify.as_fd()), Some(hub.bell.as_fd())];
-        match sys::poll_readable(fds, Some(timeout)) {
+        match sys::poll_readable(hub.inotify.as_fd(), Some(hub.bell.as_fd()), Some(timeout)) {
             Ok([events, bell]) => {
                 if bell {
                     sys::eventfd_clear(hub.bell.as_fd());
@@ -691,18 +689,22 @@ impl Hub {
     /// Removes watches idle for longer than [`IDLE_KEEP`], and the oldest
     /// idle ones beyond [`IDLE_WATCHES`].
     fn prune(&self, st: &mut HubState) {
+        let now = Instant::now();
+        let idle_since = || st.inodes.values().filter_map(|inode| inode.idle_since);
+        if idle_since().count() <= IDLE_WATCHES
+            && idle_since().all(|t| now.duration_since(t) < IDLE_KEEP)
+        {
+            return;
+        }
         let mut idle: Vec<(Instant, i32)> = st
             .inodes
             .iter()
             .filter_map(|(wd, inode)| inode.idle_since.map(|t| (t, *wd)))
             .collect();
-        if idle.len() <= IDLE_WATCHES && idle.iter().all(|(t, _)| t.elapsed() < IDLE_KEEP) {
-            return;
-        }
         idle.sort_unstable();
         let excess = idle.len().saturating_sub(IDLE_WATCHES);
         for (i, (since, wd)) in idle.into_iter().enumerate() {
-            if i < excess || since.elapsed() >= IDLE_KEEP {
+            if i < excess || now.duration_since(since) >= IDLE_KEEP {
                 st.inodes.remove(&wd);
                 // Fails only if the inode is already gone.
                 let _ = sys::inotify_unwatch(self.inotify.as_fd(), wd);
@@ -764,7 +766,7 @@ impl Hub {
             return false;
         }
         let unread = matches!(
-            sys::poll_readable([Some(self.inotify.as_fd()), None], Some(Duration::ZERO)),
+            sys::poll_readable(self.inotify.as_fd(), None, Some(Duration::ZERO)),
             Ok([true, _])
         );
         if !unread {
@@ -824,10 +826,10 @@ impl Hub {
 pub(crate) struct Schedule {
     deadline: Option<Instant>,
     backoff: Duration,
-    /// Until when to retry at once after a close event.
-    spin_until: Option<Instant>,
-    /// Until when to retry without yielding after a close event.
-    hot_until: Option<Instant>,
+    /// When the last close event was seen: retries follow at once for
+    /// [`AFTER_CLOSE_SPIN`], the first [`AFTER_CLOSE_HOT`] of it without
+    /// yielding.
+    closed_at: Option<Instant>,
     /// Index into [`AFTER_CLOSE`] while retrying after a close event.
     after_close: Option<usize>,
     /// State of the jitter generator.
@@ -844,8 +846,7 @@ impl Schedule {
         Schedule {
             deadline,
             backoff: BACKOFF_FIRST,
-            spin_until: None,
-            hot_until: None,
+            closed_at: None,
             after_close: None,
             rng: seed | 1,
         }
@@ -864,15 +865,14 @@ impl Schedule {
 
     /// A close was seen: retry at once for a moment, then a few times more.
     pub(crate) fn on_close(&mut self, now: Instant) {
-        self.spin_until = Some(now + AFTER_CLOSE_SPIN);
-        self.hot_until = Some(now + AFTER_CLOSE_HOT);
+        self.closed_at = Some(now);
         self.after_close = Some(0);
     }
 
     /// Whether a retry now should not give up the CPU (see
     /// [`AFTER_CLOSE_HOT`]).
     pub(crate) fn is_hot(&self, now: Instant) -> bool {
-        self.hot_until.is_some_and(|until| now < until)
+        self.closed_at.is_some_and(|t| now < t + AFTER_CLOSE_HOT)
     }
 
     /// A factor in [0.75, 1.25), so that waiters that started together do
@@ -890,10 +890,9 @@ impl Schedule {
     /// How long to sleep before the next attempt unless woken first;
     /// advances the schedule. Zero: retry after yielding.
     pub(crate) fn next(&mut self, now: Instant) -> Duration {
-        if self.spin_until.is_some_and(|until| now < until) {
+        if self.closed_at.is_some_and(|t| now < t + AFTER_CLOSE_SPIN) {
             return Duration::ZERO;
         }
-        self.spin_until = None;
         let step = match self.after_close {
             Some(i) if i < AFTER_CLOSE.len() => {
                 self.after_close = Some(i + 1);
