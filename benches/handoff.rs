@@ -46,6 +46,13 @@ enum Waiter {
     TimedNoEvents,
     /// `LOCK_NB` every 100 ms, the approach being replaced.
     Poll100,
+    /// A blocking `read(2)` of an inotify watch on the file, then
+    /// `LOCK_NB`: the floor of an event-woken thread.
+    InotifyFloor,
+    /// The same watch registered with tokio's reactor (`AsyncFd`) on a
+    /// current-thread runtime, then `LOCK_NB`: the floor of an event-woken
+    /// task.
+    TokioFloor,
 }
 
 impl Waiter {
@@ -57,6 +64,8 @@ impl Waiter {
             Waiter::Async => "tokio_lock_timeout",
             Waiter::TimedNoEvents => "lock_timeout_no_inotify",
             Waiter::Poll100 => "poll_100ms",
+            Waiter::InotifyFloor => "inotify_floor",
+            Waiter::TokioFloor => "tokio_floor",
         }
     }
 
@@ -68,6 +77,8 @@ impl Waiter {
             Waiter::Async,
             Waiter::TimedNoEvents,
             Waiter::Poll100,
+            Waiter::InotifyFloor,
+            Waiter::TokioFloor,
         ]
         .into_iter()
         .find(|w| w.name() == name)
@@ -121,6 +132,19 @@ fn waiter_main(args: &str) {
             out.flush().unwrap();
             continue;
         }
+        if matches!(kind, Waiter::InotifyFloor | Waiter::TokioFloor) {
+            let f = file.as_ref().unwrap();
+            if kind == Waiter::InotifyFloor {
+                inotify_floor(f);
+            } else {
+                tokio_floor(f);
+            }
+            let t = now_ns();
+            rustix::fs::flock(f, rustix::fs::FlockOperation::Unlock).unwrap();
+            writeln!(out, "acq {t}").unwrap();
+            out.flush().unwrap();
+            continue;
+        }
         let f = file.take().unwrap();
         let guard = match kind {
             Waiter::Async => async_lock(f),
@@ -128,6 +152,7 @@ fn waiter_main(args: &str) {
             Waiter::Timed | Waiter::TimedNoEvents | Waiter::Path => f
                 .lock_timeout::<Exclusive>(Duration::from_secs(120))
                 .unwrap(),
+            Waiter::InotifyFloor | Waiter::TokioFloor => unreachable!("handled above"),
             Waiter::Poll100 => {
                 let mut f = f;
                 loop {
@@ -335,6 +360,87 @@ fn async_lock(file: LockFile) -> flockguard::LockGuard<Exclusive> {
     })
 }
 
+/// A non-blocking inotify instance watching `file` for closes.
+fn close_watch(file: &LockFile) -> std::os::fd::OwnedFd {
+    use rustix::fs::inotify;
+    let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK).unwrap();
+    let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
+    inotify::add_watch(
+        &fd,
+        proc_path,
+        inotify::WatchFlags::CLOSE_WRITE | inotify::WatchFlags::CLOSE_NOWRITE,
+    )
+    .unwrap();
+    fd
+}
+
+/// Reads `fd` until `EAGAIN`.
+fn drain(fd: &std::os::fd::OwnedFd) {
+    let mut buf = [0u8; 4096];
+    while rustix::io::read(fd, &mut buf).is_ok() {}
+}
+
+fn try_exclusive(file: &LockFile) -> bool {
+    rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
+}
+
+/// Waits as an event-woken thread does at the least: `poll(2)` on the
+/// watch, drain, `LOCK_NB`.
+fn inotify_floor(file: &LockFile) {
+    use rustix::event::{poll, PollFd, PollFlags};
+    thread_local! {
+        static WATCH: std::cell::OnceCell<std::os::fd::OwnedFd> = const { std::cell::OnceCell::new() };
+    }
+    WATCH.with(|w| {
+        let fd = w.get_or_init(|| close_watch(file));
+        drain(fd);
+        while !try_exclusive(file) {
+            let mut fds = [PollFd::new(fd, PollFlags::IN)];
+            let _ = poll(&mut fds, None);
+            drain(fd);
+        }
+    })
+}
+
+/// Waits as an event-woken task does at the least: the watch registered
+/// with the reactor, drain, `LOCK_NB`.
+#[cfg(feature = "tokio")]
+// `AsyncFd::new`'s deprecation is about descriptors closed while
+// registered; this one is owned by the `AsyncFd`.
+#[allow(deprecated)]
+fn tokio_floor(file: &LockFile) {
+    use std::cell::Cell;
+    use std::os::fd::OwnedFd;
+    use tokio::io::unix::AsyncFd;
+    thread_local! {
+        static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        static WATCH: Cell<Option<AsyncFd<OwnedFd>>> = const { Cell::new(None) };
+    }
+    RT.with(|rt| {
+        let _entered = rt.enter();
+        let watch = WATCH
+            .take()
+            .unwrap_or_else(|| AsyncFd::new(close_watch(file)).unwrap());
+        rt.block_on(async {
+            drain(watch.get_ref());
+            while !try_exclusive(file) {
+                let mut ready = watch.readable().await.unwrap();
+                drain(watch.get_ref());
+                ready.clear_ready();
+            }
+        });
+        WATCH.set(Some(watch));
+    })
+}
+
+#[cfg(not(feature = "tokio"))]
+fn tokio_floor(_: &LockFile) {
+    unreachable!("the async floor runs only with the tokio feature")
+}
+
 #[cfg(not(feature = "tokio"))]
 fn async_lock(_: LockFile) -> flockguard::LockGuard<Exclusive> {
     unreachable!("the async waiter runs only with the tokio feature")
@@ -502,9 +608,14 @@ fn handoff_from(
 fn handoff_matrix(dir: &std::path::Path, rounds: usize) {
     let path = dir.join("matrix.lock");
     flockguard::materialize(&path).unwrap();
-    let mut waiters = vec![Waiter::Flock, Waiter::Timed, Waiter::Path];
+    let mut waiters = vec![
+        Waiter::Flock,
+        Waiter::InotifyFloor,
+        Waiter::Timed,
+        Waiter::Path,
+    ];
     if cfg!(feature = "tokio") {
-        waiters.push(Waiter::Async);
+        waiters.extend([Waiter::TokioFloor, Waiter::Async]);
     }
     let mut procs: Vec<WaiterProc> = waiters
         .iter()
