@@ -501,21 +501,6 @@ fn reused_fd(c: &mut Criterion) {
             raw_flock(&raw, Op::NonBlockingLockExclusive);
             raw_flock(&raw, Op::Unlock);
         }),
-        // The raw pair with a 40-byte value moved between the two calls,
-        // as a two-word-plus LockFile was: the compiler copies it through
-        // SSE registers, and on machines where the first SSE instruction
-        // after a system call is slow this case shows what that costs.
-        case("raw_flock_move40_flock", {
-            let raw40 = raw_open(path);
-            let mut kept = Some([1u64, 2, 3, 4, 5]);
-            move || {
-                let value = kept.take().unwrap();
-                raw_flock(&raw40, Op::NonBlockingLockExclusive);
-                let value = black_box(value);
-                raw_flock(&raw40, Op::Unlock);
-                kept = Some(black_box(value));
-            }
-        }),
         // The same plus the getpid(2) of each of flockguard's two fork
         // checks (`try_lock`, `unlock`).
         case("raw_getpid_flock_getpid_flock", move || {

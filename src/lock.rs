@@ -247,14 +247,6 @@ impl LockOptions {
 /// | [`lock_any`](Self::lock_any) | as a [`Wait`] says | run time ([`FlockMode`]) |
 #[must_use = "a LockFile holds no lock until try_lock or lock is called"]
 pub struct LockFile {
-    /// Boxed so that a `LockFile` is one word: acquisitions and releases,
-    /// which move it around the `flock(2)` calls, then move it in one
-    /// general-purpose register.
-    inner: Box<Inner>,
-}
-
-/// The state of a [`LockFile`].
-struct Inner {
     file: File,
     /// The process that opened the descriptor, and so owns its locks.
     owner: u32,
@@ -277,12 +269,10 @@ impl LockFile {
     #[inline(always)]
     fn new(opened: Opened, origin: Option<Origin>) -> Self {
         LockFile {
-            inner: Box::new(Inner {
-                file: opened.file,
-                owner: sys::current_pid(),
-                writable: opened.writable,
-                origin,
-            }),
+            file: opened.file,
+            owner: sys::current_pid(),
+            writable: opened.writable,
+            origin,
         }
     }
 
@@ -353,7 +343,7 @@ impl LockFile {
     pub fn try_lock<M: Mode>(self) -> Result<LockGuard<M>, LockError<LockFile>> {
         if self.is_owner() && !self.verifies() {
             // The common case, kept in the caller's frame.
-            return match sys::flock(self.inner.file.as_fd(), M::MODE, OnConflict::Fail) {
+            return match sys::flock(self.file.as_fd(), M::MODE, OnConflict::Fail) {
                 Ok(()) => Ok(LockGuard::new(self)),
                 Err(err) => Err(self.flock_refused(M::MODE, err)),
             };
@@ -579,24 +569,24 @@ impl LockFile {
 
     /// The path the file was opened from; `None` for an adopted file.
     pub fn path(&self) -> Option<&Path> {
-        self.inner.origin.as_ref().map(|origin| &*origin.path)
+        self.origin.as_ref().map(|origin| &*origin.path)
     }
 
     /// The open file, for `metadata()` and other reads that take no lock.
     pub fn as_file(&self) -> &File {
-        &self.inner.file
+        &self.file
     }
 
     /// Whether the descriptor is open for writing.
     pub fn is_writable(&self) -> bool {
-        self.inner.writable
+        self.writable
     }
 
     /// The path for messages: the one given, or what the kernel reports.
     pub(crate) fn error_path(&self) -> PathBuf {
         match self.path() {
             Some(path) => path.to_path_buf(),
-            None => open::display_path(&self.inner.file),
+            None => open::display_path(&self.file),
         }
     }
 
@@ -632,7 +622,7 @@ impl LockFile {
     fn not_owner_error(&self) -> Error {
         Error::NotOwner {
             path: self.error_path(),
-            owner: self.inner.owner,
+            owner: self.owner,
             current: sys::current_pid(),
         }
     }
@@ -640,14 +630,14 @@ impl LockFile {
     /// Whether this process opened the descriptor.
     #[inline(always)]
     fn is_owner(&self) -> bool {
-        sys::current_pid() == self.inner.owner
+        sys::current_pid() == self.owner
     }
 
     /// Whether acquisitions check that the path still names the file.
     #[inline(always)]
     fn verifies(&self) -> bool {
         matches!(
-            &self.inner.origin,
+            &self.origin,
             Some(Origin {
                 reopen: Some(_),
                 ..
@@ -671,7 +661,7 @@ impl LockFile {
         }
         if wait.deadline == Deadline::None && wait.cancel.is_none() && !self.verifies() {
             // One attempt, nothing to time, cancel or verify.
-            return match sys::flock(self.inner.file.as_fd(), mode, OnConflict::Fail) {
+            return match sys::flock(self.file.as_fd(), mode, OnConflict::Fail) {
                 Ok(()) => Ok(self),
                 Err(err) => Err(self.flock_refused(mode, err)),
             };
@@ -724,21 +714,21 @@ impl LockFile {
         let Some(Origin {
             path,
             reopen: Some(spec),
-        }) = &self.inner.origin
+        }) = &self.origin
         else {
             return Ok(true);
         };
-        match open::names_file(path, self.inner.file.as_fd()) {
+        match open::names_file(path, self.file.as_fd()) {
             Ok(true) => return Ok(true),
             Ok(false) => {}
             Err(error) => {
-                let _ = sys::funlock(self.inner.file.as_fd());
+                let _ = sys::funlock(self.file.as_fd());
                 return Err(error);
             }
         }
         // Removed between open and lock: the lock is on a file nobody
         // else will open. Let go and lock what the path names now.
-        let _ = sys::funlock(self.inner.file.as_fd());
+        let _ = sys::funlock(self.file.as_fd());
         *attempts = attempts.saturating_add(1);
         if deadline == Deadline::None && *attempts >= TRY_VERIFY_RETRIES {
             return Err(Error::PathChanged {
@@ -746,8 +736,8 @@ impl LockFile {
             });
         }
         let opened = open::open(path, spec)?;
-        self.inner.file = opened.file;
-        self.inner.writable = opened.writable;
+        self.file = opened.file;
+        self.writable = opened.writable;
         Ok(false)
     }
 
@@ -775,7 +765,7 @@ impl LockFile {
             until,
             diagnostics,
         } = limits;
-        let fd = self.inner.file.as_fd();
+        let fd = self.file.as_fd();
         if cancel.is_some_and(CancelToken::is_cancelled) {
             return Err(Ok(Stop::Cancelled));
         }
@@ -844,35 +834,35 @@ impl fmt::Debug for LockFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockFile")
             .field("path", &self.path())
-            .field("fd", &self.inner.file.as_raw_fd())
-            .field("writable", &self.inner.writable)
+            .field("fd", &self.file.as_raw_fd())
+            .field("writable", &self.writable)
             .finish()
     }
 }
 
 impl AsFd for LockFile {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.inner.file.as_fd()
+        self.file.as_fd()
     }
 }
 
 impl AsRawFd for LockFile {
     fn as_raw_fd(&self) -> RawFd {
-        self.inner.file.as_raw_fd()
+        self.file.as_raw_fd()
     }
 }
 
 impl From<LockFile> for File {
     /// The open file, holding no lock this crate took.
     fn from(file: LockFile) -> File {
-        file.inner.file
+        file.file
     }
 }
 
 impl From<LockFile> for OwnedFd {
     /// The descriptor, holding no lock this crate took.
     fn from(file: LockFile) -> OwnedFd {
-        file.inner.file.into()
+        file.file.into()
     }
 }
 
@@ -945,7 +935,7 @@ impl<M: Mode> LockGuard<M> {
     /// # Errors
     /// The error of `statx(2)`.
     pub fn metadata(&self) -> io::Result<std::fs::Metadata> {
-        self.file().inner.file.metadata()
+        self.file().file.metadata()
     }
 
     /// Releases the lock with `flock(LOCK_UN)` and returns the open file
@@ -1146,7 +1136,7 @@ impl LockGuard<Exclusive> {
 
     fn writable(&self) -> io::Result<&File> {
         let file = self.file();
-        if file.inner.writable {
+        if file.writable {
             Ok(file.as_file())
         } else {
             Err(Error::ReadOnly {
