@@ -129,8 +129,9 @@ pub(crate) enum OnConflict {
 ///
 /// The blocking form retries `EINTR`, so a signal handler installed without
 /// `SA_RESTART` does not end the wait.
-// Inlined, as are the other calls of the acquire and release paths: the
-// first return after a system call is costly (docs/benchmarks.md).
+// Inlined, as are the other calls of the acquire and release paths, so
+// that both system calls of a cycle sit in the caller's frame
+// (docs/benchmarks.md).
 #[inline(always)]
 pub(crate) fn flock(
     fd: BorrowedFd<'_>,
