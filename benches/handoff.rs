@@ -2,7 +2,9 @@
 //! drop, python's `os.close`, the exit of util-linux `flock(1)`) to a
 //! waiting process's acquisition, for waiters in `lock_timeout`,
 //! `flock_timeout` and (feature `tokio`) `flockguard::tokio::lock_timeout`
-//! against a waiter blocked in `flock(2)` and a 100 ms `LOCK_NB` poller;
+//! against a waiter blocked in `flock(2)`, a 100 ms `LOCK_NB` poller and
+//! two floors that use no flockguard (an inotify-woken thread and, with
+//! `tokio`, an `AsyncFd`-woken task);
 //! 500 threads and 1 000 tasks waiting in one process; deadline lateness
 //! beside busy loops; and the waiter's wake-ups per second while the holder
 //! keeps the lock.
@@ -14,10 +16,9 @@
 //! (`/proc/PID/status`): every sleep that ends is one.
 //!
 //! Run: `cargo bench -p flockguard-benches --features tokio --bench handoff`
-//! (about 4 minutes); `-- --test` runs
-//! every case once. Summaries with exact medians over every handoff are
+//! (a few minutes); `-- --test` runs every case once. Summaries with exact medians over every handoff are
 //! printed at the end. `FLOCKGUARD_BENCH_MATRIX_ONLY=ROUNDS` runs only the
-//! holder × waiter matrix (about 1 s per 10 rounds).
+//! holder × waiter matrix (about 1 s per 7 rounds).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -46,8 +47,8 @@ enum Waiter {
     TimedNoEvents,
     /// `LOCK_NB` every 100 ms, the approach being replaced.
     Poll100,
-    /// A blocking `read(2)` of an inotify watch on the file, then
-    /// `LOCK_NB`: the floor of an event-woken thread.
+    /// `poll(2)` on an inotify close watch on the file, drain, `LOCK_NB`:
+    /// the floor of an event-woken thread.
     InotifyFloor,
     /// The same watch registered with tokio's reactor (`AsyncFd`) on a
     /// current-thread runtime, then `LOCK_NB`: the floor of an event-woken

@@ -83,9 +83,8 @@ const CREATE_RACE_RETRIES: u32 = 16;
 /// Opens `path` for locking: validates it, opens or creates it, checks its
 /// type and filesystem. A file this call created and then refused is
 /// closed and unlinked.
-///
-// Inlined into the caller with its error paths out of line: the first
-// return after a system call is costly (docs/benchmarks.md).
+// Inlined into the caller with its error paths out of line, so that the
+// open and the caller's `flock(2)` sit in one frame (docs/benchmarks.md).
 #[inline(always)]
 pub(crate) fn open(path: &Path, spec: &OpenSpec) -> Result<Opened, Error> {
     validate(path, spec)?;
@@ -239,15 +238,13 @@ fn open_fd(
     let mut last = None;
     let mut first = Some(first);
     for _ in 0..CREATE_RACE_RETRIES {
-        let err = match first.take() {
-            Some(err) => match lease_retry(path, how, err) {
-                Ok(fd) => return Ok((fd, false, !how.read_only && !how.directory)),
-                Err(err) => err,
-            },
-            None => match open_leased(path, how) {
-                Ok(fd) => return Ok((fd, false, !how.read_only && !how.directory)),
-                Err(err) => err,
-            },
+        let opened = match first.take() {
+            Some(err) => lease_retry(path, how, err),
+            None => open_leased(path, how),
+        };
+        let err = match opened {
+            Ok(fd) => return Ok((fd, false, !how.read_only && !how.directory)),
+            Err(err) => err,
         };
         if err.kind() == io::ErrorKind::NotFound && spec.create {
             let excl = OpenHow {
