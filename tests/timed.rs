@@ -420,10 +420,13 @@ fn fdcheck(path: &Path) {
     let threads = || std::fs::read_dir("/proc/self/task").unwrap().count();
     let hold = || LockFile::open(path).unwrap().lock::<Exclusive>().unwrap();
     // The first wait that sleeps sets up the process's shared inotify
-    // instance and its wake-up eventfd; they stay for every later wait.
+    // instance and its wake-up eventfd; they stay for every later wait. A
+    // wait of a few ms can end before it sleeps on a slow machine (an
+    // emulated guest): its first attempt, or the holder read 20 ms before
+    // the deadline, outlasts it. This one sleeps for 80 ms first.
     let cold_fds = support::open_fds();
     let held = hold();
-    let err = flock_timeout::<Exclusive>(path, Duration::from_millis(5)).unwrap_err();
+    let err = flock_timeout::<Exclusive>(path, Duration::from_millis(100)).unwrap_err();
     drop((held, err));
     let base_fds = support::open_fds();
     assert_eq!(
