@@ -5,6 +5,7 @@
 use std::fmt;
 
 use crate::mode::FlockMode;
+use crate::sys;
 
 /// A process that holds, or waits for, a `flock(2)` lock on a file.
 ///
@@ -111,17 +112,51 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
+/// `pid 4250 (sleep 100)`, or `pid 4250 (this process)` when `pid` is the
+/// process formatting it, whose command line its reader knows.
 fn write_process(f: &mut fmt::Formatter<'_>, pid: u32, cmdline: Option<&str>) -> fmt::Result {
     write!(f, "pid {pid}")?;
-    if let Some(cmd) = cmdline {
+    if pid == sys::current_pid() {
+        f.write_str(" (this process)")?;
+    } else if let Some(cmd) = cmdline {
         write!(f, " ({})", Escaped(cmd))?;
     }
     Ok(())
 }
 
+impl Holder {
+    /// Whether [`pid`](Self::pid) is the calling process: it holds (or
+    /// waits for) the lock through another open file description of its
+    /// own, or through a descriptor it inherited.
+    ///
+    /// # Examples
+    /// ```
+    /// use flockguard::{holders, try_flock, Exclusive};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let guard = try_flock::<Exclusive>(&path)?;
+    /// let list = holders(&path)?;
+    /// assert!(list[0].is_calling_process());
+    /// assert_eq!(list[0].to_string(), format!("pid {} (this process) holds exclusive", std::process::id()));
+    /// # drop(guard);
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    pub fn is_calling_process(&self) -> bool {
+        self.pid == sys::current_pid()
+    }
+}
+
+impl LockProcess {
+    /// Whether [`pid`](Self::pid) is the calling process.
+    pub fn is_calling_process(&self) -> bool {
+        self.pid == sys::current_pid()
+    }
+}
+
 impl fmt::Display for LockProcess {
-    /// `pid 4250 (sleep 100)`; control characters in the command line are
-    /// escapes (`\x1b`, `\n`).
+    /// `pid 4250 (sleep 100)`, or `pid 4250 (this process)` for the calling
+    /// process; control characters in the command line are escapes (`\x1b`,
+    /// `\n`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write_process(f, self.pid, self.cmdline.as_deref())
     }
@@ -130,6 +165,8 @@ impl fmt::Display for LockProcess {
 impl fmt::Display for Holder {
     /// `pid 4242 (cargo build --release) holds exclusive`,
     /// `pid 77 waits for shared`, `pid 4242 holds exclusive (unverified)`,
+    /// `pid 11082 (this process) holds exclusive` when the holder is the
+    /// process formatting the line (in place of its command line),
     /// or, when the PID no longer holds it,
     /// `pid 4242 (exited) took exclusive; now held by pid 4250 (sleep 100)`.
     /// Control characters in command lines are escapes (`\x1b`, `\n`).
@@ -245,6 +282,56 @@ mod tests {
         assert_eq!(
             h.to_string(),
             "pid 4242 (make) took shared but no longer has it open; now held by pid 4250 (sleep 100), pid 4251"
+        );
+    }
+
+    #[test]
+    fn a_holder_that_is_the_calling_process_says_so() {
+        let me = std::process::id();
+        let mut h = holder();
+        h.pid = me;
+        assert!(h.is_calling_process());
+        assert_eq!(
+            h.to_string(),
+            format!("pid {me} (this process) holds exclusive")
+        );
+        h.status = PidStatus::Unverified;
+        assert_eq!(
+            h.to_string(),
+            format!("pid {me} (this process) holds exclusive (unverified)")
+        );
+        h.status = PidStatus::Confirmed;
+        h.waiting = true;
+        assert_eq!(
+            h.to_string(),
+            format!("pid {me} (this process) waits for exclusive")
+        );
+        h.waiting = false;
+        h.status = PidStatus::NotHolding;
+        h.sharers = vec![LockProcess {
+            pid: 4250,
+            cmdline: Some("sleep 100".into()),
+        }];
+        assert_eq!(
+            h.to_string(),
+            format!("pid {me} (this process) took exclusive but no longer has it open; now held by pid 4250 (sleep 100)")
+        );
+        let mut other = holder();
+        other.status = PidStatus::Exited;
+        other.sharers = vec![LockProcess {
+            pid: me,
+            cmdline: Some("ignored".into()),
+        }];
+        assert!(!other.is_calling_process());
+        assert!(other.sharers[0].is_calling_process());
+        assert_eq!(
+            other.to_string(),
+            format!("pid 4242 (exited) took exclusive; now held by pid {me} (this process)")
+        );
+        // Another process keeps its command line.
+        assert_eq!(
+            holder().to_string(),
+            "pid 4242 (cargo build --release) holds exclusive"
         );
     }
 

@@ -75,7 +75,7 @@ const CMDLINE_READ_MAX: u64 = 4096;
 /// let list = holders(&path)?;
 /// assert_eq!(list.len(), 1);
 /// assert_eq!(list[0].pid, std::process::id());
-/// println!("{}", list[0]); // pid 4242 (myprog) holds exclusive
+/// println!("{}", list[0]); // pid 4242 (this process) holds exclusive
 /// # drop(guard);
 /// # Ok::<(), flockguard::Error>(())
 /// ```

@@ -339,6 +339,8 @@ impl LockFile {
     /// # References
     /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
     #[doc(alias = "LOCK_NB")]
+    #[doc(alias = "try_lock_exclusive")]
+    #[doc(alias = "try_lock_shared")]
     #[inline(always)]
     pub fn try_lock<M: Mode>(self) -> Result<LockGuard<M>, LockError<LockFile>> {
         if self.is_owner() && !self.verifies() {
@@ -379,6 +381,8 @@ impl LockFile {
     /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
     #[doc(alias = "LOCK_EX")]
     #[doc(alias = "LOCK_SH")]
+    #[doc(alias = "lock_exclusive")]
+    #[doc(alias = "lock_shared")]
     pub fn lock<M: Mode>(self) -> Result<LockGuard<M>, LockError<LockFile>> {
         self.acquire(M::MODE, Wait::forever()).map(LockGuard::new)
     }
@@ -408,6 +412,7 @@ impl LockFile {
     ///
     /// # References
     /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
+    #[doc(alias = "try_lock_for")]
     pub fn lock_timeout<M: Mode>(
         self,
         timeout: Duration,
@@ -432,6 +437,7 @@ impl LockFile {
     /// # drop(first);
     /// # Ok::<(), flockguard::Error>(())
     /// ```
+    #[doc(alias = "try_lock_until")]
     pub fn lock_until<M: Mode>(
         self,
         deadline: Instant,
@@ -1130,8 +1136,38 @@ impl LockGuard<Exclusive> {
     ///
     /// # Errors
     /// The error of `fsync(2)`.
+    ///
+    /// # References
+    /// - [fsync(2)](https://man7.org/linux/man-pages/man2/fsync.2.html)
+    #[doc(alias = "fsync")]
     pub fn sync_all(&self) -> io::Result<()> {
         self.file().as_file().sync_all()
+    }
+
+    /// Flushes the lock file's data, and only the metadata needed to read
+    /// it back (such as its length), as [`File::sync_data`].
+    ///
+    /// # Errors
+    /// The error of `fdatasync(2)`.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::io::Write;
+    /// use flockguard::{Exclusive, LockOptions};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("state.json");
+    /// let mut state = LockOptions::new().open(&path)?.lock::<Exclusive>()?;
+    /// state.set_len(0)?;
+    /// state.write_all(b"{}")?;
+    /// state.sync_data()?; // on disk before the lock is released
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # References
+    /// - [fdatasync(2)](https://man7.org/linux/man-pages/man2/fdatasync.2.html)
+    #[doc(alias = "fdatasync")]
+    pub fn sync_data(&self) -> io::Result<()> {
+        self.file().as_file().sync_data()
     }
 
     fn writable(&self) -> io::Result<&File> {
@@ -1466,6 +1502,9 @@ pub fn materialize(path: impl AsRef<Path>) -> Result<(), Error> {
 /// # drop(guard);
 /// # Ok::<(), flockguard::Error>(())
 /// ```
+#[doc(alias = "LOCK_NB")]
+#[doc(alias = "try_lock_exclusive")]
+#[doc(alias = "try_lock_shared")]
 #[inline(always)]
 pub fn try_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Error> {
     Ok(LockFile::open(path)?.try_lock()?)
@@ -1486,6 +1525,10 @@ pub fn try_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Error>
 /// # drop(reader);
 /// # Ok::<(), flockguard::Error>(())
 /// ```
+#[doc(alias = "LOCK_EX")]
+#[doc(alias = "LOCK_SH")]
+#[doc(alias = "lock_exclusive")]
+#[doc(alias = "lock_shared")]
 pub fn block_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Error> {
     Ok(LockFile::open(path)?.lock()?)
 }
@@ -1509,6 +1552,7 @@ pub fn block_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Erro
 /// # drop(first);
 /// # Ok::<(), flockguard::Error>(())
 /// ```
+#[doc(alias = "try_lock_for")]
 pub fn flock_timeout<M: Mode>(
     path: impl AsRef<Path>,
     timeout: Duration,

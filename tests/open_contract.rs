@@ -223,6 +223,7 @@ fn exclusive_guard_writes_and_truncates_only_when_asked() {
     let mut guard = try_flock::<Exclusive>(&path).unwrap();
     guard.set_len(0).unwrap();
     guard.write_all(b"new").unwrap();
+    guard.sync_data().unwrap();
     guard.sync_all().unwrap();
     drop(guard);
     assert_eq!(std::fs::read(&path).unwrap(), b"new");

@@ -324,6 +324,14 @@ fn flock_timeout_opens_and_reports_typed_errors() {
     assert!(err.is_timeout());
     assert_eq!(err.path(), path);
     assert_eq!(pids(err.holders()), [std::process::id()]);
+    // A caller that blocks itself is told so.
+    assert!(
+        err.to_string().ends_with(&format!(
+            "; pid {} (this process) holds exclusive",
+            std::process::id()
+        )),
+        "{err}"
+    );
     assert_eq!(
         std::io::Error::from(err).kind(),
         std::io::ErrorKind::TimedOut
