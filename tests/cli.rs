@@ -1382,11 +1382,11 @@ fn holders_names_the_caller_holding_through_an_inherited_descriptor() {
     let mut lines = text.lines();
     let me = lines.next().expect("pid line");
     let listed = lines.next().unwrap_or_default();
+    // The command names itself as the holder in so many words.
     assert!(
-        listed.contains(&format!("pid {me} ({BIN} holders {})", path.display())),
+        listed.ends_with(&format!("now held by pid {me} (this process)")),
         "{text}"
     );
-    assert!(!listed.contains("not visible"), "{text}");
 }
 
 #[test]
