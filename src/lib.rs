@@ -61,8 +61,11 @@
 //!
 //! # Every way to take a lock
 //! A path goes through [`LockOptions::open`] (or [`LockFile::open`] with
-//! the defaults) to a [`LockFile`], whose acquisitions combine with every
-//! option; the shortcuts open with the defaults.
+//! the defaults) to a [`LockFile`], and a `File` the caller opened goes
+//! through [`LockOptions::adopt`]; the file's acquisitions combine with
+//! every option. The shortcuts open with the defaults, creating the file
+//! when it is missing (`LockOptions::create(false)` locks only a file that
+//! exists).
 //!
 //! | call | waits | mode | on failure |
 //! |---|---|---|---|

@@ -232,6 +232,9 @@ impl LockOptions {
 
 /// An open lock file that holds no lock.
 ///
+/// Made from a path by [`LockFile::open`] or [`LockOptions::open`], or
+/// from an open [`File`] by [`LockOptions::adopt`].
+///
 /// Each `LockFile` is its own open file description, so two of them contend
 /// even within one process. Every acquisition consumes it and returns a
 /// [`LockGuard`]; a failure hands it back in a [`LockError`], open and
@@ -295,23 +298,13 @@ impl LockFile {
         LockOptions::new().open(path)
     }
 
-    /// Takes an open [`File`] with the default [`LockOptions`]; see
-    /// [`LockOptions::adopt`].
-    ///
-    /// # Errors
-    /// As [`LockOptions::adopt`]: the `File` comes back in the error.
-    ///
-    /// # Examples
-    /// ```
-    /// use flockguard::{Shared, LockFile};
-    /// # let dir = tempfile::tempdir().unwrap();
-    /// # let path = dir.path().join("app.lock");
-    /// let file = std::fs::File::create(&path)?;
-    /// let guard = LockFile::from_file(file)?.try_lock::<Shared>()?;
-    /// let file: std::fs::File = guard.unlock()?.into(); // back to std
-    /// # drop(file);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
+    /// The same call as `LockOptions::new().adopt(file)`, which is the one
+    /// way to adopt a `File`.
+    #[deprecated(
+        since = "0.3.0",
+        note = "use LockOptions::new().adopt(file), the one way to adopt a File"
+    )]
+    #[doc(hidden)]
     pub fn from_file(file: File) -> Result<LockFile, LockError<File>> {
         LockOptions::new().adopt(file)
     }

@@ -137,7 +137,7 @@ fn flock_failure_other_than_contention_is_a_flock_error() {
     let ebadf = Some(rustix::io::Errno::BADF.raw_os_error());
 
     // Uncontended: flock(2) rejects an O_PATH descriptor with EBADF.
-    let file = LockFile::from_file(o_path_file(&path)).unwrap();
+    let file = LockOptions::new().adopt(o_path_file(&path)).unwrap();
     let err = file.try_lock::<Exclusive>().unwrap_err();
     assert!(!err.is_would_block());
     match &err.error {

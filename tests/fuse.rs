@@ -195,7 +195,7 @@ fn an_adopted_file_on_fuse_is_refused() {
     let mount = mount_or_skip!("an_adopted_file_on_fuse_is_refused");
     let path = mount.mnt.join("adopted.lock");
     let file = File::create(&path).unwrap();
-    let err = LockFile::from_file(file).unwrap_err();
+    let err = LockOptions::new().adopt(file).unwrap_err();
     assert_fuse_refusal(&err.error, &path);
     // The caller created this file; the crate does not remove it.
     assert!(mount.backing.join("adopted.lock").exists());

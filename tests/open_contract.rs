@@ -340,7 +340,8 @@ fn directory_is_refused() {
         "{err:?}"
     );
     let err = no_leak(dir.path(), || {
-        LockFile::from_file(File::open(&sub).unwrap())
+        LockOptions::new()
+            .adopt(File::open(&sub).unwrap())
             .unwrap_err()
             .error
     });
@@ -394,7 +395,8 @@ fn character_device_is_refused() {
     let err = no_leak(dev_null, || try_flock::<Exclusive>(dev_null).unwrap_err());
     assert!(matches!(err, Error::NotRegularFile { .. }), "{err:?}");
     let err = no_leak(dev_null, || {
-        LockFile::from_file(File::open(dev_null).unwrap())
+        LockOptions::new()
+            .adopt(File::open(dev_null).unwrap())
             .unwrap_err()
             .error
     });
@@ -488,7 +490,7 @@ fn every_descriptor_has_cloexec_through_every_transition() {
 }
 
 #[test]
-fn from_file_sets_cloexec_on_an_inheritable_descriptor() {
+fn adopt_sets_cloexec_on_an_inheritable_descriptor() {
     let _serial = serial();
     let (_dir, path) = support::lock_path();
     let file = std::fs::OpenOptions::new()
@@ -506,9 +508,9 @@ fn from_file_sets_cloexec_on_an_inheritable_descriptor() {
     );
     let fd = file.as_raw_fd();
 
-    let adopted = LockFile::from_file(file).unwrap();
+    let adopted = LockOptions::new().adopt(file).unwrap();
     assert_eq!(adopted.as_raw_fd(), fd, "adopt keeps the descriptor");
-    assert!(support::is_cloexec(&adopted), "after from_file");
+    assert!(support::is_cloexec(&adopted), "after adopt");
     assert_eq!(adopted.path(), None);
     let guard = adopted.try_lock::<Exclusive>().unwrap();
     assert!(support::is_cloexec(&guard));
@@ -518,11 +520,12 @@ fn from_file_sets_cloexec_on_an_inheritable_descriptor() {
 }
 
 #[test]
-fn from_file_accepts_a_read_only_descriptor() {
+fn adopt_accepts_a_read_only_descriptor() {
     let _serial = serial();
     let (_dir, path) = support::lock_path();
     std::fs::write(&path, b"x").unwrap();
-    let guard = LockFile::from_file(File::open(&path).unwrap())
+    let guard = LockOptions::new()
+        .adopt(File::open(&path).unwrap())
         .unwrap()
         .try_lock::<Exclusive>()
         .unwrap();
@@ -603,7 +606,7 @@ fn a_refused_adoption_gives_the_callers_file_back() {
     let dev_null = std::path::Path::new("/dev/null");
     let file = File::open(dev_null).unwrap();
     let fd = file.as_raw_fd();
-    let err = LockFile::from_file(file).unwrap_err();
+    let err = LockOptions::new().adopt(file).unwrap_err();
     assert!(matches!(err.error, Error::NotRegularFile { .. }), "{err:?}");
     let file = err.into_inner();
     assert_eq!(file.as_raw_fd(), fd);

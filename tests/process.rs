@@ -11,7 +11,7 @@ use std::sync::{mpsc, Arc, Mutex, Once};
 use std::time::Duration;
 
 use flockguard::{
-    block_flock, try_flock, Error, Exclusive, FlockMode, LockFile, LockGuard, Shared,
+    block_flock, try_flock, Error, Exclusive, FlockMode, LockFile, LockGuard, LockOptions, Shared,
 };
 use support::{block_flock_mode, try_flock_mode};
 use support::{held_through, wait_until, Child};
@@ -655,7 +655,8 @@ fn a_guard_over_an_adopted_dup_releases_on_drop() {
     let (_dir, path) = support::lock_path();
     let callers = std::fs::File::create(&path).unwrap();
     let dup = callers.try_clone().unwrap();
-    let guard = LockFile::from_file(dup)
+    let guard = LockOptions::new()
+        .adopt(dup)
         .unwrap()
         .try_lock::<Exclusive>()
         .unwrap();
