@@ -245,156 +245,6 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-
-    // ---- PostgreSQL advisory locks (`flockguard::pg`) ----
-    /// No PostgreSQL session could be opened for the lock: the URL is
-    /// malformed, the server is unreachable or refused the login, or it is
-    /// older than PostgreSQL 14.
-    #[cfg(feature = "postgres")]
-    #[error("cannot open a PostgreSQL session for lock `{name}`; check the URL, that the server runs (PostgreSQL 14 or later) and accepts TCP connections from this host, and the role's credentials")]
-    PgConnect {
-        /// The lock name.
-        name: String,
-        /// The client's or the server's error.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-
-    /// The lock name cannot be used.
-    #[cfg(feature = "postgres")]
-    #[error("`{name}` is not usable as a PostgreSQL lock name: {reason}")]
-    PgInvalidName {
-        /// The name as given.
-        name: String,
-        /// What is wrong with it, as a lower-case clause.
-        reason: &'static str,
-    },
-
-    /// A non-blocking attempt found the PostgreSQL lock held in a
-    /// conflicting mode by another session.
-    #[cfg(feature = "postgres")]
-    #[error("advisory lock `{name}` is held by another PostgreSQL session; {mode} lock not taken")]
-    PgWouldBlock {
-        /// The lock name.
-        name: String,
-        /// The mode that was requested.
-        mode: FlockMode,
-    },
-
-    /// The server ended a wait for the PostgreSQL lock at its deadline
-    /// (`lock_timeout`, SQLSTATE 55P03).
-    #[cfg(feature = "postgres")]
-    #[error(
-        "timed out after {} waiting for {mode} PostgreSQL lock `{name}`{}",
-        DisplayDuration(*waited),
-        pg_holders_suffix(holders)
-    )]
-    PgTimeout {
-        /// The lock name.
-        name: String,
-        /// The mode that was requested.
-        mode: FlockMode,
-        /// How long the call waited.
-        waited: Duration,
-        /// Who held or waited for the lock when the wait ended (empty if
-        /// they could not be listed).
-        holders: Vec<crate::pg::PgHolder>,
-    },
-
-    /// A wait for the PostgreSQL lock was given up through its
-    /// [`CancelToken`](crate::CancelToken); the server-side wait was
-    /// cancelled, and a lock granted meanwhile was released.
-    #[cfg(feature = "postgres")]
-    #[error(
-        "gave up waiting for {mode} PostgreSQL lock `{name}` after {}: cancelled",
-        DisplayDuration(*waited)
-    )]
-    PgCancelled {
-        /// The lock name.
-        name: String,
-        /// The mode that was requested.
-        mode: FlockMode,
-        /// How long the call waited.
-        waited: Duration,
-    },
-
-    /// Upgrading the shared PostgreSQL lock would deadlock: another session
-    /// that also holds it shared waits to upgrade (SQLSTATE 40P01). The
-    /// shared lock is still held.
-    #[cfg(feature = "postgres")]
-    #[error("upgrading PostgreSQL lock `{name}` to exclusive would deadlock with another shared holder that is upgrading; the shared lock is still held: release it so the other upgrade can finish, then lock again")]
-    PgDeadlock {
-        /// The lock name.
-        name: String,
-        /// The server's error.
-        #[source]
-        source: tokio_postgres::Error,
-    },
-
-    /// The PostgreSQL session is gone or cannot be vouched for; every lock it
-    /// held must be assumed lost, and another client may hold it now.
-    #[cfg(feature = "postgres")]
-    #[error("{}: {reason}; {}", pg_lost_subject(name, *mode), pg_lost_hint(*mode))]
-    PgLost {
-        /// The lock name.
-        name: String,
-        /// The mode that was held, or `None` if the session held no lock.
-        mode: Option<FlockMode>,
-        /// What happened.
-        reason: crate::pg::PgLoss,
-        /// The client's error, if there was one.
-        #[source]
-        source: Option<tokio_postgres::Error>,
-    },
-
-    /// The fencing-token sequence `public.flockguard_fence` is missing and
-    /// this role may not create it, or the role may not use it.
-    #[cfg(feature = "postgres")]
-    #[error("cannot use the fencing sequence for PostgreSQL lock `{name}`: the role may not create or use `public.flockguard_fence`; have the database owner run `CREATE SEQUENCE IF NOT EXISTS public.flockguard_fence; GRANT USAGE ON SEQUENCE public.flockguard_fence TO PUBLIC;`")]
-    PgFencing {
-        /// The lock name.
-        name: String,
-        /// The server's error.
-        #[source]
-        source: tokio_postgres::Error,
-    },
-
-    /// The server refused a statement for another reason.
-    #[cfg(feature = "postgres")]
-    #[error("the PostgreSQL server refused a statement for lock `{name}`")]
-    PgQuery {
-        /// The lock name.
-        name: String,
-        /// The server's error.
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    // ---- end of PostgreSQL advisory locks ----
-}
-
-#[cfg(feature = "postgres")]
-fn pg_holders_suffix(holders: &[crate::pg::PgHolder]) -> String {
-    if holders.is_empty() {
-        return "; no holder visible in pg_locks".to_owned();
-    }
-    let list: Vec<String> = holders.iter().map(ToString::to_string).collect();
-    format!("; {}", list.join(", "))
-}
-
-#[cfg(feature = "postgres")]
-fn pg_lost_subject(name: &str, mode: Option<FlockMode>) -> String {
-    match mode {
-        Some(mode) => format!("{mode} PostgreSQL lock `{name}` is lost"),
-        None => format!("the PostgreSQL session for lock `{name}` is lost"),
-    }
-}
-
-#[cfg(feature = "postgres")]
-fn pg_lost_hint(mode: Option<FlockMode>) -> &'static str {
-    match mode {
-        Some(_) => "another client may hold it now: stop the work it protects, then lock again (which reconnects)",
-        None => "lock again, which reconnects",
-    }
 }
 
 /// What [`Error::NotRegularFile`] found at the path.
@@ -531,37 +381,19 @@ fn name_too_long_hint(path: &Path) -> &'static str {
 }
 
 impl Error {
-    /// Whether this is [`Error::WouldBlock`] (or, for PostgreSQL locks,
-    /// `Error::PgWouldBlock`): the lock is held elsewhere.
+    /// Whether this is [`Error::WouldBlock`]: the lock is held elsewhere.
     pub fn is_would_block(&self) -> bool {
-        match self {
-            Error::WouldBlock { .. } => true,
-            #[cfg(feature = "postgres")]
-            Error::PgWouldBlock { .. } => true,
-            _ => false,
-        }
+        matches!(self, Error::WouldBlock { .. })
     }
 
-    /// Whether a timed wait ended at its deadline ([`Error::Timeout`], or
-    /// for PostgreSQL locks `Error::PgTimeout`).
+    /// Whether a timed wait ended at its deadline ([`Error::Timeout`]).
     pub fn is_timeout(&self) -> bool {
-        match self {
-            Error::Timeout { .. } => true,
-            #[cfg(feature = "postgres")]
-            Error::PgTimeout { .. } => true,
-            _ => false,
-        }
+        matches!(self, Error::Timeout { .. })
     }
 
-    /// Whether a wait was cancelled ([`Error::Cancelled`], or for
-    /// PostgreSQL locks `Error::PgCancelled`).
+    /// Whether a wait was cancelled ([`Error::Cancelled`]).
     pub fn is_cancelled(&self) -> bool {
-        match self {
-            Error::Cancelled { .. } => true,
-            #[cfg(feature = "postgres")]
-            Error::PgCancelled { .. } => true,
-            _ => false,
-        }
+        matches!(self, Error::Cancelled { .. })
     }
 
     /// Whether the filesystem was refused ([`Error::RemoteFs`]).
@@ -590,8 +422,7 @@ impl Error {
         }
     }
 
-    /// The lock file path this error is about; for the PostgreSQL errors,
-    /// the lock name.
+    /// The lock file path this error is about.
     pub fn path(&self) -> &Path {
         match self {
             Error::RemoteFs { path, .. }
@@ -613,17 +444,6 @@ impl Error {
             | Error::Timeout { path, .. }
             | Error::Cancelled { path, .. }
             | Error::Holders { path, .. } => path,
-            // ---- PostgreSQL: the lock name stands in for the path ----
-            #[cfg(feature = "postgres")]
-            Error::PgConnect { name, .. }
-            | Error::PgInvalidName { name, .. }
-            | Error::PgWouldBlock { name, .. }
-            | Error::PgTimeout { name, .. }
-            | Error::PgCancelled { name, .. }
-            | Error::PgDeadlock { name, .. }
-            | Error::PgLost { name, .. }
-            | Error::PgFencing { name, .. }
-            | Error::PgQuery { name, .. } => Path::new(name.as_str()),
         }
     }
 
@@ -657,23 +477,6 @@ impl Error {
             Error::Timeout { .. } => io::ErrorKind::TimedOut,
             // Not Interrupted: std's retry loops would treat it as "try again".
             Error::Cancelled { .. } => io::ErrorKind::Other,
-            // ---- PostgreSQL ----
-            #[cfg(feature = "postgres")]
-            Error::PgConnect { .. } => io::ErrorKind::NotConnected,
-            #[cfg(feature = "postgres")]
-            Error::PgInvalidName { .. } => io::ErrorKind::InvalidInput,
-            #[cfg(feature = "postgres")]
-            Error::PgWouldBlock { .. } => io::ErrorKind::WouldBlock,
-            #[cfg(feature = "postgres")]
-            Error::PgTimeout { .. } => io::ErrorKind::TimedOut,
-            #[cfg(feature = "postgres")]
-            Error::PgCancelled { .. } | Error::PgDeadlock { .. } | Error::PgQuery { .. } => {
-                io::ErrorKind::Other
-            }
-            #[cfg(feature = "postgres")]
-            Error::PgLost { .. } => io::ErrorKind::ConnectionAborted,
-            #[cfg(feature = "postgres")]
-            Error::PgFencing { .. } => io::ErrorKind::PermissionDenied,
         }
     }
 }
@@ -712,16 +515,19 @@ impl From<Error> for io::Error {
 /// let _guard = err.into_inner().try_lock::<Exclusive>()?; // same descriptor
 /// # Ok::<(), flockguard::Error>(())
 /// ```
+///
+/// The PostgreSQL backend hands its session back in the same shape, with
+/// its own error type: `LockError<PgLock, flockguard::pg::Error>`.
 #[derive(Debug)]
-pub struct LockError<T> {
+pub struct LockError<T, E = Error> {
     /// What went wrong.
-    pub error: Error,
+    pub error: E,
     /// The handle, usable again.
     pub handle: T,
 }
 
-impl<T> LockError<T> {
-    pub(crate) fn new(error: Error, handle: T) -> Self {
+impl<T, E> LockError<T, E> {
+    pub(crate) fn new(error: E, handle: T) -> Self {
         LockError { error, handle }
     }
 
@@ -731,10 +537,12 @@ impl<T> LockError<T> {
     }
 
     /// Splits into the error and the handle.
-    pub fn into_parts(self) -> (Error, T) {
+    pub fn into_parts(self) -> (E, T) {
         (self.error, self.handle)
     }
+}
 
+impl<T> LockError<T> {
     /// Whether the lock is held elsewhere ([`Error::is_would_block`]).
     pub fn is_would_block(&self) -> bool {
         self.error.is_would_block()
@@ -751,15 +559,15 @@ impl<T> LockError<T> {
     }
 }
 
-impl<T> fmt::Display for LockError<T> {
+impl<T, E: fmt::Display> fmt::Display for LockError<T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.error, f)
     }
 }
 
-impl<T: fmt::Debug> std::error::Error for LockError<T> {
+impl<T: fmt::Debug, E: std::error::Error> std::error::Error for LockError<T, E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        std::error::Error::source(&self.error)
+        self.error.source()
     }
 }
 

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flockguard::pg::{self, PgGuard, PgLock, PgLoss};
-use flockguard::{CancelToken, Error, Exclusive, FlockMode, Shared, Wait};
+use flockguard::pg::{self, Error, ErrorKind, PgGuard, PgLock, PgLoss};
+use flockguard::{CancelToken, Exclusive, FlockMode, Shared, Wait};
 use support::Child;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -157,13 +157,8 @@ fn two_handles_in_one_process_contend() {
     assert!(err.to_string().contains(&name), "{err}");
     let b = err.into_inner();
     let err = b.try_lock::<Shared>().unwrap_err();
-    assert!(matches!(
-        err.error,
-        Error::PgWouldBlock {
-            mode: FlockMode::Shared,
-            ..
-        }
-    ));
+    assert!(err.is_would_block());
+    assert_eq!(err.error.mode(), Some(FlockMode::Shared));
     let b = err.into_inner();
     let first = held.fencing_token();
     assert!(held.is_held().unwrap());
@@ -330,7 +325,7 @@ fn two_upgrading_readers_deadlock_and_the_loser_keeps_its_shared_lock() {
         std::thread::sleep(Duration::from_millis(5));
     };
     let err = loser.unwrap_err();
-    assert!(matches!(err.error, Error::PgDeadlock { .. }), "{err}");
+    assert_eq!(err.error.kind(), ErrorKind::Deadlock, "{err}");
     assert!(err.to_string().contains(&name));
     let kept = err.into_inner();
     assert!(
@@ -381,12 +376,9 @@ fn the_server_enforces_the_deadline_and_reports_the_holders() {
     assert!(got.is_held().unwrap());
 }
 
-/// The holders an `Error::PgTimeout` carries; empty for other errors.
+/// The holders a timeout error carries; empty for other errors.
 fn pg_holders(err: &Error) -> Vec<pg::PgHolder> {
-    match err {
-        Error::PgTimeout { holders, .. } => holders.clone(),
-        _ => Vec::new(),
-    }
+    err.holders().to_vec()
 }
 
 #[test]
@@ -662,18 +654,10 @@ fn a_terminated_session_is_reported_lost_and_the_lock_goes_to_a_waiter() {
     );
     assert!(got.fencing_token() > first);
     let err = held.is_held().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PgLost {
-                mode: Some(FlockMode::Exclusive),
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(err.is_lost(), "{err}");
+    assert_eq!(err.mode(), Some(FlockMode::Exclusive), "{err}");
     let err = held.unlock().unwrap_err();
-    assert!(matches!(err.error, Error::PgLost { .. }), "{err}");
+    assert!(err.is_lost(), "{err}");
     // The handle reconnects at its next acquisition.
     drop(got);
     let again = err.into_inner().lock_timeout::<Exclusive>(WAIT).unwrap();
@@ -803,20 +787,14 @@ fn a_partitioned_holder_loses_the_lock_within_the_bound() {
     eprintln!("partition: the holder's is_held() failed {after:?} after the cut");
     let err = answer.unwrap_err();
     assert!(
-        matches!(
-            err,
-            Error::PgLost {
-                reason: PgLoss::NoAnswer(_),
-                ..
-            }
-        ),
+        matches!(err.kind(), ErrorKind::Lost(PgLoss::NoAnswer(_))),
         "{err}"
     );
     assert!(after <= Duration::from_secs(8), "{after:?}");
     let err = held.is_held().unwrap_err();
-    assert!(matches!(err, Error::PgLost { .. }), "{err}");
+    assert!(err.is_lost(), "{err}");
     let err = held.unlock().unwrap_err();
-    assert!(matches!(err.error, Error::PgLost { .. }), "{err}");
+    assert!(err.is_lost(), "{err}");
     drop(proxy);
 }
 
@@ -1065,18 +1043,10 @@ fn a_server_restart_is_reported_lost_and_the_handle_reconnects() {
     let first = held.fencing_token();
     own.restart();
     let err = held.is_held().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PgLost {
-                mode: Some(FlockMode::Exclusive),
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(err.is_lost(), "{err}");
+    assert_eq!(err.mode(), Some(FlockMode::Exclusive), "{err}");
     let err = held.unlock().unwrap_err();
-    assert!(matches!(err.error, Error::PgLost { .. }), "{err}");
+    assert!(err.is_lost(), "{err}");
     let again = err.into_inner().try_lock::<Exclusive>().unwrap();
     assert!(again.fencing_token() > first, "tokens survive a restart");
     assert!(again.is_held().unwrap());
@@ -1107,7 +1077,7 @@ fn a_role_that_cannot_create_the_sequence_is_told_what_to_run() {
     let port = config.get_ports()[0];
     let limited = format!("host={host} port={port} user={role} dbname={db}");
     let err = PgLock::connect(&limited, "fenced").unwrap_err();
-    assert!(matches!(err, Error::PgFencing { .. }), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Fencing, "{err}");
     let msg = err.to_string();
     assert!(
         msg.contains("`fenced`")

@@ -19,7 +19,7 @@
 //! assert!(reader.is_held()?);
 //! let again = reader.unlock()?; // the session, for the next acquisition
 //! # drop(again); let _ = token;
-//! # Ok::<(), flockguard::Error>(())
+//! # Ok::<(), flockguard::pg::Error>(())
 //! ```
 //!
 //! # Transitions
@@ -27,7 +27,7 @@
 //! |---|---|
 //! | [`PgGuard::downgrade`] | takes shared, then drops exclusive, in one statement: never unlocked |
 //! | [`PgGuard::try_upgrade`] | tries exclusive while keeping shared; on contention the shared lock is **kept** |
-//! | [`PgGuard::upgrade`] | waits for exclusive while keeping shared; a deadlock with another upgrader fails one of them with [`Error::PgDeadlock`], which keeps its shared lock |
+//! | [`PgGuard::upgrade`] | waits for exclusive while keeping shared; a deadlock with another upgrader fails one of them with [`ErrorKind::Deadlock`], which keeps its shared lock |
 //! | [`PgGuard::unlock`] | `pg_advisory_unlock[_shared]`; the session is kept |
 //! | drop | closes the session, which frees its locks |
 //!
@@ -38,13 +38,14 @@
 //! `SELECT 1` every 2 s, so a client cut off from the server loses its locks
 //! within 10 s). The client learns of a loss at its next round trip:
 //! [`PgGuard::is_held`] and [`PgGuard::unlock`] then fail with
-//! [`Error::PgLost`]. A round trip that gets no answer within 5–7 s abandons
+//! [`ErrorKind::Lost`]. A round trip that gets no answer within 5–7 s abandons
 //! the session. See `docs/postgres.md` for the guarantees and their limits.
 //!
 //! # Names
 //! A name maps to the `bigint` key [`lock_key`] documents, with the SQL that
 //! takes the same lock from `psql`.
 
+mod error;
 mod holder;
 mod key;
 mod session;
@@ -53,6 +54,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
+pub use error::{Error, ErrorKind};
 pub use holder::{PgHolder, PgLoss};
 pub use key::lock_key;
 
@@ -60,7 +62,7 @@ use session::{ConnectError, Failure, Grant, Op, Session};
 
 use crate::mode::{Exclusive, FlockMode, Mode, Shared};
 use crate::wait::Deadline;
-use crate::{CancelToken, Error, LockError, Wait};
+use crate::{CancelToken, LockError, Wait};
 
 /// One PostgreSQL session for one lock name, holding no lock.
 ///
@@ -98,24 +100,19 @@ impl PgLock {
     /// if it is missing (and grants its use to every role).
     ///
     /// # Errors
-    /// [`Error::PgInvalidName`] for an empty name; [`Error::PgConnect`] if the
+    /// [`ErrorKind::InvalidName`] for an empty name; [`ErrorKind::Connect`] if the
     /// URL is malformed, the server cannot be reached within 10 s or refuses
-    /// the login, or is older than PostgreSQL 14; [`Error::PgFencing`] if
+    /// the login, or is older than PostgreSQL 14; [`ErrorKind::Fencing`] if
     /// the sequence is missing and the role may not create it.
     ///
     /// # Examples
     /// ```no_run
     /// let lock = flockguard::pg::PgLock::connect("host=db.internal user=app", "nightly")?;
     /// # drop(lock);
-    /// # Ok::<(), flockguard::Error>(())
+    /// # Ok::<(), flockguard::pg::Error>(())
     /// ```
     pub fn connect(url: &str, name: &str) -> Result<PgLock, Error> {
-        if name.is_empty() {
-            return Err(Error::PgInvalidName {
-                name: String::new(),
-                reason: "the name is empty",
-            });
-        }
+        check_name(name)?;
         let mut lock = PgLock {
             target: Box::new(Target {
                 name: name.to_owned(),
@@ -147,22 +144,22 @@ impl PgLock {
     /// conflicting mode, without waiting.
     ///
     /// # Errors
-    /// [`Error::PgWouldBlock`] on contention; the connection and query
+    /// [`ErrorKind::WouldBlock`] on contention; the connection and query
     /// errors of [`lock`](Self::lock). The `PgLock` comes back in every case.
     #[doc(alias = "pg_try_advisory_lock")]
-    pub fn try_lock<M: Mode>(self) -> Result<PgGuard<M>, LockError<PgLock>> {
+    pub fn try_lock<M: Mode>(self) -> Result<PgGuard<M>, LockError<PgLock, Error>> {
         self.acquire(Op::Try(M::MODE), None, None)
     }
 
     /// Waits until the lock can be taken in mode `M`.
     ///
     /// # Errors
-    /// [`Error::PgLost`] if the session was lost while waiting (the next
-    /// call reconnects); [`Error::PgConnect`] if a lost session could not be
-    /// reopened; [`Error::PgFencing`] if the role may not draw a fencing
-    /// token; [`Error::PgQuery`] for other server errors.
+    /// [`ErrorKind::Lost`] if the session was lost while waiting (the next
+    /// call reconnects); [`ErrorKind::Connect`] if a lost session could not be
+    /// reopened; [`ErrorKind::Fencing`] if the role may not draw a fencing
+    /// token; [`ErrorKind::Query`] for other server errors.
     #[doc(alias = "pg_advisory_lock")]
-    pub fn lock<M: Mode>(self) -> Result<PgGuard<M>, LockError<PgLock>> {
+    pub fn lock<M: Mode>(self) -> Result<PgGuard<M>, LockError<PgLock, Error>> {
         self.acquire(Op::Wait(M::MODE), None, None)
     }
 
@@ -170,9 +167,12 @@ impl PgLock {
     /// the deadline (`lock_timeout`, rounded up to a millisecond).
     ///
     /// # Errors
-    /// [`Error::PgTimeout`] at the deadline, listing the holders; otherwise
+    /// [`ErrorKind::Timeout`] at the deadline, listing the holders; otherwise
     /// as [`lock`](Self::lock).
-    pub fn lock_timeout<M: Mode>(self, timeout: Duration) -> Result<PgGuard<M>, LockError<PgLock>> {
+    pub fn lock_timeout<M: Mode>(
+        self,
+        timeout: Duration,
+    ) -> Result<PgGuard<M>, LockError<PgLock, Error>> {
         self.acquire(Op::Wait(M::MODE), Some(timeout), None)
     }
 
@@ -181,7 +181,10 @@ impl PgLock {
     ///
     /// # Errors
     /// As [`lock_timeout`](Self::lock_timeout).
-    pub fn lock_until<M: Mode>(self, deadline: Instant) -> Result<PgGuard<M>, LockError<PgLock>> {
+    pub fn lock_until<M: Mode>(
+        self,
+        deadline: Instant,
+    ) -> Result<PgGuard<M>, LockError<PgLock, Error>> {
         let left = deadline.saturating_duration_since(Instant::now());
         self.acquire(Op::Wait(M::MODE), Some(left), None)
     }
@@ -197,7 +200,7 @@ impl PgLock {
     /// file locks, are not used.
     ///
     /// # Errors
-    /// [`Error::PgCancelled`] after a cancel; [`Error::PgWouldBlock`] for
+    /// [`ErrorKind::Cancelled`] after a cancel; [`ErrorKind::WouldBlock`] for
     /// [`Wait::none`] on contention; otherwise as
     /// [`lock_timeout`](Self::lock_timeout).
     ///
@@ -208,9 +211,12 @@ impl PgLock {
     /// let lock = PgLock::connect("host=db.internal user=app", "nightly")?;
     /// let guard = lock.lock_with::<Exclusive>(Wait::forever().cancel(token.clone()))?;
     /// # drop(guard);
-    /// # Ok::<(), flockguard::Error>(())
+    /// # Ok::<(), flockguard::pg::Error>(())
     /// ```
-    pub fn lock_with<M: Mode>(self, wait: Wait<'_>) -> Result<PgGuard<M>, LockError<PgLock>> {
+    pub fn lock_with<M: Mode>(
+        self,
+        wait: Wait<'_>,
+    ) -> Result<PgGuard<M>, LockError<PgLock, Error>> {
         let token = wait.cancel.as_ref();
         match wait.deadline {
             Deadline::None => self.acquire(Op::Try(M::MODE), None, token),
@@ -226,7 +232,7 @@ impl PgLock {
     /// Everyone holding or waiting for this lock, on this session.
     ///
     /// # Errors
-    /// [`Error::PgLost`], [`Error::PgConnect`] or [`Error::PgQuery`] as for
+    /// [`ErrorKind::Lost`], [`ErrorKind::Connect`] or [`ErrorKind::Query`] as for
     /// [`lock`](Self::lock).
     pub fn holders(&mut self) -> Result<Vec<PgHolder>, Error> {
         let key = self.key;
@@ -254,25 +260,14 @@ impl PgLock {
             self.session = None;
         }
         if self.session.is_none() {
-            let session = Session::open(&self.target.url).map_err(|err| match err {
-                ConnectError::Connect(source) => Error::PgConnect {
-                    name: self.target.name.clone(),
-                    source,
-                },
-                ConnectError::Fencing(source) => Error::PgFencing {
-                    name: self.target.name.clone(),
-                    source,
-                },
-            })?;
+            let session =
+                Session::open(&self.target.url).map_err(|e| e.into_error(&self.target.name))?;
             self.session = Some(Box::new(session));
         }
         // Just set when it was None.
-        self.session.as_deref().ok_or_else(|| Error::PgLost {
-            name: self.target.name.clone(),
-            mode: None,
-            reason: PgLoss::Closed,
-            source: None,
-        })
+        self.session
+            .as_deref()
+            .ok_or_else(|| Error::new(ErrorKind::Lost(PgLoss::Closed), &self.target.name))
     }
 
     /// Turns a failed round trip into the crate's error; a lost session is
@@ -284,35 +279,22 @@ impl PgLock {
         wanted: Option<FlockMode>,
         waited: Duration,
     ) -> Error {
-        let name = self.target.name.clone();
-        let mode = wanted.unwrap_or(FlockMode::Exclusive);
-        match failure {
-            Failure::Lost(reason, source) => {
-                if held.is_none() {
-                    self.session = None;
-                }
-                Error::PgLost {
-                    name,
-                    mode: held,
-                    reason,
-                    source,
-                }
-            }
-            Failure::Timeout => Error::PgTimeout {
-                holders: self
-                    .session
-                    .as_ref()
-                    .and_then(|s| s.holders(self.key).ok())
-                    .unwrap_or_default(),
-                name,
-                mode,
-                waited,
-            },
-            Failure::Deadlock(source) => Error::PgDeadlock { name, source },
-            Failure::Cancelled => Error::PgCancelled { name, mode, waited },
-            Failure::Privilege(source) => Error::PgFencing { name, source },
-            Failure::Other(source) => Error::PgQuery { name, source },
+        if matches!(failure, Failure::Lost(..)) && held.is_none() {
+            self.session = None;
         }
+        let (session, key) = (self.session.as_deref(), self.key);
+        failure_error(
+            failure,
+            &self.target.name,
+            held,
+            wanted.unwrap_or(FlockMode::Exclusive),
+            waited,
+            || {
+                session
+                    .and_then(|s| s.holders(key).ok())
+                    .unwrap_or_default()
+            },
+        )
     }
 
     fn acquire<M: Mode>(
@@ -320,15 +302,12 @@ impl PgLock {
         op: Op,
         timeout: Option<Duration>,
         token: Option<&CancelToken>,
-    ) -> Result<PgGuard<M>, LockError<PgLock>> {
+    ) -> Result<PgGuard<M>, LockError<PgLock, Error>> {
         let start = Instant::now();
         let key = self.key;
         if token.is_some_and(CancelToken::is_cancelled) {
-            let error = Error::PgCancelled {
-                name: self.target.name.clone(),
-                mode: M::MODE,
-                waited: Duration::ZERO,
-            };
+            let error =
+                Error::new(ErrorKind::Cancelled, &self.target.name).with_mode(Some(M::MODE));
             return Err(LockError {
                 error,
                 handle: self,
@@ -349,10 +328,7 @@ impl PgLock {
                 token: fence,
             }) => Ok(PgGuard::new(self, fence)),
             Ok(Grant { granted: false, .. }) => {
-                let error = Error::PgWouldBlock {
-                    name: self.target.name.clone(),
-                    mode: M::MODE,
-                };
+                let error = would_block(&self.target.name, M::MODE);
                 Err(LockError {
                     error,
                     handle: self,
@@ -445,47 +421,40 @@ impl<M: Mode> PgGuard<M> {
     /// Asks the server whether this session still holds the lock.
     ///
     /// # Errors
-    /// [`Error::PgLost`] if the session is gone, or did not answer within
-    /// 5–7 s (the lock must then be assumed lost); [`Error::PgQuery`] for other
+    /// [`ErrorKind::Lost`] if the session is gone, or did not answer within
+    /// 5–7 s (the lock must then be assumed lost); [`ErrorKind::Query`] for other
     /// server errors.
     pub fn is_held(&self) -> Result<bool, Error> {
         let lock = self.inner();
         let session = lock
             .session
             .as_ref()
-            .ok_or_else(|| self.lost(PgLoss::Closed, None))?;
-        session.holds(M::MODE, lock.key).map_err(|f| match f {
-            Failure::Lost(reason, source) => self.lost(reason, source),
-            Failure::Other(source) | Failure::Privilege(source) | Failure::Deadlock(source) => {
-                Error::PgQuery {
-                    name: lock.target.name.clone(),
-                    source,
-                }
-            }
-            Failure::Timeout | Failure::Cancelled => {
-                self.lost(PgLoss::NoAnswer(session::ROUND_TRIP), None)
-            }
+            .ok_or_else(|| self.lost(PgLoss::Closed))?;
+        session.holds(M::MODE, lock.key).map_err(|f| {
+            failure_error(
+                f,
+                self.name(),
+                Some(M::MODE),
+                M::MODE,
+                Duration::ZERO,
+                Vec::new,
+            )
         })
     }
 
-    fn lost(&self, reason: PgLoss, source: Option<tokio_postgres::Error>) -> Error {
-        Error::PgLost {
-            name: self.name().to_owned(),
-            mode: Some(M::MODE),
-            reason,
-            source,
-        }
+    fn lost(&self, reason: PgLoss) -> Error {
+        Error::new(ErrorKind::Lost(reason), self.name()).with_mode(Some(M::MODE))
     }
 
     /// Releases the lock and returns the session for the next acquisition.
     ///
     /// # Errors
-    /// [`Error::PgLost`] if the lock was lost before this call: the session
+    /// [`ErrorKind::Lost`] if the lock was lost before this call: the session
     /// ended or did not answer ([`PgLoss::Closed`], [`PgLoss::NoAnswer`]), or
     /// it no longer held the lock ([`PgLoss::NotHeld`]). The `PgLock` comes
     /// back, and reconnects at its next acquisition.
     #[doc(alias = "pg_advisory_unlock")]
-    pub fn unlock(self) -> Result<PgLock, LockError<PgLock>> {
+    pub fn unlock(self) -> Result<PgLock, LockError<PgLock, Error>> {
         let mut lock = self.into_lock();
         let result = match &lock.session {
             Some(session) => session.release(M::MODE, lock.key),
@@ -494,12 +463,8 @@ impl<M: Mode> PgGuard<M> {
         match result {
             Ok(true) => Ok(lock),
             Ok(false) => Err(LockError {
-                error: Error::PgLost {
-                    name: lock.target.name.clone(),
-                    mode: Some(M::MODE),
-                    reason: PgLoss::NotHeld,
-                    source: None,
-                },
+                error: Error::new(ErrorKind::Lost(PgLoss::NotHeld), &lock.target.name)
+                    .with_mode(Some(M::MODE)),
                 handle: lock,
             }),
             Err(failure) => {
@@ -520,7 +485,7 @@ impl<M: Mode> PgGuard<M> {
         self,
         op: Op,
         timeout: Option<Duration>,
-    ) -> Result<PgGuard<N>, LockError<PgGuard<M>>> {
+    ) -> Result<PgGuard<N>, LockError<PgGuard<M>, Error>> {
         let start = Instant::now();
         let lock = self.inner();
         let result = match &lock.session {
@@ -534,38 +499,26 @@ impl<M: Mode> PgGuard<M> {
                 ..
             }) => Ok(self.into_mode(token)),
             Ok(Grant { granted: false, .. }) => {
-                let error = Error::PgWouldBlock {
-                    name: lock.target.name.clone(),
-                    mode: N::MODE,
-                };
+                let error = would_block(&lock.target.name, N::MODE);
                 Err(LockError {
                     error,
                     handle: self,
                 })
             }
             Err(failure) => {
-                let name = lock.target.name.clone();
-                let error = match failure {
-                    Failure::Lost(reason, source) => self.lost(reason, source),
-                    Failure::Timeout => Error::PgTimeout {
-                        holders: lock
-                            .session
-                            .as_ref()
+                let session = lock.session.as_deref();
+                let error = failure_error(
+                    failure,
+                    &lock.target.name,
+                    Some(M::MODE),
+                    N::MODE,
+                    start.elapsed(),
+                    || {
+                        session
                             .and_then(|s| s.holders(lock.key).ok())
-                            .unwrap_or_default(),
-                        name,
-                        mode: N::MODE,
-                        waited: start.elapsed(),
+                            .unwrap_or_default()
                     },
-                    Failure::Deadlock(source) => Error::PgDeadlock { name, source },
-                    Failure::Cancelled => Error::PgCancelled {
-                        name,
-                        mode: N::MODE,
-                        waited: start.elapsed(),
-                    },
-                    Failure::Privilege(source) => Error::PgFencing { name, source },
-                    Failure::Other(source) => Error::PgQuery { name, source },
-                };
+                );
                 Err(LockError {
                     error,
                     handle: self,
@@ -590,8 +543,8 @@ impl PgGuard<Exclusive> {
     /// fencing token.
     ///
     /// # Errors
-    /// [`Error::PgLost`] if the session was lost; the guard comes back.
-    pub fn downgrade(self) -> Result<PgGuard<Shared>, LockError<PgGuard<Exclusive>>> {
+    /// [`ErrorKind::Lost`] if the session was lost; the guard comes back.
+    pub fn downgrade(self) -> Result<PgGuard<Shared>, LockError<PgGuard<Exclusive>, Error>> {
         self.transition(Op::Downgrade, None)
     }
 }
@@ -602,7 +555,7 @@ impl PgGuard<Shared> {
     /// still holding it.
     ///
     /// # Errors
-    /// [`Error::PgWouldBlock`] on contention; [`Error::PgLost`] if the
+    /// [`ErrorKind::WouldBlock`] on contention; [`ErrorKind::Lost`] if the
     /// session was lost.
     ///
     /// ```compile_fail
@@ -610,7 +563,7 @@ impl PgGuard<Shared> {
     /// let _ = g.try_upgrade(); // only a shared guard upgrades
     /// # }
     /// ```
-    pub fn try_upgrade(self) -> Result<PgGuard<Exclusive>, LockError<PgGuard<Shared>>> {
+    pub fn try_upgrade(self) -> Result<PgGuard<Exclusive>, LockError<PgGuard<Shared>, Error>> {
         self.transition(Op::TryUpgrade, None)
     }
 
@@ -618,11 +571,11 @@ impl PgGuard<Shared> {
     /// releases the shared one.
     ///
     /// # Errors
-    /// [`Error::PgDeadlock`] when another shared holder is upgrading too: the
+    /// [`ErrorKind::Deadlock`] when another shared holder is upgrading too: the
     /// server fails one of the two (after `deadlock_timeout`, 1 s by default),
     /// and that one keeps its shared lock in the returned guard.
-    /// [`Error::PgLost`] if the session was lost.
-    pub fn upgrade(self) -> Result<PgGuard<Exclusive>, LockError<PgGuard<Shared>>> {
+    /// [`ErrorKind::Lost`] if the session was lost.
+    pub fn upgrade(self) -> Result<PgGuard<Exclusive>, LockError<PgGuard<Shared>, Error>> {
         self.transition(Op::Upgrade, None)
     }
 
@@ -630,12 +583,12 @@ impl PgGuard<Shared> {
     /// the server); at the deadline the shared lock is still held.
     ///
     /// # Errors
-    /// [`Error::PgTimeout`] at the deadline; otherwise as
+    /// [`ErrorKind::Timeout`] at the deadline; otherwise as
     /// [`upgrade`](Self::upgrade).
     pub fn upgrade_timeout(
         self,
         timeout: Duration,
-    ) -> Result<PgGuard<Exclusive>, LockError<PgGuard<Shared>>> {
+    ) -> Result<PgGuard<Exclusive>, LockError<PgGuard<Shared>, Error>> {
         self.transition(Op::Upgrade, Some(timeout))
     }
 }
@@ -647,7 +600,7 @@ impl PgGuard<Shared> {
 /// the lock was granted; for a waiter `since` is the start of its wait.
 ///
 /// # Errors
-/// [`Error::PgInvalidName`] for an empty name; [`Error::PgConnect`] if no
+/// [`ErrorKind::InvalidName`] for an empty name; [`ErrorKind::Connect`] if no
 /// session could be opened or the query failed.
 ///
 /// # Examples
@@ -655,25 +608,61 @@ impl PgGuard<Shared> {
 /// for holder in flockguard::pg::holders("host=db.internal user=app", "nightly")? {
 ///     println!("{holder}");
 /// }
-/// # Ok::<(), flockguard::Error>(())
+/// # Ok::<(), flockguard::pg::Error>(())
 /// ```
 pub fn holders(url: &str, name: &str) -> Result<Vec<PgHolder>, Error> {
+    check_name(name)?;
+    session::holders_once(url, lock_key(name)).map_err(|e| e.into_error(name))
+}
+
+fn check_name(name: &str) -> Result<(), Error> {
     if name.is_empty() {
-        return Err(Error::PgInvalidName {
-            name: String::new(),
-            reason: "the name is empty",
-        });
+        return Err(Error::new(ErrorKind::InvalidName, name).with_detail("the name is empty"));
     }
-    session::holders_once(url, lock_key(name)).map_err(|err| match err {
-        ConnectError::Connect(source) => Error::PgConnect {
-            name: name.to_owned(),
-            source,
-        },
-        ConnectError::Fencing(source) => Error::PgFencing {
-            name: name.to_owned(),
-            source,
-        },
-    })
+    Ok(())
+}
+
+fn would_block(name: &str, mode: FlockMode) -> Error {
+    Error::new(ErrorKind::WouldBlock, name).with_mode(Some(mode))
+}
+
+/// The one mapping from a failed round trip to the error: `held` is the
+/// mode a guard held (a loss names it), `wanted` the mode asked for.
+fn failure_error(
+    failure: Failure,
+    name: &str,
+    held: Option<FlockMode>,
+    wanted: FlockMode,
+    waited: Duration,
+    holders: impl FnOnce() -> Vec<PgHolder>,
+) -> Error {
+    let error = |kind| Error::new(kind, name).with_mode(Some(wanted));
+    match failure {
+        Failure::Lost(reason, source) => Error::new(ErrorKind::Lost(reason), name)
+            .with_mode(held)
+            .with_source(source),
+        Failure::Timeout => error(ErrorKind::Timeout)
+            .with_waited(waited)
+            .with_holders(holders()),
+        Failure::Cancelled => error(ErrorKind::Cancelled).with_waited(waited),
+        Failure::Deadlock(source) => error(ErrorKind::Deadlock).with_source(Some(source)),
+        Failure::Privilege(source) => error(ErrorKind::Fencing).with_source(Some(source)),
+        Failure::Other(source) => error(ErrorKind::Query).with_source(Some(source)),
+    }
+}
+
+impl ConnectError {
+    /// The one mapping from a failed connect to the error.
+    fn into_error(self, name: &str) -> Error {
+        match self {
+            ConnectError::Connect(source) => {
+                Error::new(ErrorKind::Connect, name).with_source(Some(source))
+            }
+            ConnectError::Fencing(source) => {
+                Error::new(ErrorKind::Fencing, name).with_source(Some(source))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -688,14 +677,14 @@ mod tests {
         assert_send_sync::<PgHolder>();
         assert_send_sync::<PgGuard<Exclusive>>();
         assert_send_sync::<PgGuard<Shared>>();
-        assert_send_sync::<LockError<PgLock>>();
+        assert_send_sync::<LockError<PgLock, Error>>();
         assert_send_sync::<Error>();
     }
 
     #[test]
     fn empty_names_are_refused_before_connecting() {
         let err = PgLock::connect("host=/nonexistent", "").unwrap_err();
-        assert!(matches!(err, Error::PgInvalidName { .. }), "{err}");
+        assert_eq!(err.kind(), ErrorKind::InvalidName);
         assert_eq!(
             err.to_string(),
             "`` is not usable as a PostgreSQL lock name: the name is empty"
@@ -704,51 +693,38 @@ mod tests {
 
     #[test]
     fn messages_name_the_lock_and_say_what_to_do() {
-        let name = || "jobs/nightly".to_owned();
+        let name = "jobs/nightly";
+        let lost = |loss| Error::new(ErrorKind::Lost(loss), name);
         let cases = [
-            Error::PgWouldBlock {
-                name: name(),
-                mode: FlockMode::Shared,
-            },
-            Error::PgTimeout {
-                name: name(),
-                mode: FlockMode::Exclusive,
-                waited: Duration::from_millis(250),
-                holders: Vec::new(),
-            },
-            Error::PgCancelled {
-                name: name(),
-                mode: FlockMode::Exclusive,
-                waited: Duration::from_millis(20),
-            },
-            Error::PgLost {
-                name: name(),
-                mode: Some(FlockMode::Exclusive),
-                reason: PgLoss::NoAnswer(Duration::from_secs(5)),
-                source: None,
-            },
-            Error::PgLost {
-                name: name(),
-                mode: None,
-                reason: PgLoss::SessionChanged {
-                    expected: 10,
-                    actual: 11,
-                },
-                source: None,
-            },
+            would_block(name, FlockMode::Shared),
+            Error::new(ErrorKind::Timeout, name)
+                .with_mode(Some(FlockMode::Exclusive))
+                .with_waited(Duration::from_millis(250)),
+            Error::new(ErrorKind::Cancelled, name)
+                .with_mode(Some(FlockMode::Exclusive))
+                .with_waited(Duration::from_millis(20)),
+            lost(PgLoss::NoAnswer(Duration::from_secs(5))).with_mode(Some(FlockMode::Exclusive)),
+            lost(PgLoss::SessionChanged {
+                expected: 10,
+                actual: 11,
+            }),
+            Error::new(ErrorKind::Connect, name),
+            Error::new(ErrorKind::Fencing, name),
+            Error::new(ErrorKind::Query, name),
         ];
         for err in &cases {
             let msg = err.to_string();
             assert!(msg.contains("`jobs/nightly`"), "{msg}");
             assert!(!msg.ends_with('.'), "{msg}");
             assert!(!msg.starts_with(char::is_uppercase), "{msg}");
-            assert_eq!(err.path(), std::path::Path::new("jobs/nightly"));
+            assert_eq!(err.name(), "jobs/nightly");
         }
         assert_eq!(
             cases[0].to_string(),
             "advisory lock `jobs/nightly` is held by another PostgreSQL session; shared lock not taken"
         );
         assert!(cases[0].is_would_block() && cases[1].is_timeout() && cases[2].is_cancelled());
+        assert!(cases[3].is_lost() && cases[4].is_lost() && !cases[0].is_lost());
         assert_eq!(
             cases[1].to_string(),
             "timed out after 250ms waiting for exclusive PostgreSQL lock `jobs/nightly`; no holder visible in pg_locks"
@@ -759,6 +735,48 @@ mod tests {
              another client may hold it now: stop the work it protects, then lock again (which reconnects)"
         );
         assert!(cases[4].to_string().contains("pooler in transaction mode"));
-        assert_eq!(cases[3].kind(), std::io::ErrorKind::ConnectionAborted);
+        assert_eq!(cases[3].io_kind(), std::io::ErrorKind::ConnectionAborted);
+        assert_eq!(
+            cases[3].loss(),
+            Some(PgLoss::NoAnswer(Duration::from_secs(5)))
+        );
+        let handed_back = LockError::new(would_block(name, FlockMode::Shared), 7u8);
+        assert!(handed_back.is_would_block());
+        let io = std::io::Error::from(handed_back);
+        assert_eq!(io.kind(), std::io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn failures_map_to_one_kind_each() {
+        let timeout = failure_error(
+            Failure::Timeout,
+            "n",
+            None,
+            FlockMode::Shared,
+            Duration::from_millis(7),
+            Vec::new,
+        );
+        assert_eq!(timeout.kind(), ErrorKind::Timeout);
+        assert_eq!(timeout.mode(), Some(FlockMode::Shared));
+        assert_eq!(timeout.waited(), Duration::from_millis(7));
+        let lost = failure_error(
+            Failure::Lost(PgLoss::Closed, None),
+            "n",
+            Some(FlockMode::Exclusive),
+            FlockMode::Shared,
+            Duration::ZERO,
+            Vec::new,
+        );
+        assert_eq!(lost.kind(), ErrorKind::Lost(PgLoss::Closed));
+        assert_eq!(lost.mode(), Some(FlockMode::Exclusive));
+        let cancelled = failure_error(
+            Failure::Cancelled,
+            "n",
+            None,
+            FlockMode::Exclusive,
+            Duration::ZERO,
+            Vec::new,
+        );
+        assert!(cancelled.is_cancelled());
     }
 }
