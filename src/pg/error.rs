@@ -20,10 +20,6 @@ pub enum ErrorKind {
     /// No session could be opened: the URL is malformed, the server is
     /// unreachable or refused the login, or it is older than PostgreSQL 14.
     Connect,
-    /// The TLS handshake failed or TLS was required and not offered: the
-    /// message names the cause (an unknown certificate authority, a host
-    /// name the certificate does not cover, a server without TLS).
-    Tls,
     /// A non-blocking attempt found the lock held in a conflicting mode by
     /// another session.
     WouldBlock,
@@ -43,12 +39,6 @@ pub enum ErrorKind {
     /// The fencing-token sequence `public.flockguard_fence` is missing and
     /// the role may not create it, or the role may not use it.
     Fencing,
-    /// A connection pooler in transaction or statement mode sits between
-    /// the client and the server: session locks cannot work through it.
-    Pooler,
-    /// A blocking call was made on a thread that drives an async runtime,
-    /// whose other tasks it would stall; use [`AsyncPgLock`](super::AsyncPgLock).
-    InsideRuntime,
     /// The server refused a statement for another reason.
     Query,
 }
@@ -184,12 +174,11 @@ impl Error {
     pub fn io_kind(&self) -> io::ErrorKind {
         match self.0.kind {
             ErrorKind::InvalidName => io::ErrorKind::InvalidInput,
-            ErrorKind::Connect | ErrorKind::Tls => io::ErrorKind::NotConnected,
+            ErrorKind::Connect => io::ErrorKind::NotConnected,
             ErrorKind::WouldBlock => io::ErrorKind::WouldBlock,
             ErrorKind::Timeout => io::ErrorKind::TimedOut,
             ErrorKind::Lost(_) => io::ErrorKind::ConnectionAborted,
             ErrorKind::Fencing => io::ErrorKind::PermissionDenied,
-            ErrorKind::Pooler | ErrorKind::InsideRuntime => io::ErrorKind::Unsupported,
             // Not Interrupted: std's retry loops would treat it as "try again".
             ErrorKind::Cancelled | ErrorKind::Deadlock | ErrorKind::Query => io::ErrorKind::Other,
         }
@@ -250,10 +239,6 @@ impl fmt::Display for Error {
                 }
                 f.write_str("; check the URL, that the server runs (PostgreSQL 14 or later) and accepts TCP connections from this host, and the role's credentials")
             }
-            ErrorKind::Tls => write!(
-                f,
-                "cannot open a TLS session to PostgreSQL for lock `{name}`: {detail}"
-            ),
             ErrorKind::WouldBlock => write!(
                 f,
                 "advisory lock `{name}` is held by another PostgreSQL session; {mode} lock not taken"
@@ -295,14 +280,6 @@ impl fmt::Display for Error {
             ErrorKind::Fencing => write!(
                 f,
                 "cannot use the fencing sequence for PostgreSQL lock `{name}`: the role may not create or use `public.flockguard_fence`; have the database owner run `CREATE SEQUENCE IF NOT EXISTS public.flockguard_fence; GRANT USAGE ON SEQUENCE public.flockguard_fence TO PUBLIC;`"
-            ),
-            ErrorKind::Pooler => write!(
-                f,
-                "refusing PostgreSQL lock `{name}`: {detail}; session locks need one server session for the client's whole session: connect to the server directly or through a pool in session mode (PgBouncer: pool_mode = session)"
-            ),
-            ErrorKind::InsideRuntime => write!(
-                f,
-                "refusing to block on PostgreSQL lock `{name}` on a thread that drives an async runtime, whose other tasks would stall; use flockguard::pg::AsyncPgLock there (or call from tokio::task::spawn_blocking)"
             ),
             ErrorKind::Query => {
                 write!(f, "the PostgreSQL server refused a statement for lock `{name}`")
