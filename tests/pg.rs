@@ -130,7 +130,7 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 /// the parent closes stdin.
 fn child_hold(url: &str, name: &str, mode: &str) {
     let lock = PgLock::connect(url, name).unwrap();
-    let (token, held): (u64, Box<dyn std::any::Any>) = if mode == "exclusive" {
+    let (token, held): (i64, Box<dyn std::any::Any>) = if mode == "exclusive" {
         let g = lock.lock::<Exclusive>().unwrap();
         (g.fencing_token(), Box::new(g))
     } else {
@@ -199,7 +199,7 @@ fn two_processes_contend_and_holders_name_the_client() {
     let name = unique("processes");
     let mut child = Child::spawn(&["hold", &name, "exclusive"]);
     let line = child.expect_line("HELD", WAIT);
-    let child_token: u64 = line[5..].parse().unwrap();
+    let child_token: i64 = line[5..].parse().unwrap();
     let lock = PgLock::connect(&url, &name).unwrap();
     let err = lock.try_lock::<Shared>().unwrap_err();
     assert!(err.is_would_block());
@@ -490,7 +490,7 @@ fn fencing_tokens_increase_across_1000_acquisitions_by_four_clients() {
     }
     let order = order.lock().unwrap();
     assert_eq!(order.len(), 1000);
-    let mut sorted: Vec<u64> = order.iter().map(|e| e.0).collect();
+    let mut sorted: Vec<i64> = order.iter().map(|e| e.0).collect();
     sorted.sort_unstable();
     sorted.dedup();
     assert_eq!(sorted.len(), 1000, "tokens repeat");
@@ -862,7 +862,7 @@ fn random_operation_sequences_match_the_model() {
             let mut slots: Vec<Slot> = (0..3)
                 .map(|_| Slot::Idle(PgLock::connect(&url, &name).unwrap()))
                 .collect();
-            let mut last_token = 0u64;
+            let mut last_token = 0i64;
             for step in steps {
                 let h = match step {
                     Step::TryExclusive(h)
@@ -1177,4 +1177,77 @@ fn calls_from_inside_an_async_runtime_work() {
         t
     });
     assert!(token > 0);
+}
+
+/// The statements of the fenced write in docs/postgres.md, as the reader
+/// sees them (comments stripped): the table, then the write.
+fn documented_fenced_write() -> (String, String) {
+    let doc = include_str!("../docs/postgres.md");
+    let marker = doc
+        .find("<!-- fenced-write:")
+        .expect("docs/postgres.md marks its fenced write");
+    let block = &doc[marker..];
+    let start = block.find("```sql\n").expect("an sql block") + "```sql\n".len();
+    let end = start + block[start..].find("```").expect("the block ends");
+    let sql: String = block[start..end]
+        .lines()
+        .map(|l| l.split("--").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let statements: Vec<String> = sql
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(statements.len(), 2, "{statements:?}");
+    (statements[0].clone(), statements[1].clone())
+}
+
+#[test]
+fn the_documented_fenced_write_accepts_the_holder_and_refuses_a_stale_writer() {
+    let test = "the_documented_fenced_write_accepts_the_holder_and_refuses_a_stale_writer";
+    let Some(url) = server(test) else {
+        return;
+    };
+    let (create, write) = documented_fenced_write();
+    let sql = Sql::connect(&url);
+    let schema = format!("fg_fence_{}", std::process::id());
+    sql.exec(&format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; SET search_path TO {schema}"
+    ));
+    sql.exec(&create);
+    let store = |token: i64, body: &[u8]| -> u64 {
+        // The token binds to the `bigint` column as it is, without a cast.
+        sql.rt
+            .block_on(sql.client.execute(write.as_str(), &[&"abc", &body, &token]))
+            .unwrap()
+    };
+    let name = unique("fenced-write");
+    let old = PgLock::connect(&url, &name)
+        .unwrap()
+        .lock::<Exclusive>()
+        .unwrap();
+    let stale = old.fencing_token();
+    assert_eq!(store(stale, b"first"), 1, "the holder's first write");
+    assert_eq!(store(stale, b"second"), 1, "the holder's own second write");
+    // The lock moves on (as after a loss): the new holder's token is larger.
+    drop(old);
+    let new = PgLock::connect(&url, &name)
+        .unwrap()
+        .lock::<Exclusive>()
+        .unwrap();
+    assert!(new.fencing_token() > stale);
+    assert_eq!(store(new.fencing_token(), b"third"), 1);
+    assert_eq!(store(stale, b"stale"), 0, "a stale writer is refused");
+    let body: Vec<u8> = sql
+        .rt
+        .block_on(
+            sql.client
+                .query_one("SELECT body FROM artifact WHERE id = 'abc'", &[]),
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(body, b"third");
+    sql.exec(&format!("DROP SCHEMA {schema} CASCADE"));
 }

@@ -353,7 +353,7 @@ impl PgLock {
 #[clippy::has_significant_drop]
 pub struct PgGuard<M: Mode> {
     lock: Option<PgLock>,
-    token: u64,
+    token: i64,
     _mode: PhantomData<M>,
 }
 
@@ -372,7 +372,7 @@ impl<M: Mode> fmt::Debug for PgGuard<M> {
 }
 
 impl<M: Mode> PgGuard<M> {
-    fn new(lock: PgLock, token: u64) -> Self {
+    fn new(lock: PgLock, token: i64) -> Self {
         PgGuard {
             lock: Some(lock),
             token,
@@ -390,7 +390,7 @@ impl<M: Mode> PgGuard<M> {
     }
 
     /// Moves the session into a guard of another mode with a new token.
-    fn into_mode<N: Mode>(self, token: u64) -> PgGuard<N> {
+    fn into_mode<N: Mode>(self, token: i64) -> PgGuard<N> {
         PgGuard::new(self.into_lock(), token)
     }
 
@@ -414,7 +414,12 @@ impl<M: Mode> PgGuard<M> {
     /// acquisition (of any name, in any mode, by any client of the same
     /// database) granted before this one, so storage that remembers the
     /// largest token it has seen can refuse a writer whose lock was lost.
-    pub fn fencing_token(&self) -> u64 {
+    ///
+    /// It is an `i64` drawn from a `bigint` sequence that starts at 1, so it
+    /// binds to a `bigint` column as it is. Storage must accept a token
+    /// equal to the largest it has seen (the holder's own later writes) and
+    /// refuse a smaller one; `docs/postgres.md` shows the SQL.
+    pub fn fencing_token(&self) -> i64 {
         self.token
     }
 

@@ -279,7 +279,7 @@ pub(crate) enum Op {
 #[derive(Debug)]
 pub(crate) struct Grant {
     pub(crate) granted: bool,
-    pub(crate) token: u64,
+    pub(crate) token: i64,
 }
 
 /// What a session's calls and its heartbeat share.
@@ -598,7 +598,7 @@ impl Session {
         let token: Option<i64> = row.try_get(1).map_err(protocol)?;
         Ok(Grant {
             granted,
-            token: token.map_or(0, |t| t as u64),
+            token: token.unwrap_or(0),
         })
     }
 
