@@ -80,6 +80,15 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// An exclusive [`LockKind::Ofd`](crate::LockKind) lock was asked for on
+    /// a lock file open read-only: `fcntl(2)` write locks need a descriptor
+    /// open for writing. Refused before any system call.
+    #[error("cannot take an exclusive OFD lock on `{}`: the lock file is open read-only and fcntl write locks need it open for writing; make the file writable by you and open it with Access::PreferWrite or Access::ReadWrite (or adopt a File opened for writing), or take a shared lock", path.display())]
+    OfdNeedsWrite {
+        /// The lock file.
+        path: PathBuf,
+    },
+
     /// The lock file could not be examined (`statx(2)`, `fstatfs(2)`,
     /// `fcntl(2)`) after it was opened.
     #[error("cannot examine lock file `{}`", path.display())]
@@ -430,6 +439,7 @@ impl Error {
             | Error::Open { path, .. }
             | Error::WriteRefused { path, .. }
             | Error::ReadOnly { path }
+            | Error::OfdNeedsWrite { path }
             | Error::Stat { path, .. }
             | Error::NotRegularFile { path, .. }
             | Error::Symlink { path }
@@ -467,7 +477,9 @@ impl Error {
             | Error::Unlock { source, .. }
             | Error::Remove { source, .. }
             | Error::Holders { source, .. } => source.kind(),
-            Error::ReadOnly { .. } | Error::NotOwner { .. } => io::ErrorKind::PermissionDenied,
+            Error::ReadOnly { .. } | Error::OfdNeedsWrite { .. } | Error::NotOwner { .. } => {
+                io::ErrorKind::PermissionDenied
+            }
             Error::NotRegularFile { .. } | Error::Symlink { .. } | Error::InvalidPath { .. } => {
                 io::ErrorKind::InvalidInput
             }
@@ -701,6 +713,7 @@ mod tests {
                 source: os(Errno::TXTBSY),
             },
             Error::ReadOnly { path: path() },
+            Error::OfdNeedsWrite { path: path() },
             Error::WouldBlock {
                 path: path(),
                 mode: FlockMode::Exclusive,

@@ -154,6 +154,9 @@
 //!   blocks an executor thread.
 //! - `postgres`: the module `pg`, the same typed guards over PostgreSQL
 //!   advisory locks for processes on several hosts, with fencing tokens.
+//! - `ofd`: `LockKind::Ofd`, open file description locks
+//!   (`F_OFD_SETLK`) that interoperate with the `fcntl(2)` and `lockf(3)`
+//!   locks of other programs (adds `nix` for a safe `fcntl`).
 //!
 //! The default build depends on `rustix` and `thiserror` only.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -174,6 +177,8 @@ mod fs_policy;
 mod holder;
 #[cfg(target_os = "linux")]
 mod holders;
+#[cfg(target_os = "linux")]
+mod kind;
 #[cfg(target_os = "linux")]
 mod lock;
 #[cfg(target_os = "linux")]
@@ -201,6 +206,7 @@ pub use crate::{
     fs_policy::{classify, UnreliableFs},
     holder::{Holder, LockProcess, PidStatus},
     holders::holders,
+    kind::LockKind,
     lock::{
         block_flock, flock_timeout, materialize, try_flock, AnyGuard, LockFile, LockGuard,
         LockOptions,

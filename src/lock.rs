@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, LockError, PathProblem};
 use crate::holder::Holder;
 use crate::holders;
+use crate::kind::LockKind;
 use crate::mode::{Exclusive, FlockMode, Mode, Shared};
 use crate::open::{self, Access, OpenSpec, Opened, RemoteFs};
 use crate::sys::{self, OnConflict};
@@ -73,6 +74,7 @@ const TRY_VERIFY_RETRIES: u32 = 16;
 pub struct LockOptions {
     spec: OpenSpec,
     verify: bool,
+    kind: LockKind,
 }
 
 impl Default for LockOptions {
@@ -87,7 +89,37 @@ impl LockOptions {
         LockOptions {
             spec: OpenSpec::DEFAULT,
             verify: false,
+            kind: LockKind::Flock,
         }
+    }
+
+    /// Which kernel lock every acquisition takes (default
+    /// [`LockKind::Flock`]).
+    ///
+    /// `LockKind::Ofd` (feature `ofd`) takes whole-file open file
+    /// description locks, which conflict with the `fcntl(2)` and `lockf(3)`
+    /// locks of other programs; every way to acquire, wait, convert and
+    /// release works the same for both kinds.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[cfg(feature = "ofd")] {
+    /// use flockguard::{Exclusive, LockKind, LockOptions};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let guard = LockOptions::new()
+    ///     .kind(LockKind::Ofd)
+    ///     .open(&path)?
+    ///     .try_lock::<Exclusive>()?;
+    /// # drop(guard);
+    /// # }
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    #[doc(alias = "F_OFD_SETLK")]
+    #[doc(alias = "F_OFD_SETLKW")]
+    pub fn kind(&mut self, kind: LockKind) -> &mut Self {
+        self.kind = kind;
+        self
     }
 
     /// Whether to refuse filesystems where `flock(2)` is unreliable
@@ -193,7 +225,7 @@ impl LockOptions {
             path: path.into(),
             reopen: self.verify.then(|| Box::new(self.spec)),
         };
-        Ok(LockFile::new(opened, Some(origin)))
+        Ok(LockFile::new(opened, Some(origin), self.kind))
     }
 
     /// Takes an open [`File`] as a lock file, applying the same type and
@@ -224,7 +256,7 @@ impl LockOptions {
     /// ```
     pub fn adopt(&self, file: File) -> Result<LockFile, LockError<File>> {
         match open::adopt(&file, &self.spec) {
-            Ok(writable) => Ok(LockFile::new(Opened { file, writable }, None)),
+            Ok(writable) => Ok(LockFile::new(Opened { file, writable }, None, self.kind)),
             Err(error) => Err(LockError::new(error, file)),
         }
     }
@@ -254,6 +286,8 @@ pub struct LockFile {
     /// The process that opened the descriptor, and so owns its locks.
     owner: u32,
     writable: bool,
+    /// The kernel lock every acquisition takes.
+    kind: LockKind,
     /// `None` for an adopted file.
     origin: Option<Origin>,
 }
@@ -270,11 +304,12 @@ struct Origin {
 
 impl LockFile {
     #[inline(always)]
-    fn new(opened: Opened, origin: Option<Origin>) -> Self {
+    fn new(opened: Opened, origin: Option<Origin>, kind: LockKind) -> Self {
         LockFile {
             file: opened.file,
             owner: sys::current_pid(),
             writable: opened.writable,
+            kind,
             origin,
         }
     }
@@ -336,9 +371,9 @@ impl LockFile {
     #[doc(alias = "try_lock_shared")]
     #[inline(always)]
     pub fn try_lock<M: Mode>(self) -> Result<LockGuard<M>, LockError<LockFile>> {
-        if self.is_owner() && !self.verifies() {
+        if self.is_owner() && !self.verifies() && !self.needs_write(M::MODE) {
             // The common case, kept in the caller's frame.
-            return match sys::flock(self.file.as_fd(), M::MODE, OnConflict::Fail) {
+            return match sys::lock(self.file.as_fd(), self.kind, M::MODE, OnConflict::Fail) {
                 Ok(()) => Ok(LockGuard::new(self)),
                 Err(err) => Err(self.flock_refused(M::MODE, err)),
             };
@@ -522,7 +557,7 @@ impl LockFile {
     #[doc(alias = "LOCK_UN")]
     pub fn unlock_inherited(&self) -> Result<(), Error> {
         self.check_owner()?;
-        sys::funlock(self.as_fd()).map_err(|source| Error::Unlock {
+        sys::unlock(self.as_fd(), self.kind).map_err(|source| Error::Unlock {
             path: self.error_path(),
             mode: None,
             source,
@@ -616,6 +651,37 @@ impl LockFile {
         Err(self.not_owner_error())
     }
 
+    /// Whether a lock in `mode` needs a descriptor open for writing that
+    /// this file lacks: an exclusive OFD lock on a read-only descriptor.
+    #[inline(always)]
+    fn needs_write(&self, mode: FlockMode) -> bool {
+        self.kind != LockKind::Flock && mode == FlockMode::Exclusive && !self.writable
+    }
+
+    /// Refuses, before any system call, a lock in `mode` that would fail
+    /// with `EBADF` (see [`needs_write`](Self::needs_write)).
+    #[inline]
+    pub(crate) fn check_write(&self, mode: FlockMode) -> Result<(), Error> {
+        if self.needs_write(mode) {
+            return Err(Error::OfdNeedsWrite {
+                path: self.error_path(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Releases whatever lock this file holds, ignoring errors: for a
+    /// failure path that hands the file back holding nothing.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn let_go(&self) {
+        let _ = sys::unlock(self.file.as_fd(), self.kind);
+    }
+
+    /// The kernel lock every acquisition takes.
+    pub fn kind(&self) -> LockKind {
+        self.kind
+    }
+
     #[cold]
     #[inline(never)]
     fn not_owner_error(&self) -> Error {
@@ -655,12 +721,12 @@ impl LockFile {
     /// Every acquisition: the owner check, waiting as `wait` says, and path
     /// verification with reopening.
     fn acquire(mut self, mode: FlockMode, wait: Wait<'_>) -> Result<LockFile, LockError<LockFile>> {
-        if let Err(error) = self.check_owner() {
+        if let Err(error) = self.check_owner().and_then(|()| self.check_write(mode)) {
             return Err(LockError::new(error, self));
         }
         if wait.deadline == Deadline::None && wait.cancel.is_none() && !self.verifies() {
             // One attempt, nothing to time, cancel or verify.
-            return match sys::flock(self.file.as_fd(), mode, OnConflict::Fail) {
+            return match sys::lock(self.file.as_fd(), self.kind, mode, OnConflict::Fail) {
                 Ok(()) => Ok(self),
                 Err(err) => Err(self.flock_refused(mode, err)),
             };
@@ -721,13 +787,13 @@ impl LockFile {
             Ok(true) => return Ok(true),
             Ok(false) => {}
             Err(error) => {
-                let _ = sys::funlock(self.file.as_fd());
+                let _ = sys::unlock(self.file.as_fd(), self.kind);
                 return Err(error);
             }
         }
         // Removed between open and lock: the lock is on a file nobody
         // else will open. Let go and lock what the path names now.
-        let _ = sys::funlock(self.file.as_fd());
+        let _ = sys::unlock(self.file.as_fd(), self.kind);
         *attempts = attempts.saturating_add(1);
         if deadline == Deadline::None && *attempts >= TRY_VERIFY_RETRIES {
             return Err(Error::PathChanged {
@@ -768,7 +834,7 @@ impl LockFile {
         if cancel.is_some_and(CancelToken::is_cancelled) {
             return Err(Ok(Stop::Cancelled));
         }
-        match sys::flock(fd, mode, OnConflict::Fail) {
+        match sys::lock(fd, self.kind, mode, OnConflict::Fail) {
             Ok(()) => return Ok(()),
             Err(err) if sys::is_contention(&err) && deadline != Deadline::None => {}
             Err(err) => return Err(Err(self.flock_error(mode, err))),
@@ -780,7 +846,7 @@ impl LockFile {
             notice(&self.holders_within(diagnostics));
         }
         if until.is_none() && cancel.is_none() {
-            return sys::flock(fd, mode, OnConflict::Block)
+            return sys::lock(fd, self.kind, mode, OnConflict::Block)
                 .map_err(|err| Err(self.flock_error(mode, err)));
         }
         // The holders for a timeout error are read DIAGNOSTICS_LEAD before
@@ -789,7 +855,7 @@ impl LockFile {
         if let Some(until) = until {
             let early = diagnostics_due(until);
             if Instant::now() < early {
-                match wait::acquire(fd, self.path(), mode, Some(early), cancel) {
+                match wait::acquire(fd, self.path(), self.kind, mode, Some(early), cancel) {
                     Ok(Ok(())) => return Ok(()),
                     Ok(Err(Stop::TimedOut)) => {}
                     Ok(Err(stop)) => return Err(Ok(stop)),
@@ -798,7 +864,7 @@ impl LockFile {
             }
             *snapshot = Some(self.holders_within(diagnostics));
         }
-        match wait::acquire(fd, self.path(), mode, until, cancel) {
+        match wait::acquire(fd, self.path(), self.kind, mode, until, cancel) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(stop)) => Err(Ok(stop)),
             Err(err) => Err(Err(self.flock_error(mode, err))),
@@ -835,6 +901,7 @@ impl fmt::Debug for LockFile {
             .field("path", &self.path())
             .field("fd", &self.file.as_raw_fd())
             .field("writable", &self.writable)
+            .field("kind", &self.kind)
             .finish()
     }
 }
@@ -929,6 +996,11 @@ impl<M: Mode> LockGuard<M> {
         M::MODE
     }
 
+    /// The kind of lock held: the [`LockKind`] its file was opened with.
+    pub fn kind(&self) -> LockKind {
+        self.file().kind
+    }
+
     /// The lock file's metadata, as [`File::metadata`].
     ///
     /// # Errors
@@ -965,7 +1037,7 @@ impl<M: Mode> LockGuard<M> {
         if !file.is_owner() {
             return Err(self.unlock_error(None));
         }
-        match sys::funlock(file.as_fd()) {
+        match sys::unlock(file.as_fd(), file.kind) {
             Ok(()) => Ok(self.into_file()),
             Err(source) => Err(self.unlock_error(Some(source))),
         }
@@ -1065,7 +1137,11 @@ impl<M: Mode> LockGuard<M> {
             let error = file.not_owner_error();
             return Err(LockError::new(error, file));
         }
-        match sys::flock(file.as_fd(), N::MODE, on_conflict) {
+        if let Err(error) = file.check_write(N::MODE) {
+            let _ = sys::unlock(file.as_fd(), file.kind);
+            return Err(LockError::new(error, file));
+        }
+        match sys::lock(file.as_fd(), file.kind, N::MODE, on_conflict) {
             Ok(()) => Ok(LockGuard::new(file)),
             Err(source) => Err(Self::convert_error(file, N::MODE, source)),
         }
@@ -1082,7 +1158,7 @@ impl<M: Mode> LockGuard<M> {
             // both.
             *shared_lost = M::MODE == FlockMode::Shared;
         }
-        let _ = sys::funlock(file.as_fd());
+        let _ = sys::unlock(file.as_fd(), file.kind);
         LockError::new(error, file)
     }
 }
@@ -1300,7 +1376,7 @@ impl<M: Mode> Drop for LockGuard<M> {
             if file.is_owner() {
                 // Errors cannot be reported here; the close releases anyway
                 // once no copy of the descriptor is left.
-                let _ = sys::funlock(file.as_fd());
+                let _ = sys::unlock(file.as_fd(), file.kind);
             }
         }
     }

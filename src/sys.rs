@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode as Perms, OFlags, StatxFlags};
 use rustix::io::{Errno, FdFlags};
 
+use crate::kind::LockKind;
 use crate::mode::FlockMode;
 
 /// The kind of inode a descriptor or path refers to.
@@ -151,6 +152,93 @@ pub(crate) fn flock(
 #[inline(always)]
 pub(crate) fn funlock(fd: BorrowedFd<'_>) -> io::Result<()> {
     retry(|| rustix::fs::flock(fd, FlockOperation::Unlock)).map_err(Into::into)
+}
+
+/// A lock of `kind` in `mode` on the whole file: `flock(2)` or
+/// `fcntl(F_OFD_SETLK[W])`. The attempt every acquisition and every wait
+/// makes.
+#[inline(always)]
+pub(crate) fn lock(
+    fd: BorrowedFd<'_>,
+    kind: LockKind,
+    mode: FlockMode,
+    on_conflict: OnConflict,
+) -> io::Result<()> {
+    match kind {
+        LockKind::Flock => flock(fd, mode, on_conflict),
+        #[cfg(feature = "ofd")]
+        LockKind::Ofd => ofd_lock(fd, Some(mode), Span::WHOLE, on_conflict),
+    }
+}
+
+/// Releases the whole-file lock of `kind`: `LOCK_UN` or `F_UNLCK`.
+#[inline(always)]
+pub(crate) fn unlock(fd: BorrowedFd<'_>, kind: LockKind) -> io::Result<()> {
+    match kind {
+        LockKind::Flock => funlock(fd),
+        #[cfg(feature = "ofd")]
+        LockKind::Ofd => ofd_lock(fd, None, Span::WHOLE, OnConflict::Fail),
+    }
+}
+
+/// A byte range of a record lock: `len` bytes from `start`, `len == 0`
+/// meaning to the end of the file however it grows.
+#[cfg(feature = "ofd")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Span {
+    pub(crate) start: u64,
+    pub(crate) len: u64,
+}
+
+#[cfg(feature = "ofd")]
+impl Span {
+    /// The whole file.
+    pub(crate) const WHOLE: Span = Span { start: 0, len: 0 };
+}
+
+/// `fcntl(fd, F_OFD_SETLK or F_OFD_SETLKW, {F_RDLCK|F_WRLCK|F_UNLCK, span})`;
+/// `mode` `None` unlocks. `l_pid` is 0, as the kernel requires for OFD
+/// locks.
+///
+/// The blocking form retries `EINTR`.
+///
+/// # References
+/// - [fcntl_locking(2)](https://man7.org/linux/man-pages/man2/fcntl_locking.2.html)
+#[cfg(feature = "ofd")]
+#[inline(always)]
+pub(crate) fn ofd_lock(
+    fd: BorrowedFd<'_>,
+    mode: Option<FlockMode>,
+    span: Span,
+    on_conflict: OnConflict,
+) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    use nix::libc;
+    let l_type = match mode {
+        Some(FlockMode::Exclusive) => libc::F_WRLCK,
+        Some(FlockMode::Shared) => libc::F_RDLCK,
+        None => libc::F_UNLCK,
+    };
+    let invalid = || io::Error::from_raw_os_error(Errno::INVAL.raw_os_error());
+    let lock = libc::flock {
+        // F_RDLCK, F_WRLCK and F_UNLCK are 0, 1 and 2: they fit.
+        l_type: l_type as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: libc::off_t::try_from(span.start).map_err(|_| invalid())?,
+        l_len: libc::off_t::try_from(span.len).map_err(|_| invalid())?,
+        l_pid: 0,
+    };
+    loop {
+        let arg = match on_conflict {
+            OnConflict::Fail => FcntlArg::F_OFD_SETLK(&lock),
+            OnConflict::Block => FcntlArg::F_OFD_SETLKW(&lock),
+        };
+        match fcntl(fd, arg) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(err) => return Err(io::Error::from_raw_os_error(err as i32)),
+        }
+    }
 }
 
 /// Whether `FD_CLOEXEC` is set on `fd`.

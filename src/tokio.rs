@@ -211,7 +211,12 @@ pub async fn upgrade(
     if let Err(error) = file.check_owner() {
         return Err(LockError::new(error, file));
     }
-    lock_with(file, Wait::forever()).await
+    // An OFD file waits holding its shared lock: a failure lets it go, so
+    // the file comes back holding nothing on either kind.
+    lock_with(file, Wait::forever()).await.map_err(|err| {
+        err.handle.let_go();
+        err
+    })
 }
 
 /// The future behind every acquisition: owns the file until it completes.
@@ -296,7 +301,10 @@ impl<'a> Acquire<'a> {
             if self.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
                 return self.fail(|f| f.cancelled_error(mode, start));
             }
-            match sys::flock(file.as_fd(), mode, sys::OnConflict::Fail) {
+            if let Err(error) = file.check_write(mode) {
+                return self.fail(|_| error);
+            }
+            match sys::lock(file.as_fd(), file.kind(), mode, sys::OnConflict::Fail) {
                 Ok(()) => {
                     self.leave(true);
                     let deadline = self.deadline;

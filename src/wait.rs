@@ -40,6 +40,7 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use crate::holder::Holder;
+use crate::kind::LockKind;
 use crate::mode::FlockMode;
 use crate::sys;
 
@@ -914,8 +915,8 @@ impl Schedule {
 
 /// One `flock(LOCK_NB)` attempt: `Ok(true)` if the lock was taken,
 /// `Ok(false)` on contention.
-pub(crate) fn try_once(file: BorrowedFd<'_>, mode: FlockMode) -> io::Result<bool> {
-    match sys::flock(file, mode, sys::OnConflict::Fail) {
+pub(crate) fn try_once(file: BorrowedFd<'_>, kind: LockKind, mode: FlockMode) -> io::Result<bool> {
+    match sys::lock(file, kind, mode, sys::OnConflict::Fail) {
         Ok(()) => Ok(true),
         Err(err) if sys::is_contention(&err) => Ok(false),
         Err(err) => Err(err),
@@ -929,6 +930,7 @@ pub(crate) fn try_once(file: BorrowedFd<'_>, mode: FlockMode) -> io::Result<bool
 pub(crate) fn acquire(
     file: BorrowedFd<'_>,
     path: Option<&Path>,
+    kind: LockKind,
     mode: FlockMode,
     deadline: Option<Instant>,
     cancel: Option<&CancelToken>,
@@ -941,7 +943,7 @@ pub(crate) fn acquire(
         }
         // Also the first attempt after the watch was placed: a release
         // before that raised no event for this waiter.
-        if try_once(file, mode)? {
+        if try_once(file, kind, mode)? {
             reg.acquired();
             return Ok(Ok(()));
         }
@@ -1199,7 +1201,15 @@ mod tests {
             let file = LockFile::open(&path).unwrap();
             let t = token.clone();
             let waiter = s.spawn(move || {
-                acquire(file.as_fd(), None, FlockMode::Exclusive, None, Some(&t)).unwrap()
+                acquire(
+                    file.as_fd(),
+                    None,
+                    LockKind::Flock,
+                    FlockMode::Exclusive,
+                    None,
+                    Some(&t),
+                )
+                .unwrap()
             });
             wait_for("registration", || token.registered() == 1);
             token.cancel();

@@ -1,0 +1,391 @@
+//! Open file description locks (`LockKind::Ofd`): every way to acquire,
+//! wait, convert and release, across descriptors, threads and processes,
+//! and the write access an exclusive lock needs.
+
+#[macro_use]
+mod support;
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use flockguard::{
+    CancelToken, Error, Exclusive, FlockMode, LockFile, LockKind, LockOptions, Shared, Wait,
+};
+use support::Child;
+
+const LINE_TIMEOUT: Duration = Duration::from_secs(60);
+
+child_entry!(dispatch);
+
+fn ofd(path: &Path) -> LockFile {
+    LockOptions::new()
+        .kind(LockKind::Ofd)
+        .open(path)
+        .expect("open ofd")
+}
+
+fn mode_arg(mode: &str) -> FlockMode {
+    match mode {
+        "ex" => FlockMode::Exclusive,
+        "sh" => FlockMode::Shared,
+        other => panic!("unknown mode {other}"),
+    }
+}
+
+fn dispatch(args: &[String]) {
+    match args[0].as_str() {
+        // Takes an OFD lock (waiting if needed) and holds it until released.
+        "hold" => {
+            let path = Path::new(&args[1]);
+            let guard = ofd(path)
+                .lock_any(mode_arg(&args[2]), Wait::forever())
+                .expect("child lock");
+            support::tell("locked");
+            support::wait_for_parent(|_| {});
+            drop(guard);
+        }
+        other => panic!("unknown child command {other}"),
+    }
+}
+
+/// Whether a fresh OFD open can take `mode` at once.
+fn ofd_free(path: &Path, mode: FlockMode) -> bool {
+    match ofd(path).lock_any(mode, Wait::none()) {
+        Ok(_) => true,
+        Err(err) if err.is_would_block() => false,
+        Err(err) => panic!("probe: {err:?}"),
+    }
+}
+
+#[test]
+fn two_opens_in_one_process_contend_and_readers_share() {
+    let (_dir, path) = support::lock_path();
+    let writer = ofd(&path).try_lock::<Exclusive>().unwrap();
+    assert_eq!(writer.kind(), LockKind::Ofd);
+    let err = ofd(&path).try_lock::<Shared>().unwrap_err();
+    assert!(err.is_would_block(), "{err:?}");
+    assert!(matches!(err.error, Error::WouldBlock { .. }));
+    drop(writer);
+    let a = ofd(&path).try_lock::<Shared>().unwrap();
+    let b = ofd(&path).try_lock::<Shared>().unwrap();
+    assert!(!ofd_free(&path, FlockMode::Exclusive));
+    drop((a, b));
+    assert!(ofd_free(&path, FlockMode::Exclusive));
+}
+
+#[test]
+fn the_lock_is_an_ofd_lock_in_proc_locks_and_not_a_flock_lock() {
+    let (_dir, path) = support::lock_path();
+    let guard = ofd(&path).lock::<Exclusive>().unwrap();
+    let info = std::fs::read_to_string(format!(
+        "/proc/self/fdinfo/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&guard)
+    ))
+    .unwrap();
+    let lines: Vec<&str> = info.lines().filter(|l| l.starts_with("lock:")).collect();
+    assert_eq!(lines.len(), 1, "{info}");
+    assert!(
+        lines[0].contains("OFDLCK") && lines[0].contains("WRITE") && lines[0].contains(" 0 EOF"),
+        "{info}"
+    );
+    // flock(2) keeps a separate list on a local filesystem: a flock holder
+    // does not see the OFD lock.
+    let flock = flockguard::try_flock::<Exclusive>(&path).unwrap();
+    drop(flock);
+    // Unlocking leaves no lock line.
+    let file = guard.unlock().unwrap();
+    let info = std::fs::read_to_string(format!(
+        "/proc/self/fdinfo/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&file)
+    ))
+    .unwrap();
+    assert!(!info.contains("lock:"), "{info}");
+}
+
+#[test]
+fn every_acquisition_takes_an_ofd_lock() {
+    let (_dir, path) = support::lock_path();
+    let soon = || Instant::now() + Duration::from_secs(5);
+    let checks: Vec<Box<dyn Fn(LockFile) -> flockguard::AnyGuard>> = vec![
+        Box::new(|f| f.try_lock::<Exclusive>().unwrap().into()),
+        Box::new(|f| f.lock::<Exclusive>().unwrap().into()),
+        Box::new(|f| {
+            f.lock_timeout::<Exclusive>(Duration::from_secs(5))
+                .unwrap()
+                .into()
+        }),
+        Box::new(move |f| f.lock_until::<Exclusive>(soon()).unwrap().into()),
+        Box::new(|f| {
+            f.lock_with::<Exclusive>(Wait::forever().cancel(CancelToken::new()))
+                .unwrap()
+                .into()
+        }),
+        Box::new(|f| f.lock_any(FlockMode::Exclusive, Wait::none()).unwrap()),
+    ];
+    for (i, take) in checks.iter().enumerate() {
+        let guard = take(ofd(&path));
+        assert!(!ofd_free(&path, FlockMode::Shared), "acquisition {i}");
+        // flock(2) does not see it: proof that it is not a flock lock.
+        assert!(support::is_free(&path), "acquisition {i}");
+        drop(guard);
+        assert!(ofd_free(&path, FlockMode::Exclusive), "acquisition {i}");
+    }
+}
+
+#[test]
+fn a_timed_wait_ends_at_its_deadline_and_hands_the_file_back() {
+    let (_dir, path) = support::lock_path();
+    let held = ofd(&path).lock::<Exclusive>().unwrap();
+    let start = Instant::now();
+    let err = ofd(&path)
+        .lock_timeout::<Shared>(Duration::from_millis(100))
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(start.elapsed() >= Duration::from_millis(100));
+    let token = CancelToken::new();
+    token.cancel();
+    let err = err
+        .into_inner()
+        .lock_with::<Shared>(Wait::forever().cancel(token))
+        .unwrap_err();
+    assert!(err.error.is_cancelled(), "{err:?}");
+    drop(held);
+    let file = err.into_inner();
+    assert_eq!(file.kind(), LockKind::Ofd);
+    let _guard = file.lock_timeout::<Shared>(Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn a_timed_waiter_gets_the_lock_another_process_releases() {
+    let (_dir, path) = support::lock_path();
+    let mut child = Child::spawn(&["hold", path.to_str().unwrap(), "ex"]);
+    child.expect_line("locked", LINE_TIMEOUT);
+    let waiter = std::thread::spawn({
+        let path = path.clone();
+        move || ofd(&path).lock_timeout::<Exclusive>(Duration::from_secs(30))
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(child.release().success());
+    let guard = waiter.join().unwrap().unwrap();
+    assert!(!ofd_free(&path, FlockMode::Shared));
+    drop(guard);
+}
+
+#[test]
+fn a_blocking_waiter_waits_in_the_kernel_for_another_process() {
+    let (_dir, path) = support::lock_path();
+    let mut child = Child::spawn(&["hold", path.to_str().unwrap(), "sh"]);
+    child.expect_line("locked", LINE_TIMEOUT);
+    let waiter = std::thread::spawn({
+        let path = path.clone();
+        move || ofd(&path).lock::<Exclusive>()
+    });
+    // The kernel lists a blocked F_OFD_SETLKW request with "->".
+    support::wait_until("the waiter blocks in fcntl", || {
+        support::read_proc_locks().lines().any(|l| {
+            l.contains("-> OFDLCK ADVISORY  WRITE") || l.contains("-> OFDLCK ADVISORY WRITE")
+        })
+    });
+    assert!(child.release().success());
+    let guard = waiter.join().unwrap().unwrap();
+    drop(guard);
+}
+
+#[test]
+fn drop_releases_although_a_duplicate_of_the_descriptor_stays_open() {
+    let (_dir, path) = support::lock_path();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .unwrap();
+    let dup = file.as_fd().try_clone_to_owned().unwrap();
+    let guard = LockOptions::new()
+        .kind(LockKind::Ofd)
+        .adopt(file)
+        .unwrap()
+        .try_lock::<Exclusive>()
+        .unwrap();
+    assert!(!ofd_free(&path, FlockMode::Shared));
+    drop(guard);
+    assert!(ofd_free(&path, FlockMode::Exclusive));
+    drop(dup);
+}
+
+#[test]
+fn into_locked_fd_keeps_the_lock_until_the_last_close() {
+    let (_dir, path) = support::lock_path();
+    let fd = ofd(&path).try_lock::<Exclusive>().unwrap().into_locked_fd();
+    assert!(!ofd_free(&path, FlockMode::Shared));
+    let file = LockOptions::new()
+        .kind(LockKind::Ofd)
+        .adopt(std::fs::File::from(fd.try_clone().unwrap()))
+        .unwrap();
+    file.unlock_inherited().unwrap();
+    assert!(ofd_free(&path, FlockMode::Exclusive));
+    drop((fd, file));
+}
+
+#[test]
+fn downgrade_never_lets_a_writer_in_and_upgrade_takes_it_back() {
+    let (_dir, path) = support::lock_path();
+    let reader = ofd(&path)
+        .try_lock::<Exclusive>()
+        .unwrap()
+        .downgrade()
+        .unwrap();
+    assert!(!ofd_free(&path, FlockMode::Exclusive));
+    assert!(ofd_free(&path, FlockMode::Shared));
+    let writer = reader.upgrade().unwrap();
+    assert!(!ofd_free(&path, FlockMode::Shared));
+    drop(writer);
+}
+
+#[test]
+fn verify_path_and_unlink_and_unlock_work_the_same() {
+    let (_dir, path) = support::lock_path();
+    let opts = {
+        let mut o = LockOptions::new();
+        o.kind(LockKind::Ofd).verify_path(true);
+        o
+    };
+    let guard = opts.open(&path).unwrap().try_lock::<Exclusive>().unwrap();
+    guard.verify_path().unwrap();
+    // A waiter on the old file wakes up on a removed file and retries on
+    // the new one.
+    let waiter = std::thread::spawn({
+        let (path, opts) = (path.clone(), opts.clone());
+        move || {
+            opts.open(&path)
+                .unwrap()
+                .lock_timeout::<Exclusive>(Duration::from_secs(30))
+        }
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    guard.unlink_and_unlock().unwrap();
+    let second = waiter.join().unwrap().unwrap();
+    second.verify_path().unwrap();
+    assert!(path.exists());
+}
+
+#[test]
+fn a_forked_child_cannot_release_the_parents_lock() {
+    let (_dir, path) = support::lock_path();
+    let guard = ofd(&path).try_lock::<Exclusive>().unwrap();
+    // SAFETY: the child only drops the guard (close), calls unlock (which
+    // refuses without a system call but getpid) and exits with _exit.
+    #[allow(unsafe_code)]
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = match guard.unlock() {
+            Err(err) if matches!(err.error, Error::NotOwner { .. }) => {
+                drop(err);
+                0
+            }
+            _ => 1,
+        };
+        // SAFETY: ends the child without running the parent's destructors.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::_exit(code)
+        };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    #[allow(unsafe_code)]
+    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(waited, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    assert!(!ofd_free(&path, FlockMode::Shared), "the child released it");
+    drop(guard);
+    assert!(ofd_free(&path, FlockMode::Exclusive));
+}
+
+#[test]
+fn an_exclusive_lock_on_a_read_only_descriptor_is_refused_before_the_kernel() {
+    let (_dir, path) = support::lock_path();
+    let file = LockOptions::new()
+        .kind(LockKind::Ofd)
+        .access(flockguard::Access::ReadOnly)
+        .open(&path)
+        .unwrap();
+    assert!(!file.is_writable());
+    let err = file.try_lock::<Exclusive>().unwrap_err();
+    assert!(matches!(err.error, Error::OfdNeedsWrite { .. }), "{err:?}");
+    let msg = err.error.to_string();
+    assert!(msg.contains(&format!("`{}`", path.display())), "{msg}");
+    assert!(msg.contains("Access::PreferWrite"), "{msg}");
+    assert_eq!(err.error.os_error(), None, "no system call failed");
+    let err = err
+        .into_inner()
+        .lock_timeout::<Exclusive>(Duration::from_secs(1))
+        .unwrap_err();
+    assert!(matches!(err.error, Error::OfdNeedsWrite { .. }), "{err:?}");
+    let err = err
+        .into_inner()
+        .lock_any(FlockMode::Exclusive, Wait::forever())
+        .unwrap_err();
+    assert!(matches!(err.error, Error::OfdNeedsWrite { .. }), "{err:?}");
+    // A shared lock needs read access only; its upgrade is refused the same
+    // way and leaves the file holding nothing.
+    let reader = err.into_inner().try_lock::<Shared>().unwrap();
+    assert!(!ofd_free(&path, FlockMode::Exclusive));
+    let err = reader.upgrade().unwrap_err();
+    assert!(matches!(err.error, Error::OfdNeedsWrite { .. }), "{err:?}");
+    assert!(ofd_free(&path, FlockMode::Exclusive));
+    // An adopted read-only File, too.
+    let err = LockOptions::new()
+        .kind(LockKind::Ofd)
+        .adopt(std::fs::File::open(&path).unwrap())
+        .unwrap()
+        .try_lock::<Exclusive>()
+        .unwrap_err();
+    assert!(matches!(err.error, Error::OfdNeedsWrite { .. }), "{err:?}");
+    // The same descriptor under flock(2) takes an exclusive lock.
+    let flock = LockOptions::new()
+        .access(flockguard::Access::ReadOnly)
+        .open(&path)
+        .unwrap()
+        .try_lock::<Exclusive>();
+    assert!(flock.is_ok());
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn the_async_front_end_takes_and_waits_for_ofd_locks() {
+    let (_dir, path) = support::lock_path();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let held = flockguard::tokio::lock::<Exclusive>(ofd(&path))
+            .await
+            .unwrap();
+        assert!(support::is_free(&path), "not a flock lock");
+        let err = flockguard::tokio::lock_timeout::<Shared>(ofd(&path), Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout(), "{err:?}");
+        let waiter =
+            flockguard::tokio::lock_timeout::<Shared>(err.into_inner(), Duration::from_secs(30));
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            drop(held);
+        };
+        let (got, ()) = tokio::join!(waiter, release);
+        let reader = got.unwrap();
+        let ro = LockOptions::new()
+            .kind(LockKind::Ofd)
+            .access(flockguard::Access::ReadOnly)
+            .open(&path)
+            .unwrap();
+        let err = flockguard::tokio::lock::<Exclusive>(ro).await.unwrap_err();
+        assert!(matches!(err.error, Error::OfdNeedsWrite { .. }), "{err:?}");
+        drop(reader);
+    });
+}
