@@ -200,6 +200,10 @@ mod wait;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+#[cfg(doctest)]
+#[doc = include_str!("../docs/migrating.md")]
+struct MigratingDoctests;
+
 #[cfg(target_os = "linux")]
 pub use crate::{
     error::{Error, FileKind, LockError, PathProblem},
