@@ -418,43 +418,12 @@ impl Error {
     /// assert_eq!(err.os_error(), Some(2)); // ENOENT
     /// ```
     pub fn os_error(&self) -> Option<i32> {
-        match self {
-            Error::Open { source, .. }
-            | Error::WriteRefused { source, .. }
-            | Error::Stat { source, .. }
-            | Error::Flock { source, .. }
-            | Error::Unlock { source, .. }
-            | Error::Remove { source, .. }
-            | Error::Holders { source, .. } => source.raw_os_error(),
-            Error::WouldBlock { .. } => Some(crate::sys::errno::WOULDBLOCK),
-            _ => None,
-        }
+        self.facts().errno
     }
 
     /// The lock file path this error is about.
     pub fn path(&self) -> &Path {
-        match self {
-            Error::RemoteFs { path, .. }
-            | Error::WouldBlock { path, .. }
-            | Error::Open { path, .. }
-            | Error::WriteRefused { path, .. }
-            | Error::ReadOnly { path }
-            | Error::OfdNeedsWrite { path }
-            | Error::Stat { path, .. }
-            | Error::NotRegularFile { path, .. }
-            | Error::Symlink { path }
-            | Error::DanglingSymlink { path }
-            | Error::Flock { path, .. }
-            | Error::Unlock { path, .. }
-            | Error::NotOwner { path, .. }
-            | Error::InvalidPath { path, .. }
-            | Error::Missing { path }
-            | Error::PathChanged { path }
-            | Error::Remove { path, .. }
-            | Error::Timeout { path, .. }
-            | Error::Cancelled { path, .. }
-            | Error::Holders { path, .. } => path,
-        }
+        self.facts().path
     }
 
     /// The holders recorded in an [`Error::Timeout`]; empty for other errors.
@@ -467,28 +436,66 @@ impl Error {
 
     /// The [`io::ErrorKind`] this error converts to.
     pub fn kind(&self) -> io::ErrorKind {
+        self.facts().kind
+    }
+
+    /// Every variant's facts, stated once per variant.
+    fn facts(&self) -> Facts<'_> {
+        use io::ErrorKind as K;
         match self {
-            Error::RemoteFs { .. } => io::ErrorKind::Unsupported,
-            Error::WouldBlock { .. } => io::ErrorKind::WouldBlock,
-            Error::Open { source, .. }
-            | Error::WriteRefused { source, .. }
-            | Error::Stat { source, .. }
-            | Error::Flock { source, .. }
-            | Error::Unlock { source, .. }
-            | Error::Remove { source, .. }
-            | Error::Holders { source, .. } => source.kind(),
-            Error::ReadOnly { .. } | Error::OfdNeedsWrite { .. } | Error::NotOwner { .. } => {
-                io::ErrorKind::PermissionDenied
-            }
-            Error::NotRegularFile { .. } | Error::Symlink { .. } | Error::InvalidPath { .. } => {
-                io::ErrorKind::InvalidInput
-            }
-            Error::DanglingSymlink { .. } | Error::Missing { .. } | Error::PathChanged { .. } => {
-                io::ErrorKind::NotFound
-            }
-            Error::Timeout { .. } => io::ErrorKind::TimedOut,
+            Error::RemoteFs { path, .. } => Facts::plain(path, K::Unsupported),
+            Error::WouldBlock { path, .. } => Facts {
+                path,
+                kind: K::WouldBlock,
+                errno: Some(crate::sys::errno::WOULDBLOCK),
+            },
+            Error::Open { path, source }
+            | Error::WriteRefused { path, source }
+            | Error::Stat { path, source }
+            | Error::Flock { path, source, .. }
+            | Error::Unlock { path, source, .. }
+            | Error::Remove { path, source }
+            | Error::Holders { path, source, .. } => Facts::os(path, source),
+            Error::ReadOnly { path }
+            | Error::OfdNeedsWrite { path }
+            | Error::NotOwner { path, .. } => Facts::plain(path, K::PermissionDenied),
+            Error::NotRegularFile { path, .. }
+            | Error::Symlink { path }
+            | Error::InvalidPath { path, .. } => Facts::plain(path, K::InvalidInput),
+            Error::DanglingSymlink { path }
+            | Error::Missing { path }
+            | Error::PathChanged { path } => Facts::plain(path, K::NotFound),
+            Error::Timeout { path, .. } => Facts::plain(path, K::TimedOut),
             // Not Interrupted: std's retry loops would treat it as "try again".
-            Error::Cancelled { .. } => io::ErrorKind::Other,
+            Error::Cancelled { path, .. } => Facts::plain(path, K::Other),
+        }
+    }
+}
+
+/// What an [`Error`] variant says about itself: the answers of
+/// [`Error::path`], [`Error::kind`] and [`Error::os_error`].
+struct Facts<'a> {
+    path: &'a Path,
+    kind: io::ErrorKind,
+    errno: Option<i32>,
+}
+
+impl<'a> Facts<'a> {
+    /// A refusal without a failed system call.
+    fn plain(path: &'a Path, kind: io::ErrorKind) -> Self {
+        Facts {
+            path,
+            kind,
+            errno: None,
+        }
+    }
+
+    /// A failed system call: its error decides the kind and the errno.
+    fn os(path: &'a Path, source: &io::Error) -> Self {
+        Facts {
+            path,
+            kind: source.kind(),
+            errno: source.raw_os_error(),
         }
     }
 }
@@ -819,6 +826,44 @@ mod tests {
             let has_errno = std::error::Error::source(&err).is_some() || err.is_would_block();
             assert_eq!(err.os_error().is_some(), has_errno, "{err:?}");
         }
+    }
+
+    #[test]
+    fn every_variant_states_its_kind_and_errno() {
+        use io::ErrorKind as K;
+        let access = os(rustix::io::Errno::ACCESS);
+        for err in every_variant() {
+            let name = format!("{err:?}");
+            let name = name.split([' ', '{']).next().unwrap().to_owned();
+            let (kind, errno) = match name.as_str() {
+                "RemoteFs" => (K::Unsupported, None),
+                "WouldBlock" => (K::WouldBlock, Some(crate::sys::errno::WOULDBLOCK)),
+                "Open" | "WriteRefused" | "Stat" | "Flock" | "Unlock" | "Remove" | "Holders" => {
+                    let source = std::error::Error::source(&err)
+                        .and_then(|s| s.downcast_ref::<io::Error>())
+                        .expect("an OS error as the source");
+                    (source.kind(), source.raw_os_error())
+                }
+                "ReadOnly" | "OfdNeedsWrite" | "NotOwner" => (K::PermissionDenied, None),
+                "NotRegularFile" | "Symlink" | "InvalidPath" => (K::InvalidInput, None),
+                "DanglingSymlink" | "Missing" | "PathChanged" => (K::NotFound, None),
+                "Timeout" => (K::TimedOut, None),
+                "Cancelled" => (K::Other, None),
+                other => panic!("no expectation for {other}"),
+            };
+            assert_eq!(err.kind(), kind, "{err:?}");
+            assert_eq!(err.os_error(), errno, "{err:?}");
+            assert_eq!(io::Error::from(err).kind(), kind);
+        }
+        let err = Error::Remove {
+            path: PathBuf::from("/run/app.lock"),
+            source: access,
+        };
+        assert_eq!(err.kind(), K::PermissionDenied);
+        assert_eq!(
+            err.os_error(),
+            Some(rustix::io::Errno::ACCESS.raw_os_error())
+        );
     }
 
     #[test]

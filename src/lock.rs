@@ -348,9 +348,14 @@ impl LockFile {
     ///
     /// # Errors
     /// [`Error::WouldBlock`] on contention ([`LockError::is_would_block`]),
-    /// [`Error::NotOwner`] in a forked child, [`Error::Flock`],
-    /// [`Error::PathChanged`] under path verification; each gives the file
-    /// back.
+    /// [`Error::NotOwner`] in a forked child, [`Error::Flock`].
+    /// Under [`LockOptions::verify_path`], also [`Error::PathChanged`] when the
+    /// file keeps being replaced, [`Error::Stat`] when the
+    /// path cannot be examined and, when the file was replaced and the path
+    /// is opened again, [`Error::Open`], [`Error::Missing`],
+    /// [`Error::WriteRefused`], [`Error::Symlink`],
+    /// [`Error::NotRegularFile`] or [`Error::RemoteFs`].
+    /// Each gives the file back.
     ///
     /// # Examples
     /// ```
@@ -393,7 +398,12 @@ impl LockFile {
     ///
     /// # Errors
     /// [`Error::NotOwner`] in a forked child, [`Error::Flock`] (for
-    /// example `EDEADLK` or `ENOLCK`); each gives the file back.
+    /// example `EBADF` for a descriptor opened with `O_PATH`, or `ENOLCK`).
+    /// Under [`LockOptions::verify_path`], also [`Error::Stat`] when the
+    /// path cannot be examined and, when the file was replaced and the path
+    /// is opened again, [`Error::Open`], [`Error::Missing`],
+    /// [`Error::WriteRefused`], [`Error::Symlink`],
+    /// [`Error::NotRegularFile`] or [`Error::RemoteFs`]. Each gives the file back.
     ///
     /// # Examples
     /// ```
@@ -420,7 +430,12 @@ impl LockFile {
     ///
     /// # Errors
     /// [`Error::Timeout`] naming the holders ([`LockError::is_timeout`]),
-    /// [`Error::NotOwner`], [`Error::Flock`]; each gives the file back.
+    /// [`Error::NotOwner`], [`Error::Flock`].
+    /// Under [`LockOptions::verify_path`], also [`Error::Stat`] when the
+    /// path cannot be examined and, when the file was replaced and the path
+    /// is opened again, [`Error::Open`], [`Error::Missing`],
+    /// [`Error::WriteRefused`], [`Error::Symlink`],
+    /// [`Error::NotRegularFile`] or [`Error::RemoteFs`]. Each gives the file back.
     ///
     /// # Examples
     /// ```
@@ -479,9 +494,15 @@ impl LockFile {
     /// a description for the timeout message.
     ///
     /// # Errors
-    /// [`Error::WouldBlock`], [`Error::Timeout`], [`Error::Cancelled`],
-    /// [`Error::NotOwner`], [`Error::Flock`], [`Error::PathChanged`]; each
-    /// gives the file back.
+    /// [`Error::WouldBlock`] ([`Wait::none`]), [`Error::Timeout`],
+    /// [`Error::Cancelled`], [`Error::NotOwner`], [`Error::Flock`].
+    /// Under [`LockOptions::verify_path`], also [`Error::PathChanged`] when the
+    /// file keeps being replaced ([`Wait::none`]), [`Error::Stat`] when the
+    /// path cannot be examined and, when the file was replaced and the path
+    /// is opened again, [`Error::Open`], [`Error::Missing`],
+    /// [`Error::WriteRefused`], [`Error::Symlink`],
+    /// [`Error::NotRegularFile`] or [`Error::RemoteFs`].
+    /// Each gives the file back.
     ///
     /// # Examples
     /// ```
