@@ -741,3 +741,35 @@ pub(crate) fn hostname() -> Option<String> {
     let name = name.trim();
     (!name.is_empty()).then(|| name.to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The audited function's own test: the word it maps starts at zero,
+    /// keeps what is stored in this process, and reads zero in a child made
+    /// by `fork(2)`, which is what makes a cached pid safe to trust.
+    #[test]
+    #[allow(unsafe_code)] // fork(2), waitpid(2) and _exit(2) to read the child's copy of the page
+    fn the_wipe_on_fork_word_reads_zero_in_a_forked_child() {
+        let word = wipe_on_fork_word().expect("MADV_WIPEONFORK needs Linux 4.14 or later");
+        assert_eq!(word.load(Ordering::Relaxed), 0);
+        word.store(0xdead_beef, Ordering::Relaxed);
+        // SAFETY: the child only loads an atomic and calls _exit(2), both
+        // async-signal-safe, so locks held by other threads at the fork
+        // cannot be touched in it.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let wiped = word.load(Ordering::Relaxed) == 0;
+            // SAFETY: ends the child without unwinding into the test harness.
+            unsafe { libc::_exit(if wiped { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: `pid` is this process's child; `status` is a live i32.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "child died: {status:#x}");
+        assert_eq!(libc::WEXITSTATUS(status), 0, "the child saw the parent's value");
+        assert_eq!(word.load(Ordering::Relaxed), 0xdead_beef);
+    }
+}
