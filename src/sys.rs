@@ -769,7 +769,11 @@ mod tests {
         // SAFETY: `pid` is this process's child; `status` is a live i32.
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         assert!(libc::WIFEXITED(status), "child died: {status:#x}");
-        assert_eq!(libc::WEXITSTATUS(status), 0, "the child saw the parent's value");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "the child saw the parent's value"
+        );
         assert_eq!(word.load(Ordering::Relaxed), 0xdead_beef);
     }
 }
