@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use crate::kind::ByteRange;
 use crate::mode::FlockMode;
 use crate::sys;
 
@@ -21,8 +22,17 @@ use crate::sys;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Holder {
-    /// The process that took the lock, or that waits for it.
+    /// The process that took the lock, or that waits for it. For an
+    /// [`HolderKind::Ofd`] lock, which the kernel does not tie to a
+    /// process, the first process found holding it through a descriptor;
+    /// `0` when none was found (another user's process, a blocked waiter,
+    /// or the time for diagnostics ran out).
     pub pid: u32,
+    /// The kind of lock.
+    pub kind: HolderKind,
+    /// The bytes held or asked for; `None` for the whole file (every
+    /// `flock(2)` lock, and record locks from byte 0 to the end).
+    pub range: Option<ByteRange>,
     /// The mode held or requested.
     pub mode: FlockMode,
     /// `true` for a process blocked in `flock(2)` waiting for this lock.
@@ -49,6 +59,39 @@ pub struct Holder {
     ///
     /// [`Error::Timeout`]: crate::Error::Timeout
     pub sharers_complete: bool,
+}
+
+/// Which kind of lock a [`Holder`] holds or waits for, as `/proc/locks`
+/// names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HolderKind {
+    /// A `flock(2)` lock (`FLOCK`): whole file, owned by an open file
+    /// description.
+    Flock,
+    /// An open file description record lock (`OFDLCK`, `F_OFD_SETLK`), as
+    /// [`LockKind::Ofd`](crate::LockKind) takes.
+    Ofd,
+    /// A process-owned POSIX record lock (`POSIX`: `fcntl(F_SETLK)`,
+    /// `lockf(3)`).
+    Posix,
+}
+
+impl HolderKind {
+    /// The name used in messages: `"flock"`, `"OFD"` or `"POSIX"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            HolderKind::Flock => "flock",
+            HolderKind::Ofd => "OFD",
+            HolderKind::Posix => "POSIX",
+        }
+    }
+}
+
+impl fmt::Display for HolderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What was verified about a [`Holder`]'s PID.
@@ -171,25 +214,26 @@ impl fmt::Display for Holder {
     /// `pid 4242 (exited) took exclusive; now held by pid 4250 (sleep 100)`.
     /// Control characters in command lines are escapes (`\x1b`, `\n`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = Moded(self);
         if self.waiting {
-            write_process(f, self.pid, self.cmdline.as_deref())?;
-            return write!(f, " waits for {}", self.mode);
+            self.write_who(f)?;
+            return write!(f, " waits for {mode}");
         }
         match self.status {
             PidStatus::Confirmed => {
-                write_process(f, self.pid, self.cmdline.as_deref())?;
-                write!(f, " holds {}", self.mode)
+                self.write_who(f)?;
+                write!(f, " holds {mode}")
             }
             PidStatus::Unverified => {
-                write_process(f, self.pid, self.cmdline.as_deref())?;
-                write!(f, " holds {} (unverified)", self.mode)
+                self.write_who(f)?;
+                write!(f, " holds {mode} (unverified)")
             }
             PidStatus::NotHolding | PidStatus::Exited => {
                 if self.status == PidStatus::Exited {
-                    write!(f, "pid {} (exited) took {}", self.pid, self.mode)?;
+                    write!(f, "pid {} (exited) took {mode}", self.pid)?;
                 } else {
                     write_process(f, self.pid, self.cmdline.as_deref())?;
-                    write!(f, " took {} but no longer has it open", self.mode)?;
+                    write!(f, " took {mode} but no longer has it open")?;
                 }
                 if self.sharers.is_empty() {
                     if self.sharers_complete {
@@ -215,6 +259,35 @@ impl fmt::Display for Holder {
     }
 }
 
+impl Holder {
+    /// `pid 4242 (cmd)`, or for an OFD lock whose process was not found,
+    /// `a process not found`.
+    fn write_who(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.pid == 0 {
+            return f.write_str("a process not found");
+        }
+        write_process(f, self.pid, self.cmdline.as_deref())
+    }
+}
+
+/// A holder's mode with its kind and bytes when it is not a `flock(2)`
+/// lock: `exclusive`, `shared POSIX lock`, `exclusive OFD lock on bytes 0..10`.
+struct Moded<'a>(&'a Holder);
+
+impl fmt::Display for Moded<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = self.0;
+        write!(f, "{}", h.mode)?;
+        if h.kind != HolderKind::Flock {
+            write!(f, " {} lock", h.kind)?;
+        }
+        if let Some(range) = h.range {
+            write!(f, " on {range}")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +295,8 @@ mod tests {
     fn holder() -> Holder {
         Holder {
             pid: 4242,
+            kind: HolderKind::Flock,
+            range: None,
             mode: FlockMode::Exclusive,
             waiting: false,
             cmdline: Some("cargo build --release".into()),
@@ -282,6 +357,36 @@ mod tests {
         assert_eq!(
             h.to_string(),
             "pid 4242 (make) took shared but no longer has it open; now held by pid 4250 (sleep 100), pid 4251"
+        );
+    }
+
+    #[test]
+    fn record_lock_holders_name_their_kind_and_bytes() {
+        let mut h = holder();
+        h.kind = HolderKind::Posix;
+        h.cmdline = Some("python3".into());
+        assert_eq!(
+            h.to_string(),
+            "pid 4242 (python3) holds exclusive POSIX lock"
+        );
+        h.range = Some(ByteRange::new(100, 10));
+        assert_eq!(
+            h.to_string(),
+            "pid 4242 (python3) holds exclusive POSIX lock on bytes 100..110"
+        );
+        h.kind = HolderKind::Ofd;
+        h.range = Some(ByteRange::from_start(7));
+        h.pid = 0;
+        h.status = PidStatus::Unverified;
+        assert_eq!(
+            h.to_string(),
+            "a process not found holds exclusive OFD lock on bytes 7.. (unverified)"
+        );
+        h.waiting = true;
+        h.mode = FlockMode::Shared;
+        assert_eq!(
+            h.to_string(),
+            "a process not found waits for shared OFD lock on bytes 7.."
         );
     }
 

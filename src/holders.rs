@@ -1,4 +1,5 @@
-//! Holder diagnostics: who holds or waits for a `flock(2)` lock, read from
+//! Holder diagnostics: who holds or waits for a `flock(2)`, OFD or POSIX
+//! lock, read from
 //! `/proc/locks`, `/proc/self/mountinfo` and `/proc/PID/fdinfo` (through
 //! the reads in `sys`).
 //!
@@ -39,7 +40,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
-use crate::holder::{Holder, LockProcess, PidStatus};
+use crate::holder::{Holder, HolderKind, LockProcess, PidStatus};
+use crate::kind::ByteRange;
 use crate::mode::FlockMode;
 use crate::sys::{self, MountedId};
 
@@ -48,9 +50,10 @@ const CMDLINE_MAX_CHARS: usize = 256;
 /// Bytes of `/proc/PID/cmdline` read at most.
 const CMDLINE_READ_MAX: u64 = 4096;
 
-/// Lists the processes that hold or wait for a `flock(2)` lock on the file
-/// at `path` (following symbolic links): holders, then waiters, each in
-/// the order of `/proc/locks`.
+/// Lists the processes that hold or wait for a lock on the file at `path`
+/// (following symbolic links): `flock(2)`, OFD and POSIX record locks
+/// ([`HolderKind`](crate::HolderKind)), holders, then waiters, each in the
+/// order of `/proc/locks`.
 ///
 /// Reads `/proc/locks` (several times when it is longer than a page, so
 /// that a holder that keeps its lock is listed exactly once however other
@@ -58,8 +61,9 @@ const CMDLINE_READ_MAX: u64 = 4096;
 /// `/proc/PID/stat`, `/proc/PID/fdinfo` and `/proc/PID/cmdline`. When the
 /// process that took the lock no longer holds it, every readable process's
 /// descriptors are read once to find the ones that do. The answer is a
-/// snapshot: locks may change after it is taken. `fcntl(2)` (POSIX and OFD)
-/// locks and leases are not listed.
+/// snapshot: locks may change after it is taken. An OFD lock, which the
+/// kernel ties to no process, is named by reading every readable process's
+/// descriptors. Leases are not listed.
 ///
 /// # Errors
 /// [`Error::Holders`] if the file cannot be examined (it does not exist,
@@ -170,6 +174,10 @@ fn collect(id: MountedId, path: &Path, budget: &Budget) -> Result<Vec<Holder>, E
     let mut holders: Vec<Holder> = Vec::new();
     for (entry, n) in entries {
         let (holder, held) = describe(entry, target, budget);
+        if entry.kind == HolderKind::Ofd && !entry.waiting && !budget.spent() {
+            holders.extend(name_ofd_holders(holder, n, entry, target, budget));
+            continue;
+        }
         // A process with one descriptor holding the lock holds one record
         // of it (a description holds one flock lock), however many the
         // passes counted; one found holding it holds at least one.
@@ -213,7 +221,7 @@ impl<'a> Walk<'a> {
             .enumerate()
             .filter(|(_, line)| contains(line, needle))
             .filter_map(|(i, line)| match parse_locks_line(line)? {
-                LockLine::Flock(entry) if entry.dev == target.dev && entry.ino == target.ino => {
+                LockLine::Lock(entry) if entry.dev == target.dev && entry.ino == target.ino => {
                     Some(Hit {
                         line: i,
                         entry,
@@ -492,6 +500,8 @@ fn liveness(pid: u32) -> Liveness {
 fn describe(entry: LockEntry, target: Target, budget: &Budget) -> (Holder, Option<usize>) {
     let mut holder = Holder {
         pid: entry.pid,
+        kind: entry.kind,
+        range: (entry.range != ByteRange::WHOLE).then_some(entry.range),
         mode: entry.mode,
         waiting: entry.waiting,
         cmdline: None,
@@ -500,6 +510,11 @@ fn describe(entry: LockEntry, target: Target, budget: &Budget) -> (Holder, Optio
         sharers_complete: true,
     };
     if budget.spent() {
+        return (holder, None);
+    }
+    if entry.kind == HolderKind::Ofd {
+        // Named by the caller (see name_ofd_holders); a blocked waiter has
+        // no descriptor that shows its request.
         return (holder, None);
     }
     let live = liveness(entry.pid);
@@ -563,8 +578,66 @@ fn holds(
 fn is_lock_of(lock: &LockEntry, entry: &LockEntry, target: Target) -> bool {
     lock.dev == target.dev
         && lock.ino == target.ino
+        && lock.kind == entry.kind
         && lock.mode == entry.mode
+        && lock.range == entry.range
         && lock.pid == entry.pid
+}
+
+/// The `n` holders of identical OFD entries, which `/proc/locks` ties to
+/// no process: every readable process's descriptors are read for matching
+/// `lock:` lines, one per open file description. The k-th descriptor found
+/// names the k-th holder (confirmed); descriptors beyond `n` (a description
+/// shared after `fork(2)`) become the last holder's sharers; holders left
+/// without one keep PID 0, unverified.
+fn name_ofd_holders(
+    template: Holder,
+    n: usize,
+    entry: LockEntry,
+    target: Target,
+    budget: &Budget,
+) -> Vec<Holder> {
+    let mut found = Vec::new();
+    let mut complete = true;
+    let mut buf = Vec::new();
+    'processes: for pid in sys::proc_pids().unwrap_or_default() {
+        let Some(dir) = descriptors_of(pid) else {
+            continue;
+        };
+        for &fd in &dir.fds {
+            if budget.spent() {
+                complete = false;
+                break 'processes;
+            }
+            if sys::proc_fdinfo(&dir, fd, &mut buf).is_ok()
+                && fdinfo_locks(&buf).any(|lock| is_lock_of(&lock, &entry, target))
+            {
+                found.push(pid);
+            }
+        }
+    }
+    let mut holders = vec![template; n];
+    for (k, holder) in holders.iter_mut().enumerate() {
+        holder.sharers_complete = complete;
+        let Some(&pid) = found.get(k) else {
+            continue;
+        };
+        holder.pid = pid;
+        holder.status = PidStatus::Confirmed;
+        holder.cmdline = cmdline(pid);
+    }
+    if let Some(last) = holders.last_mut() {
+        last.sharers = found
+            .iter()
+            .skip(n)
+            .filter(|&&pid| pid != last.pid)
+            .map(|&pid| LockProcess {
+                pid,
+                cmdline: if budget.spent() { None } else { cmdline(pid) },
+            })
+            .collect();
+    }
+    holders
 }
 
 /// Fills [`Holder::sharers`] of every holder whose PID no longer holds its
@@ -583,7 +656,9 @@ fn find_sharers(holders: &mut [Holder], target: Target, budget: &Budget) {
         .iter()
         .map(|&i| LockEntry {
             waiting: false,
+            kind: holders[i].kind,
             mode: holders[i].mode,
+            range: holders[i].range.unwrap_or(ByteRange::WHOLE),
             pid: holders[i].pid,
             dev: target.dev,
             ino: target.ino,
@@ -648,12 +723,17 @@ fn cmdline(pid: u32) -> Option<String> {
 
 // ---- pure parsers -------------------------------------------------------
 
-/// One `FLOCK` entry of `/proc/locks` or of an fdinfo `lock:` line.
+/// One `FLOCK`, `POSIX` or `OFDLCK` entry of `/proc/locks` or of an
+/// fdinfo `lock:` line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct LockEntry {
     pub(crate) waiting: bool,
+    pub(crate) kind: HolderKind,
     pub(crate) mode: FlockMode,
+    /// 0 for an OFD lock, which the kernel prints with PID -1.
     pub(crate) pid: u32,
+    /// `ByteRange::WHOLE` for a flock lock.
+    pub(crate) range: ByteRange,
     pub(crate) dev: (u32, u32),
     pub(crate) ino: u64,
 }
@@ -661,9 +741,9 @@ pub(crate) struct LockEntry {
 /// What a line of `/proc/locks` is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum LockLine {
-    /// A `flock(2)` lock or waiter.
-    Flock(LockEntry),
-    /// A well-formed line of another kind (POSIX, OFDLCK, LEASE, …).
+    /// A `flock(2)`, POSIX or OFD lock or waiter.
+    Lock(LockEntry),
+    /// A well-formed line of another kind (LEASE, DELEG, …).
     Other,
 }
 
@@ -706,9 +786,12 @@ pub(crate) fn parse_locks_line(line: &[u8]) -> Option<LockLine> {
         .filter(|f| !f.is_empty())
         .peekable();
     let waiting = fields.next_if(|f| *f == b"->").is_some();
-    if fields.next()? != b"FLOCK" {
-        return Some(LockLine::Other);
-    }
+    let kind = match fields.next()? {
+        b"FLOCK" => HolderKind::Flock,
+        b"POSIX" => HolderKind::Posix,
+        b"OFDLCK" => HolderKind::Ofd,
+        _ => return Some(LockLine::Other),
+    };
     let _advisory = fields.next()?;
     let mode = match fields.next()? {
         b"WRITE" => FlockMode::Exclusive,
@@ -717,12 +800,32 @@ pub(crate) fn parse_locks_line(line: &[u8]) -> Option<LockLine> {
     };
     let pid = number::<i64>(fields.next()?)?;
     let (dev, ino) = parse_dev_ino(fields.next()?)?;
-    // A negative or zero PID is not a process this namespace can name.
-    let pid = u32::try_from(pid).ok().filter(|&p| p > 0)?;
-    Some(LockLine::Flock(LockEntry {
+    let pid = match kind {
+        // The kernel ties an OFD lock to no process and prints -1.
+        HolderKind::Ofd if pid == -1 => 0,
+        // A negative or zero PID is not a process this namespace can name.
+        _ => u32::try_from(pid).ok().filter(|&p| p > 0)?,
+    };
+    let range = match kind {
+        HolderKind::Flock => ByteRange::WHOLE,
+        _ => {
+            // START END, END inclusive or "EOF".
+            let start = number::<u64>(fields.next()?)?;
+            match fields.next()? {
+                b"EOF" => ByteRange::from_start(start),
+                end => {
+                    let end = number::<u64>(end)?;
+                    ByteRange::new(start, end.checked_sub(start)?.checked_add(1)?)
+                }
+            }
+        }
+    };
+    Some(LockLine::Lock(LockEntry {
         waiting,
+        kind,
         mode,
         pid,
+        range,
         dev,
         ino,
     }))
@@ -757,7 +860,7 @@ pub(crate) fn flock_entries(text: &[u8], target: Target) -> Vec<LockEntry> {
 pub(crate) fn fdinfo_locks(text: &[u8]) -> impl Iterator<Item = LockEntry> + '_ {
     split_lines(text).into_iter().filter_map(|line| {
         match parse_locks_line(trim_start(line.strip_prefix(b"lock:")?))? {
-            LockLine::Flock(entry) => Some(entry),
+            LockLine::Lock(entry) => Some(entry),
             LockLine::Other => None,
         }
     })
@@ -884,17 +987,33 @@ garbage fe:00:1234 here
     fn entry(pid: u32, mode: FlockMode, waiting: bool) -> LockEntry {
         LockEntry {
             waiting,
+            kind: HolderKind::Flock,
             mode,
             pid,
+            range: ByteRange::WHOLE,
             dev: (0xfe, 0),
             ino: 1234,
         }
     }
 
     #[test]
-    fn flock_entries_keep_holders_and_waiters_of_the_target_only() {
+    fn lock_entries_keep_holders_and_waiters_of_the_target_only() {
+        let posix = LockEntry {
+            kind: HolderKind::Posix,
+            ..entry(812, FlockMode::Exclusive, false)
+        };
+        let ofd = LockEntry {
+            kind: HolderKind::Ofd,
+            ..entry(0, FlockMode::Shared, false)
+        };
+        let found = flock_entries(LOCKS.as_bytes(), TARGET);
+        assert_eq!(found[0], posix);
+        assert_eq!(found[4], ofd);
         assert_eq!(
-            flock_entries(LOCKS.as_bytes(), TARGET),
+            found
+                .into_iter()
+                .filter(|e| e.kind == HolderKind::Flock)
+                .collect::<Vec<_>>(),
             vec![
                 entry(4242, FlockMode::Exclusive, false),
                 entry(4250, FlockMode::Shared, true),
@@ -925,13 +1044,46 @@ garbage fe:00:1234 here
     }
 
     #[test]
+    fn posix_and_ofd_lines_carry_their_kind_and_bytes() {
+        let parse = |line: &str| match parse_locks_line(line.as_bytes()) {
+            Some(LockLine::Lock(e)) => e,
+            other => panic!("{line}: {other:?}"),
+        };
+        let e = parse("1: POSIX  ADVISORY  WRITE 812 fe:00:1234 0 EOF");
+        assert_eq!(
+            (e.kind, e.pid, e.range),
+            (HolderKind::Posix, 812, ByteRange::WHOLE)
+        );
+        let e = parse("3: OFDLCK ADVISORY  READ  -1 fe:00:1234 100 199");
+        assert_eq!(
+            (e.kind, e.mode, e.pid, e.range),
+            (
+                HolderKind::Ofd,
+                FlockMode::Shared,
+                0,
+                ByteRange::new(100, 100)
+            )
+        );
+        let e = parse("2: -> POSIX  ADVISORY  WRITE 813 fe:00:1234 10 EOF");
+        assert!(e.waiting);
+        assert_eq!(e.range, ByteRange::from_start(10));
+        let e = parse("4: POSIX  MANDATORY WRITE 9 fe:00:1234 5 5");
+        assert_eq!(e.range, ByteRange::new(5, 1));
+        for bad in [
+            "1: POSIX  ADVISORY  WRITE -1 fe:00:1234 0 EOF",
+            "1: OFDLCK ADVISORY  WRITE 7 fe:00:1234 0",
+            "1: OFDLCK ADVISORY  WRITE -1 fe:00:1234 9 3",
+            "1: POSIX  ADVISORY  WRITE 7 fe:00:1234 x EOF",
+        ] {
+            assert_eq!(parse_locks_line(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn other_lock_kinds_are_recognised_and_skipped() {
         for line in [
-            "1: POSIX  ADVISORY  WRITE 812 fe:00:1234 0 EOF",
-            "3: OFDLCK ADVISORY  READ  -1 fe:00:1234 0 EOF",
             "6: LEASE  ACTIVE    READ 99 fe:00:1234 0 EOF",
             "7: DELEG  ACTIVE    READ 99 fe:00:1234 0 EOF",
-            "2: -> POSIX  ADVISORY  WRITE 813 fe:00:1234 0 100",
         ] {
             assert_eq!(
                 parse_locks_line(line.as_bytes()),
@@ -968,8 +1120,10 @@ garbage fe:00:1234 here
                       lock:\t1: FLOCK  ADVISORY  WRITE 4242 fe:00:1234 0 EOF\n";
         let locks: Vec<_> = fdinfo_locks(fdinfo.as_bytes()).collect();
         assert_eq!(locks, vec![entry(4242, FlockMode::Exclusive, false)]);
-        let posix = "pos:\t0\nlock:\t1: POSIX  ADVISORY  WRITE 4242 fe:00:1234 0 EOF\n";
-        assert_eq!(fdinfo_locks(posix.as_bytes()).count(), 0);
+        let ofd = "pos:\t0\nlock:\t1: OFDLCK ADVISORY  WRITE -1 fe:00:1234 0 EOF\n";
+        let locks: Vec<_> = fdinfo_locks(ofd.as_bytes()).collect();
+        assert_eq!(locks.len(), 1);
+        assert_eq!((locks[0].kind, locks[0].pid), (HolderKind::Ofd, 0));
         assert_eq!(fdinfo_locks(b"pos:\t0\nflags:\t0\n").count(), 0);
     }
 

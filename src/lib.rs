@@ -208,9 +208,9 @@ struct MigratingDoctests;
 pub use crate::{
     error::{Error, FileKind, LockError, PathProblem},
     fs_policy::{classify, UnreliableFs},
-    holder::{Holder, LockProcess, PidStatus},
+    holder::{Holder, HolderKind, LockProcess, PidStatus},
     holders::holders,
-    kind::LockKind,
+    kind::{ByteRange, LockKind},
     lock::{
         block_flock, flock_timeout, materialize, try_flock, AnyGuard, LockFile, LockGuard,
         LockOptions,

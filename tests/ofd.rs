@@ -389,3 +389,250 @@ fn the_async_front_end_takes_and_waits_for_ofd_locks() {
         drop(reader);
     });
 }
+
+// ---- other kinds of lock, taken by real programs -------------------------
+
+/// A program of another kind holding a lock on a file until released.
+struct Program {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Program {
+    /// Starts `cmd`, which prints `locked` once it holds its lock.
+    fn start(mut cmd: std::process::Command) -> Program {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn holder program");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "locked", "holder program did not lock");
+        Program { child, stdout }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Closes its stdin (it then releases and exits) and waits for it.
+    fn release(mut self) {
+        use std::io::Read;
+        drop(self.child.stdin.take());
+        let mut rest = String::new();
+        let _ = self.stdout.read_to_string(&mut rest);
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// python3's `fcntl.lockf` (a POSIX record lock) on `len` bytes from
+/// `start` (`len` 0: to the end).
+fn python_lockf(path: &Path, exclusive: bool, start: u64, len: u64) -> Program {
+    let script = "import fcntl, os, sys\n\
+                  fd = os.open(sys.argv[1], os.O_RDWR)\n\
+                  op = fcntl.LOCK_EX if sys.argv[2] == 'w' else fcntl.LOCK_SH\n\
+                  fcntl.lockf(fd, op, int(sys.argv[4]), int(sys.argv[3]))\n\
+                  print('locked', flush=True)\n\
+                  sys.stdin.read()\n";
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", script])
+        .arg(path)
+        .arg(if exclusive { "w" } else { "r" })
+        .arg(start.to_string())
+        .arg(len.to_string());
+    Program::start(cmd)
+}
+
+const SETLK_C: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+/* path w|r start len: fcntl(F_SETLKW) on the range, "locked", wait for EOF. */
+int main(int argc, char **argv) {
+    if (argc != 5) return 2;
+    int fd = open(argv[1], O_RDWR);
+    if (fd < 0) { perror("open"); return 1; }
+    struct flock fl = {0};
+    fl.l_type = argv[2][0] == 'w' ? F_WRLCK : F_RDLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = atoll(argv[3]);
+    fl.l_len = atoll(argv[4]);
+    if (fcntl(fd, F_SETLKW, &fl) != 0) { perror("fcntl"); return 1; }
+    printf("locked\n");
+    fflush(stdout);
+    char buf[64];
+    while (read(0, buf, sizeof buf) > 0) {}
+    return 0;
+}
+"#;
+
+/// The C program above, compiled once per test run with `gcc`.
+fn setlk_program() -> &'static Path {
+    static EXE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("flockguard-setlk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("setlk.c");
+        let exe = dir.join("setlk");
+        std::fs::write(&src, SETLK_C).unwrap();
+        let status = std::process::Command::new("gcc")
+            .args(["-O2", "-Wall", "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .status()
+            .expect("run gcc");
+        assert!(status.success(), "gcc failed");
+        exe
+    })
+}
+
+fn c_setlk(path: &Path, exclusive: bool, start: u64, len: u64) -> Program {
+    let mut cmd = std::process::Command::new(setlk_program());
+    cmd.arg(path)
+        .arg(if exclusive { "w" } else { "r" })
+        .arg(start.to_string())
+        .arg(len.to_string());
+    Program::start(cmd)
+}
+
+type Taker = fn(&Path, bool, u64, u64) -> Program;
+
+const PROGRAMS: [(&str, Taker); 2] = [
+    ("python3 fcntl.lockf", python_lockf),
+    ("C fcntl(F_SETLK)", c_setlk),
+];
+
+#[test]
+fn ofd_locks_conflict_with_posix_locks_of_other_programs() {
+    for (name, take) in PROGRAMS {
+        let (_dir, path) = support::lock_path();
+        std::fs::write(&path, b"").unwrap();
+        // Exclusive whole file: nothing else.
+        let program = take(&path, true, 0, 0);
+        assert!(!ofd_free(&path, FlockMode::Shared), "{name}");
+        // flock(2) keeps its own list: unaffected on a local filesystem.
+        assert!(support::is_free(&path), "{name}");
+        program.release();
+        assert!(ofd_free(&path, FlockMode::Exclusive), "{name}");
+        // Shared whole file: readers share, a writer waits.
+        let program = take(&path, false, 0, 0);
+        assert!(ofd_free(&path, FlockMode::Shared), "{name}");
+        assert!(!ofd_free(&path, FlockMode::Exclusive), "{name}");
+        program.release();
+        // A range: a whole-file lock overlaps it.
+        let program = take(&path, true, 100, 10);
+        assert!(!ofd_free(&path, FlockMode::Shared), "{name}");
+        program.release();
+        // And the other way round: the program waits for our lock.
+        let guard = ofd(&path).try_lock::<Shared>().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                let program = take(&path, true, 0, 0);
+                tx.send(()).unwrap();
+                program.release();
+            }
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "{name} took its lock beside ours"
+        );
+        drop(guard);
+        rx.recv_timeout(LINE_TIMEOUT)
+            .expect("the program got the lock");
+        waiter.join().unwrap();
+    }
+}
+
+#[test]
+fn holders_lists_posix_holders_with_their_bytes() {
+    for (name, take) in PROGRAMS {
+        let (_dir, path) = support::lock_path();
+        std::fs::write(&path, b"").unwrap();
+        let program = take(&path, true, 100, 10);
+        let list = flockguard::holders(&path).unwrap();
+        assert_eq!(list.len(), 1, "{name}: {list:?}");
+        let h = &list[0];
+        assert_eq!(h.pid, program.pid(), "{name}");
+        assert_eq!(h.kind, flockguard::HolderKind::Posix, "{name}");
+        assert_eq!(h.mode, FlockMode::Exclusive, "{name}");
+        assert_eq!(h.range, Some(flockguard::ByteRange::new(100, 10)), "{name}");
+        assert_eq!(h.status, flockguard::PidStatus::Confirmed, "{name}");
+        let text = h.to_string();
+        assert!(
+            text.starts_with(&format!("pid {} (", program.pid()))
+                && text.ends_with("holds exclusive POSIX lock on bytes 100..110"),
+            "{name}: {text}"
+        );
+        program.release();
+        assert!(flockguard::holders(&path).unwrap().is_empty(), "{name}");
+    }
+}
+
+#[test]
+fn holders_names_the_process_behind_an_ofd_lock() {
+    let (_dir, path) = support::lock_path();
+    let mut child = Child::spawn(&["hold", path.to_str().unwrap(), "sh"]);
+    child.expect_line("locked", LINE_TIMEOUT);
+    let mine = ofd(&path).try_lock::<Shared>().unwrap();
+    let mut list = flockguard::holders(&path).unwrap();
+    list.sort_by_key(|h| h.pid);
+    let mut expected = [child.pid(), std::process::id()];
+    expected.sort_unstable();
+    assert_eq!(
+        list.iter().map(|h| h.pid).collect::<Vec<_>>(),
+        expected,
+        "{list:?}"
+    );
+    for h in &list {
+        assert_eq!(h.kind, flockguard::HolderKind::Ofd);
+        assert_eq!(h.mode, FlockMode::Shared);
+        assert_eq!(h.range, None);
+        assert_eq!(h.status, flockguard::PidStatus::Confirmed);
+    }
+    drop(mine);
+    assert!(child.release().success());
+    assert!(flockguard::holders(&path).unwrap().is_empty());
+}
+
+#[test]
+fn a_timed_wait_for_a_posix_holder_names_it_and_gets_the_lock_when_it_goes() {
+    for (name, take) in PROGRAMS {
+        let (_dir, path) = support::lock_path();
+        std::fs::write(&path, b"").unwrap();
+        let program = take(&path, true, 0, 0);
+        let err = ofd(&path)
+            .lock_timeout::<Exclusive>(Duration::from_millis(100))
+            .unwrap_err();
+        assert!(err.is_timeout(), "{name}: {err:?}");
+        let holders = err.error.holders();
+        assert_eq!(holders.len(), 1, "{name}: {holders:?}");
+        assert_eq!(holders[0].pid, program.pid(), "{name}");
+        assert_eq!(holders[0].kind, flockguard::HolderKind::Posix, "{name}");
+        let msg = err.error.to_string();
+        assert!(
+            msg.contains(&format!("pid {}", program.pid())) && msg.contains("POSIX lock"),
+            "{name}: {msg}"
+        );
+        let file = err.into_inner();
+        let waiter = std::thread::spawn(move || file.lock_timeout::<Exclusive>(LINE_TIMEOUT));
+        std::thread::sleep(Duration::from_millis(50));
+        program.release();
+        let guard = waiter.join().unwrap().unwrap();
+        drop(guard);
+    }
+}
