@@ -317,7 +317,9 @@ impl LockFile {
     /// Opens (or creates) `path` with the default [`LockOptions`].
     ///
     /// # Errors
-    /// As [`LockOptions::open`].
+    /// [`Error::InvalidPath`], [`Error::Open`], [`Error::Symlink`],
+    /// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::Stat`]: those
+    /// of [`LockOptions::open`] that its defaults allow.
     ///
     /// # Examples
     /// ```
@@ -348,7 +350,9 @@ impl LockFile {
     ///
     /// # Errors
     /// [`Error::WouldBlock`] on contention ([`LockError::is_would_block`]),
-    /// [`Error::NotOwner`] in a forked child, [`Error::Flock`].
+    /// [`Error::NotOwner`] in a forked child, [`Error::Flock`],
+    /// [`Error::OfdNeedsWrite`] for an exclusive `LockKind::Ofd` lock on a
+    /// read-only descriptor.
     /// Under [`LockOptions::verify_path`], also [`Error::PathChanged`] when the
     /// file keeps being replaced, [`Error::Stat`] when the
     /// path cannot be examined and, when the file was replaced and the path
@@ -398,7 +402,9 @@ impl LockFile {
     ///
     /// # Errors
     /// [`Error::NotOwner`] in a forked child, [`Error::Flock`] (for
-    /// example `EBADF` for a descriptor opened with `O_PATH`, or `ENOLCK`).
+    /// example `EBADF` for a descriptor opened with `O_PATH`, or `ENOLCK`),
+    /// [`Error::OfdNeedsWrite`] for an exclusive `LockKind::Ofd` lock on a
+    /// read-only descriptor.
     /// Under [`LockOptions::verify_path`], also [`Error::Stat`] when the
     /// path cannot be examined and, when the file was replaced and the path
     /// is opened again, [`Error::Open`], [`Error::Missing`],
@@ -430,7 +436,7 @@ impl LockFile {
     ///
     /// # Errors
     /// [`Error::Timeout`] naming the holders ([`LockError::is_timeout`]),
-    /// [`Error::NotOwner`], [`Error::Flock`].
+    /// [`Error::NotOwner`], [`Error::Flock`], [`Error::OfdNeedsWrite`].
     /// Under [`LockOptions::verify_path`], also [`Error::Stat`] when the
     /// path cannot be examined and, when the file was replaced and the path
     /// is opened again, [`Error::Open`], [`Error::Missing`],
@@ -495,7 +501,8 @@ impl LockFile {
     ///
     /// # Errors
     /// [`Error::WouldBlock`] ([`Wait::none`]), [`Error::Timeout`],
-    /// [`Error::Cancelled`], [`Error::NotOwner`], [`Error::Flock`].
+    /// [`Error::Cancelled`], [`Error::NotOwner`], [`Error::Flock`],
+    /// [`Error::OfdNeedsWrite`].
     /// Under [`LockOptions::verify_path`], also [`Error::PathChanged`] when the
     /// file keeps being replaced ([`Wait::none`]), [`Error::Stat`] when the
     /// path cannot be examined and, when the file was replaced and the path
@@ -1282,8 +1289,9 @@ impl LockGuard<Shared> {
     /// until the lock is granted.
     ///
     /// # Errors
-    /// [`Error::NotOwner`] in a forked child, [`Error::Flock`]; each gives
-    /// the file back, unlocked.
+    /// [`Error::NotOwner`] in a forked child, [`Error::Flock`],
+    /// [`Error::OfdNeedsWrite`] for a `LockKind::Ofd` lock on a read-only
+    /// descriptor; each gives the file back, unlocked.
     ///
     /// # Examples
     /// ```
@@ -1311,7 +1319,8 @@ impl LockGuard<Shared> {
     /// # Errors
     /// [`Error::WouldBlock`] with `shared_lost: true` on contention,
     /// [`Error::NotOwner`] in a forked child (lock untouched),
-    /// [`Error::Flock`]; each gives the file back.
+    /// [`Error::Flock`], [`Error::OfdNeedsWrite`] for a `LockKind::Ofd`
+    /// lock on a read-only descriptor; each gives the file back.
     ///
     /// # Examples
     /// ```
@@ -1562,7 +1571,9 @@ impl AsRawFd for AnyGuard {
 /// [`LockOptions::open`], and takes no lock.
 ///
 /// # Errors
-/// As [`LockOptions::open`].
+/// [`Error::InvalidPath`], [`Error::Open`], [`Error::Symlink`],
+/// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::Stat`]: those
+/// of [`LockOptions::open`] that its defaults allow.
 ///
 /// # Examples
 /// ```
@@ -1580,7 +1591,10 @@ pub fn materialize(path: impl AsRef<Path>) -> Result<(), Error> {
 /// one holds it in a conflicting mode.
 ///
 /// # Errors
-/// As [`LockOptions::open`] and [`LockFile::try_lock`].
+/// [`Error::WouldBlock`] on contention, [`Error::Flock`]; and
+/// [`Error::InvalidPath`], [`Error::Open`], [`Error::Symlink`],
+/// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::Stat`]: those
+/// of [`LockOptions::open`] that its defaults allow.
 ///
 /// # Examples
 /// ```
@@ -1604,7 +1618,10 @@ pub fn try_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Error>
 /// waiting in `flock(2)` as long as it takes.
 ///
 /// # Errors
-/// As [`LockOptions::open`] and [`LockFile::lock`].
+/// [`Error::Flock`]; and
+/// [`Error::InvalidPath`], [`Error::Open`], [`Error::Symlink`],
+/// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::Stat`]: those
+/// of [`LockOptions::open`] that its defaults allow.
 ///
 /// # Examples
 /// ```
@@ -1627,7 +1644,10 @@ pub fn block_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Erro
 /// waiting at most `timeout`.
 ///
 /// # Errors
-/// As [`LockOptions::open`] and [`LockFile::lock_timeout`].
+/// [`Error::Timeout`] naming the holders, [`Error::Flock`]; and
+/// [`Error::InvalidPath`], [`Error::Open`], [`Error::Symlink`],
+/// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::Stat`]: those
+/// of [`LockOptions::open`] that its defaults allow.
 ///
 /// # Examples
 /// ```
