@@ -89,6 +89,26 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// Another holder of an OFD lock file waits to upgrade its shared lock,
+    /// so waiting for the exclusive lock while holding the shared one would
+    /// wait forever (the kernel does not detect deadlocks between OFD
+    /// locks). Refused before waiting; the shared lock was released.
+    #[error("upgrading the OFD lock on `{}` would deadlock: another holder of the shared lock is waiting to upgrade it too; the shared lock this guard held was released, so that upgrade can finish: lock again", path.display())]
+    UpgradeDeadlock {
+        /// The lock file.
+        path: PathBuf,
+    },
+
+    /// [`LockGuard::try_upgrade_in_place`](crate::LockGuard) on a
+    /// `flock(2)` lock file: `flock(2)` lets go of the shared lock before
+    /// it looks for conflicts, so a refused upgrade cannot keep it. Nothing
+    /// was changed: the guard comes back holding its shared lock.
+    #[error("cannot upgrade the flock lock on `{}` in place: flock(2) releases the shared lock when an upgrade is refused; use try_upgrade, or open the file with LockKind::Ofd", path.display())]
+    NoAtomicUpgrade {
+        /// The lock file.
+        path: PathBuf,
+    },
+
     /// The lock file could not be examined (`statx(2)`, `fstatfs(2)`,
     /// `fcntl(2)`) after it was opened.
     #[error("cannot examine lock file `{}`", path.display())]
@@ -466,6 +486,8 @@ impl Error {
             | Error::Missing { path }
             | Error::PathChanged { path } => Facts::plain(path, K::NotFound),
             Error::Timeout { path, .. } => Facts::plain(path, K::TimedOut),
+            Error::UpgradeDeadlock { path } => Facts::plain(path, K::Other),
+            Error::NoAtomicUpgrade { path } => Facts::plain(path, K::Unsupported),
             // Not Interrupted: std's retry loops would treat it as "try again".
             Error::Cancelled { path, .. } => Facts::plain(path, K::Other),
         }
@@ -721,6 +743,8 @@ mod tests {
             },
             Error::ReadOnly { path: path() },
             Error::OfdNeedsWrite { path: path() },
+            Error::UpgradeDeadlock { path: path() },
+            Error::NoAtomicUpgrade { path: path() },
             Error::WouldBlock {
                 path: path(),
                 mode: FlockMode::Exclusive,
@@ -848,6 +872,8 @@ mod tests {
                 "NotRegularFile" | "Symlink" | "InvalidPath" => (K::InvalidInput, None),
                 "DanglingSymlink" | "Missing" | "PathChanged" => (K::NotFound, None),
                 "Timeout" => (K::TimedOut, None),
+                "UpgradeDeadlock" => (K::Other, None),
+                "NoAtomicUpgrade" => (K::Unsupported, None),
                 "Cancelled" => (K::Other, None),
                 other => panic!("no expectation for {other}"),
             };

@@ -95,13 +95,14 @@
 //! `FD_CLOEXEC`, so executed programs never inherit a lock.
 //!
 //! # Mode transitions
-//! | call | what the kernel does |
-//! |---|---|
-//! | [`LockGuard::downgrade`] | exclusive → shared without letting go |
-//! | [`LockGuard::upgrade`] | drops shared, then waits for exclusive holding nothing |
-//! | [`LockGuard::try_upgrade`] | on contention the shared lock is **lost**; the error returns an unlocked [`LockFile`] |
-//! | [`LockGuard::unlock`] | `LOCK_UN`, descriptor kept for reuse |
-//! | drop | `LOCK_UN` then `close(2)` in the owning process; `close(2)` alone in a fork child |
+//! | call | [`LockKind::Flock`] | `LockKind::Ofd` |
+//! |---|---|---|
+//! | [`LockGuard::downgrade`] | exclusive → shared without letting go | the same |
+//! | [`LockGuard::upgrade`] | drops shared, then waits for exclusive holding nothing | waits holding shared; a second upgrader fails with [`Error::UpgradeDeadlock`] instead of deadlocking |
+//! | [`LockGuard::try_upgrade`] | on contention the shared lock is **lost**; the error returns an unlocked [`LockFile`] | the same (the shared lock is let go) |
+//! | [`LockGuard::try_upgrade_in_place`] | refused with [`Error::NoAtomicUpgrade`], nothing changed | on contention the error returns the shared guard, still held |
+//! | [`LockGuard::unlock`] | `LOCK_UN`, descriptor kept for reuse | `F_UNLCK` |
+//! | drop | `LOCK_UN` then `close(2)` in the owning process; `close(2)` alone in a fork child | `F_UNLCK`, then the same |
 //!
 //! # Errors
 //! One enum, [`Error`], whose messages name the path and the mode, with the

@@ -705,6 +705,26 @@ impl LockFile {
         let _ = sys::unlock(self.file.as_fd(), self.kind);
     }
 
+    /// The upgrade ticket of an OFD file (see [`LockGuard::upgrade`]): an
+    /// exclusive `flock(2)` lock on a new open file description of the same
+    /// file, held until the returned descriptor closes.
+    /// [`Error::UpgradeDeadlock`] when another upgrade holds it.
+    pub(crate) fn upgrade_ticket(&self) -> Result<OwnedFd, Error> {
+        let error = |source| Error::Flock {
+            path: self.error_path(),
+            mode: FlockMode::Exclusive,
+            source,
+        };
+        let ticket = sys::reopen(self.file.as_fd()).map_err(error)?;
+        match sys::flock(ticket.as_fd(), FlockMode::Exclusive, OnConflict::Fail) {
+            Ok(()) => Ok(ticket),
+            Err(err) if sys::is_contention(&err) => Err(Error::UpgradeDeadlock {
+                path: self.error_path(),
+            }),
+            Err(err) => Err(error(err)),
+        }
+    }
+
     /// The kernel lock every acquisition takes.
     pub fn kind(&self) -> LockKind {
         self.kind
@@ -989,6 +1009,12 @@ impl<M: Mode> LockGuard<M> {
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn new_locked(file: LockFile) -> Self {
         Self::new(file)
+    }
+
+    /// The file, still locked.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn file_ref(&self) -> &LockFile {
+        self.file()
     }
 
     /// The file, still locked; dropping it closes the descriptor.
@@ -1283,15 +1309,24 @@ impl LockGuard<Exclusive> {
 impl LockGuard<Shared> {
     /// Converts to an exclusive lock, waiting as long as it takes.
     ///
-    /// `flock(2)` drops the shared lock first and waits holding nothing:
-    /// others may take and release the lock in between, so re-read what
-    /// the lock protects after upgrading. This call blocks the thread
-    /// until the lock is granted.
+    /// On a [`LockKind::Flock`] file `flock(2)` drops the shared lock first
+    /// and waits holding nothing: others may take and release the lock in
+    /// between, so re-read what the lock protects after upgrading. On an
+    /// OFD file the wait keeps the shared lock, and nobody can write in
+    /// between. Two OFD holders that both waited to upgrade would wait for
+    /// each other forever (the kernel detects no deadlock between OFD
+    /// locks), so an OFD upgrade that must wait first takes an upgrade
+    /// ticket (an exclusive `flock(2)` lock on its own open of the same
+    /// file, which OFD locks never see on a local filesystem): while one
+    /// upgrade waits, another fails with [`Error::UpgradeDeadlock`] and
+    /// lets go of its shared lock, so the first can finish. This call
+    /// blocks the thread until the lock is granted.
     ///
     /// # Errors
     /// [`Error::NotOwner`] in a forked child, [`Error::Flock`],
     /// [`Error::OfdNeedsWrite`] for a `LockKind::Ofd` lock on a read-only
-    /// descriptor; each gives the file back, unlocked.
+    /// descriptor, [`Error::UpgradeDeadlock`]; each gives the file back,
+    /// unlocked.
     ///
     /// # Examples
     /// ```
@@ -1305,16 +1340,55 @@ impl LockGuard<Shared> {
     ///
     /// # References
     /// - [flock(2)](https://man7.org/linux/man-pages/man2/flock.2.html)
+    /// - [fcntl_locking(2)](https://man7.org/linux/man-pages/man2/fcntl_locking.2.html)
     #[inline]
     pub fn upgrade(self) -> Result<LockGuard<Exclusive>, LockError<LockFile>> {
-        self.convert(OnConflict::Block)
+        if self.kind() == LockKind::Flock {
+            return self.convert(OnConflict::Block);
+        }
+        self.upgrade_holding()
+    }
+
+    /// [`upgrade`](Self::upgrade) of an OFD file: in place if it can be,
+    /// else waiting in the kernel, holding the shared lock and the upgrade
+    /// ticket.
+    #[cold]
+    #[inline(never)]
+    fn upgrade_holding(self) -> Result<LockGuard<Exclusive>, LockError<LockFile>> {
+        if let Err(error) = self.file().check_owner() {
+            // A fork child: the parent's lock stays as it is.
+            return Err(LockError::new(error, self.into_file()));
+        }
+        let guard = match self.try_upgrade_in_place() {
+            Ok(writer) => return Ok(writer),
+            Err(err) if err.is_would_block() => err.into_inner(),
+            Err(err) => {
+                let file = err.handle.into_file();
+                file.let_go();
+                return Err(LockError::new(err.error, file));
+            }
+        };
+        let ticket = match guard.file().upgrade_ticket() {
+            Ok(ticket) => ticket,
+            Err(error) => {
+                let file = guard.into_file();
+                file.let_go();
+                return Err(LockError::new(error, file));
+            }
+        };
+        let writer = guard.convert(OnConflict::Block);
+        drop(ticket);
+        writer
     }
 
     /// Converts to an exclusive lock if no one else holds the lock.
     ///
-    /// On contention the kernel has already dropped the shared lock, so
-    /// the error hands back an unlocked [`LockFile`] (its message says the
-    /// shared lock was released), never a shared guard that would lie.
+    /// On a [`LockKind::Flock`] file the kernel has already dropped the
+    /// shared lock on contention, so the error hands back an unlocked
+    /// [`LockFile`] (its message says the shared lock was released), never
+    /// a shared guard that would lie. An OFD file keeps its shared lock on
+    /// contention, and this call lets go of it to keep the same contract;
+    /// [`try_upgrade_in_place`](Self::try_upgrade_in_place) keeps it.
     ///
     /// # Errors
     /// [`Error::WouldBlock`] with `shared_lost: true` on contention,
@@ -1342,6 +1416,74 @@ impl LockGuard<Shared> {
     #[inline]
     pub fn try_upgrade(self) -> Result<LockGuard<Exclusive>, LockError<LockFile>> {
         self.convert(OnConflict::Fail)
+    }
+
+    /// Converts an OFD lock to an exclusive one if no one else holds it;
+    /// on refusal the guard comes back still holding its shared lock.
+    ///
+    /// The kernel converts an OFD lock atomically: a refused conversion
+    /// leaves the shared lock as it was, and nobody can take the lock in
+    /// between. `flock(2)` cannot do this; on a [`LockKind::Flock`] file
+    /// the call changes nothing and fails with [`Error::NoAtomicUpgrade`].
+    ///
+    /// # Errors
+    /// Each gives the shared guard back, its lock untouched:
+    /// [`Error::WouldBlock`] (`shared_lost: false`) on contention,
+    /// [`Error::NoAtomicUpgrade`] on a flock file, [`Error::NotOwner`] in a
+    /// forked child, [`Error::OfdNeedsWrite`] on a read-only descriptor,
+    /// [`Error::Flock`].
+    ///
+    /// # Examples
+    /// ```
+    /// # #[cfg(feature = "ofd")] {
+    /// use flockguard::{LockKind, LockOptions, Shared};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.lock");
+    /// let mut opts = LockOptions::new();
+    /// opts.kind(LockKind::Ofd);
+    /// let mine = opts.open(&path)?.try_lock::<Shared>()?;
+    /// let other = opts.open(&path)?.try_lock::<Shared>()?;
+    /// let err = mine.try_upgrade_in_place().unwrap_err();
+    /// assert!(err.is_would_block());
+    /// let mine = err.into_inner(); // still a shared guard, still held
+    /// drop(other);
+    /// let _writer = mine.try_upgrade_in_place()?;
+    /// # }
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    ///
+    /// # References
+    /// - [fcntl_locking(2)](https://man7.org/linux/man-pages/man2/fcntl_locking.2.html)
+    #[doc(alias = "F_OFD_SETLK")]
+    #[allow(clippy::result_large_err)] // the error and the guard it hands back, on a refusal
+    pub fn try_upgrade_in_place(
+        self,
+    ) -> Result<LockGuard<Exclusive>, LockError<LockGuard<Shared>>> {
+        let file = self.file();
+        let refused = if file.kind == LockKind::Flock {
+            Err(Error::NoAtomicUpgrade {
+                path: file.error_path(),
+            })
+        } else {
+            file.check_owner()
+                .and_then(|()| file.check_write(FlockMode::Exclusive))
+        };
+        if let Err(error) = refused {
+            return Err(LockError::new(error, self));
+        }
+        match sys::lock(
+            file.as_fd(),
+            file.kind,
+            FlockMode::Exclusive,
+            OnConflict::Fail,
+        ) {
+            Ok(()) => Ok(LockGuard::new(self.into_file())),
+            Err(source) => {
+                // The kernel left the shared lock in place.
+                let error = file.flock_error(FlockMode::Exclusive, source);
+                Err(LockError::new(error, self))
+            }
+        }
     }
 }
 

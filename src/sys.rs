@@ -241,6 +241,15 @@ pub(crate) fn ofd_lock(
     }
 }
 
+/// A new open file description of the file `fd` refers to, read-only:
+/// `open("/proc/self/fd/N")`.
+pub(crate) fn reopen(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    retry(|| rustix::fs::open(link.as_str(), flags, Perms::empty())).map_err(Into::into)
+}
+
 /// Whether `FD_CLOEXEC` is set on `fd`.
 pub(crate) fn is_cloexec(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(rustix::io::fcntl_getfd(fd)?.contains(FdFlags::CLOEXEC))

@@ -70,6 +70,7 @@ use ::tokio::time::Sleep;
 
 use crate::error::{Error, LockError};
 use crate::holder::Holder;
+use crate::kind::LockKind;
 use crate::lock::{diagnostics_due, AnyGuard, LockFile, LockGuard};
 use crate::mode::{Exclusive, FlockMode, Mode, Shared};
 use crate::sys;
@@ -197,26 +198,51 @@ pub async fn lock_any(
 /// [`LockGuard::upgrade`] without blocking the thread: converts a shared
 /// lock to an exclusive one, waiting as long as it takes.
 ///
-/// As with `flock(2)`, the shared lock is dropped first when others hold
-/// the lock, and the wait holds nothing: re-read what the lock protects
-/// afterwards. Dropping the future during the wait closes the file.
+/// On a flock file, as with `flock(2)`, the shared lock is dropped first
+/// when others hold the lock, and the wait holds nothing: re-read what the
+/// lock protects afterwards. An OFD file keeps its shared lock while it
+/// waits, with the upgrade ticket [`LockGuard::upgrade`] describes.
+/// Dropping the future during the wait closes the file.
 ///
 /// # Errors
 /// [`Error::NotOwner`] in a forked child (the lock untouched),
-/// [`Error::Flock`]; the error gives the file back, unlocked.
+/// [`Error::Flock`], [`Error::OfdNeedsWrite`],
+/// [`Error::UpgradeDeadlock`]; the error gives the file back, unlocked.
 pub async fn upgrade(
     guard: LockGuard<Shared>,
 ) -> Result<LockGuard<Exclusive>, LockError<LockFile>> {
-    let file = guard.into_locked_file();
-    if let Err(error) = file.check_owner() {
-        return Err(LockError::new(error, file));
+    if let Err(error) = guard.file_ref().check_owner() {
+        return Err(LockError::new(error, guard.into_locked_file()));
     }
-    // An OFD file waits holding its shared lock: a failure lets it go, so
-    // the file comes back holding nothing on either kind.
-    lock_with(file, Wait::forever()).await.map_err(|err| {
+    if guard.kind() == LockKind::Flock {
+        return lock_with(guard.into_locked_file(), Wait::forever()).await;
+    }
+    // An OFD file waits holding its shared lock, and with the upgrade
+    // ticket (see LockGuard::upgrade); a failure lets the lock go, so the
+    // file comes back holding nothing on either kind.
+    let guard = match guard.try_upgrade_in_place() {
+        Ok(writer) => return Ok(writer),
+        Err(err) if err.is_would_block() => err.into_inner(),
+        Err(err) => {
+            let file = err.handle.into_locked_file();
+            file.let_go();
+            return Err(LockError::new(err.error, file));
+        }
+    };
+    let file = guard.into_locked_file();
+    let ticket = match file.upgrade_ticket() {
+        Ok(ticket) => ticket,
+        Err(error) => {
+            file.let_go();
+            return Err(LockError::new(error, file));
+        }
+    };
+    let writer = lock_with(file, Wait::forever()).await.map_err(|err| {
         err.handle.let_go();
         err
-    })
+    });
+    drop(ticket);
+    writer
 }
 
 /// The future behind every acquisition: owns the file until it completes.

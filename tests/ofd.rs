@@ -45,6 +45,26 @@ fn dispatch(args: &[String]) {
             support::wait_for_parent(|_| {});
             drop(guard);
         }
+        // Takes a shared OFD lock, waits for a line, then upgrades.
+        "upgrade" => {
+            let guard = ofd(Path::new(&args[1]))
+                .try_lock::<Shared>()
+                .expect("child shared");
+            support::tell("shared");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).unwrap();
+            match guard.upgrade() {
+                Ok(writer) => {
+                    support::tell("result: upgraded");
+                    drop(writer);
+                }
+                Err(err) if matches!(err.error, Error::UpgradeDeadlock { .. }) => {
+                    support::tell("result: deadlock");
+                }
+                Err(err) => support::tell(&format!("result: error {err:?}")),
+            }
+            support::wait_for_parent(|_| {});
+        }
         other => panic!("unknown child command {other}"),
     }
 }
@@ -635,4 +655,145 @@ fn a_timed_wait_for_a_posix_holder_names_it_and_gets_the_lock_when_it_goes() {
         let guard = waiter.join().unwrap().unwrap();
         drop(guard);
     }
+}
+
+// ---- transitions -----------------------------------------------------------
+
+#[test]
+fn a_refused_in_place_upgrade_keeps_the_shared_lock() {
+    let (_dir, path) = support::lock_path();
+    let mine = ofd(&path).try_lock::<Shared>().unwrap();
+    let other = ofd(&path).try_lock::<Shared>().unwrap();
+    let err = mine.try_upgrade_in_place().unwrap_err();
+    assert!(err.is_would_block(), "{err:?}");
+    assert!(
+        matches!(
+            err.error,
+            Error::WouldBlock {
+                shared_lost: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let mine = err.into_inner();
+    // Still held: with the other reader gone, no writer gets in.
+    drop(other);
+    assert!(!ofd_free(&path, FlockMode::Exclusive));
+    assert!(ofd_free(&path, FlockMode::Shared));
+    let writer = mine.try_upgrade_in_place().unwrap();
+    assert!(!ofd_free(&path, FlockMode::Shared));
+    drop(writer);
+}
+
+#[test]
+fn try_upgrade_keeps_its_contract_on_an_ofd_file() {
+    let (_dir, path) = support::lock_path();
+    let mine = ofd(&path).try_lock::<Shared>().unwrap();
+    let other = ofd(&path).try_lock::<Shared>().unwrap();
+    let err = mine.try_upgrade().unwrap_err();
+    assert!(
+        matches!(
+            err.error,
+            Error::WouldBlock {
+                shared_lost: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    drop(other);
+    // The file came back holding nothing.
+    assert!(ofd_free(&path, FlockMode::Exclusive));
+    drop(err);
+}
+
+#[test]
+fn an_in_place_upgrade_of_a_flock_lock_is_refused_and_changes_nothing() {
+    let (_dir, path) = support::lock_path();
+    let mine = flockguard::try_flock::<Shared>(&path).unwrap();
+    let err = mine.try_upgrade_in_place().unwrap_err();
+    assert!(
+        matches!(err.error, Error::NoAtomicUpgrade { .. }),
+        "{err:?}"
+    );
+    assert!(err.error.to_string().contains("LockKind::Ofd"));
+    let mine = err.into_inner();
+    assert!(!support::is_free(&path));
+    drop(mine);
+}
+
+#[test]
+fn upgrade_waits_holding_the_shared_lock() {
+    let (_dir, path) = support::lock_path();
+    let mut child = Child::spawn(&["hold", path.to_str().unwrap(), "sh"]);
+    child.expect_line("locked", LINE_TIMEOUT);
+    let mine = ofd(&path).try_lock::<Shared>().unwrap();
+    let upgrader = std::thread::spawn(move || mine.upgrade());
+    support::wait_until("the upgrade blocks in fcntl", || {
+        support::read_proc_locks()
+            .lines()
+            .any(|l| l.contains("->") && l.contains("OFDLCK") && l.contains("WRITE"))
+    });
+    // Waiting, it still holds its shared lock: readers only.
+    assert!(ofd_free(&path, FlockMode::Shared));
+    assert!(!ofd_free(&path, FlockMode::Exclusive));
+    assert!(child.release().success());
+    let writer = upgrader.join().unwrap().unwrap();
+    assert!(!ofd_free(&path, FlockMode::Shared));
+    drop(writer);
+}
+
+#[test]
+fn two_readers_that_both_upgrade_do_not_deadlock() {
+    let (_dir, path) = support::lock_path();
+    let first = ofd(&path).try_lock::<Shared>().unwrap();
+    let second = ofd(&path).try_lock::<Shared>().unwrap();
+    let upgrader = std::thread::spawn(move || first.upgrade());
+    support::wait_until("the first upgrade waits", || {
+        support::read_proc_locks()
+            .lines()
+            .any(|l| l.contains("->") && l.contains("OFDLCK") && l.contains("WRITE"))
+    });
+    let err = second.upgrade().unwrap_err();
+    assert!(
+        matches!(err.error, Error::UpgradeDeadlock { .. }),
+        "{err:?}"
+    );
+    let msg = err.error.to_string();
+    assert!(msg.contains(&format!("`{}`", path.display())), "{msg}");
+    // The refused upgrade let go, so the first one finishes.
+    let writer = upgrader.join().unwrap().unwrap();
+    assert!(!ofd_free(&path, FlockMode::Shared));
+    drop(writer);
+    // The refused file holds nothing and can lock again.
+    let again = err.into_inner().try_lock::<Exclusive>().unwrap();
+    drop(again);
+}
+
+#[test]
+fn two_readers_in_two_processes_that_both_upgrade_do_not_deadlock() {
+    let (_dir, path) = support::lock_path();
+    let mut child = Child::spawn(&["upgrade", path.to_str().unwrap()]);
+    child.expect_line("shared", LINE_TIMEOUT);
+    let mine = ofd(&path).try_lock::<Shared>().unwrap();
+    child.send("go");
+    // Either the child's upgrade waits and ours is refused, or the other
+    // way round; neither waits forever.
+    let result = mine.upgrade();
+    let line = child.expect_line("result:", LINE_TIMEOUT);
+    match result {
+        Ok(writer) => {
+            assert_eq!(line, "result: deadlock", "both upgraded");
+            drop(writer);
+        }
+        Err(err) => {
+            assert!(
+                matches!(err.error, Error::UpgradeDeadlock { .. }),
+                "{err:?}"
+            );
+            assert_eq!(line, "result: upgraded");
+        }
+    }
+    assert!(child.release().success());
 }
