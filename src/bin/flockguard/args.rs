@@ -1,1040 +1,325 @@
-//! Command-line parsing with the rules of util-linux flock(1): glibc
+//! The command line, read as util-linux flock(1) reads it: glibc
 //! `getopt_long` with option processing stopping at the first operand, long
-//! options abbreviable to any unambiguous prefix, and the same messages.
-//! `lexopt` splits the words into options, values and operands; the
-//! option table, prefix matching and messages are flock(1)'s.
+//! options abbreviable to an unambiguous prefix, and the same messages.
 
 use std::ffi::{OsStr, OsString};
+use std::num::IntErrorKind;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
-/// What to lock or unlock.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Op {
-    Exclusive,
-    Shared,
-    Unlock,
-}
+use flockguard::{FlockMode, RemoteFs};
 
-/// The value of `-w`, classified the way flock(1) uses it.
+/// The `-w` value, as flock(1) acts on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Timeout {
-    /// Rounds to zero microseconds: the same as `-n`.
+    /// Less than a microsecond: the same as `-n`.
     Zero,
-    /// A positive wait.
     Limit(Duration),
-    /// Negative, infinite, not a number, or too large for a timer: parses,
-    /// but the timer cannot be armed (flock(1) exits with EX_OSERR).
+    /// Negative, infinite, NaN or beyond `time_t`: no timer takes it (exit 71).
     Unusable,
 }
 
-/// The command run under the lock.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Command {
-    /// `FILE PROGRAM [ARGS...]`.
-    Argv(Vec<OsString>),
-    /// `FILE -c STRING`: run through `$SHELL -c`.
-    Shell(OsString),
-}
-
-/// What the lock is taken on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Target {
+/// What the invocation asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Action {
+    #[default]
+    Help,
+    Version,
+    /// `--holders FILE`.
+    Holders(OsString),
+    /// `--locks DIR`.
+    Locks(OsString),
+    /// `FILE|DIR COMMAND...`, with `-c STRING` as `$SHELL -c STRING`.
+    File(OsString, Vec<OsString>),
     /// `FD`: a descriptor inherited from the caller.
     Fd(i32),
-    /// `FILE|DIR COMMAND...`.
-    File { path: OsString, command: Command },
 }
 
-/// The options of a lock invocation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Opts {
-    pub(crate) op: Op,
+    /// The mode to lock in; `None` for `-u`.
+    pub(crate) mode: Option<FlockMode>,
     pub(crate) nonblock: bool,
     pub(crate) timeout: Option<Timeout>,
     pub(crate) conflict_exit_code: u8,
     pub(crate) close: bool,
     pub(crate) no_fork: bool,
     pub(crate) verbose: bool,
-    pub(crate) allow_remote_fs: bool,
-    pub(crate) target: Target,
-}
-
-/// The options of `holders`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct HoldersOpts {
+    pub(crate) remote_fs: RemoteFs,
     pub(crate) json: bool,
-    pub(crate) path: OsString,
+    pub(crate) action: Action,
 }
 
-/// The options of `locks`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct LocksOpts {
-    pub(crate) json: bool,
-    pub(crate) dir: OsString,
+/// A usage error (exit 64). Bytes, since it quotes the command line.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Usage {
+    /// glibc getopt's message, if it prints one: after `argv[0]` as given,
+    /// then `Try 'PROG --help' for more information.`
+    Getopt(Option<Vec<u8>>),
+    /// util-linux's own message, after the program name; whether the
+    /// `Try` line follows.
+    Plain(Vec<u8>, bool),
 }
 
-/// A successful parse.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Parsed {
-    Run(Opts),
-    Holders(HoldersOpts),
-    Locks(LocksOpts),
-    Help,
-    HoldersHelp,
-    LocksHelp,
-    Version,
+fn getopt(message: impl Into<Vec<u8>>) -> Usage {
+    Usage::Getopt(Some(message.into()))
 }
 
-/// A usage error: the message (without the program name) and whether the
-/// "Try '... --help'" line follows. Exit status EX_USAGE.
-///
-/// The message is bytes: like glibc and util-linux, it quotes the words
-/// of the command line as given, which need not be UTF-8.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct UsageError {
-    pub(crate) message: Option<Vec<u8>>,
-    pub(crate) try_help: bool,
+fn plain(message: impl Into<Vec<u8>>) -> Usage {
+    Usage::Plain(message.into(), false)
 }
 
-impl UsageError {
-    fn getopt(message: impl Into<Vec<u8>>) -> Self {
-        UsageError {
-            message: Some(message.into()),
-            try_help: true,
-        }
-    }
+fn try_help(message: &str) -> Usage {
+    Usage::Plain(message.into(), true)
+}
 
-    fn plain(message: impl Into<Vec<u8>>) -> Self {
-        UsageError {
-            message: Some(message.into()),
-            try_help: false,
+impl From<lexopt::Error> for Usage {
+    fn from(err: lexopt::Error) -> Usage {
+        match err {
+            lexopt::Error::MissingValue { option: Some(o) } => match o.strip_prefix("--") {
+                Some(long) => getopt(format!(
+                    "option '--{}' requires an argument",
+                    candidates(long)[0]
+                )),
+                None => getopt(format!("option requires an argument -- '{}'", &o[1..])),
+            },
+            // getopt reads bytes: it names an unknown option by its first byte.
+            lexopt::Error::UnexpectedOption(o) => {
+                getopt([b"invalid option -- '", &o.as_bytes()[1..2], b"'"].concat())
+            }
+            other => getopt(other.to_string()),
         }
     }
 }
 
-/// `parts` joined into one message.
-fn bytes(parts: &[&[u8]]) -> Vec<u8> {
-    parts.concat()
-}
+/// flock(1)'s long options in the order of its table, which is the order
+/// glibc lists the candidates of an ambiguous abbreviation in.
+const FLOCK_LONG: &str = "shared exclusive unlock nonblocking nb timeout wait \
+                          conflict-exit-code close no-fork verbose help version";
 
-/// A long option: name, whether it takes an argument, and its short twin
-/// (or a private code for options without one).
-struct LongOpt {
-    name: &'static str,
-    has_arg: bool,
-    code: char,
-}
+/// This command's own long options, then the long options that take a
+/// value.
+const OWN_LONG: &str = "allow-remote-fs holders locks json";
+const VALUED: &str = "timeout wait conflict-exit-code holders locks";
 
-const VERBOSE: char = '\u{100}';
-const ALLOW_REMOTE_FS: char = '\u{101}';
-
-const fn opt(name: &'static str, has_arg: bool, code: char) -> LongOpt {
-    LongOpt {
-        name,
-        has_arg,
-        code,
+/// The long options `given` may stand for, as glibc's `getopt_long` finds
+/// them: the one spelled out, or flock(1)'s that it abbreviates. This
+/// command's own options match only spelled out, so that every
+/// abbreviation means what it means to flock(1).
+fn candidates(given: &str) -> Vec<&'static str> {
+    let mut names = OWN_LONG.split(' ').chain(FLOCK_LONG.split(' '));
+    match names.find(|name| *name == given) {
+        Some(name) => vec![name],
+        None => FLOCK_LONG
+            .split(' ')
+            .filter(|n| n.starts_with(given))
+            .collect(),
     }
 }
 
-/// flock(1)'s table, in its order (the order of ambiguity messages), then
-/// this tool's own options.
-const LONG_OPTS: &[LongOpt] = &[
-    opt("shared", false, 's'),
-    opt("exclusive", false, 'x'),
-    opt("unlock", false, 'u'),
-    opt("nonblocking", false, 'n'),
-    opt("nb", false, 'n'),
-    opt("timeout", true, 'w'),
-    opt("wait", true, 'w'),
-    opt("conflict-exit-code", true, 'E'),
-    opt("close", false, 'o'),
-    opt("no-fork", false, 'F'),
-    opt("verbose", false, VERBOSE),
-    opt("help", false, 'h'),
-    opt("version", false, 'V'),
-    opt("allow-remote-fs", false, ALLOW_REMOTE_FS),
-];
-
-/// Short options without an argument; `w` and `E` take one.
-const SHORT_FLAGS: &str = "sexnoFuhV?";
-const SHORT_WITH_ARG: &str = "wE";
-
-/// One token of the command line, owned so the parser can be asked for
-/// an option's argument next.
-enum Token {
-    Short(char),
-    Long(String),
-    Operand(OsString),
-}
-
-fn next_token(parser: &mut lexopt::Parser) -> Option<Token> {
-    // Every option's attached value is taken before the next call, so
-    // `next` has no unexpected value to report.
-    match parser.next().ok()?? {
-        lexopt::Arg::Short(c) => Some(Token::Short(c)),
-        lexopt::Arg::Long(name) => Some(Token::Long(name.to_owned())),
-        lexopt::Arg::Value(value) => Some(Token::Operand(value)),
-    }
-}
-
-/// A lexopt parser over the arguments after `argv[0]`, reading short
-/// options as getopt does (`-w=1` is `-w` with the argument `=1`).
-fn parser(args: &[OsString]) -> lexopt::Parser {
-    let mut parser = lexopt::Parser::from_args(args.iter().cloned());
-    parser.set_short_equals(false);
-    parser
-}
-
-/// Parses the whole command line, `argv[0]` included.
-pub(crate) fn parse(argv: &[OsString]) -> Result<Parsed, UsageError> {
-    match argv.get(1).and_then(|a| a.to_str()) {
-        Some("holders") => return parse_holders(&argv[2..]),
-        Some("locks") => return parse_locks(&argv[2..]),
+/// The full name of long option `--given[=VALUE]`, or glibc's message.
+/// lexopt reads an option's name as UTF-8, lossily; so is its value here.
+fn long(given: &str, parser: &mut lexopt::Parser) -> Result<&'static str, Usage> {
+    let found = candidates(given);
+    let valued = |name| VALUED.split(' ').any(|v| v == name);
+    match found[..] {
+        [name] if valued(name) || parser.optional_value().is_none() => return Ok(name),
+        [name] => {
+            return Err(getopt(format!(
+                "option '--{name}' doesn't allow an argument"
+            )))
+        }
         _ => {}
     }
-    if argv.len() < 2 {
-        return Err(UsageError::getopt("not enough arguments"));
-    }
-
-    let mut op = Op::Exclusive;
-    let mut nonblock = false;
-    let mut timeout = None;
-    let mut conflict_exit_code = 1;
-    let mut close = false;
-    let mut no_fork = false;
-    let mut verbose = false;
-    let mut allow_remote_fs = false;
-
-    let mut parser = parser(&argv[1..]);
-    let mut operands = Vec::new();
-    // Options end at the first operand, as with getopt's leading `+`.
-    while let Some(token) = next_token(&mut parser) {
-        let (code, arg) = match token {
-            Token::Operand(first) => {
-                operands.push(first);
-                break;
-            }
-            Token::Short(c) => short_option(c, &mut parser)?,
-            Token::Long(name) => long_option(&name, &mut parser)?,
-        };
-        match code {
-            's' => op = Op::Shared,
-            'x' | 'e' => op = Op::Exclusive,
-            'u' => op = Op::Unlock,
-            'o' => close = true,
-            'F' => no_fork = true,
-            'n' => nonblock = true,
-            'w' => timeout = Some(parse_timeout(arg.as_deref().unwrap_or_default())?),
-            'E' => {
-                let arg = arg.unwrap_or_default();
-                let code = parse_i32(&arg, "invalid exit code")?;
-                conflict_exit_code = u8::try_from(code)
-                    .map_err(|_| UsageError::plain("exit code out of range (expected 0 to 255)"))?;
-            }
-            VERBOSE => verbose = true,
-            ALLOW_REMOTE_FS => allow_remote_fs = true,
-            'V' => return Ok(Parsed::Version),
-            'h' => return Ok(Parsed::Help),
-            // `-?`: in the option string, so getopt prints nothing.
-            _ => {
-                return Err(UsageError {
-                    message: None,
-                    try_help: true,
-                })
-            }
-        }
-    }
-    if let Some(rest) = parser.try_raw_args() {
-        operands.extend(rest);
-    }
-
-    if no_fork && close {
-        return Err(UsageError::plain(
-            "the --no-fork and --close options are incompatible",
-        ));
-    }
-
-    let target = match operands.as_slice() {
-        [] => {
-            return Err(UsageError::plain(
-                "requires file descriptor, file or directory",
-            ))
-        }
-        [fd] => Target::Fd(parse_i32(fd, "bad file descriptor")?),
-        [path, flag, rest @ ..] if flag == "-c" || flag == "--command" => match rest {
-            [command] => Target::File {
-                path: path.clone(),
-                command: Command::Shell(command.clone()),
-            },
-            _ => {
-                return Err(UsageError::plain(format!(
-                    "{} requires exactly one command argument",
-                    flag.to_string_lossy()
-                )))
-            }
-        },
-        [path, command @ ..] => Target::File {
-            path: path.clone(),
-            command: Command::Argv(command.to_vec()),
-        },
-    };
-
-    Ok(Parsed::Run(Opts {
-        op,
-        nonblock,
-        timeout,
-        conflict_exit_code,
-        close,
-        no_fork,
-        verbose,
-        allow_remote_fs,
-        target,
+    let value = parser
+        .optional_value()
+        .map(|v| format!("={}", v.to_string_lossy()));
+    let shown = format!("'--{given}{}'", value.unwrap_or_default());
+    // glibc leaves out a candidate that is the same option as the first;
+    // among flock(1)'s, only `--nb` after `--nonblocking`.
+    let same = |n: &&&str| found[0] == "nonblocking" && **n == "nb";
+    let list: Vec<_> = found
+        .iter()
+        .filter(|n| !same(n))
+        .map(|n| format!(" '--{n}'"))
+        .collect();
+    Err(getopt(match list.is_empty() {
+        true => format!("unrecognized option {shown}"),
+        false => format!(
+            "option {shown} is ambiguous; possibilities:{}",
+            list.concat()
+        ),
     }))
 }
 
-/// A short option and its argument, with glibc's messages.
-fn short_option(
-    c: char,
-    parser: &mut lexopt::Parser,
-) -> Result<(char, Option<OsString>), UsageError> {
-    if SHORT_FLAGS.contains(c) {
-        return Ok((c, None));
+/// Reads the arguments after the program name.
+pub(crate) fn parse(args: Vec<OsString>) -> Result<Opts, Usage> {
+    use lexopt::prelude::*;
+    if args.is_empty() {
+        return Err(try_help("not enough arguments"));
     }
-    if SHORT_WITH_ARG.contains(c) {
-        // Attached (`-w1`) or the next word, even one starting with `-`.
-        return match parser.value() {
-            Ok(arg) => Ok((c, Some(arg))),
-            Err(_) => Err(UsageError::getopt(format!(
-                "option requires an argument -- '{c}'"
-            ))),
-        };
-    }
-    // getopt reads bytes: a non-ASCII option character is reported by the
-    // first byte of its encoding.
-    let mut utf8 = [0; 4];
-    let first = &c.encode_utf8(&mut utf8).as_bytes()[..1];
-    Err(UsageError::getopt(bytes(&[
-        b"invalid option -- '",
-        first,
-        b"'",
-    ])))
-}
-
-/// A long option (without its leading `--`) and its argument, matched
-/// exactly or by an unambiguous prefix as glibc `getopt_long` does.
-fn long_option(
-    name: &str,
-    parser: &mut lexopt::Parser,
-) -> Result<(char, Option<OsString>), UsageError> {
-    let attached = parser.optional_value();
-    // glibc's messages show the word as given, `=value` included.
-    let shown = match &attached {
-        Some(value) => bytes(&[name.as_bytes(), b"=", value.as_bytes()]),
-        None => name.as_bytes().to_vec(),
+    let mut opts = Opts {
+        mode: Some(FlockMode::Exclusive),
+        conflict_exit_code: 1,
+        ..Opts::default()
     };
-    let found = match LONG_OPTS.iter().find(|o| o.name == name) {
-        Some(exact) => exact,
-        None => {
-            let mut matches = LONG_OPTS.iter().filter(|o| o.name.starts_with(name));
-            let Some(first) = matches.next() else {
-                return Err(UsageError::getopt(bytes(&[
-                    b"unrecognized option '--",
-                    &shown,
-                    b"'",
-                ])));
+    let (mut report, mut operands) = (None, Vec::new());
+    let mut parser = lexopt::Parser::from_args(args);
+    // getopt reads `-w=1` as `-w` with the value `=1`.
+    parser.set_short_equals(false);
+    while let Some(arg) = parser.next()? {
+        let arg = match arg {
+            // Owned, since `given` borrows the parser.
+            #[allow(clippy::unnecessary_to_owned)]
+            Long(given) => Long(long(&given.to_owned(), &mut parser)?),
+            Short(c) => Short(c),
+            Value(value) => Value(value),
+        };
+        match arg {
+            Short('s') | Long("shared") => opts.mode = Some(FlockMode::Shared),
+            Short('x' | 'e') | Long("exclusive") => opts.mode = Some(FlockMode::Exclusive),
+            Short('u') | Long("unlock") => opts.mode = None,
+            Short('n') | Long("nonblocking" | "nb") => opts.nonblock = true,
+            Short('o') | Long("close") => opts.close = true,
+            Short('F') | Long("no-fork") => opts.no_fork = true,
+            Long("verbose") => opts.verbose = true,
+            Short('w') | Long("timeout" | "wait") => opts.timeout = Some(timeout(parser.value()?)?),
+            Short('E') | Long("conflict-exit-code") => {
+                let code = int32(&parser.value()?, "invalid exit code")?;
+                let range = || plain("exit code out of range (expected 0 to 255)");
+                opts.conflict_exit_code = u8::try_from(code).map_err(|_| range())?;
+            }
+            Short('h') | Long("help") => return Ok(Opts::default()),
+            Short('V') | Long("version") => return Ok(opts.with(Action::Version)),
+            Long("allow-remote-fs") => opts.remote_fs = RemoteFs::Allow,
+            Long("json") => opts.json = true,
+            Long("holders") => report = Some(Action::Holders(parser.value()?)),
+            Long("locks") => report = Some(Action::Locks(parser.value()?)),
+            // In flock(1)'s option string, so getopt prints no message.
+            Short('?') => return Err(Usage::Getopt(None)),
+            Value(first) => operands.extend(std::iter::once(first).chain(parser.raw_args()?)),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    if opts.no_fork && opts.close {
+        return Err(plain("the --no-fork and --close options are incompatible"));
+    }
+    let action = match (report, &operands[..]) {
+        (Some(report), []) => report,
+        (Some(_), _) => return Err(try_help("--holders and --locks take no operand")),
+        (None, [path, flag, rest @ ..]) if flag == "-c" || flag == "--command" => {
+            let [line] = rest else {
+                let what = b" requires exactly one command argument";
+                return Err(plain([flag.as_bytes(), what].concat()));
             };
-            // Prefixes of two names for the same option are not ambiguous.
-            let others: Vec<&LongOpt> = matches
-                .filter(|o| o.code != first.code || o.has_arg != first.has_arg)
-                .collect();
-            if !others.is_empty() {
-                let mut message =
-                    bytes(&[b"option '--", &shown, b"' is ambiguous; possibilities:"]);
-                for o in std::iter::once(first).chain(others) {
-                    message.extend_from_slice(format!(" '--{}'", o.name).as_bytes());
-                }
-                return Err(UsageError::getopt(message));
-            }
-            first
+            let shell = std::env::var_os("SHELL").filter(|s| !s.is_empty());
+            let shell = shell.unwrap_or_else(|| "/bin/sh".into());
+            Action::File(path.clone(), vec![shell, "-c".into(), line.clone()])
         }
+        (None, [path, argv @ ..]) if !argv.is_empty() => Action::File(path.clone(), argv.to_vec()),
+        (None, [fd]) => Action::Fd(int32(fd, "bad file descriptor")?),
+        (None, _) => return Err(plain("requires file descriptor, file or directory")),
     };
-    match (found.has_arg, attached) {
-        (true, Some(value)) => Ok((found.code, Some(value))),
-        (true, None) => match parser.value() {
-            Ok(value) => Ok((found.code, Some(value))),
-            Err(_) => Err(UsageError::getopt(format!(
-                "option '--{}' requires an argument",
-                found.name
-            ))),
-        },
-        (false, Some(_)) => Err(UsageError::getopt(format!(
-            "option '--{}' doesn't allow an argument",
-            found.name
-        ))),
-        (false, None) => Ok((found.code, None)),
+    if opts.json && !matches!(action, Action::Holders(_) | Action::Locks(_)) {
+        return Err(try_help("--json applies to --holders and --locks only"));
+    }
+    Ok(opts.with(action))
+}
+
+impl Opts {
+    fn with(self, action: Action) -> Opts {
+        Opts { action, ..self }
     }
 }
 
-/// `holders [--json] [--] FILE`.
-fn parse_holders(args: &[OsString]) -> Result<Parsed, UsageError> {
-    match subcommand("holders", "file", args)? {
-        Some((json, path)) => Ok(Parsed::Holders(HoldersOpts { json, path })),
-        None => Ok(Parsed::HoldersHelp),
-    }
-}
+/// The white space C's `isspace` accepts in the C locale.
+const C_SPACE: [char; 6] = [' ', '\t', '\n', '\x0b', '\x0c', '\r'];
 
-/// `locks [--json] [--] DIR`.
-fn parse_locks(args: &[OsString]) -> Result<Parsed, UsageError> {
-    match subcommand("locks", "directory", args)? {
-        Some((json, dir)) => Ok(Parsed::Locks(LocksOpts { json, dir })),
-        None => Ok(Parsed::LocksHelp),
-    }
-}
-
-/// A subcommand's `--json` flag and its one operand, options anywhere;
-/// `None` for `--help`.
-fn subcommand(
-    name: &str,
-    what: &str,
-    args: &[OsString],
-) -> Result<Option<(bool, OsString)>, UsageError> {
-    let mut parser = parser(args);
-    let mut json = false;
-    let mut operand = None;
-    while let Some(token) = next_token(&mut parser) {
-        match token {
-            Token::Long(long) if long == "json" => {
-                if parser.optional_value().is_some() {
-                    return Err(UsageError::getopt(format!(
-                        "{name}: option '--json' doesn't allow an argument"
-                    )));
-                }
-                json = true;
-            }
-            Token::Long(long) if long == "help" => return Ok(None),
-            Token::Short('h') => return Ok(None),
-            Token::Long(long) => {
-                let mut shown = long.into_bytes();
-                if let Some(value) = parser.optional_value() {
-                    shown.push(b'=');
-                    shown.extend_from_slice(value.as_bytes());
-                }
-                return Err(UsageError::getopt(bytes(&[
-                    name.as_bytes(),
-                    b": unrecognized option '--",
-                    &shown,
-                    b"'",
-                ])));
-            }
-            Token::Short(c) => {
-                return Err(UsageError::getopt(format!(
-                    "{name}: invalid option -- '{c}'"
-                )))
-            }
-            Token::Operand(value) if operand.is_none() => operand = Some(value),
-            Token::Operand(_) => {
-                return Err(UsageError::getopt(format!("{name}: takes one {what}")))
-            }
-        }
-    }
-    match operand {
-        Some(operand) => Ok(Some((json, operand))),
-        None => Err(UsageError::getopt(format!("{name}: requires a {what}"))),
-    }
-}
-
-/// C `isspace` in the C locale.
-fn is_c_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
-}
-
-/// A base-10 `int32_t` as util-linux `strtos32_or_err` reads it: leading
-/// white space and a sign allowed, nothing after the digits.
-fn parse_i32(arg: &OsStr, what: &str) -> Result<i32, UsageError> {
-    let invalid = || UsageError::plain(bytes(&[what.as_bytes(), b": '", arg.as_bytes(), b"'"]));
-    let range = || {
-        UsageError::plain(bytes(&[
-            what.as_bytes(),
-            b": '",
-            arg.as_bytes(),
-            b"': Numerical result out of range",
-        ]))
-    };
-    let bytes = arg.as_bytes();
-    let start = bytes
-        .iter()
-        .position(|&b| !is_c_space(b))
-        .unwrap_or(bytes.len());
-    let rest = &bytes[start..];
-    let (negative, digits) = match rest.first() {
-        Some(b'-') => (true, &rest[1..]),
-        Some(b'+') => (false, &rest[1..]),
-        _ => (false, rest),
-    };
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return Err(invalid());
-    }
-    let mut value: i128 = 0;
-    for &d in digits {
-        value = value * 10 + i128::from(d - b'0');
-        if value > i128::from(u64::MAX) {
-            return Err(range());
-        }
-    }
-    if negative {
-        value = -value;
-    }
-    if value < i128::from(i64::MIN) || value > i128::from(i64::MAX) {
-        return Err(range());
-    }
-    i32::try_from(value).map_err(|_| range())
-}
-
-/// The `-w` value as util-linux `strtotimeval_or_err` reads it (a C
-/// floating-point number: decimal, hexadecimal, `inf`, `nan`, leading white
-/// space allowed), then whole seconds and microseconds truncated toward zero.
-fn parse_timeout(arg: &OsStr) -> Result<Timeout, UsageError> {
-    let value = parse_c_float(arg.as_bytes()).ok_or_else(|| {
-        UsageError::plain(bytes(&[b"invalid timeout value: '", arg.as_bytes(), b"'"]))
-    })?;
-    Ok(classify_timeout(value))
-}
-
-fn classify_timeout(value: f64) -> Timeout {
-    // time_t is 64 bits; anything outside (or NaN) makes the timer refuse.
-    if !value.is_finite() || value.abs() >= 9.223_372_036_854_775e18 {
-        return Timeout::Unusable;
-    }
-    let secs = value.trunc();
-    let micros = ((value - secs) * 1e6).trunc();
-    if secs == 0.0 && micros == 0.0 {
-        return Timeout::Zero;
-    }
-    if secs < 0.0 || micros < 0.0 {
-        return Timeout::Unusable;
-    }
-    // Both are non-negative integers in range here.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    Timeout::Limit(Duration::new(secs as u64, micros as u32 * 1000))
-}
-
-/// `strtold` over the whole string: `None` when it is empty, malformed or
-/// has anything after the number.
-fn parse_c_float(bytes: &[u8]) -> Option<f64> {
-    let start = bytes.iter().position(|&b| !is_c_space(b))?;
-    let rest = &bytes[start..];
-    let (sign, body) = match rest.first() {
-        Some(b'-') => (-1.0, &rest[1..]),
-        Some(b'+') => (1.0, &rest[1..]),
-        _ => (1.0, rest),
-    };
-    let lower = body.to_ascii_lowercase();
-    let magnitude = if lower == b"inf" || lower == b"infinity" {
-        f64::INFINITY
-    } else if lower == b"nan"
-        || (lower.starts_with(b"nan(")
-            && lower.ends_with(b")")
-            && lower[4..lower.len() - 1]
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || *b == b'_'))
-    {
-        f64::NAN
-    } else if let Some(hex) = lower.strip_prefix(b"0x") {
-        parse_hex_float(hex)?
+/// util-linux's messages for a number it cannot read: `WHAT: 'WORD'`,
+/// then `: Numerical result out of range` for ERANGE.
+fn bad_number(what: &str, word: &OsStr, range: bool) -> Usage {
+    let tail: &[u8] = if range {
+        b"': Numerical result out of range"
     } else {
-        parse_decimal(body)?
+        b"'"
     };
-    Some(sign * magnitude)
+    plain([what.as_bytes(), b": '", word.as_bytes(), tail].concat())
 }
 
-/// `DIGITS [. DIGITS] [e [+-] DIGITS]` with at least one mantissa digit.
-fn parse_decimal(body: &[u8]) -> Option<f64> {
-    let mut i = 0;
-    let int_digits = body.iter().take_while(|b| b.is_ascii_digit()).count();
-    i += int_digits;
-    let mut frac_digits = 0;
-    if body.get(i) == Some(&b'.') {
-        i += 1;
-        frac_digits = body[i..].iter().take_while(|b| b.is_ascii_digit()).count();
-        i += frac_digits;
-    }
-    if int_digits + frac_digits == 0 {
-        return None;
-    }
-    if matches!(body.get(i), Some(b'e' | b'E')) {
-        i += 1;
-        if matches!(body.get(i), Some(b'+' | b'-')) {
-            i += 1;
-        }
-        let exp_digits = body[i..].iter().take_while(|b| b.is_ascii_digit()).count();
-        if exp_digits == 0 {
-            return None;
-        }
-        i += exp_digits;
-    }
-    if i != body.len() {
-        return None;
-    }
-    std::str::from_utf8(body).ok()?.parse().ok()
+/// A number as util-linux's `strtos32_or_err` reads it: leading white
+/// space, a sign, decimal digits and nothing after; ERANGE outside `i32`.
+fn int32(word: &OsStr, what: &str) -> Result<i32, Usage> {
+    let text = word.to_str().unwrap_or("?").trim_start_matches(C_SPACE);
+    text.parse().map_err(|err: std::num::ParseIntError| {
+        let range = [IntErrorKind::PosOverflow, IntErrorKind::NegOverflow].contains(err.kind());
+        bad_number(what, word, range)
+    })
 }
 
-/// Hexadecimal float after `0x`: `HEX [. HEX] [p [+-] DIGITS]`.
-fn parse_hex_float(body: &[u8]) -> Option<f64> {
-    let mut value = 0.0_f64;
-    let mut scale = 0_i64;
-    let mut digits = 0;
-    let mut i = 0;
-    let mut seen_point = false;
-    while let Some(&b) = body.get(i) {
-        if b == b'.' && !seen_point {
-            seen_point = true;
-        } else if let Some(d) = char::from(b).to_digit(16) {
-            value = value * 16.0 + f64::from(d);
-            digits += 1;
-            if seen_point {
-                scale -= 4;
-            }
-        } else {
-            break;
-        }
-        i += 1;
+/// The `-w` value as util-linux reads it: `strtold(3)` over the whole word,
+/// then seconds and microseconds, each truncated toward zero.
+///
+/// Beyond the decimal numbers anyone writes, flock(1)'s outcome depends on
+/// C's reading in these cases, which are why this is not Rust's `parse`:
+/// - leading white space is skipped: `" 2"` waits 2 s;
+/// - hexadecimal floats are numbers: `0x10` waits 16 s, `0x1p-6` 1/64 s;
+/// - `nan(CHARS)` is NaN, which no timer takes (exit 71), as `inf` and
+///   `nan` are;
+/// - a magnitude outside `long double`'s range, `1e5000` or `1e-5000`, is
+///   ERANGE (exit 64, "Numerical result out of range"), where an `f64`
+///   would be infinite (exit 71) or zero (`-n`). The test is on the
+///   logarithm, so it can differ from C within rounding of the limits, for
+///   inexact hexadecimal subnormals and for mantissas of over 300 digits.
+///
+/// The arithmetic is `f64`'s, where flock(1)'s is `long double`'s: a value
+/// can come out a microsecond longer or shorter than flock(1) makes it;
+/// `0.000001` waits 1 µs where flock(1) does not wait.
+fn timeout(word: OsString) -> Result<Timeout, Usage> {
+    let invalid = |range| bad_number("invalid timeout value", &word, range);
+    let text = word.to_str().ok_or_else(|| invalid(false))?;
+    let text = text.trim_start_matches(C_SPACE);
+    let sign = if text.starts_with('-') { -1.0 } else { 1.0 };
+    let body = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let body = body.to_ascii_lowercase();
+    let payload = body.strip_prefix("nan(").and_then(|p| p.strip_suffix(')'));
+    let nan = payload.is_some_and(|p| p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    if nan || ["inf", "infinity", "nan"].contains(&body.as_str()) {
+        return Ok(Timeout::Unusable);
     }
-    if digits == 0 {
-        return None;
+    // The digits' radix, the exponent's base, its steps per fraction digit,
+    // and the logarithms of long double's smallest normal and largest values.
+    let (radix, base, step, number, marker, limits) = match body.strip_prefix("0x") {
+        Some(hex) => (16, 2.0, 4.0, hex, 'p', (-16445.0, 16384.0)),
+        None => (10, 10.0, 1.0, &body[..], 'e', (-4931.47338, 4932.07544)),
+    };
+    let (mantissa, exp) = number.split_once(marker).unwrap_or((number, "0"));
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = [int, frac].concat();
+    let exp_digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+    let all = |text: &str, radix| !text.is_empty() && text.chars().all(|c| c.is_digit(radix));
+    if !all(&digits, radix) || !all(exp_digits, 10) {
+        return Err(invalid(false));
     }
-    if body.get(i) == Some(&b'p') {
-        i += 1;
-        let negative = match body.get(i) {
-            Some(b'-') => {
-                i += 1;
-                true
-            }
-            Some(b'+') => {
-                i += 1;
-                false
-            }
-            _ => false,
-        };
-        let exp_digits = &body[i..];
-        if exp_digits.is_empty() || !exp_digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let exp: i64 = std::str::from_utf8(exp_digits)
-            .ok()?
-            .parse()
-            .unwrap_or(i64::MAX / 2);
-        scale += if negative { -exp } else { exp };
-        i = body.len();
+    let digit = |c: char| f64::from(c.to_digit(radix).unwrap_or(0));
+    let m = digits
+        .chars()
+        .fold(0.0, |m, c| m * f64::from(radix) + digit(c));
+    #[allow(clippy::cast_precision_loss)] // the length of one word
+    let exp = exp.parse::<f64>().unwrap_or(0.0) - step * frac.len() as f64;
+    let log = m.log(base) + exp;
+    if log >= limits.1 || (m != 0.0 && log < limits.0) {
+        return Err(invalid(true));
     }
-    if i != body.len() {
-        return None;
-    }
-    let scale = i32::try_from(scale.clamp(-4096, 4096)).unwrap_or(0);
-    Some(value * 2f64.powi(scale))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn argv(args: &[&str]) -> Vec<OsString> {
-        std::iter::once("flockguard")
-            .chain(args.iter().copied())
-            .map(OsString::from)
-            .collect()
-    }
-
-    fn run(args: &[&str]) -> Opts {
-        match parse(&argv(args)) {
-            Ok(Parsed::Run(opts)) => opts,
-            other => panic!("{args:?} parsed as {other:?}"),
-        }
-    }
-
-    fn err(args: &[&str]) -> UsageError {
-        match parse(&argv(args)) {
-            Err(e) => e,
-            other => panic!("{args:?} parsed as {other:?}"),
-        }
-    }
-
-    fn message(args: &[&str]) -> String {
-        String::from_utf8_lossy(&err(args).message.unwrap_or_default()).into_owned()
-    }
-
-    fn os(s: &str) -> OsString {
-        OsString::from(s)
-    }
-
-    #[test]
-    fn defaults_are_exclusive_blocking_conflict_code_one() {
-        let opts = run(&["f", "true"]);
-        assert_eq!(opts.op, Op::Exclusive);
-        assert!(!opts.nonblock && !opts.close && !opts.no_fork && !opts.verbose);
-        assert_eq!(opts.timeout, None);
-        assert_eq!(opts.conflict_exit_code, 1);
-        assert_eq!(
-            opts.target,
-            Target::File {
-                path: os("f"),
-                command: Command::Argv(vec![os("true")])
-            }
-        );
-    }
-
-    #[test]
-    fn combined_short_flags_and_attached_arguments() {
-        let opts = run(&["-snoE3", "f", "cmd"]);
-        assert_eq!(opts.op, Op::Shared);
-        assert!(opts.nonblock && opts.close);
-        assert_eq!(opts.conflict_exit_code, 3);
-        let opts = run(&["-w1.5", "9"]);
-        assert_eq!(
-            opts.timeout,
-            Some(Timeout::Limit(Duration::from_millis(1500)))
-        );
-        assert_eq!(opts.target, Target::Fd(9));
-    }
-
-    #[test]
-    fn a_short_option_argument_may_be_the_next_word_even_if_it_starts_with_a_dash() {
-        assert_eq!(
-            message(&["-w", "--", "f", "x"]),
-            "invalid timeout value: '--'"
-        );
-        assert_eq!(run(&["-E", "7", "9"]).conflict_exit_code, 7);
-        // `-swx`: `x` is the argument of `-w`.
-        assert_eq!(
-            message(&["-swx", "1", "f", "true"]),
-            "invalid timeout value: 'x'"
-        );
-    }
-
-    #[test]
-    fn long_options_with_equals_or_next_word_and_unique_prefixes() {
-        let opts = run(&["--wait=2", "--shared", "--nonblock", "--verb", "f", "c"]);
-        assert_eq!(opts.timeout, Some(Timeout::Limit(Duration::from_secs(2))));
-        assert_eq!(opts.op, Op::Shared);
-        assert!(opts.nonblock && opts.verbose);
-        assert_eq!(
-            run(&["--timeout", "0.25", "9"]).timeout,
-            Some(Timeout::Limit(Duration::from_millis(250)))
-        );
-        assert!(run(&["--nb", "9"]).nonblock);
-        assert!(run(&["--nonblocking", "9"]).nonblock);
-        assert_eq!(run(&["--exclusive", "-s", "-e", "9"]).op, Op::Exclusive);
-        assert_eq!(run(&["--un", "9"]).op, Op::Unlock);
-        assert_eq!(run(&["--conflict-exit-code=0", "9"]).conflict_exit_code, 0);
-        assert!(run(&["--clo", "f", "c"]).close);
-        assert!(run(&["--no-", "f", "c"]).no_fork);
-        assert!(run(&["--allow-remote-fs", "9"]).allow_remote_fs);
-    }
-
-    #[test]
-    fn glibc_messages_for_bad_options() {
-        assert_eq!(message(&["-z", "f", "true"]), "invalid option -- 'z'");
-        assert_eq!(message(&["-:"]), "invalid option -- ':'");
-        assert_eq!(message(&["-+"]), "invalid option -- '+'");
-        assert_eq!(
-            message(&["--foo=bar", "f"]),
-            "unrecognized option '--foo=bar'"
-        );
-        assert_eq!(message(&["-w"]), "option requires an argument -- 'w'");
-        assert_eq!(message(&["--wait"]), "option '--wait' requires an argument");
-        assert_eq!(message(&["--wa"]), "option '--wait' requires an argument");
-        assert_eq!(
-            message(&["--shared=1", "f"]),
-            "option '--shared' doesn't allow an argument"
-        );
-        assert_eq!(
-            message(&["--c=3", "f"]),
-            "option '--c=3' is ambiguous; possibilities: '--conflict-exit-code' '--close'"
-        );
-        assert_eq!(
-            message(&["--n", "f"]),
-            "option '--n' is ambiguous; possibilities: '--nonblocking' '--no-fork'"
-        );
-        assert_eq!(
-            message(&["--v", "f"]),
-            "option '--v' is ambiguous; possibilities: '--verbose' '--version'"
-        );
-        assert!(err(&["-z"]).try_help);
-        let question = err(&["-?", "f"]);
-        assert_eq!(
-            question,
-            UsageError {
-                message: None,
-                try_help: true
-            }
-        );
-    }
-
-    #[test]
-    fn options_are_handled_in_order() {
-        assert_eq!(parse(&argv(&["-h", "-z"])), Ok(Parsed::Help));
-        assert_eq!(message(&["-z", "-h"]), "invalid option -- 'z'");
-        assert_eq!(
-            parse(&argv(&["--verbose", "--version"])),
-            Ok(Parsed::Version)
-        );
-        assert_eq!(
-            message(&["-E", "300", "-z"]),
-            "exit code out of range (expected 0 to 255)"
-        );
-        assert_eq!(run(&["-s", "-u", "9"]).op, Op::Unlock);
-        assert_eq!(run(&["-u", "-s", "9"]).op, Op::Shared);
-    }
-
-    #[test]
-    fn option_processing_stops_at_the_first_operand_or_double_dash() {
-        let opts = run(&["f", "-n", "cmd"]);
-        assert!(!opts.nonblock);
-        assert_eq!(
-            opts.target,
-            Target::File {
-                path: os("f"),
-                command: Command::Argv(vec![os("-n"), os("cmd")])
-            }
-        );
-        assert_eq!(
-            run(&["--", "-f", "ls"]).target,
-            Target::File {
-                path: os("-f"),
-                command: Command::Argv(vec![os("ls")])
-            }
-        );
-        // A lone `-` is an operand.
-        assert_eq!(
-            run(&["-", "true"]).target,
-            Target::File {
-                path: os("-"),
-                command: Command::Argv(vec![os("true")])
-            }
-        );
-        assert_eq!(
-            run(&["--", "--", "true"]).target,
-            Target::File {
-                path: os("--"),
-                command: Command::Argv(vec![os("true")])
-            }
-        );
-    }
-
-    #[test]
-    fn dash_c_takes_exactly_one_command() {
-        assert_eq!(
-            run(&["f", "-c", "echo hi"]).target,
-            Target::File {
-                path: os("f"),
-                command: Command::Shell(os("echo hi"))
-            }
-        );
-        assert_eq!(
-            run(&["f", "--command", "x"]).target,
-            Target::File {
-                path: os("f"),
-                command: Command::Shell(os("x"))
-            }
-        );
-        assert_eq!(
-            message(&["f", "-c"]),
-            "-c requires exactly one command argument"
-        );
-        assert_eq!(
-            message(&["f", "-c", "a", "b"]),
-            "-c requires exactly one command argument"
-        );
-        assert_eq!(
-            message(&["f", "--command"]),
-            "--command requires exactly one command argument"
-        );
-        // `--command` is not an option before the file.
-        assert_eq!(
-            message(&["--command", "f"]),
-            "unrecognized option '--command'"
-        );
-    }
-
-    #[test]
-    fn operand_errors() {
-        assert_eq!(
-            message(&["--"]),
-            "requires file descriptor, file or directory"
-        );
-        assert_eq!(
-            message(&["-s"]),
-            "requires file descriptor, file or directory"
-        );
-        assert_eq!(message(&["x"]), "bad file descriptor: 'x'");
-        assert_eq!(message(&["3x"]), "bad file descriptor: '3x'");
-        assert_eq!(run(&[" 3"]).target, Target::Fd(3));
-        assert_eq!(run(&["+3"]).target, Target::Fd(3));
-        assert_eq!(run(&["--", "-1"]).target, Target::Fd(-1));
-        assert_eq!(
-            message(&["99999999999"]),
-            "bad file descriptor: '99999999999': Numerical result out of range"
-        );
-        let none = parse(&argv(&[])).unwrap_err();
-        assert_eq!(none.message.as_deref(), Some(&b"not enough arguments"[..]));
-        assert!(none.try_help);
-        assert_eq!(
-            message(&["-oF", "f", "true"]),
-            "the --no-fork and --close options are incompatible"
-        );
-        assert!(!err(&["-oF", "f", "true"]).try_help);
-    }
-
-    #[test]
-    fn exit_code_values() {
-        for (arg, code) in [
-            ("5", 5),
-            (" 5", 5),
-            ("+5", 5),
-            ("010", 10),
-            ("-0", 0),
-            ("255", 255),
-        ] {
-            assert_eq!(run(&["-E", arg, "9"]).conflict_exit_code, code, "{arg:?}");
-        }
-        for arg in ["abc", "", "0x10", "5 ", "- 5"] {
-            assert_eq!(
-                message(&["-E", arg, "9"]),
-                format!("invalid exit code: '{arg}'")
-            );
-        }
-        for arg in ["256", "-1", "2147483647"] {
-            assert_eq!(
-                message(&["-E", arg, "9"]),
-                "exit code out of range (expected 0 to 255)"
-            );
-        }
-        assert_eq!(
-            message(&["-E", "99999999999", "9"]),
-            "invalid exit code: '99999999999': Numerical result out of range"
-        );
-        assert_eq!(
-            message(&["-E", "99999999999999999999", "9"]),
-            "invalid exit code: '99999999999999999999': Numerical result out of range"
-        );
-    }
-
-    #[test]
-    fn timeout_values() {
-        let t = |s: &str| parse_timeout(OsStr::new(s));
-        assert_eq!(t("1.5"), Ok(Timeout::Limit(Duration::from_millis(1500))));
-        assert_eq!(t(" 2"), Ok(Timeout::Limit(Duration::from_secs(2))));
-        assert_eq!(t("+1"), Ok(Timeout::Limit(Duration::from_secs(1))));
-        assert_eq!(t("0x10"), Ok(Timeout::Limit(Duration::from_secs(16))));
-        assert_eq!(t("0x1.8p1"), Ok(Timeout::Limit(Duration::from_secs(3))));
-        assert_eq!(t(".5"), Ok(Timeout::Limit(Duration::from_millis(500))));
-        assert_eq!(t("1."), Ok(Timeout::Limit(Duration::from_secs(1))));
-        assert_eq!(t("2e1"), Ok(Timeout::Limit(Duration::from_secs(20))));
-        assert_eq!(t("0.000001"), Ok(Timeout::Limit(Duration::from_micros(1))));
-        for zero in ["0", "0.0", "1e-7", "-0", "-1e-7", "0x0"] {
-            assert_eq!(t(zero), Ok(Timeout::Zero), "{zero:?}");
-        }
-        for unusable in [
-            "-1",
-            "-0.5",
-            "inf",
-            "-Infinity",
-            "nan",
-            "NAN(1)",
-            "1e400",
-            "1e19",
-        ] {
-            assert_eq!(t(unusable), Ok(Timeout::Unusable), "{unusable:?}");
-        }
-        for bad in ["", "abc", "2 ", "1e", ".", "0x", "1,5", "- 1", "1.5s"] {
-            assert_eq!(
-                t(bad).unwrap_err().message.unwrap(),
-                format!("invalid timeout value: '{bad}'").into_bytes(),
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn holders_subcommand() {
-        assert_eq!(
-            parse(&argv(&["holders", "/x"])),
-            Ok(Parsed::Holders(HoldersOpts {
-                json: false,
-                path: os("/x")
-            }))
-        );
-        assert_eq!(
-            parse(&argv(&["holders", "--json", "/x"])),
-            Ok(Parsed::Holders(HoldersOpts {
-                json: true,
-                path: os("/x")
-            }))
-        );
-        assert_eq!(
-            parse(&argv(&["holders", "/x", "--json"])),
-            Ok(Parsed::Holders(HoldersOpts {
-                json: true,
-                path: os("/x")
-            }))
-        );
-        assert_eq!(
-            parse(&argv(&["holders", "--", "--json"])),
-            Ok(Parsed::Holders(HoldersOpts {
-                json: false,
-                path: os("--json")
-            }))
-        );
-        assert_eq!(parse(&argv(&["holders", "-h"])), Ok(Parsed::HoldersHelp));
-        assert!(parse(&argv(&["holders"])).is_err());
-        assert!(parse(&argv(&["holders", "a", "b"])).is_err());
-        assert_eq!(
-            message(&["holders", "--xml", "a"]),
-            "holders: unrecognized option '--xml'"
-        );
-        assert_eq!(
-            message(&["holders", "--json=1", "a"]),
-            "holders: option '--json' doesn't allow an argument"
-        );
-        assert_eq!(
-            message(&["holders", "-q", "a"]),
-            "holders: invalid option -- 'q'"
-        );
-        // Only the first word selects the subcommand; `./holders` locks a file of that name.
-        assert!(matches!(
-            parse(&argv(&["./holders", "true"])),
-            Ok(Parsed::Run(_))
-        ));
-    }
-
-    #[test]
-    fn locks_subcommand() {
-        assert_eq!(
-            parse(&argv(&["locks", "/d"])),
-            Ok(Parsed::Locks(LocksOpts {
-                json: false,
-                dir: os("/d")
-            }))
-        );
-        assert_eq!(
-            parse(&argv(&["locks", "/d", "--json"])),
-            Ok(Parsed::Locks(LocksOpts {
-                json: true,
-                dir: os("/d")
-            }))
-        );
-        assert_eq!(parse(&argv(&["locks", "--help"])), Ok(Parsed::LocksHelp));
-        assert_eq!(message(&["locks"]), "locks: requires a directory");
-        assert_eq!(message(&["locks", "a", "b"]), "locks: takes one directory");
-    }
-
-    #[test]
-    fn short_option_equals_is_part_of_the_argument() {
-        // getopt has no `-w=1` form: the `=` belongs to the argument.
-        assert_eq!(
-            message(&["-w=1", "f", "true"]),
-            "invalid timeout value: '=1'"
-        );
-        assert_eq!(message(&["-s=", "f", "true"]), "invalid option -- '='");
-    }
+    // Clamped far enough for time_t either way, and finite for a zero mantissa.
+    let value = sign * m * base.powf(exp.clamp(-300.0, 300.0));
+    let (secs, micros) = (value.trunc(), ((value - value.trunc()) * 1e6).trunc());
+    // time_t is 64 bits; a timer refuses a negative part.
+    Ok(match (secs, micros) {
+        _ if value.abs() >= 2f64.powi(63) => Timeout::Unusable,
+        (s, m) if s == 0.0 && m == 0.0 => Timeout::Zero,
+        (s, m) if s < 0.0 || m < 0.0 => Timeout::Unusable,
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        // in range, checked above
+        (s, m) => Timeout::Limit(Duration::new(s as u64, m as u32 * 1000)),
+    })
 }

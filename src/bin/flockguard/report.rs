@@ -1,0 +1,153 @@
+//! `--holders FILE` and `--locks DIR`: who holds or waits for `flock(2)`
+//! locks, as lines or as JSON.
+
+use std::collections::HashSet;
+use std::fs::Metadata;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use flockguard::{Error, Holder, PidStatus};
+
+use crate::{describe, escape, print, EX_NOINPUT, EX_OSERR};
+
+/// `--holders FILE`: one line (or JSON object) per holder, then waiters.
+pub(crate) fn holders(path: &Path, json: bool) -> i32 {
+    match flockguard::holders(path) {
+        Ok(list) if json => output(list.iter().map(holder_json).collect(), true),
+        Ok(list) => output(list.iter().map(Holder::to_string).collect(), false),
+        Err(err) => {
+            let code = match &err {
+                Error::Holders { file, .. } if file == path => EX_NOINPUT,
+                _ => EX_OSERR,
+            };
+            fail!(code, "{}", escape(&describe(&err)))
+        }
+    }
+}
+
+/// `--locks DIR`: every file or directory under `DIR` (not following
+/// symbolic links) that a process holds or waits for, in byte order.
+pub(crate) fn locks(dir: &Path, json: bool) -> i32 {
+    let inodes = match locked_inodes() {
+        Ok(inodes) => inodes,
+        Err(err) => return fail!(EX_OSERR, "cannot read /proc/locks: {}", describe(&err)),
+    };
+    let shown = escape(&dir.to_string_lossy());
+    let top = match std::fs::metadata(dir).map_err(|e| describe(&e)) {
+        Ok(meta) if meta.is_dir() => meta,
+        Ok(_) => return fail!(EX_NOINPUT, "{shown}: Not a directory"),
+        Err(e) => return fail!(EX_NOINPUT, "cannot read directory {shown}: {e}"),
+    };
+    let mut found = Vec::new();
+    walk(dir, &top, &inodes, &mut found);
+    found.sort_by(|a, b| a.0.as_os_str().cmp(b.0.as_os_str()));
+    let items = found.iter().map(|(path, holders)| {
+        let text = path.to_string_lossy();
+        if !json {
+            let holders: Vec<_> = holders.iter().map(Holder::to_string).collect();
+            return format!("{}: {}", escape(&text), holders.join("; "));
+        }
+        let bytes = match path.to_str() {
+            Some(_) => "null".to_owned(),
+            None => format!("{:?}", path.as_os_str().as_bytes()),
+        };
+        let holders: Vec<_> = holders.iter().map(holder_json).collect();
+        let (path, holders) = (string(&text), holders.join(","));
+        format!("{{\"path\":{path},\"path_bytes\":{bytes},\"holders\":[{holders}]}}")
+    });
+    output(items.collect(), json)
+}
+
+/// Adds `path` to `found` if the kernel lists a holder or waiter of it,
+/// then does the same below it.
+fn walk(path: &Path, meta: &Metadata, inodes: &HashSet<u64>, found: &mut Found) {
+    if inodes.contains(&meta.ino()) {
+        match flockguard::holders(path) {
+            Ok(holders) if holders.is_empty() => {}
+            Ok(holders) => found.push((path.to_owned(), holders)),
+            // Removed since it was listed: nothing to report.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => warn!("{}", escape(&describe(&err))),
+        }
+    }
+    if !meta.is_dir() {
+        return;
+    }
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(err) => {
+            let shown = escape(&path.to_string_lossy());
+            return warn!("cannot read directory {shown}: {}", describe(&err));
+        }
+    };
+    // `DirEntry::metadata` does not follow symbolic links.
+    for entry in entries.flatten() {
+        match entry.metadata() {
+            Ok(meta) if !meta.is_symlink() => walk(&entry.path(), &meta, inodes, found),
+            _ => {}
+        }
+    }
+}
+
+type Found = Vec<(PathBuf, Vec<Holder>)>;
+
+/// The inodes `/proc/locks` lists a `flock(2)` lock or waiter for, on any
+/// device: a cheap filter before the exact check of each file. Read twice,
+/// since a read racing with lock changes can miss a line.
+fn locked_inodes() -> std::io::Result<HashSet<u64>> {
+    let mut inodes = HashSet::new();
+    for _ in 0..2 {
+        for line in std::fs::read_to_string("/proc/locks")?.lines() {
+            // `ID: [->] FLOCK ADVISORY WRITE PID MAJ:MIN:INODE START END`
+            let fields: Vec<_> = line.split_whitespace().filter(|f| *f != "->").collect();
+            let id = fields.get(5).and_then(|id| id.rsplit(':').next());
+            let inode = id.and_then(|i| i.parse::<u64>().ok());
+            inodes.extend(inode.filter(|_| fields.get(1) == Some(&"FLOCK")));
+        }
+    }
+    Ok(inodes)
+}
+
+/// The items one a line, as a JSON array if `json`.
+fn output(items: Vec<String>, json: bool) -> i32 {
+    print(&match (json, items.is_empty()) {
+        (true, true) => "[]\n".to_owned(),
+        (true, false) => format!("[\n  {}\n]\n", items.join(",\n  ")),
+        (false, _) => items.iter().map(|item| format!("{item}\n")).collect(),
+    })
+}
+
+fn holder_json(h: &Holder) -> String {
+    let optional = |s: Option<&str>| s.map_or_else(|| "null".to_owned(), string);
+    let sharer = |p: &flockguard::LockProcess| {
+        let (pid, cmdline) = (p.pid, optional(p.cmdline.as_deref()));
+        format!("{{\"pid\":{pid},\"cmdline\":{cmdline}}}")
+    };
+    let sharers: Vec<_> = h.sharers.iter().map(sharer).collect();
+    let status = match h.status {
+        PidStatus::Confirmed => "confirmed",
+        PidStatus::Unverified => "unverified",
+        PidStatus::NotHolding => "not-holding",
+        PidStatus::Exited => "exited",
+        _ => "unknown",
+    };
+    let (pid, mode, waiting, sharers) = (h.pid, h.mode, h.waiting, sharers.join(","));
+    let cmdline = optional(h.cmdline.as_deref());
+    format!(
+        "{{\"pid\":{pid},\"mode\":\"{mode}\",\"waiting\":{waiting},\"status\":\"{status}\",\
+         \"cmdline\":{cmdline},\"sharers\":[{sharers}]}}"
+    )
+}
+
+/// `s` as a JSON string (RFC 8259: `"`, `\` and control characters
+/// escaped).
+fn string(s: &str) -> String {
+    let escaped = s.chars().map(|c| match c {
+        '"' | '\\' => format!("\\{c}"),
+        c if u32::from(c) < 0x20 => format!("\\u{:04x}", u32::from(c)),
+        c => c.to_string(),
+    });
+    format!("\"{}\"", escaped.collect::<String>())
+}
