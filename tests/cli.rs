@@ -436,7 +436,11 @@ fn lock_files_named_holders_or_locks_are_locked_as_by_flock1() {
                     .args(["-n", name, "echo", "ran"])
                     .current_dir(dir.path()),
             );
-            assert_eq!((code(&out), stdout(&out).as_str()), (0, "ran\n"), "{program}");
+            assert_eq!(
+                (code(&out), stdout(&out).as_str()),
+                (0, "ran\n"),
+                "{program}"
+            );
         }
     }
 }
@@ -633,7 +637,10 @@ fn fd_form_leaves_the_callers_descriptor_open_and_locked() {
     let text = std::fs::read_to_string(&path).expect("read the lock file");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
-    assert!(lines[0].starts_with("flockguard: getting lock took "), "{text}");
+    assert!(
+        lines[0].starts_with("flockguard: getting lock took "),
+        "{text}"
+    );
     assert_eq!(lines[1..], ["other description: 1", "same description: 0"]);
     support::wait_free(&path);
 }
@@ -1119,7 +1126,12 @@ fn nonblock_conflict_names_the_holder() {
     let out = output(fg().args(["-n", "-E", "5"]).arg(&path).arg("true"));
     assert_eq!(code(&out), 5);
     assert!(
-        held_by(stderr(&out).trim_end(), path.display(), "shared", reader.pid()),
+        held_by(
+            stderr(&out).trim_end(),
+            path.display(),
+            "shared",
+            reader.pid()
+        ),
         "{}",
         stderr(&out)
     );
@@ -1340,7 +1352,8 @@ import json, sys
 d = json.loads(sys.argv[1])
 assert isinstance(d, list) and len(d) == 1, d
 h = d[0]
-assert set(h) == {"pid", "mode", "waiting", "status", "cmdline", "sharers"}, h
+assert set(h) == {"pid", "kind", "range", "mode", "waiting", "status", "cmdline", "sharers"}, h
+assert h["kind"] == "flock" and h["range"] is None, h
 assert h["pid"] == int(sys.argv[2]) and h["mode"] == "exclusive"
 assert h["waiting"] is False and h["status"] == "confirmed" and h["sharers"] == []
 assert h["cmdline"] == sys.argv[3], (h["cmdline"], sys.argv[3])
@@ -1491,8 +1504,14 @@ fn help_points_to_the_documentation() {
         );
     }
     let help = stdout(&output(fg().arg("--help")));
-    assert!(help.contains(" flockguard --holders <file> [--json]"), "{help}");
-    assert!(help.contains(" flockguard --locks <directory> [--json]"), "{help}");
+    assert!(
+        help.contains(" flockguard --holders <file> [--json]"),
+        "{help}"
+    );
+    assert!(
+        help.contains(" flockguard --locks <directory> [--json]"),
+        "{help}"
+    );
 }
 
 #[test]
@@ -1506,7 +1525,7 @@ fn holders_names_the_caller_holding_through_an_inherited_descriptor() {
     }
     let (_dir, path) = support::lock_path();
     // flock(1) takes the lock on the shell's descriptor and exits; the
-    // shell then becomes `flockguard holders`, which holds the lock itself.
+    // shell then becomes `flockguard --holders`, which holds the lock itself.
     let out = output(&mut bash(
         r#"exec 9>"$1"; flock 9 || exit 9; echo "$$"; exec "$FG" --holders "$1""#,
         &path,
@@ -1564,7 +1583,7 @@ fn control_characters_in_names_and_command_lines_are_escaped() {
 }
 
 // ---------------------------------------------------------------------------
-// `flockguard locks DIR`.
+// `flockguard --locks DIR`.
 
 #[test]
 fn locks_lists_locked_files_under_a_directory_and_omits_the_rest() {

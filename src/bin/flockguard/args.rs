@@ -76,13 +76,10 @@ fn try_help(message: &str) -> Usage {
 impl From<lexopt::Error> for Usage {
     fn from(err: lexopt::Error) -> Usage {
         match err {
-            lexopt::Error::MissingValue { option: Some(o) } => match o.strip_prefix("--") {
-                Some(long) => getopt(format!(
-                    "option '--{}' requires an argument",
-                    candidates(long)[0]
-                )),
-                None => getopt(format!("option requires an argument -- '{}'", &o[1..])),
-            },
+            lexopt::Error::MissingValue { option: Some(o) } => getopt(match o.strip_prefix("--") {
+                Some(long) => format!("option '--{}' requires an argument", candidates(long)[0]),
+                None => format!("option requires an argument -- '{}'", &o[1..]),
+            }),
             // getopt reads bytes: it names an unknown option by its first byte.
             lexopt::Error::UnexpectedOption(o) => {
                 getopt([b"invalid option -- '", &o.as_bytes()[1..2], b"'"].concat())
@@ -108,12 +105,10 @@ const VALUED: &str = "timeout wait conflict-exit-code holders locks";
 /// abbreviation means what it means to flock(1).
 fn candidates(given: &str) -> Vec<&'static str> {
     let mut names = OWN_LONG.split(' ').chain(FLOCK_LONG.split(' '));
+    let prefixed = FLOCK_LONG.split(' ').filter(|n| n.starts_with(given));
     match names.find(|name| *name == given) {
         Some(name) => vec![name],
-        None => FLOCK_LONG
-            .split(' ')
-            .filter(|n| n.starts_with(given))
-            .collect(),
+        None => prefixed.collect(),
     }
 }
 
@@ -121,34 +116,22 @@ fn candidates(given: &str) -> Vec<&'static str> {
 /// lexopt reads an option's name as UTF-8, lossily; so is its value here.
 fn long(given: &str, parser: &mut lexopt::Parser) -> Result<&'static str, Usage> {
     let found = candidates(given);
-    let valued = |name| VALUED.split(' ').any(|v| v == name);
-    match found[..] {
-        [name] if valued(name) || parser.optional_value().is_none() => return Ok(name),
-        [name] => {
-            return Err(getopt(format!(
-                "option '--{name}' doesn't allow an argument"
-            )))
-        }
-        _ => {}
+    if let [name] = found[..] {
+        let ok = VALUED.split(' ').any(|v| v == name) || parser.optional_value().is_none();
+        let message = format!("option '--{name}' doesn't allow an argument");
+        return if ok { Ok(name) } else { Err(getopt(message)) };
     }
-    let value = parser
-        .optional_value()
-        .map(|v| format!("={}", v.to_string_lossy()));
-    let shown = format!("'--{given}{}'", value.unwrap_or_default());
+    let value = parser.optional_value();
+    let value = value.map_or(String::new(), |v| format!("={}", v.to_string_lossy()));
+    let shown = format!("'--{given}{value}'");
     // glibc leaves out a candidate that is the same option as the first;
     // among flock(1)'s, only `--nb` after `--nonblocking`.
     let same = |n: &&&str| found[0] == "nonblocking" && **n == "nb";
-    let list: Vec<_> = found
-        .iter()
-        .filter(|n| !same(n))
-        .map(|n| format!(" '--{n}'"))
-        .collect();
+    let list = found.iter().filter(|n| !same(n));
+    let list: String = list.map(|n| format!(" '--{n}'")).collect();
     Err(getopt(match list.is_empty() {
         true => format!("unrecognized option {shown}"),
-        false => format!(
-            "option {shown} is ambiguous; possibilities:{}",
-            list.concat()
-        ),
+        false => format!("option {shown} is ambiguous; possibilities:{list}"),
     }))
 }
 
@@ -236,24 +219,31 @@ impl Opts {
 const C_SPACE: [char; 6] = [' ', '\t', '\n', '\x0b', '\x0c', '\r'];
 
 /// util-linux's messages for a number it cannot read: `WHAT: 'WORD'`,
-/// then `: Numerical result out of range` for ERANGE.
-fn bad_number(what: &str, word: &OsStr, range: bool) -> Usage {
-    let tail: &[u8] = if range {
-        b"': Numerical result out of range"
-    } else {
-        b"'"
-    };
-    plain([what.as_bytes(), b": '", word.as_bytes(), tail].concat())
+/// then `tail` (empty, or [`RANGE`] for ERANGE).
+fn bad_number(what: &str, word: &OsStr, tail: &str) -> Usage {
+    plain(
+        [
+            what.as_bytes(),
+            b": '",
+            word.as_bytes(),
+            b"'",
+            tail.as_bytes(),
+        ]
+        .concat(),
+    )
 }
+
+const RANGE: &str = ": Numerical result out of range";
 
 /// A number as util-linux's `strtos32_or_err` reads it: leading white
 /// space, a sign, decimal digits and nothing after; ERANGE outside `i32`.
 fn int32(word: &OsStr, what: &str) -> Result<i32, Usage> {
     let text = word.to_str().unwrap_or("?").trim_start_matches(C_SPACE);
-    text.parse().map_err(|err: std::num::ParseIntError| {
-        let range = [IntErrorKind::PosOverflow, IntErrorKind::NegOverflow].contains(err.kind());
-        bad_number(what, word, range)
-    })
+    text.parse()
+        .map_err(|err: std::num::ParseIntError| match err.kind() {
+            IntErrorKind::PosOverflow | IntErrorKind::NegOverflow => bad_number(what, word, RANGE),
+            _ => bad_number(what, word, ""),
+        })
 }
 
 /// The `-w` value as util-linux reads it: `strtold(3)` over the whole word,
@@ -275,8 +265,8 @@ fn int32(word: &OsStr, what: &str) -> Result<i32, Usage> {
 /// can come out a microsecond longer or shorter than flock(1) makes it;
 /// `0.000001` waits 1 µs where flock(1) does not wait.
 fn timeout(word: OsString) -> Result<Timeout, Usage> {
-    let invalid = |range| bad_number("invalid timeout value", &word, range);
-    let text = word.to_str().ok_or_else(|| invalid(false))?;
+    let invalid = |tail| bad_number("invalid timeout value", &word, tail);
+    let text = word.to_str().ok_or_else(|| invalid(""))?;
     let text = text.trim_start_matches(C_SPACE);
     let sign = if text.starts_with('-') { -1.0 } else { 1.0 };
     let body = text.strip_prefix(['+', '-']).unwrap_or(text);
@@ -298,17 +288,15 @@ fn timeout(word: OsString) -> Result<Timeout, Usage> {
     let exp_digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
     let all = |text: &str, radix| !text.is_empty() && text.chars().all(|c| c.is_digit(radix));
     if !all(&digits, radix) || !all(exp_digits, 10) {
-        return Err(invalid(false));
+        return Err(invalid(""));
     }
-    let digit = |c: char| f64::from(c.to_digit(radix).unwrap_or(0));
-    let m = digits
-        .chars()
-        .fold(0.0, |m, c| m * f64::from(radix) + digit(c));
+    let digit = |m: f64, c: char| m * f64::from(radix) + f64::from(c.to_digit(radix).unwrap_or(0));
+    let m = digits.chars().fold(0.0, digit);
     #[allow(clippy::cast_precision_loss)] // the length of one word
     let exp = exp.parse::<f64>().unwrap_or(0.0) - step * frac.len() as f64;
     let log = m.log(base) + exp;
     if log >= limits.1 || (m != 0.0 && log < limits.0) {
-        return Err(invalid(true));
+        return Err(invalid(RANGE));
     }
     // Clamped far enough for time_t either way, and finite for a zero mantissa.
     let value = sign * m * base.powf(exp.clamp(-300.0, 300.0));
@@ -322,4 +310,136 @@ fn timeout(word: OsString) -> Result<Timeout, Usage> {
         // in range, checked above
         (s, m) => Timeout::Limit(Duration::new(s as u64, m as u32 * 1000)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_words(words: &[&str]) -> Result<Opts, Usage> {
+        parse(words.iter().map(OsString::from).collect())
+    }
+
+    fn message(words: &[&str]) -> String {
+        match parse_words(words) {
+            Err(Usage::Getopt(Some(m)) | Usage::Plain(m, _)) => String::from_utf8(m).unwrap(),
+            other => panic!("{words:?} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn timeout_values_as_strtold_reads_them() {
+        let limit = |ms| Ok(Timeout::Limit(Duration::from_millis(ms)));
+        for (word, want) in [
+            ("1.5", limit(1500)),
+            (" \t2", limit(2000)),
+            ("+1", limit(1000)),
+            (".5", limit(500)),
+            ("1.", limit(1000)),
+            ("2e1", limit(20_000)),
+            ("1.e3", limit(1_000_000)),
+            ("0x10", limit(16_000)),
+            ("0X1.8P1", limit(3000)),
+            ("0x.8", limit(500)),
+            ("0x1p-6", Ok(Timeout::Limit(Duration::from_micros(15_625)))),
+            ("0.000002", Ok(Timeout::Limit(Duration::from_micros(2)))),
+            ("0", Ok(Timeout::Zero)),
+            ("-0", Ok(Timeout::Zero)),
+            ("1e-7", Ok(Timeout::Zero)),
+            ("-1e-7", Ok(Timeout::Zero)),
+            ("1e-400", Ok(Timeout::Zero)),
+            ("0e5000", Ok(Timeout::Zero)),
+            ("0x1p-16445", Ok(Timeout::Zero)),
+            ("-1", Ok(Timeout::Unusable)),
+            ("-0.5", Ok(Timeout::Unusable)),
+            ("inf", Ok(Timeout::Unusable)),
+            ("-Infinity", Ok(Timeout::Unusable)),
+            ("nan", Ok(Timeout::Unusable)),
+            ("NAN(a_1)", Ok(Timeout::Unusable)),
+            ("1e19", Ok(Timeout::Unusable)),
+            ("1e400", Ok(Timeout::Unusable)),
+            ("1.18e4932", Ok(Timeout::Unusable)),
+            ("0x1p16383", Ok(Timeout::Unusable)),
+        ] {
+            assert_eq!(timeout(word.into()), want, "{word:?}");
+        }
+        for bad in [
+            "", "abc", "2 ", "1e", ".", ".e1", "0x", "0x1p", "1,5", "- 1", "+-1", "nan(-)",
+        ] {
+            let want = format!("invalid timeout value: '{bad}'").into_bytes();
+            assert_eq!(
+                timeout(bad.into()),
+                Err(Usage::Plain(want, false)),
+                "{bad:?}"
+            );
+        }
+        for range in [
+            "1e5000",
+            "-1e5000",
+            "1e-5000",
+            "1.19e4932",
+            "3.3e-4932",
+            "0x1p16384",
+            "0x1p-16446",
+        ] {
+            let want = format!("invalid timeout value: '{range}'{RANGE}").into_bytes();
+            assert_eq!(
+                timeout(range.into()),
+                Err(Usage::Plain(want, false)),
+                "{range:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_options_are_flock1s_abbreviations_and_this_commands_full_names() {
+        let opts = parse_words(&["--non", "--time=2", "--sh", "--verb", "9"]).unwrap();
+        assert!(opts.nonblock && opts.verbose);
+        assert_eq!(opts.mode, Some(FlockMode::Shared));
+        assert_eq!(opts.timeout, Some(Timeout::Limit(Duration::from_secs(2))));
+        assert_eq!(parse_words(&["--h"]).unwrap().action, Action::Help);
+        let opts = parse_words(&["--json", "--holders=f"]).unwrap();
+        assert_eq!(
+            (opts.json, opts.action),
+            (true, Action::Holders("f".into()))
+        );
+        let opts = parse_words(&["--locks", "d", "--json"]).unwrap();
+        assert_eq!((opts.json, opts.action), (true, Action::Locks("d".into())));
+        assert_eq!(message(&["--hold", "f"]), "unrecognized option '--hold'");
+        assert_eq!(message(&["--lock=d"]), "unrecognized option '--lock=d'");
+        assert_eq!(message(&["--allow", "9"]), "unrecognized option '--allow'");
+        assert_eq!(
+            message(&["--holders"]),
+            "option '--holders' requires an argument"
+        );
+        assert_eq!(
+            message(&["--json=1", "--holders", "f"]),
+            "option '--json' doesn't allow an argument"
+        );
+        assert_eq!(
+            message(&["--holders", "f", "g"]),
+            "--holders and --locks take no operand"
+        );
+        assert_eq!(
+            message(&["--json", "f", "true"]),
+            "--json applies to --holders and --locks only"
+        );
+        assert_eq!(
+            message(&["--n", "f", "true"]),
+            "option '--n' is ambiguous; possibilities: '--nonblocking' '--no-fork'"
+        );
+    }
+
+    #[test]
+    fn operands_after_the_first_are_the_command_whatever_they_look_like() {
+        let opts = parse_words(&["holders", "--locks", "-n", "x"]).unwrap();
+        assert!(!opts.nonblock);
+        let argv = ["--locks", "-n", "x"].map(OsString::from).to_vec();
+        assert_eq!(opts.action, Action::File("holders".into(), argv));
+        let opts = parse_words(&["--", "--holders", "true"]).unwrap();
+        assert_eq!(
+            opts.action,
+            Action::File("--holders".into(), vec!["true".into()])
+        );
+    }
 }

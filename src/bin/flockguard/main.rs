@@ -23,7 +23,7 @@ macro_rules! fail {
 mod args;
 mod report;
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -65,10 +65,8 @@ fn prog() -> &'static str {
 fn main() {
     let mut argv = std::env::args_os();
     let arg0 = argv.next().unwrap_or_default();
-    let name = Path::new(&arg0)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned());
-    let prog = PROG.get_or_init(|| name.unwrap_or_else(|| "flockguard".into()));
+    let name = Path::new(&arg0).file_name().map(OsStr::to_string_lossy);
+    let prog = PROG.get_or_init(|| name.map_or("flockguard".into(), |n| n.into_owned()));
     let code = match args::parse(argv.collect()) {
         Ok(opts) => match &opts.action {
             Action::Help => print(&usage(prog)),
@@ -128,8 +126,7 @@ Options:
  -c, --command <command>  run a single command string through the shell
  -F, --no-fork            execute command without forking
      --verbose            increase verbosity
-     --allow-remote-fs    lock even on NFS, SMB, FUSE and other filesystems
-                            where flock(2) may not serialize processes
+     --allow-remote-fs    lock even where flock(2) may not serialize processes
      --holders <file>     list the processes holding or waiting for its lock
      --locks <directory>  list every locked file under it
      --json               print --holders or --locks as JSON
@@ -345,10 +342,7 @@ pub(crate) fn describe(err: &dyn std::error::Error) -> String {
 }
 
 /// The bidirectional-text controls, which reorder the text around them.
-const BIDI: [char; 12] = [
-    '\u{61c}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}',
-    '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
-];
+const BIDI: &str = "\u{61c}\u{200e}\u{200f}\u{202a}\u{202b}\u{202c}\u{202d}\u{202e}\u{2066}\u{2067}\u{2068}\u{2069}";
 
 /// `text` with control characters written as escapes, as the library's
 /// holder lines write them (`\n`, `\t`, `\\`, `\x1b`, `\u{85}`, and the
@@ -358,7 +352,7 @@ pub(crate) fn escape(text: &str) -> String {
     let escaped = text.chars().map(|c| match c {
         '\n' | '\r' | '\t' | '\\' => c.escape_default().to_string(),
         c if c.is_ascii_control() => format!("\\x{:02x}", u32::from(c)),
-        c if c.is_control() || BIDI.contains(&c) => c.escape_unicode().to_string(),
+        c if c.is_control() || BIDI.contains(c) => c.escape_unicode().to_string(),
         c => c.to_string(),
     });
     escaped.collect()

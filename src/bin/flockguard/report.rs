@@ -28,7 +28,8 @@ pub(crate) fn holders(path: &Path, json: bool) -> i32 {
 }
 
 /// `--locks DIR`: every file or directory under `DIR` (not following
-/// symbolic links) that a process holds or waits for, in byte order.
+/// symbolic links) that a process holds or waits for a lock on, of any
+/// kind `holders` lists, in byte order.
 pub(crate) fn locks(dir: &Path, json: bool) -> i32 {
     let inodes = match locked_inodes() {
         Ok(inodes) => inodes,
@@ -93,18 +94,17 @@ fn walk(path: &Path, meta: &Metadata, inodes: &HashSet<u64>, found: &mut Found) 
 
 type Found = Vec<(PathBuf, Vec<Holder>)>;
 
-/// The inodes `/proc/locks` lists a `flock(2)` lock or waiter for, on any
+/// The inodes `/proc/locks` lists a lock or waiter for, on any
 /// device: a cheap filter before the exact check of each file. Read twice,
 /// since a read racing with lock changes can miss a line.
 fn locked_inodes() -> std::io::Result<HashSet<u64>> {
     let mut inodes = HashSet::new();
     for _ in 0..2 {
         for line in std::fs::read_to_string("/proc/locks")?.lines() {
-            // `ID: [->] FLOCK ADVISORY WRITE PID MAJ:MIN:INODE START END`
+            // `ID: [->] KIND ADVISORY WRITE PID MAJ:MIN:INODE START END`
             let fields: Vec<_> = line.split_whitespace().filter(|f| *f != "->").collect();
             let id = fields.get(5).and_then(|id| id.rsplit(':').next());
-            let inode = id.and_then(|i| i.parse::<u64>().ok());
-            inodes.extend(inode.filter(|_| fields.get(1) == Some(&"FLOCK")));
+            inodes.extend(id.and_then(|i| i.parse::<u64>().ok()));
         }
     }
     Ok(inodes)
@@ -133,11 +133,15 @@ fn holder_json(h: &Holder) -> String {
         PidStatus::Exited => "exited",
         _ => "unknown",
     };
-    let (pid, mode, waiting, sharers) = (h.pid, h.mode, h.waiting, sharers.join(","));
+    let (pid, kind, mode, waiting, sharers) = (h.pid, h.kind, h.mode, h.waiting, sharers.join(","));
+    let range = h.range.map_or("null".into(), |r| {
+        let len = r.len().map_or("null".into(), |len| len.to_string());
+        format!("{{\"start\":{},\"len\":{len}}}", r.start())
+    });
     let cmdline = optional(h.cmdline.as_deref());
     format!(
-        "{{\"pid\":{pid},\"mode\":\"{mode}\",\"waiting\":{waiting},\"status\":\"{status}\",\
-         \"cmdline\":{cmdline},\"sharers\":[{sharers}]}}"
+        "{{\"pid\":{pid},\"kind\":\"{kind}\",\"range\":{range},\"mode\":\"{mode}\",\
+         \"waiting\":{waiting},\"status\":\"{status}\",\"cmdline\":{cmdline},\"sharers\":[{sharers}]}}"
     )
 }
 
