@@ -20,6 +20,11 @@ pub enum ErrorKind {
     /// No session could be opened: the URL is malformed, the server is
     /// unreachable or refused the login, or it is older than PostgreSQL 14.
     Connect,
+    /// The TLS handshake failed, or TLS was required and not offered: the
+    /// message names the cause (an unknown certificate authority, a host
+    /// name the certificate does not cover, a server without TLS, an
+    /// unreadable `sslrootcert`).
+    Tls,
     /// A non-blocking attempt found the lock held in a conflicting mode by
     /// another session.
     WouldBlock,
@@ -39,6 +44,10 @@ pub enum ErrorKind {
     /// The fencing-token sequence `public.flockguard_fence` is missing and
     /// the role may not create it, or the role may not use it.
     Fencing,
+    /// A connection pooler in transaction or statement mode sits between
+    /// the client and the server, so session locks cannot work through it;
+    /// a lock this session held must be assumed lost.
+    Pooler,
     /// The server refused a statement for another reason.
     Query,
 }
@@ -174,11 +183,12 @@ impl Error {
     pub fn io_kind(&self) -> io::ErrorKind {
         match self.0.kind {
             ErrorKind::InvalidName => io::ErrorKind::InvalidInput,
-            ErrorKind::Connect => io::ErrorKind::NotConnected,
+            ErrorKind::Connect | ErrorKind::Tls => io::ErrorKind::NotConnected,
             ErrorKind::WouldBlock => io::ErrorKind::WouldBlock,
             ErrorKind::Timeout => io::ErrorKind::TimedOut,
             ErrorKind::Lost(_) => io::ErrorKind::ConnectionAborted,
             ErrorKind::Fencing => io::ErrorKind::PermissionDenied,
+            ErrorKind::Pooler => io::ErrorKind::Unsupported,
             // Not Interrupted: std's retry loops would treat it as "try again".
             ErrorKind::Cancelled | ErrorKind::Deadlock | ErrorKind::Query => io::ErrorKind::Other,
         }
@@ -239,6 +249,10 @@ impl fmt::Display for Error {
                 }
                 f.write_str("; check the URL, that the server runs (PostgreSQL 14 or later) and accepts TCP connections from this host, and the role's credentials")
             }
+            ErrorKind::Tls => write!(
+                f,
+                "cannot open a TLS session to PostgreSQL for lock `{name}`: {detail}"
+            ),
             ErrorKind::WouldBlock => write!(
                 f,
                 "advisory lock `{name}` is held by another PostgreSQL session; {mode} lock not taken"
@@ -281,6 +295,13 @@ impl fmt::Display for Error {
                 f,
                 "cannot use the fencing sequence for PostgreSQL lock `{name}`: the role may not create or use `public.flockguard_fence`; have the database owner run `CREATE SEQUENCE IF NOT EXISTS public.flockguard_fence; GRANT USAGE ON SEQUENCE public.flockguard_fence TO PUBLIC;`"
             ),
+            ErrorKind::Pooler => {
+                write!(f, "refusing PostgreSQL lock `{name}`: {detail}; ")?;
+                if let Some(held) = i.mode {
+                    write!(f, "the {held} lock this session held must be assumed lost; ")?;
+                }
+                f.write_str("session-level advisory locks need one server session per client session: connect to the server directly or through a pool in session mode (PgBouncer: pool_mode = session)")
+            }
             ErrorKind::Query => {
                 write!(f, "the PostgreSQL server refused a statement for lock `{name}`")
             }

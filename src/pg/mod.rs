@@ -49,6 +49,7 @@ mod error;
 mod holder;
 mod key;
 mod session;
+mod tls;
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -653,6 +654,9 @@ fn failure_error(
         Failure::Deadlock(source) => error(ErrorKind::Deadlock).with_source(Some(source)),
         Failure::Privilege(source) => error(ErrorKind::Fencing).with_source(Some(source)),
         Failure::Other(source) => error(ErrorKind::Query).with_source(Some(source)),
+        Failure::Pooler(why) => Error::new(ErrorKind::Pooler, name)
+            .with_mode(held)
+            .with_detail(why),
     }
 }
 
@@ -666,6 +670,11 @@ impl ConnectError {
             ConnectError::Fencing(source) => {
                 Error::new(ErrorKind::Fencing, name).with_source(Some(source))
             }
+            ConnectError::BadUrl(why) => Error::new(ErrorKind::Connect, name).with_detail(why),
+            ConnectError::Tls(why, source) => Error::new(ErrorKind::Tls, name)
+                .with_detail(why)
+                .with_source(source),
+            ConnectError::Pooler(why) => Error::new(ErrorKind::Pooler, name).with_detail(why),
         }
     }
 }

@@ -1,7 +1,10 @@
-//! One PostgreSQL session and the statements the lock types send through it:
-//! the session's runtime, connecting with the liveness settings, the
-//! heartbeat thread, round trips with a deadline, cancel requests and the
-//! mapping of client errors. [`super`] calls these and owns the lock state.
+//! One PostgreSQL session and the statements the lock types send through it.
+//!
+//! [`Conn`] is what both drivers share: connecting (TLS, the liveness
+//! settings, the claim on the server session), the prepared statements and
+//! one async function per statement. [`Session`] is the blocking driver:
+//! its own runtime, the heartbeat thread, round trips with a deadline and
+//! cancel requests. [`super`] calls these and owns the lock state.
 
 use std::future::Future;
 use std::sync::{mpsc, Arc, Mutex, PoisonError, Weak};
@@ -9,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, NoTls, Row, Statement};
+use tokio_postgres::{Client, Config, Row, Statement};
 
 use super::holder::{app_name, parse_app_name, PgHolder, PgLoss};
 use super::key::lock_columns;
+use super::tls::{self, Connector, SslMode, TlsSettings};
 use crate::mode::FlockMode;
 use crate::sys;
 use crate::CancelToken;
@@ -36,17 +39,54 @@ const CANCEL_POLL: Duration = Duration::from_millis(5);
 /// `search_path` draws from the same one.
 pub(crate) const FENCE_SEQUENCE: &str = "public.flockguard_fence";
 
-/// Server settings sent in the startup packet (`options`), so they cost no
-/// round trip: the idle limit that frees a cut-off client's locks, TCP
-/// keepalives and `tcp_user_timeout` for a peer that vanished from the
-/// network, and no statement or lock deadline inherited from the role.
-fn session_options() -> String {
+/// The session-level setting that carries the client's claim on its server
+/// session; every lock statement runs only where it holds the client's own
+/// value, so a pooler that hands the server session to another client (or
+/// the client to another server session) cannot make a lock statement
+/// succeed.
+pub(crate) const CLAIM: &str = "flockguard.session";
+
+/// The statement that claims the server session and applies the session
+/// settings in one round trip: the idle limit that frees a cut-off client's
+/// locks, TCP keepalives and `tcp_user_timeout` for a peer that vanished,
+/// a check that notices a closed client during a wait, and no statement or
+/// lock deadline inherited from the role. It returns no row when another
+/// client's claim is already there.
+fn claim_sql(nonce: &str) -> String {
     format!(
-        "-c idle_session_timeout={}s -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=1 \
-         -c tcp_keepalives_count=3 -c tcp_user_timeout=10000 -c lock_timeout=0 \
-         -c statement_timeout=0 -c idle_in_transaction_session_timeout=0",
+        "SELECT pg_backend_pid(), set_config('{CLAIM}', '{nonce}', false), \
+         set_config('idle_session_timeout', '{}s', false), \
+         set_config('tcp_keepalives_idle', '5', false), \
+         set_config('tcp_keepalives_interval', '1', false), \
+         set_config('tcp_keepalives_count', '3', false), \
+         set_config('tcp_user_timeout', '10000', false), \
+         set_config('client_connection_check_interval', '1000', false), \
+         set_config('lock_timeout', '0', false), set_config('statement_timeout', '0', false), \
+         set_config('idle_in_transaction_session_timeout', '0', false) \
+         WHERE coalesce(current_setting('{CLAIM}', true), '') IN ('', '{nonce}')",
         IDLE_SESSION_TIMEOUT.as_secs()
     )
+}
+
+/// A value no other session carries: 128 bits from the process, the time,
+/// a counter and an address, hashed.
+fn new_nonce() -> String {
+    use sha2::Digest;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = sha2::Sha256::new();
+    h.update(std::process::id().to_le_bytes());
+    h.update(COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.update(now.as_nanos().to_le_bytes());
+    h.update((&COUNTER as *const AtomicU64 as usize).to_le_bytes());
+    h.update(sys::hostname().unwrap_or_default().as_bytes());
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A single-thread runtime for one session. The calling thread drives it
@@ -86,6 +126,9 @@ pub(crate) enum Failure {
     Cancelled,
     /// The role lacks a privilege (42501).
     Privilege(tokio_postgres::Error),
+    /// The statement ran on a server session this client did not claim: a
+    /// pooler in transaction or statement mode is in between.
+    Pooler(&'static str),
     /// Any other server error; the session stays usable.
     Other(tokio_postgres::Error),
 }
@@ -106,6 +149,11 @@ pub(crate) fn classify(err: tokio_postgres::Error) -> Failure {
         Failure::Cancelled
     } else if code == SqlState::INSUFFICIENT_PRIVILEGE {
         Failure::Privilege(err)
+    } else if code == SqlState::INVALID_SQL_STATEMENT_NAME
+        || code == SqlState::DUPLICATE_PSTATEMENT
+    {
+        // The prepared statements live on another server session.
+        Failure::Pooler(MOVED)
     } else if code == SqlState::ADMIN_SHUTDOWN
         || code == SqlState::CRASH_SHUTDOWN
         || code == SqlState::CANNOT_CONNECT_NOW
@@ -138,11 +186,7 @@ async fn watched<F: Future>(core: &Core, limit: Duration, fut: F) -> Result<F::O
 /// Awaits `fut`; when `token` is cancelled meanwhile, sends the server a
 /// cancel request, waits until it has been delivered, and then awaits `fut`
 /// (which the server ends with 57014 unless it had finished).
-async fn with_cancel<F: Future>(
-    fut: F,
-    token: Option<&CancelToken>,
-    cancel: &tokio_postgres::CancelToken,
-) -> F::Output {
+async fn with_cancel<F: Future>(fut: F, token: Option<&CancelToken>, conn: &Conn) -> F::Output {
     let Some(token) = token else {
         return fut.await;
     };
@@ -151,7 +195,7 @@ async fn with_cancel<F: Future>(
         if token.is_cancelled() {
             // The server signals the backend before it closes the cancel
             // connection; after that no later statement can be hit.
-            let _ = within(ROUND_TRIP, cancel.cancel_query(NoTls)).await;
+            conn.cancel().await;
             return fut.await;
         }
         if let Ok(out) = tokio::time::timeout(CANCEL_POLL, fut.as_mut()).await {
@@ -184,47 +228,82 @@ struct Statements {
     holders: Statement,
 }
 
+/// What a pooler detection says, as a clause.
+pub(crate) const MOVED: &str =
+    "a statement ran on a server session this client did not open, so a pooler in transaction or statement mode shares server sessions between clients";
+
 /// Sets `application_name` to its granted form, stamping the grant time.
 const STAMP: &str = "set_config('application_name', \
      $2 || floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint || $3, false)";
 
+/// The condition under which a statement may touch a lock: the server
+/// session carries this client's claim, `$n`.
+fn ours(n: u8) -> String {
+    format!("current_setting('{CLAIM}', true) = ${n}")
+}
+
 /// Columns of every acquiring statement: granted, fencing token (NULL if
 /// not granted), the answering backend, the result of a release that
-/// follows the grant (NULL if none), the new `application_name`.
+/// follows the grant (NULL if none), the new `application_name`. No row
+/// when the server session is not this client's (claim in `$4`).
 fn try_sql(lock_fn: &str) -> String {
     format!(
         "SELECT l.got, CASE WHEN l.got THEN nextval('{FENCE_SEQUENCE}') END, pg_backend_pid(), \
          NULL::bool, CASE WHEN l.got THEN {STAMP} END \
-         FROM (SELECT {lock_fn}($1) AS got OFFSET 0) l"
+         FROM (SELECT {lock_fn}($1) AS got WHERE {} OFFSET 0) l",
+        ours(4)
     )
 }
 
 /// A blocking acquisition with `lock_timeout` = `$4` set first in the same
-/// statement; `release` runs after the grant.
+/// statement (claim in `$5`); `release` runs after the grant.
 fn wait_sql(lock_fn: &str, release: &str) -> String {
     format!(
         "SELECT true, nextval('{FENCE_SEQUENCE}'), pg_backend_pid(), {release}, {STAMP} \
-         FROM (SELECT set_config('lock_timeout', $4, false) AS t OFFSET 0) s, \
-         LATERAL (SELECT {lock_fn}($1) WHERE s.t IS NOT NULL OFFSET 0) l"
+         FROM (SELECT set_config('lock_timeout', $4, false) AS t WHERE {} OFFSET 0) s, \
+         LATERAL (SELECT {lock_fn}($1) WHERE s.t IS NOT NULL OFFSET 0) l",
+        ours(5)
     )
 }
 
-const DOWNGRADE_SQL: &str = "SELECT true, nextval('public.flockguard_fence'), pg_backend_pid(), \
-     u.released, set_config('application_name', \
-     $2 || floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint || $3, false) \
-     FROM (SELECT pg_advisory_unlock($1) AS released \
-           FROM (SELECT pg_advisory_lock_shared($1) OFFSET 0) s OFFSET 0) u";
+/// Shared, then exclusive released, in one statement (claim in `$4`).
+fn downgrade_sql() -> String {
+    format!(
+        "SELECT true, nextval('{FENCE_SEQUENCE}'), pg_backend_pid(), u.released, {STAMP} \
+         FROM (SELECT pg_advisory_unlock($1) AS released \
+               FROM (SELECT pg_advisory_lock_shared($1) WHERE {} OFFSET 0) s OFFSET 0) u",
+        ours(4)
+    )
+}
 
-const TRY_UPGRADE_SQL: &str =
-    "SELECT l.got, CASE WHEN l.got THEN nextval('public.flockguard_fence') END, \
-     pg_backend_pid(), CASE WHEN l.got THEN pg_advisory_unlock_shared($1) END, \
-     CASE WHEN l.got THEN set_config('application_name', \
-     $2 || floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint || $3, false) END \
-     FROM (SELECT pg_try_advisory_lock($1) AS got OFFSET 0) l";
+/// Exclusive if free, keeping shared either way (claim in `$4`).
+fn try_upgrade_sql() -> String {
+    format!(
+        "SELECT l.got, CASE WHEN l.got THEN nextval('{FENCE_SEQUENCE}') END, \
+         pg_backend_pid(), CASE WHEN l.got THEN pg_advisory_unlock_shared($1) END, \
+         CASE WHEN l.got THEN {STAMP} END \
+         FROM (SELECT pg_try_advisory_lock($1) AS got WHERE {} OFFSET 0) l",
+        ours(4)
+    )
+}
 
-const IS_HELD_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
-     AND pid = pg_backend_pid() AND classid = $1 AND objid = $2 AND objsubid = 1 \
-     AND granted AND mode = $3), pg_backend_pid()";
+/// One release (claim in `$2`).
+fn unlock_sql(unlock_fn: &str) -> String {
+    format!(
+        "SELECT {unlock_fn}($1), pg_backend_pid() WHERE {}",
+        ours(2)
+    )
+}
+
+/// Whether this session holds the lock (claim in `$4`).
+fn is_held_sql() -> String {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+         AND pid = pg_backend_pid() AND classid = $1 AND objid = $2 AND objsubid = 1 \
+         AND granted AND mode = $3), pg_backend_pid() WHERE {}",
+        ours(4)
+    )
+}
 
 const HOLDERS_SQL: &str = "SELECT l.pid, l.mode, l.granted, l.waitstart, \
      coalesce(a.application_name, ''), a.client_addr, a.usename::text \
@@ -248,18 +327,16 @@ impl Statements {
             lock_shared: client
                 .prepare(&wait_sql("pg_advisory_lock_shared", "NULL::bool"))
                 .await?,
-            unlock_exclusive: client
-                .prepare("SELECT pg_advisory_unlock($1), pg_backend_pid()")
-                .await?,
+            unlock_exclusive: client.prepare(&unlock_sql("pg_advisory_unlock")).await?,
             unlock_shared: client
-                .prepare("SELECT pg_advisory_unlock_shared($1), pg_backend_pid()")
+                .prepare(&unlock_sql("pg_advisory_unlock_shared"))
                 .await?,
-            downgrade: client.prepare(DOWNGRADE_SQL).await?,
-            try_upgrade: client.prepare(TRY_UPGRADE_SQL).await?,
+            downgrade: client.prepare(&downgrade_sql()).await?,
+            try_upgrade: client.prepare(&try_upgrade_sql()).await?,
             upgrade: client
                 .prepare(&wait_sql("pg_advisory_lock", unlock_shared))
                 .await?,
-            is_held: client.prepare(IS_HELD_SQL).await?,
+            is_held: client.prepare(&is_held_sql()).await?,
             holders: client.prepare(HOLDERS_SQL).await?,
         })
     }
@@ -282,60 +359,17 @@ pub(crate) struct Grant {
     pub(crate) token: i64,
 }
 
-/// What a session's calls and its heartbeat share.
-struct Core {
-    /// `None` once shut down.
-    rt: Mutex<Option<Runtime>>,
-    client: Client,
-    /// Set when the heartbeat or a call found the session dead or unreachable.
-    lost: Mutex<Option<PgLoss>>,
-    /// The deadline of the short round trip in progress, if any; the
-    /// heartbeat thread, which wakes every [`HEARTBEAT`], enforces it through
-    /// `expired`, so a round trip arms no timer of its own.
-    watch: Mutex<Option<Instant>>,
-    expired: tokio::sync::Notify,
-}
-
-impl Drop for Core {
-    /// Shuts the runtime down without waiting, which closes the socket; the
-    /// server ends the session and frees its locks when it reads the close.
-    fn drop(&mut self) {
-        let rt = self
-            .rt
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(rt) = rt {
-            rt.shutdown_background();
-        }
-    }
-}
-
-/// An open session with its prepared statements and heartbeat.
-pub(crate) struct Session {
-    core: Arc<Core>,
-    cancel: tokio_postgres::CancelToken,
-    statements: Statements,
-    backend_pid: i32,
-    /// Dropping it stops the heartbeat thread.
-    _heartbeat: mpsc::Sender<()>,
-    /// `application_name` around the grant time: `flockguard PID ` and ` HOST`.
-    stamp: (String, String),
-}
-
-impl std::fmt::Debug for Session {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("backend_pid", &self.backend_pid)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Why a session could not be opened.
 #[derive(Debug)]
 pub(crate) enum ConnectError {
+    /// The URL's TLS settings cannot be used, as a clause.
+    BadUrl(String),
     Connect(Box<dyn std::error::Error + Send + Sync>),
+    /// TLS failed: the cause as a clause, and the client's error.
+    Tls(String, Option<Box<dyn std::error::Error + Send + Sync>>),
     Fencing(tokio_postgres::Error),
+    /// A pooler shares server sessions; the clause says how it showed.
+    Pooler(&'static str),
 }
 
 impl From<tokio_postgres::Error> for ConnectError {
@@ -344,36 +378,49 @@ impl From<tokio_postgres::Error> for ConnectError {
     }
 }
 
-/// Opens a client with the session settings; the connection runs as a task.
-async fn open_client(url: &str) -> Result<(Client, String, String), ConnectError> {
-    let mut config: Config = url.parse()?;
-    let host = sys::hostname().unwrap_or_default();
-    let pid = std::process::id();
-    let app = app_name(pid, &host);
-    let (prefix, suffix) = match app.split_once(" - ") {
-        Some((p, s)) => (format!("{p} "), format!(" {s}")),
-        None => (format!("{app} "), String::new()),
+/// The connection's I/O, which the owner of the session spawns.
+pub(crate) type Driver = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Connects with the URL's TLS settings (libpq's meaning of `sslmode`).
+async fn connect_tls(
+    config: &Config,
+    tls: &TlsSettings,
+    connector: &Connector,
+) -> Result<(Client, Driver), ConnectError> {
+    use tokio_postgres::config::SslMode as Wire;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => String::new(),
     };
-    config.application_name(app);
-    let options = match config.get_options() {
-        Some(user) => format!("{user} {}", session_options()),
-        None => session_options(),
+    let attempt = |wire: Wire| {
+        let mut config = config.clone();
+        config.ssl_mode(wire);
+        let connector = connector.clone();
+        async move {
+            let (client, connection) = config.connect(connector).await?;
+            let driver: Driver = Box::pin(async move {
+                let _ = connection.await;
+            });
+            Ok::<_, tokio_postgres::Error>((client, driver))
+        }
     };
-    config.options(options);
-    config
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(5))
-        .keepalives_interval(Duration::from_secs(1))
-        .keepalives_retries(3)
-        .tcp_user_timeout(Duration::from_secs(10));
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(CONNECT_TIMEOUT);
+    let tls_failure = |err: tokio_postgres::Error| match tls::tls_cause(&err, &host, tls) {
+        Some(cause) => ConnectError::Tls(cause, Some(Box::new(err))),
+        None => ConnectError::Connect(Box::new(err)),
+    };
+    match tls.mode {
+        SslMode::Disable => attempt(Wire::Disable).await.map_err(ConnectError::from),
+        // Plaintext first; a server that refuses it (hostssl only) gets TLS.
+        SslMode::Allow => match attempt(Wire::Disable).await {
+            Ok(opened) => Ok(opened),
+            Err(err) if err.code().is_some() => attempt(Wire::Require).await.map_err(tls_failure),
+            Err(err) => Err(err.into()),
+        },
+        SslMode::Prefer => attempt(Wire::Prefer).await.map_err(tls_failure),
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            attempt(Wire::Require).await.map_err(tls_failure)
+        }
     }
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok((client, prefix, suffix))
 }
 
 /// Creates the fencing sequence if it is missing; races with other
@@ -404,26 +451,296 @@ async fn ensure_fence(client: &Client) -> Result<(), ConnectError> {
     }
 }
 
+/// The first column of a simple query's first row, if there is a row.
+fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
+    messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
+/// An open connection, claimed for this client, with its prepared
+/// statements: what the blocking and the async driver share.
+pub(crate) struct Conn {
+    pub(crate) client: Client,
+    statements: Statements,
+    /// This client's claim on the server session ([`CLAIM`]).
+    nonce: String,
+    pub(crate) backend_pid: i32,
+    /// `application_name` around the grant time: `flockguard PID ` and ` HOST`.
+    stamp: (String, String),
+    cancel: tokio_postgres::CancelToken,
+    connector: Connector,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("backend_pid", &self.backend_pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    /// Connects; `spawn` runs the connection's I/O. Claims the server
+    /// session (refusing one another client claimed), applies the session
+    /// settings, creates the fencing sequence if needed, prepares the
+    /// statements, and checks that the claim is still there.
+    pub(crate) async fn open(url: &str, spawn: impl FnOnce(Driver)) -> Result<Conn, ConnectError> {
+        let split = tls::split_url(url).map_err(|e| ConnectError::BadUrl(e.0))?;
+        let connector = Connector::new(&split.tls).map_err(|e| {
+            ConnectError::Tls(e.reason, e.source.map(|s| Box::new(s) as Box<_>))
+        })?;
+        let mut config: Config = split.rest.parse()?;
+        let host = sys::hostname().unwrap_or_default();
+        let app = app_name(std::process::id(), &host);
+        let stamp = match app.split_once(" - ") {
+            Some((p, s)) => (format!("{p} "), format!(" {s}")),
+            None => (format!("{app} "), String::new()),
+        };
+        config.application_name(app);
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(1))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(10));
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let (client, driver) = connect_tls(&config, &split.tls, &connector).await?;
+        spawn(driver);
+        let nonce = new_nonce();
+        // The simple protocol: no statement name that a shared server
+        // session could already know.
+        let claimed = client.simple_query(&claim_sql(&nonce)).await?;
+        let backend_pid: i32 = first_value(&claimed)
+            .and_then(|pid| pid.parse().ok())
+            .ok_or(ConnectError::Pooler(
+                "the server session already carries another client's claim, so a pooler in transaction or statement mode shares server sessions between clients",
+            ))?;
+        ensure_fence(&client).await?;
+        let statements = Statements::prepare(&client).await?;
+        let check = client
+            .simple_query(&format!(
+                "SELECT pg_backend_pid() WHERE current_setting('{CLAIM}', true) = '{nonce}'"
+            ))
+            .await?;
+        if first_value(&check).and_then(|pid| pid.parse::<i32>().ok()) != Some(backend_pid) {
+            return Err(ConnectError::Pooler(
+                "consecutive statements ran on different server sessions, so a pooler in transaction or statement mode is in between",
+            ));
+        }
+        let cancel = client.cancel_token();
+        Ok(Conn {
+            client,
+            statements,
+            nonce,
+            backend_pid,
+            stamp,
+            cancel,
+            connector,
+        })
+    }
+
+    /// Sends a cancel request for the statement in progress.
+    pub(crate) async fn cancel(&self) {
+        let _ = within(ROUND_TRIP, self.cancel.cancel_query(self.connector.clone())).await;
+    }
+
+    /// A cancel token and connector to cancel from elsewhere.
+    pub(crate) fn canceller(&self) -> (tokio_postgres::CancelToken, Connector) {
+        (self.cancel.clone(), self.connector.clone())
+    }
+
+    /// Checks a statement's answer: no row means the server session is not
+    /// this client's; another backend than the session's own means the same.
+    fn check(&self, row: Option<Row>, pid_column: usize) -> Result<Row, Failure> {
+        let row = row.ok_or(Failure::Pooler(MOVED))?;
+        let pid: i32 = row.try_get(pid_column).map_err(protocol)?;
+        if pid != self.backend_pid {
+            return Err(Failure::Lost(
+                PgLoss::SessionChanged {
+                    expected: self.backend_pid,
+                    actual: pid,
+                },
+                None,
+            ));
+        }
+        Ok(row)
+    }
+
+    /// Runs an acquiring statement; `timeout` is the server's `lock_timeout`.
+    pub(crate) async fn acquire(
+        &self,
+        op: Op,
+        key: i64,
+        timeout: Option<Duration>,
+    ) -> Result<Grant, Failure> {
+        let (prefix, suffix) = &self.stamp;
+        let lock_timeout = match timeout {
+            None => "0".to_owned(),
+            // 0 would mean "no limit"; a zero wait is one millisecond.
+            Some(d) => d.as_millis().clamp(1, i32::MAX as u128).to_string(),
+        };
+        let nonce = &self.nonce;
+        let s = &self.statements;
+        let statement = match op {
+            Op::Try(FlockMode::Exclusive) => &s.try_exclusive,
+            Op::Try(FlockMode::Shared) => &s.try_shared,
+            Op::Wait(FlockMode::Exclusive) => &s.lock_exclusive,
+            Op::Wait(FlockMode::Shared) => &s.lock_shared,
+            Op::Downgrade => &s.downgrade,
+            Op::TryUpgrade => &s.try_upgrade,
+            Op::Upgrade => &s.upgrade,
+        };
+        let answer = if op.waits() {
+            self.client
+                .query_opt(statement, &[&key, prefix, suffix, &lock_timeout, nonce])
+                .await
+        } else {
+            self.client
+                .query_opt(statement, &[&key, prefix, suffix, nonce])
+                .await
+        };
+        let row = self.check(answer.map_err(classify)?, 2)?;
+        let granted: Option<bool> = row.try_get(0).map_err(protocol)?;
+        let token: Option<i64> = row.try_get(1).map_err(protocol)?;
+        Ok(Grant {
+            granted: granted.unwrap_or(false),
+            token: token.unwrap_or(0),
+        })
+    }
+
+    /// Releases one hold of `mode`; `Ok(false)` if the session held none.
+    pub(crate) async fn release(&self, mode: FlockMode, key: i64) -> Result<bool, Failure> {
+        let statement = match mode {
+            FlockMode::Exclusive => &self.statements.unlock_exclusive,
+            FlockMode::Shared => &self.statements.unlock_shared,
+        };
+        let answer = self.client.query_opt(statement, &[&key, &self.nonce]).await;
+        let row = self.check(answer.map_err(classify)?, 1)?;
+        row.try_get(0).map_err(protocol)
+    }
+
+    /// Whether `pg_locks` shows this session holding the lock in `mode`.
+    pub(crate) async fn holds(&self, mode: FlockMode, key: i64) -> Result<bool, Failure> {
+        let (classid, objid) = lock_columns(key);
+        let pg_mode = match mode {
+            FlockMode::Exclusive => "ExclusiveLock",
+            FlockMode::Shared => "ShareLock",
+        };
+        let answer = self
+            .client
+            .query_opt(
+                &self.statements.is_held,
+                &[&classid, &objid, &pg_mode, &self.nonce],
+            )
+            .await;
+        let row = self.check(answer.map_err(classify)?, 1)?;
+        row.try_get(0).map_err(protocol)
+    }
+
+    /// Everyone holding or waiting for the lock, on this session.
+    pub(crate) async fn holders(&self, key: i64) -> Result<Vec<PgHolder>, Failure> {
+        let (classid, objid) = lock_columns(key);
+        let rows = self
+            .client
+            .query(&self.statements.holders, &[&classid, &objid])
+            .await
+            .map_err(classify)?;
+        rows.iter().map(holder_from_row).collect()
+    }
+
+    /// Sends the statements of a `try` + unlock pair as they are, for the
+    /// benchmarks' baseline.
+    async fn raw_pair(&self, key: i64, mode: FlockMode) -> Result<bool, tokio_postgres::Error> {
+        let s = &self.statements;
+        let (try_stmt, unlock) = match mode {
+            FlockMode::Exclusive => (&s.try_exclusive, &s.unlock_exclusive),
+            FlockMode::Shared => (&s.try_shared, &s.unlock_shared),
+        };
+        let (prefix, suffix) = &self.stamp;
+        let nonce = &self.nonce;
+        let row = self
+            .client
+            .query_one(try_stmt, &[&key, prefix, suffix, nonce])
+            .await?;
+        let got: bool = row.get(0);
+        if got {
+            self.client.query_one(unlock, &[&key, nonce]).await?;
+        }
+        Ok(got)
+    }
+}
+
+impl Op {
+    /// Whether the statement waits for the lock (and takes `lock_timeout`).
+    pub(crate) fn waits(self) -> bool {
+        matches!(self, Op::Wait(_) | Op::Upgrade)
+    }
+}
+
+/// What a session's calls and its heartbeat share.
+struct Core {
+    /// `None` once shut down.
+    rt: Mutex<Option<Runtime>>,
+    conn: Conn,
+    /// Set when the heartbeat or a call found the session dead or unreachable.
+    lost: Mutex<Option<PgLoss>>,
+    /// The deadline of the short round trip in progress, if any; the
+    /// heartbeat thread, which wakes every [`HEARTBEAT`], enforces it through
+    /// `expired`, so a round trip arms no timer of its own.
+    watch: Mutex<Option<Instant>>,
+    expired: tokio::sync::Notify,
+}
+
+impl Drop for Core {
+    /// Shuts the runtime down without waiting, which closes the socket; the
+    /// server ends the session and frees its locks when it reads the close.
+    fn drop(&mut self) {
+        let rt = self
+            .rt
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(rt) = rt {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The blocking driver: a session on a runtime of its own, which the
+/// calling thread drives during each call, and a heartbeat thread.
+pub(crate) struct Session {
+    core: Arc<Core>,
+    /// Dropping it stops the heartbeat thread.
+    _heartbeat: mpsc::Sender<()>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("backend_pid", &self.core.conn.backend_pid)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Session {
-    /// Connects, creates the fencing sequence if needed, prepares the
-    /// statements and starts the heartbeat.
+    /// Connects and starts the heartbeat.
     pub(crate) fn open(url: &str) -> Result<Session, ConnectError> {
         let rt = new_runtime().map_err(|e| ConnectError::Connect(Box::new(e)))?;
         let opened = drive(
             &rt,
-            within(CONNECT_TIMEOUT + ROUND_TRIP, async {
-                let (client, prefix, suffix) = open_client(url).await?;
-                ensure_fence(&client).await?;
-                let statements = Statements::prepare(&client).await?;
-                let pid: i32 = client
-                    .query_one("SELECT pg_backend_pid()", &[])
-                    .await?
-                    .get(0);
-                Ok::<_, ConnectError>((client, prefix, suffix, statements, pid))
-            }),
+            within(
+                CONNECT_TIMEOUT + ROUND_TRIP,
+                Conn::open(url, |driver| {
+                    tokio::spawn(driver);
+                }),
+            ),
         );
-        let (client, prefix, suffix, statements, backend_pid) = match opened {
-            Ok(Ok(opened)) => opened,
+        let conn = match opened {
+            Ok(Ok(conn)) => conn,
             Ok(Err(err)) => {
                 rt.shutdown_background();
                 return Err(err);
@@ -435,10 +752,9 @@ impl Session {
                 ));
             }
         };
-        let cancel = client.cancel_token();
         let core = Arc::new(Core {
             rt: Mutex::new(Some(rt)),
-            client,
+            conn,
             lost: Mutex::new(None),
             watch: Mutex::new(None),
             expired: tokio::sync::Notify::new(),
@@ -447,17 +763,13 @@ impl Session {
             .map_err(|e| ConnectError::Connect(Box::new(e)))?;
         Ok(Session {
             core,
-            cancel,
-            statements,
-            backend_pid,
             _heartbeat: heartbeat,
-            stamp: (prefix, suffix),
         })
     }
 
     /// The server process serving this session.
     pub(crate) fn backend_pid(&self) -> i32 {
-        self.backend_pid
+        self.core.conn.backend_pid
     }
 
     /// A loss the heartbeat or an earlier call found, or a closed connection.
@@ -467,7 +779,13 @@ impl Session {
             .lost
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        lost.or_else(|| self.core.client.is_closed().then_some(PgLoss::Closed))
+        lost.or_else(|| {
+            self.core
+                .conn
+                .client
+                .is_closed()
+                .then_some(PgLoss::Closed)
+        })
     }
 
     /// Runs `fut` on the session's runtime, on this thread.
@@ -485,36 +803,38 @@ impl Session {
     }
 
     /// Runs one statement with a deadline for the answer (`None`: no
-    /// deadline) and an optional cancel token; `pid_column` holds the
-    /// answering backend.
-    fn round_trip(
+    /// deadline) and an optional cancel token; marks the session lost when
+    /// it is.
+    fn round_trip<T, F>(
         &self,
-        statement: &Statement,
-        params: &[&(dyn ToSql + Sync)],
-        pid_column: usize,
+        fut: F,
         deadline: Option<Duration>,
         token: Option<&CancelToken>,
-    ) -> Result<Row, Failure> {
+    ) -> Result<T, Failure>
+    where
+        F: Future<Output = Result<T, Failure>> + Send,
+        T: Send,
+    {
         let core = &*self.core;
         let answer = self.run(with_cancel(
             async {
-                let query = core.client.query_one(statement, params);
                 match deadline {
                     // The heartbeat's watch: up to one beat late, no timer.
-                    Some(d) if d == ROUND_TRIP => watched(core, d, query).await,
-                    Some(d) => tokio::time::timeout(d, query).await.map_err(|_| d),
-                    None => Ok(query.await),
+                    Some(d) if d == ROUND_TRIP => watched(core, d, fut).await,
+                    Some(d) => tokio::time::timeout(d, fut).await.map_err(|_| d),
+                    None => Ok(fut.await),
                 }
             },
             token,
-            &self.cancel,
+            &core.conn,
         ))?;
         match answer {
-            Ok(Ok(row)) => self.check_backend(row, pid_column),
-            Ok(Err(err)) => {
-                let failure = classify(err);
-                if let Failure::Lost(loss, _) = &failure {
-                    self.abandon(*loss);
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(failure)) => {
+                match &failure {
+                    Failure::Lost(loss, _) => self.abandon(*loss),
+                    Failure::Pooler(_) => self.abandon(PgLoss::Closed),
+                    _ => {}
                 }
                 Err(failure)
             }
@@ -523,20 +843,6 @@ impl Session {
                 Err(Failure::Lost(PgLoss::NoAnswer(waited), None))
             }
         }
-    }
-
-    /// Refuses an answer from another backend than the session's own.
-    fn check_backend(&self, row: Row, pid_column: usize) -> Result<Row, Failure> {
-        let pid: i32 = row.try_get(pid_column).map_err(protocol)?;
-        if pid != self.backend_pid {
-            let loss = PgLoss::SessionChanged {
-                expected: self.backend_pid,
-                actual: pid,
-            };
-            self.abandon(loss);
-            return Err(Failure::Lost(loss, None));
-        }
-        Ok(row)
     }
 
     /// Marks the session lost; its socket closes when it is dropped.
@@ -556,50 +862,21 @@ impl Session {
         timeout: Option<Duration>,
         token: Option<&CancelToken>,
     ) -> Result<Grant, Failure> {
-        let (prefix, suffix) = self.stamp.clone();
-        let lock_timeout = match timeout {
-            None => "0".to_owned(),
-            // 0 would mean "no limit"; a zero wait is one millisecond.
-            Some(d) => d.as_millis().clamp(1, i32::MAX as u128).to_string(),
-        };
-        let waits = matches!(op, Op::Wait(_) | Op::Upgrade);
-        let with_timeout: [&(dyn ToSql + Sync); 4] = [&key, &prefix, &suffix, &lock_timeout];
-        let params = if waits {
-            &with_timeout[..]
-        } else {
-            &with_timeout[..3]
-        };
-        let deadline = match (waits, timeout) {
+        let deadline = match (op.waits(), timeout) {
             (false, _) => Some(ROUND_TRIP),
             (true, Some(d)) => Some(d.saturating_add(ROUND_TRIP)),
             (true, None) => None,
         };
-        let s = &self.statements;
-        let statement = match op {
-            Op::Try(FlockMode::Exclusive) => &s.try_exclusive,
-            Op::Try(FlockMode::Shared) => &s.try_shared,
-            Op::Wait(FlockMode::Exclusive) => &s.lock_exclusive,
-            Op::Wait(FlockMode::Shared) => &s.lock_shared,
-            Op::Downgrade => &s.downgrade,
-            Op::TryUpgrade => &s.try_upgrade,
-            Op::Upgrade => &s.upgrade,
-        };
-        let result = self.round_trip(statement, params, 2, deadline, token);
+        let result = self.round_trip(self.core.conn.acquire(op, key, timeout), deadline, token);
         if let (Some(token), Op::Wait(mode)) = (token, op) {
-            if token.is_cancelled() && !matches!(result, Err(Failure::Lost(..))) {
+            if token.is_cancelled() && !matches!(result, Err(Failure::Lost(..) | Failure::Pooler(_))) {
                 // The caller gave up: whether the grant or the cancel came
                 // first (or the cancel hit the statement after the grant),
                 // the session must not keep the lock.
                 return self.release_after_cancel(mode, key);
             }
         }
-        let row = result?;
-        let granted: bool = row.try_get(0).map_err(protocol)?;
-        let token: Option<i64> = row.try_get(1).map_err(protocol)?;
-        Ok(Grant {
-            granted,
-            token: token.unwrap_or(0),
-        })
+        result
     }
 
     /// Releases whatever a cancelled wait may have been granted, then
@@ -619,71 +896,27 @@ impl Session {
 
     /// Releases one hold of `mode`; `Ok(false)` if the session held none.
     pub(crate) fn release(&self, mode: FlockMode, key: i64) -> Result<bool, Failure> {
-        let statement = match mode {
-            FlockMode::Exclusive => &self.statements.unlock_exclusive,
-            FlockMode::Shared => &self.statements.unlock_shared,
-        };
-        let row = self.round_trip(statement, &[&key], 1, Some(ROUND_TRIP), None)?;
-        row.try_get(0).map_err(protocol)
+        self.round_trip(self.core.conn.release(mode, key), Some(ROUND_TRIP), None)
     }
 
     /// Whether `pg_locks` shows this session holding the lock in `mode`.
     pub(crate) fn holds(&self, mode: FlockMode, key: i64) -> Result<bool, Failure> {
-        let (classid, objid) = lock_columns(key);
-        let pg_mode = match mode {
-            FlockMode::Exclusive => "ExclusiveLock",
-            FlockMode::Shared => "ShareLock",
-        };
-        let row = self.round_trip(
-            &self.statements.is_held,
-            &[&classid, &objid, &pg_mode],
-            1,
-            Some(ROUND_TRIP),
-            None,
-        )?;
-        row.try_get(0).map_err(protocol)
+        self.round_trip(self.core.conn.holds(mode, key), Some(ROUND_TRIP), None)
     }
 
     /// Everyone holding or waiting for the lock, on this session.
     pub(crate) fn holders(&self, key: i64) -> Result<Vec<PgHolder>, Failure> {
-        let (classid, objid) = lock_columns(key);
-        let client = &self.core.client;
-        let statement = &self.statements.holders;
-        let answer = self.run(within(
-            ROUND_TRIP,
-            client.query(statement, &[&classid, &objid]),
-        ))?;
-        match answer {
-            Ok(Ok(rows)) => rows.iter().map(holder_from_row).collect(),
-            Ok(Err(err)) => Err(classify(err)),
-            Err(_) => {
-                self.abandon(PgLoss::NoAnswer(ROUND_TRIP));
-                Err(Failure::Lost(PgLoss::NoAnswer(ROUND_TRIP), None))
-            }
-        }
+        self.round_trip(self.core.conn.holders(key), Some(ROUND_TRIP), None)
     }
 
     /// Sends the statements of a `try` + unlock pair as they are, for the
     /// benchmarks' baseline.
     pub(crate) fn raw_pair(&self, key: i64, mode: FlockMode) -> Result<bool, Failure> {
-        let s = &self.statements;
-        let (try_stmt, unlock) = match mode {
-            FlockMode::Exclusive => (&s.try_exclusive, &s.unlock_exclusive),
-            FlockMode::Shared => (&s.try_shared, &s.unlock_shared),
-        };
-        let (prefix, suffix) = &self.stamp;
-        let client = &self.core.client;
-        let got = self.run(async {
-            let row = client.query_one(try_stmt, &[&key, prefix, suffix]).await?;
-            let got: bool = row.get(0);
-            if got {
-                client.query_one(unlock, &[&key]).await?;
-            }
-            Ok::<bool, tokio_postgres::Error>(got)
-        })?;
-        got.map_err(classify)
+        self.run(self.core.conn.raw_pair(key, mode))?
+            .map_err(classify)
     }
 }
+
 
 fn protocol(err: tokio_postgres::Error) -> Failure {
     Failure::Other(err)
@@ -742,7 +975,7 @@ fn start_heartbeat(core: Weak<Core>) -> std::io::Result<mpsc::Sender<()>> {
                     continue;
                 };
                 let Some(rt) = rt.as_ref() else { return };
-                match rt.block_on(within(ROUND_TRIP, core.client.simple_query("SELECT 1"))) {
+                match rt.block_on(within(ROUND_TRIP, core.conn.client.simple_query("SELECT 1"))) {
                     Ok(Ok(_)) => continue,
                     Ok(Err(_)) => PgLoss::Closed,
                     Err(_) => PgLoss::NoAnswer(ROUND_TRIP),
@@ -754,26 +987,28 @@ fn start_heartbeat(core: Weak<Core>) -> std::io::Result<mpsc::Sender<()>> {
     Ok(stop)
 }
 
-/// Lists the holders of `key` over a fresh session without the fencing
-/// setup; the session is closed afterwards.
+/// Lists the holders of `key` over a fresh session, closed afterwards.
 pub(crate) fn holders_once(url: &str, key: i64) -> Result<Vec<PgHolder>, ConnectError> {
-    let (classid, objid) = lock_columns(key);
     let rt = new_runtime().map_err(|e| ConnectError::Connect(Box::new(e)))?;
     let rows = drive(
         &rt,
         within(CONNECT_TIMEOUT + ROUND_TRIP, async {
-            let (client, _, _) = open_client(url).await?;
-            Ok::<_, ConnectError>(client.query(HOLDERS_SQL, &[&classid, &objid]).await?)
+            let conn = Conn::open(url, |driver| {
+                tokio::spawn(driver);
+            })
+            .await?;
+            Ok::<_, ConnectError>(conn.holders(key).await)
         }),
     );
     rt.shutdown_background();
     let rows =
         rows.map_err(|_| ConnectError::Connect("no answer from the server within 15s".into()))??;
-    rows.iter()
-        .map(holder_from_row)
-        .collect::<Result<_, _>>()
-        .map_err(|f| match f {
-            Failure::Other(e) => ConnectError::Connect(Box::new(e)),
-            other => ConnectError::Connect(format!("{other:?}").into()),
-        })
+    rows.map_err(|f| match f {
+        Failure::Other(e) | Failure::Privilege(e) | Failure::Deadlock(e) => {
+            ConnectError::Connect(Box::new(e))
+        }
+        Failure::Lost(_, Some(e)) => ConnectError::Connect(Box::new(e)),
+        Failure::Pooler(why) => ConnectError::Pooler(why),
+        other => ConnectError::Connect(format!("{other:?}").into()),
+    })
 }
