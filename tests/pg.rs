@@ -1251,3 +1251,380 @@ fn the_documented_fenced_write_accepts_the_holder_and_refuses_a_stale_writer() {
     assert_eq!(body, b"third");
     sql.exec(&format!("DROP SCHEMA {schema} CASCADE"));
 }
+
+/// The TLS server of `.ci/pg-server start-tls DIR`, named by
+/// `FLOCKGUARD_PG_TLS_DIR`: (URL host part `localhost:PORT`, DIR).
+fn tls_server(test: &str) -> Option<(String, std::path::PathBuf)> {
+    match std::env::var("FLOCKGUARD_PG_TLS_DIR") {
+        Ok(dir) if !dir.is_empty() => {
+            let dir = std::path::PathBuf::from(dir);
+            let url = std::fs::read_to_string(dir.join("url")).expect("DIR/url");
+            let host_port = url
+                .trim()
+                .trim_start_matches("postgresql://postgres@")
+                .trim_end_matches("/postgres")
+                .to_owned();
+            Some((host_port, dir))
+        }
+        _ => {
+            assert!(
+                std::env::var_os("FLOCKGUARD_PG_REQUIRED").is_none(),
+                "{test}: FLOCKGUARD_PG_REQUIRED is set but FLOCKGUARD_PG_TLS_DIR is not"
+            );
+            support::skip(
+                test,
+                "no TLS server: FLOCKGUARD_PG_TLS_DIR is not set (run `.ci/pg-server start-tls DIR` and export FLOCKGUARD_PG_TLS_DIR=DIR)",
+            );
+            None
+        }
+    }
+}
+
+/// Whether the backend `pid` speaks TLS, asked over the server's Unix socket.
+fn backend_uses_tls(dir: &std::path::Path, port: &str, pid: i32) -> bool {
+    let sql = Sql::connect(&format!(
+        "host={} port={port} user=postgres dbname=postgres",
+        dir.display()
+    ));
+    let rows = sql
+        .rt
+        .block_on(
+            sql.client
+                .query("SELECT ssl FROM pg_stat_ssl WHERE pid = $1", &[&pid]),
+        )
+        .unwrap();
+    rows[0].get(0)
+}
+
+#[test]
+fn each_sslmode_against_a_hostssl_only_server() {
+    let test = "each_sslmode_against_a_hostssl_only_server";
+    let Some((host_port, dir)) = tls_server(test) else {
+        return;
+    };
+    let port = host_port.rsplit(':').next().unwrap().to_owned();
+    let ca = dir.join("tls/ca.crt");
+    let name = unique("tls");
+    for mode in [
+        "disable",
+        "allow",
+        "prefer",
+        "require",
+        "verify-ca",
+        "verify-full",
+    ] {
+        let url = format!(
+            "postgresql://postgres@{host_port}/postgres?sslmode={mode}&sslrootcert={}",
+            ca.display()
+        );
+        match PgLock::connect(&url, &name) {
+            Ok(lock) => {
+                assert_ne!(
+                    mode, "disable",
+                    "plaintext got through a hostssl-only server"
+                );
+                let pid = lock.backend_pid().unwrap();
+                assert!(backend_uses_tls(&dir, &port, pid), "{mode}: not TLS");
+                let guard = lock.try_lock::<Exclusive>().unwrap();
+                assert!(guard.is_held().unwrap());
+                eprintln!("sslmode={mode}: connected over TLS, lock taken");
+            }
+            Err(err) => {
+                assert_eq!(mode, "disable", "{mode}: {err}");
+                assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+                eprintln!("sslmode={mode}: refused: {err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_wrong_authority_or_host_name_is_refused_and_named() {
+    let test = "a_wrong_authority_or_host_name_is_refused_and_named";
+    let Some((host_port, dir)) = tls_server(test) else {
+        return;
+    };
+    let port = host_port.rsplit(':').next().unwrap();
+    let name = unique("tls-wrong");
+    let other = dir.join("tls/other-ca.crt");
+    for mode in ["verify-ca", "verify-full"] {
+        let url = format!(
+            "host=localhost port={port} user=postgres sslmode={mode} sslrootcert={}",
+            other.display()
+        );
+        let err = PgLock::connect(&url, &name).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Tls, "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("not signed by a certificate authority in sslrootcert"),
+            "{msg}"
+        );
+        assert!(msg.contains("other-ca.crt"), "{msg}");
+        eprintln!("sslmode={mode} with another CA: {msg}");
+    }
+    // The certificate names `localhost`, not 127.0.0.1.
+    let ca = dir.join("tls/ca.crt");
+    let by_ip = |mode: &str| {
+        format!(
+            "host=127.0.0.1 port={port} user=postgres sslmode={mode} sslrootcert={}",
+            ca.display()
+        )
+    };
+    let err = PgLock::connect(&by_ip("verify-full"), &name).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Tls, "{err}");
+    assert!(
+        err.to_string()
+            .contains("does not name the host `127.0.0.1`"),
+        "{err}"
+    );
+    eprintln!("sslmode=verify-full by IP: {err}");
+    let lock = PgLock::connect(&by_ip("verify-ca"), &name).unwrap();
+    assert!(backend_uses_tls(&dir, port, lock.backend_pid().unwrap()));
+    // A missing authority file is named too.
+    let err = PgLock::connect(
+        &format!("host=localhost port={port} user=postgres sslmode=verify-full sslrootcert=/nonexistent/ca.crt"),
+        &name,
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Tls, "{err}");
+    assert!(err.to_string().contains("/nonexistent/ca.crt"), "{err}");
+}
+
+#[test]
+fn a_client_certificate_logs_in() {
+    let test = "a_client_certificate_logs_in";
+    let Some((host_port, dir)) = tls_server(test) else {
+        return;
+    };
+    let tls = dir.join("tls");
+    let base = format!(
+        "postgresql://certuser@{host_port}/postgres?sslmode=verify-full&sslrootcert={}",
+        tls.join("ca.crt").display()
+    );
+    let name = unique("tls-cert");
+    let err = PgLock::connect(&base, &name).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+    let with_cert = format!(
+        "{base}&sslcert={}&sslkey={}",
+        tls.join("client.crt").display(),
+        tls.join("client.key").display()
+    );
+    let guard = PgLock::connect(&with_cert, &name)
+        .unwrap()
+        .lock::<Exclusive>()
+        .unwrap();
+    assert!(guard.is_held().unwrap());
+}
+
+#[test]
+fn tls_against_a_server_without_it() {
+    let test = "tls_against_a_server_without_it";
+    let Some(url) = server(test) else {
+        return;
+    };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let name = unique("no-tls");
+    // prefer (the default) settles for plaintext where TLS is not offered.
+    let lock = PgLock::connect(&format!("{url}{sep}sslmode=prefer"), &name).unwrap();
+    let sql = Sql::connect(&url);
+    let pid = lock.backend_pid().unwrap();
+    let ssl: bool = sql
+        .rt
+        .block_on(
+            sql.client
+                .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = $1", &[&pid]),
+        )
+        .unwrap()
+        .get(0);
+    assert!(!ssl);
+    // A URL that asks for TLS never ends in plaintext.
+    let err = PgLock::connect(&format!("{url}{sep}sslmode=require"), &name).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Tls, "{err}");
+    assert!(err.to_string().contains("does not offer TLS"), "{err}");
+    let err = PgLock::connect(&format!("{url}{sep}sslmode=verify-full"), &name).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Tls, "{err}");
+    assert!(err.to_string().contains("sslrootcert"), "{err}");
+    let err = PgLock::connect(&format!("{url}{sep}sslmode=verify"), &name).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+    assert!(err.to_string().contains("verify-full"), "{err}");
+}
+
+/// A PgBouncer on 127.0.0.1 in front of the test server, stopped on drop.
+struct Bouncer {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Bouncer {
+    /// Starts one, or returns `None` after printing why the test is skipped.
+    fn start(test: &str, url: &str, mode: &str, pool_size: u32, ignore: &str) -> Option<Bouncer> {
+        let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let Some(bin) = bin else {
+            assert!(
+                std::env::var_os("FLOCKGUARD_PG_REQUIRED").is_none(),
+                "{test}: FLOCKGUARD_PG_REQUIRED is set but pgbouncer is not installed"
+            );
+            support::skip(
+                test,
+                "pgbouncer is not installed (apt-get install pgbouncer)",
+            );
+            return None;
+        };
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        let server_port = config.get_ports()[0];
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = dir.path().display();
+        std::fs::write(dir.path().join("users.txt"), "\"postgres\" \"\"\n").unwrap();
+        std::fs::write(
+            dir.path().join("pgbouncer.ini"),
+            format!(
+                "[databases]\npostgres = host=127.0.0.1 port={server_port} dbname=postgres user=postgres\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = trust\nauth_file = {d}/users.txt\npool_mode = {mode}\n\
+                 default_pool_size = {pool_size}\nmax_client_conn = 100\n\
+                 ignore_startup_parameters = {ignore}\nlogfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new(bin);
+        if rustix::process::geteuid().is_root() {
+            // PgBouncer refuses to run as root.
+            let perm = std::os::unix::fs::PermissionsExt::from_mode(0o777);
+            std::fs::set_permissions(dir.path(), perm).unwrap();
+            cmd.args(["-u", "postgres"]);
+        }
+        let child = cmd
+            .arg(dir.path().join("pgbouncer.ini"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let bouncer = Bouncer { child, dir, port };
+        wait_until("pgbouncer listens", || {
+            TcpStream::connect(("127.0.0.1", bouncer.port)).is_ok()
+        });
+        Some(bouncer)
+    }
+
+    fn url(&self) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = &self.dir;
+    }
+}
+
+#[test]
+fn through_pgbouncer_in_session_mode_two_clients_exclude_each_other() {
+    let test = "through_pgbouncer_in_session_mode_two_clients_exclude_each_other";
+    let Some(url) = server(test) else {
+        return;
+    };
+    for ignore in ["", "options"] {
+        let Some(bouncer) = Bouncer::start(test, &url, "session", 4, ignore) else {
+            return;
+        };
+        let name = unique("bouncer-session");
+        let (a, b) = (
+            PgLock::connect(&bouncer.url(), &name).unwrap(),
+            PgLock::connect(&bouncer.url(), &name).unwrap(),
+        );
+        let mut overlaps = 0;
+        let (mut a, mut b) = (Some(a), Some(b));
+        for round in 0..20 {
+            let (first, second) = if round % 2 == 0 {
+                (a.take().unwrap(), b.take().unwrap())
+            } else {
+                (b.take().unwrap(), a.take().unwrap())
+            };
+            let held = first.lock_timeout::<Exclusive>(WAIT).unwrap();
+            let other = match second.try_lock::<Exclusive>() {
+                Ok(wrong) => {
+                    overlaps += 1;
+                    wrong.unlock().unwrap()
+                }
+                Err(err) => {
+                    assert!(err.is_would_block(), "{err}");
+                    err.into_inner()
+                }
+            };
+            assert!(held.is_held().unwrap());
+            let first = held.unlock().unwrap();
+            (a, b) = (Some(first), Some(other));
+        }
+        assert_eq!(overlaps, 0, "ignore_startup_parameters = {ignore:?}");
+        eprintln!("pgbouncer session mode (ignore_startup_parameters = {ignore:?}): 20 rounds, 0 overlaps");
+    }
+}
+
+#[test]
+fn through_pgbouncer_in_transaction_or_statement_mode_locks_are_refused() {
+    let test = "through_pgbouncer_in_transaction_or_statement_mode_locks_are_refused";
+    let Some(url) = server(test) else {
+        return;
+    };
+    for (mode, pool, ignore) in [
+        ("transaction", 1, "options"),
+        ("transaction", 4, "options"),
+        ("transaction", 1, ""),
+        ("statement", 1, "options"),
+        ("statement", 4, ""),
+    ] {
+        let Some(bouncer) = Bouncer::start(test, &url, mode, pool, ignore) else {
+            return;
+        };
+        let name = unique("bouncer-pooled");
+        let (mut granted_both, mut refused, mut first_ok) = (0, 0, 0);
+        for _ in 0..20 {
+            // One client holds the lock, a second one tries to take it.
+            let first = PgLock::connect(&bouncer.url(), &name)
+                .and_then(|l| l.try_lock::<Exclusive>().map_err(pg::Error::from));
+            let second = PgLock::connect(&bouncer.url(), &name)
+                .and_then(|l| l.try_lock::<Exclusive>().map_err(pg::Error::from));
+            if first.is_ok() && second.is_ok() {
+                granted_both += 1;
+            }
+            for err in [first.as_ref().err(), second.as_ref().err()]
+                .into_iter()
+                .flatten()
+            {
+                if err.kind() == ErrorKind::Pooler {
+                    refused += 1;
+                    let msg = err.to_string();
+                    assert!(msg.contains("transaction or statement mode"), "{msg}");
+                    assert!(msg.contains("pool_mode = session"), "{msg}");
+                } else {
+                    assert!(err.is_would_block(), "{mode}: {err}");
+                }
+            }
+            if let Ok(held) = first {
+                first_ok += 1;
+                // The holder's own later statement never reports someone
+                // else's lock as its own.
+                match held.is_held() {
+                    Ok(held) => assert!(held),
+                    Err(err) => assert_eq!(err.kind(), ErrorKind::Pooler, "{err}"),
+                }
+            }
+        }
+        assert_eq!(granted_both, 0, "{mode} pool {pool}: two exclusive holders");
+        assert!(refused > 0, "{mode} pool {pool}: the pooler went unnoticed");
+        eprintln!(
+            "pgbouncer {mode} mode, pool size {pool}, ignore_startup_parameters = {ignore:?}: \
+             20 rounds, 0 double grants, {refused} refusals (ErrorKind::Pooler), first client granted {first_ok}"
+        );
+    }
+}

@@ -149,8 +149,7 @@ pub(crate) fn classify(err: tokio_postgres::Error) -> Failure {
         Failure::Cancelled
     } else if code == SqlState::INSUFFICIENT_PRIVILEGE {
         Failure::Privilege(err)
-    } else if code == SqlState::INVALID_SQL_STATEMENT_NAME
-        || code == SqlState::DUPLICATE_PSTATEMENT
+    } else if code == SqlState::INVALID_SQL_STATEMENT_NAME || code == SqlState::DUPLICATE_PSTATEMENT
     {
         // The prepared statements live on another server session.
         Failure::Pooler(MOVED)
@@ -289,10 +288,7 @@ fn try_upgrade_sql() -> String {
 
 /// One release (claim in `$2`).
 fn unlock_sql(unlock_fn: &str) -> String {
-    format!(
-        "SELECT {unlock_fn}($1), pg_backend_pid() WHERE {}",
-        ours(2)
-    )
+    format!("SELECT {unlock_fn}($1), pg_backend_pid() WHERE {}", ours(2))
 }
 
 /// Whether this session holds the lock (claim in `$4`).
@@ -488,9 +484,8 @@ impl Conn {
     /// statements, and checks that the claim is still there.
     pub(crate) async fn open(url: &str, spawn: impl FnOnce(Driver)) -> Result<Conn, ConnectError> {
         let split = tls::split_url(url).map_err(|e| ConnectError::BadUrl(e.0))?;
-        let connector = Connector::new(&split.tls).map_err(|e| {
-            ConnectError::Tls(e.reason, e.source.map(|s| Box::new(s) as Box<_>))
-        })?;
+        let connector = Connector::new(&split.tls)
+            .map_err(|e| ConnectError::Tls(e.reason, e.source.map(|s| Box::new(s) as Box<_>)))?;
         let mut config: Config = split.rest.parse()?;
         let host = sys::hostname().unwrap_or_default();
         let app = app_name(std::process::id(), &host);
@@ -546,11 +541,6 @@ impl Conn {
     /// Sends a cancel request for the statement in progress.
     pub(crate) async fn cancel(&self) {
         let _ = within(ROUND_TRIP, self.cancel.cancel_query(self.connector.clone())).await;
-    }
-
-    /// A cancel token and connector to cancel from elsewhere.
-    pub(crate) fn canceller(&self) -> (tokio_postgres::CancelToken, Connector) {
-        (self.cancel.clone(), self.connector.clone())
     }
 
     /// Checks a statement's answer: no row means the server session is not
@@ -779,13 +769,7 @@ impl Session {
             .lost
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        lost.or_else(|| {
-            self.core
-                .conn
-                .client
-                .is_closed()
-                .then_some(PgLoss::Closed)
-        })
+        lost.or_else(|| self.core.conn.client.is_closed().then_some(PgLoss::Closed))
     }
 
     /// Runs `fut` on the session's runtime, on this thread.
@@ -869,7 +853,9 @@ impl Session {
         };
         let result = self.round_trip(self.core.conn.acquire(op, key, timeout), deadline, token);
         if let (Some(token), Op::Wait(mode)) = (token, op) {
-            if token.is_cancelled() && !matches!(result, Err(Failure::Lost(..) | Failure::Pooler(_))) {
+            if token.is_cancelled()
+                && !matches!(result, Err(Failure::Lost(..) | Failure::Pooler(_)))
+            {
                 // The caller gave up: whether the grant or the cancel came
                 // first (or the cancel hit the statement after the grant),
                 // the session must not keep the lock.
@@ -916,7 +902,6 @@ impl Session {
             .map_err(classify)
     }
 }
-
 
 fn protocol(err: tokio_postgres::Error) -> Failure {
     Failure::Other(err)
@@ -975,7 +960,10 @@ fn start_heartbeat(core: Weak<Core>) -> std::io::Result<mpsc::Sender<()>> {
                     continue;
                 };
                 let Some(rt) = rt.as_ref() else { return };
-                match rt.block_on(within(ROUND_TRIP, core.conn.client.simple_query("SELECT 1"))) {
+                match rt.block_on(within(
+                    ROUND_TRIP,
+                    core.conn.client.simple_query("SELECT 1"),
+                )) {
                     Ok(Ok(_)) => continue,
                     Ok(Err(_)) => PgLoss::Closed,
                     Err(_) => PgLoss::NoAnswer(ROUND_TRIP),

@@ -214,7 +214,11 @@ fn key_values(s: &str) -> Result<Vec<(String, String, String)>, BadSetting> {
                         break;
                     }
                     Some((_, c)) => value.push(c),
-                    None => return Err(BadSetting(format!("the value of `{key}` has no closing quote"))),
+                    None => {
+                        return Err(BadSetting(format!(
+                            "the value of `{key}` has no closing quote"
+                        )))
+                    }
                 }
             }
         } else {
@@ -245,7 +249,10 @@ pub(crate) struct SetupError {
 fn pem_error(what: &str, path: &Path, err: rustls::pki_types::pem::Error) -> SetupError {
     let source = match err {
         rustls::pki_types::pem::Error::Io(e) => Some(e),
-        other => Some(io::Error::new(io::ErrorKind::InvalidData, other.to_string())),
+        other => Some(io::Error::new(
+            io::ErrorKind::InvalidData,
+            other.to_string(),
+        )),
     };
     SetupError {
         reason: format!("cannot read {what} `{}`", path.display()),
@@ -282,8 +289,8 @@ fn roots(tls: &TlsSettings) -> Result<Option<RootCertStore>, SetupError> {
         }
     };
     let mut store = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(&path)
-        .map_err(|e| pem_error("sslrootcert", &path, e))?;
+    let certs =
+        CertificateDer::pem_file_iter(&path).map_err(|e| pem_error("sslrootcert", &path, e))?;
     for cert in certs {
         let cert = cert.map_err(|e| pem_error("sslrootcert", &path, e))?;
         // A bundle may hold certificates webpki cannot use; the rest count.
@@ -520,14 +527,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for Stream<S> {
 
 /// The TLS cause of a failed connect, as a lower-case clause, if TLS is
 /// what failed.
-pub(crate) fn tls_cause(err: &tokio_postgres::Error, host: &str, tls: &TlsSettings) -> Option<String> {
+pub(crate) fn tls_cause(
+    err: &tokio_postgres::Error,
+    host: &str,
+    tls: &TlsSettings,
+) -> Option<String> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
     while let Some(s) = source {
         if let Some(rustls_err) = s.downcast_ref::<rustls::Error>() {
             return Some(describe(rustls_err, host, tls));
         }
         if let Some(io_err) = s.downcast_ref::<io::Error>() {
-            if let Some(inner) = io_err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+            if let Some(inner) = io_err
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<rustls::Error>())
+            {
                 return Some(describe(inner, host, tls));
             }
         }
@@ -578,13 +592,17 @@ mod tests {
             "postgresql://app@db:5432/app?sslmode=verify-full&application_name=x&sslrootcert=%2Fetc%2Fca.pem",
         )
         .unwrap();
-        assert_eq!(split.rest, "postgresql://app@db:5432/app?application_name=x");
+        assert_eq!(
+            split.rest,
+            "postgresql://app@db:5432/app?application_name=x"
+        );
         assert_eq!(split.tls.mode, SslMode::VerifyFull);
         assert_eq!(split.tls.root, Some(RootCert::File("/etc/ca.pem".into())));
         let split = split_url("postgresql://db/app?sslmode=verify-ca").unwrap();
         assert_eq!(split.rest, "postgresql://db/app");
         assert_eq!(split.tls.mode, SslMode::VerifyCa);
-        let split = split_url("host=db sslmode = require  user='a b' sslrootcert='/x y/ca.crt'").unwrap();
+        let split =
+            split_url("host=db sslmode = require  user='a b' sslrootcert='/x y/ca.crt'").unwrap();
         assert_eq!(split.rest, "host=db user='a b'");
         assert_eq!(split.tls.mode, SslMode::Require);
         assert_eq!(split.tls.root, Some(RootCert::File("/x y/ca.crt".into())));
@@ -597,7 +615,14 @@ mod tests {
             split_url("postgresql://db").unwrap().tls.mode,
             SslMode::Prefer
         );
-        for mode in ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] {
+        for mode in [
+            "disable",
+            "allow",
+            "prefer",
+            "require",
+            "verify-ca",
+            "verify-full",
+        ] {
             let tls = split_url(&format!("host=db sslmode={mode}")).unwrap().tls;
             assert_eq!(tls.mode.as_str(), mode);
         }
