@@ -446,7 +446,8 @@ fn lock_files_named_holders_or_locks_are_locked_as_by_flock1() {
 }
 
 // ---------------------------------------------------------------------------
-// Modes and waiting, among flockguard processes.
+// Modes and waiting: this command, util-linux flock(1) and Python's
+// fcntl.flock, by path and by descriptor.
 
 #[test]
 fn nonblock_conflict_exits_with_the_conflict_code() {
@@ -471,35 +472,173 @@ fn nonblock_conflict_exits_with_the_conflict_code() {
     assert_eq!((code(&out), stdout(&out).as_str()), (0, "ran\n"));
 }
 
-#[test]
-fn shared_locks_coexist_and_exclude_exclusive() {
-    let (_dir, path) = support::lock_path();
-    let reader = ours_holding(&["-s"], &path);
-    let out = output(fg().args(["-s", "-n"]).arg(&path).arg("true"));
-    assert_eq!(code(&out), 0, "a second shared lock: {}", stderr(&out));
-    let out = output(fg().args(["--shared", "-n"]).arg(&path).arg("true"));
-    assert_eq!(code(&out), 0);
-    for exclusive in ["-x", "-e", "--exclusive", "--ex"] {
-        let out = output(fg().args([exclusive, "-n"]).arg(&path).arg("true"));
-        assert_eq!(code(&out), 1, "{exclusive} beside a shared lock");
-    }
-    assert!(reader.finish().status.success());
-    let writer = ours_holding(&["-x"], &path);
-    let out = output(fg().args(["-s", "-n"]).arg(&path).arg("true"));
-    assert_eq!(code(&out), 1, "shared beside an exclusive lock");
-    assert!(writer.finish().status.success());
+/// A program that takes `flock(2)` locks: this command or flock(1), each
+/// on a path or on a descriptor of a shell, or Python's `fcntl.flock`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tool {
+    Ours,
+    OursFd,
+    Flock1,
+    Flock1Fd,
+    Python,
 }
 
+impl Tool {
+    /// Every tool installed here; a missing one is reported as skipped.
+    fn available(test: &str) -> Vec<Tool> {
+        let all = [
+            Tool::Ours,
+            Tool::OursFd,
+            Tool::Flock1,
+            Tool::Flock1Fd,
+            Tool::Python,
+        ];
+        let (flock1, python3) = (have("flock"), have("python3"));
+        if !flock1 {
+            support::skip(test, "flock(1) not installed");
+        }
+        if !python3 {
+            support::skip(test, "python3 not installed");
+        }
+        all.into_iter()
+            .filter(|tool| match tool {
+                Tool::Flock1 | Tool::Flock1Fd => flock1,
+                Tool::Python => python3,
+                Tool::Ours | Tool::OursFd => true,
+            })
+            .collect()
+    }
+
+    /// Takes the lock on `path` (shared or exclusive; with `nonblock`, or
+    /// gives up at once), then prints `locked` and, with `hold`, keeps the
+    /// lock until its stdin closes.
+    fn command(self, path: &Path, shared: bool, nonblock: bool, hold: bool) -> Command {
+        let then = if hold {
+            "echo locked; read x || :"
+        } else {
+            "echo locked"
+        };
+        let mut opts: Vec<&str> = Vec::new();
+        opts.extend(shared.then_some("-s"));
+        opts.extend(nonblock.then_some("-n"));
+        let opts = opts.join(" ");
+        match self {
+            Tool::Ours | Tool::Flock1 => {
+                let program = if self == Tool::Ours { BIN } else { "flock" };
+                let mut cmd = Command::new(program);
+                cmd.args(opts.split_whitespace())
+                    .arg(path)
+                    .args(["sh", "-c", then]);
+                cmd
+            }
+            Tool::OursFd | Tool::Flock1Fd => {
+                let program = if self == Tool::OursFd {
+                    "\"$FG\""
+                } else {
+                    "flock"
+                };
+                let script = format!(r#"( {program} {opts} 9 || exit $?; {then} ) 9>>"$1""#);
+                bash(&script, path)
+            }
+            // Holds until its stdin closes either way.
+            Tool::Python => python(path, if shared { "sh" } else { "ex" }, nonblock),
+        }
+    }
+
+    /// The status it exits with when the lock is held elsewhere.
+    fn conflict_code(self) -> i32 {
+        if self == Tool::Python {
+            3
+        } else {
+            1
+        }
+    }
+
+    /// Whether the process it starts is the one that blocks in `flock(2)`
+    /// (in the descriptor forms a shell's child does).
+    fn blocks_itself(self) -> bool {
+        matches!(self, Tool::Ours | Tool::Flock1 | Tool::Python)
+    }
+}
+
+/// Every holder, shared or exclusive, against every taker trying once:
+/// only two shared locks coexist, whichever program took them and whether
+/// by path or by descriptor.
 #[test]
-fn blocking_wait_runs_the_command_once_the_holder_releases() {
+fn every_holder_and_taker_conflict_unless_both_share() {
+    let tools = Tool::available("every_holder_and_taker_conflict_unless_both_share");
     let (_dir, path) = support::lock_path();
-    let holder = ours_holding(&[], &path);
-    let mut waiter = Holder::spawn(fg().arg(&path).args(["echo", "got it"]));
-    wait_blocked(&path, Some(waiter.pid()));
-    assert!(waiter.running(), "the waiter must still be waiting");
-    assert!(holder.finish().status.success());
-    let out = waiter.finish();
-    assert_eq!((code(&out), stdout(&out).as_str()), (0, "got it\n"));
+    for holder in &tools {
+        for held_shared in [false, true] {
+            let held = Holder::start(&mut holder.command(&path, held_shared, false, true));
+            for taker in &tools {
+                for shared in [false, true] {
+                    let out = output(&mut taker.command(&path, shared, true, false));
+                    let what = format!(
+                        "{holder:?} holds {}, {taker:?} asks {}: {}",
+                        if held_shared { "shared" } else { "exclusive" },
+                        if shared { "shared" } else { "exclusive" },
+                        stderr(&out)
+                    );
+                    let (want, printed) = match held_shared && shared {
+                        true => (0, "locked\n"),
+                        false => (
+                            taker.conflict_code(),
+                            if *taker == Tool::Python { "busy\n" } else { "" },
+                        ),
+                    };
+                    assert_eq!(
+                        (code(&out), stdout(&out).as_str()),
+                        (want, printed),
+                        "{what}"
+                    );
+                }
+            }
+            assert!(held.finish().status.success(), "{holder:?}");
+            support::wait_free(&path);
+        }
+    }
+    // The spellings of the modes.
+    let reader = ours_holding(&["-s"], &path);
+    for (opts, want) in [
+        (&["-s", "-n"][..], 0),
+        (&["--shared", "-n"], 0),
+        (&["-x", "-n"], 1),
+        (&["-e", "-n"], 1),
+        (&["--exclusive", "-n"], 1),
+        (&["--ex", "-n"], 1),
+        (&["-n"], 1),
+    ] {
+        let out = output(fg().args(opts).arg(&path).arg("true"));
+        assert_eq!(code(&out), want, "{opts:?} beside a shared lock");
+    }
+    assert!(reader.finish().status.success());
+}
+
+/// Every waiter, blocked in `flock(2)`, gets the lock when every holder
+/// releases it, and only then.
+#[test]
+fn every_waiter_gets_the_lock_when_every_holder_releases_it() {
+    let tools = Tool::available("every_waiter_gets_the_lock_when_every_holder_releases_it");
+    let (_dir, path) = support::lock_path();
+    for holder in &tools {
+        for waiter in &tools {
+            let held = Holder::start(&mut holder.command(&path, false, false, true));
+            let mut waiting = Holder::spawn(&mut waiter.command(&path, false, false, false));
+            wait_blocked(&path, waiter.blocks_itself().then(|| waiting.pid()));
+            assert!(waiting.running(), "{waiter:?} must wait for {holder:?}");
+            assert!(held.finish().status.success(), "{holder:?}");
+            waiting.expect_line("locked");
+            let out = waiting.finish();
+            assert_eq!(
+                code(&out),
+                0,
+                "{waiter:?} after {holder:?}: {}",
+                stderr(&out)
+            );
+            support::wait_free(&path);
+        }
+    }
 }
 
 #[test]
@@ -577,18 +716,6 @@ fn fd_form_shared_and_unlock() {
         "{}",
         stderr(&out)
     );
-}
-
-#[test]
-fn fd_form_waits_for_the_holder() {
-    let (_dir, path) = support::lock_path();
-    let holder = ours_holding(&[], &path);
-    let mut shell = Holder::spawn(&mut bash(r#"( "$FG" 9 && echo got ) 9>"$1""#, &path));
-    wait_blocked(&path, None);
-    assert!(shell.running());
-    assert!(holder.finish().status.success());
-    let out = shell.finish();
-    assert_eq!((code(&out), stdout(&out).as_str()), (0, "got\n"));
 }
 
 #[test]
@@ -969,133 +1096,6 @@ fn remote_filesystems_are_refused_unless_allowed() {
     assert_eq!(code(&out), 78, "{}", stderr(&out));
     let out = output(&mut bash(r#"( "$FG" --allow-remote-fs 9 ) 9>"$1""#, &path));
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-}
-
-// ---------------------------------------------------------------------------
-// Interoperability with util-linux flock(1) and Python's fcntl.flock.
-
-#[test]
-fn util_linux_flock_holds_flockguard_conflicts_or_waits() {
-    if !have("flock") {
-        support::skip(
-            "util_linux_flock_holds_flockguard_conflicts_or_waits",
-            "flock(1) not installed",
-        );
-        return;
-    }
-    let (_dir, path) = support::lock_path();
-    let theirs = flock1_holding(&[], &path);
-    let out = output(fg().arg("-n").arg(&path).arg("true"));
-    assert_eq!(code(&out), 1, "ours must see flock(1)'s exclusive lock");
-    let out = output(fg().args(["-s", "-n"]).arg(&path).arg("true"));
-    assert_eq!(code(&out), 1);
-    let mut waiter = Holder::spawn(fg().arg(&path).args(["echo", "got"]));
-    wait_blocked(&path, Some(waiter.pid()));
-    assert!(waiter.running());
-    assert!(theirs.finish().status.success());
-    let out = waiter.finish();
-    assert_eq!((code(&out), stdout(&out).as_str()), (0, "got\n"));
-
-    let theirs = flock1_holding(&["-s"], &path);
-    let out = output(fg().args(["-s", "-n"]).arg(&path).arg("true"));
-    assert_eq!(code(&out), 0, "shared beside flock(1)'s shared lock");
-    let out = output(fg().arg("-n").arg(&path).arg("true"));
-    assert_eq!(code(&out), 1);
-    assert!(theirs.finish().status.success());
-}
-
-#[test]
-fn flockguard_holds_util_linux_flock_conflicts_or_waits() {
-    if !have("flock") {
-        support::skip(
-            "flockguard_holds_util_linux_flock_conflicts_or_waits",
-            "flock(1) not installed",
-        );
-        return;
-    }
-    let (_dir, path) = support::lock_path();
-    let ours = ours_holding(&[], &path);
-    let out = output(Command::new("flock").arg("-n").arg(&path).arg("true"));
-    assert_eq!(code(&out), 1, "flock(1) must see our exclusive lock");
-    let mut waiter = Holder::spawn(Command::new("flock").arg(&path).args(["echo", "got"]));
-    wait_blocked(&path, Some(waiter.pid()));
-    assert!(waiter.running());
-    assert!(ours.finish().status.success());
-    let out = waiter.finish();
-    assert_eq!((code(&out), stdout(&out).as_str()), (0, "got\n"));
-
-    // The descriptor forms of both tools on one file.
-    let shell = Holder::start(&mut bash(
-        r#"( "$FG" -s 9 || exit 1; echo locked; read x || : ) 9>"$1""#,
-        &path,
-    ));
-    let out = output(&mut bash(r#"( flock -n -s 9 ) 9>"$1""#, &path));
-    assert_eq!(code(&out), 0, "flock(1) shares our shared lock");
-    let out = output(&mut bash(r#"( flock -n 9 ) 9>"$1""#, &path));
-    assert_eq!(
-        code(&out),
-        1,
-        "flock(1) must not take an exclusive lock beside ours"
-    );
-    assert!(shell.finish().status.success());
-}
-
-#[test]
-fn python_holds_flockguard_conflicts_or_waits() {
-    if !have("python3") {
-        support::skip(
-            "python_holds_flockguard_conflicts_or_waits",
-            "python3 not installed",
-        );
-        return;
-    }
-    let (_dir, path) = support::lock_path();
-    let py = Holder::start(&mut python(&path, "ex", false));
-    let out = output(fg().arg("-n").arg(&path).arg("true"));
-    assert_eq!(code(&out), 1, "ours must see Python's exclusive lock");
-    let mut waiter = Holder::spawn(fg().arg(&path).args(["echo", "got"]));
-    wait_blocked(&path, Some(waiter.pid()));
-    assert!(waiter.running());
-    assert!(py.finish().status.success());
-    let out = waiter.finish();
-    assert_eq!((code(&out), stdout(&out).as_str()), (0, "got\n"));
-
-    let py = Holder::start(&mut python(&path, "sh", false));
-    assert_eq!(
-        code(&output(fg().args(["-s", "-n"]).arg(&path).arg("true"))),
-        0
-    );
-    assert_eq!(code(&output(fg().args(["-n"]).arg(&path).arg("true"))), 1);
-    assert!(py.finish().status.success());
-}
-
-#[test]
-fn flockguard_holds_python_conflicts_or_waits() {
-    if !have("python3") {
-        support::skip(
-            "flockguard_holds_python_conflicts_or_waits",
-            "python3 not installed",
-        );
-        return;
-    }
-    let (_dir, path) = support::lock_path();
-    let ours = ours_holding(&[], &path);
-    let out = output(&mut python(&path, "ex", true));
-    assert_eq!((code(&out), stdout(&out).as_str()), (3, "busy\n"));
-    let out = output(&mut python(&path, "sh", true));
-    assert_eq!((code(&out), stdout(&out).as_str()), (3, "busy\n"));
-    let mut waiter = Holder::spawn(&mut python(&path, "ex", false));
-    wait_blocked(&path, Some(waiter.pid()));
-    assert!(waiter.running());
-    assert!(ours.finish().status.success());
-    waiter.expect_line("locked");
-    assert!(waiter.finish().status.success());
-
-    let ours = ours_holding(&["-s"], &path);
-    let out = output(&mut python(&path, "sh", true));
-    assert_eq!((code(&out), stdout(&out).as_str()), (0, "locked\n"));
-    assert_eq!(code(&output(&mut python(&path, "ex", true))), 3);
-    assert!(ours.finish().status.success());
 }
 
 // ---------------------------------------------------------------------------
