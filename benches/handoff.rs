@@ -43,6 +43,9 @@ enum Waiter {
     Path,
     /// `flockguard::tokio::lock_timeout` on a current-thread runtime.
     Async,
+    /// `flockguard::tokio::flock_timeout(path)` on a current-thread
+    /// runtime: open, wait, and close when done.
+    AsyncPath,
     /// `lock_timeout` in a process with no descriptor left for inotify.
     TimedNoEvents,
     /// `LOCK_NB` every 100 ms, the approach being replaced.
@@ -63,6 +66,7 @@ impl Waiter {
             Waiter::Timed => "lock_timeout",
             Waiter::Path => "flock_timeout",
             Waiter::Async => "tokio_lock_timeout",
+            Waiter::AsyncPath => "tokio_flock_timeout",
             Waiter::TimedNoEvents => "lock_timeout_no_inotify",
             Waiter::Poll100 => "poll_100ms",
             Waiter::InotifyFloor => "inotify_floor",
@@ -76,6 +80,7 @@ impl Waiter {
             Waiter::Timed,
             Waiter::Path,
             Waiter::Async,
+            Waiter::AsyncPath,
             Waiter::TimedNoEvents,
             Waiter::Poll100,
             Waiter::InotifyFloor,
@@ -124,9 +129,12 @@ fn waiter_main(args: &str) {
         }
         writeln!(out, "waiting").unwrap();
         out.flush().unwrap();
-        if kind == Waiter::Path {
-            let guard =
-                flockguard::flock_timeout::<Exclusive>(path, Duration::from_secs(120)).unwrap();
+        if matches!(kind, Waiter::Path | Waiter::AsyncPath) {
+            let guard = if kind == Waiter::Path {
+                flockguard::flock_timeout::<Exclusive>(path, Duration::from_secs(120)).unwrap()
+            } else {
+                async_flock(path)
+            };
             let t = now_ns();
             drop(guard);
             writeln!(out, "acq {t}").unwrap();
@@ -153,7 +161,9 @@ fn waiter_main(args: &str) {
             Waiter::Timed | Waiter::TimedNoEvents | Waiter::Path => f
                 .lock_timeout::<Exclusive>(Duration::from_secs(120))
                 .unwrap(),
-            Waiter::InotifyFloor | Waiter::TokioFloor => unreachable!("handled above"),
+            Waiter::InotifyFloor | Waiter::TokioFloor | Waiter::AsyncPath => {
+                unreachable!("handled above")
+            }
             Waiter::Poll100 => {
                 let mut f = f;
                 loop {
@@ -345,16 +355,29 @@ fn median(v: &mut [Duration]) -> Duration {
 }
 
 #[cfg(feature = "tokio")]
+thread_local! {
+    static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+}
+
+#[cfg(feature = "tokio")]
 fn async_lock(file: LockFile) -> flockguard::LockGuard<Exclusive> {
-    thread_local! {
-        static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-    }
     RT.with(|rt| {
         rt.block_on(flockguard::tokio::lock_timeout::<Exclusive>(
             file,
+            Duration::from_secs(120),
+        ))
+        .unwrap()
+    })
+}
+
+#[cfg(feature = "tokio")]
+fn async_flock(path: &str) -> flockguard::LockGuard<Exclusive> {
+    RT.with(|rt| {
+        rt.block_on(flockguard::tokio::flock_timeout::<Exclusive>(
+            path,
             Duration::from_secs(120),
         ))
         .unwrap()
@@ -444,6 +467,11 @@ fn tokio_floor(_: &LockFile) {
 
 #[cfg(not(feature = "tokio"))]
 fn async_lock(_: LockFile) -> flockguard::LockGuard<Exclusive> {
+    unreachable!("the async waiter runs only with the tokio feature")
+}
+
+#[cfg(not(feature = "tokio"))]
+fn async_flock(_: &str) -> flockguard::LockGuard<Exclusive> {
     unreachable!("the async waiter runs only with the tokio feature")
 }
 
@@ -653,6 +681,216 @@ fn handoff_matrix(dir: &std::path::Path, rounds: usize) {
             .map(|d| {
                 format!(
                     "{:.1} µs ({:.2}×)",
+                    d.as_nanos() as f64 / 1e3,
+                    d.as_nanos() as f64 / m[0].as_nanos().max(1) as f64
+                )
+            })
+            .collect();
+        println!("| {} | {} |", holder.name(), cells.join(" | "));
+    }
+}
+
+// ---- the users' scenario: fresh holders, waiters that waited a while --------
+
+/// Set to a number of rounds to run only the users'-scenario matrix.
+const USERS_ONLY_ENV: &str = "FLOCKGUARD_BENCH_USERS_ONLY";
+/// In a re-executed holder: `close` or `guard`, a tab, the path.
+const FRESH_HOLDER_ENV: &str = "FLOCKGUARD_BENCH_FRESH_HOLDER";
+
+/// A holder that lives for one handoff, as a build step, a cron job or a
+/// script does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FreshHolder {
+    /// `python3`: `fcntl.flock`, then `os.close`.
+    Python,
+    /// A process that takes the lock with `flock(2)` and lets go by
+    /// `close(2)` alone, as C programs and shells do.
+    Close,
+    /// A process that drops a flockguard guard (`LOCK_UN`, then `close`).
+    GuardDrop,
+}
+
+impl FreshHolder {
+    fn name(self) -> &'static str {
+        match self {
+            FreshHolder::Python => "python fcntl.flock + os.close",
+            FreshHolder::Close => "close(2) without LOCK_UN",
+            FreshHolder::GuardDrop => "flockguard guard drop",
+        }
+    }
+
+    /// Starts the holder; returns once it holds the lock.
+    fn spawn(self, path: &std::path::Path) -> FreshProc {
+        let mut cmd = match self {
+            FreshHolder::Python => {
+                let mut c = Command::new("python3");
+                c.args(["-c", PYTHON_HOLDER]).arg(path);
+                c
+            }
+            FreshHolder::Close | FreshHolder::GuardDrop => {
+                let mut c = Command::new(std::env::current_exe().unwrap());
+                let how = if self == FreshHolder::Close {
+                    "close"
+                } else {
+                    "guard"
+                };
+                c.env(
+                    FRESH_HOLDER_ENV,
+                    format!("{how}\t{}", path.to_str().unwrap()),
+                );
+                c
+            }
+        };
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("holder");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut p = FreshProc {
+            child,
+            stdin,
+            stdout,
+        };
+        assert_eq!(p.ask("lock"), "locked");
+        p
+    }
+}
+
+/// A running fresh holder, speaking the python holder's protocol.
+struct FreshProc {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl FreshProc {
+    fn ask(&mut self, cmd: &str) -> String {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut s = String::new();
+        assert!(self.stdout.read_line(&mut s).unwrap() > 0, "holder died");
+        s.trim_end().to_owned()
+    }
+
+    /// Lets go and exits; returns the time just before the release.
+    fn release(mut self) -> u64 {
+        let t = self.ask("release").parse().unwrap();
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.child.wait();
+        t
+    }
+}
+
+/// The re-executed holder process: the python holder's protocol, with a
+/// bare `close(2)` or a guard drop.
+fn fresh_holder_main(args: &str) {
+    let (how, path) = args.split_once('\t').expect("how and path");
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    let mut held: Option<flockguard::LockGuard<Exclusive>> = None;
+    let mut raw: Option<std::os::fd::OwnedFd> = None;
+    for line in stdin.lock().lines() {
+        match line.expect("stdin").as_str() {
+            "lock" => {
+                if how == "close" {
+                    let fd = rustix::fs::open(
+                        path,
+                        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+                        rustix::fs::Mode::empty(),
+                    )
+                    .unwrap();
+                    rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockExclusive).unwrap();
+                    raw = Some(fd);
+                } else {
+                    held = Some(LockFile::open(path).unwrap().lock::<Exclusive>().unwrap());
+                }
+                writeln!(out, "locked").unwrap();
+            }
+            "release" => {
+                let t = now_ns();
+                drop(raw.take());
+                drop(held.take());
+                writeln!(out, "{t}").unwrap();
+            }
+            _ => break,
+        }
+        out.flush().unwrap();
+    }
+}
+
+/// One handoff from a fresh `holder` to `waiter`, which has waited
+/// `waited_ms` when the holder lets go; returns release→acquire latency.
+fn fresh_handoff(
+    holder: FreshHolder,
+    path: &std::path::Path,
+    waiter: &mut WaiterProc,
+    waited_ms: u64,
+) -> Duration {
+    let held = holder.spawn(path);
+    waiter.send("go");
+    assert_eq!(waiter.line(), "waiting");
+    std::thread::sleep(Duration::from_millis(waited_ms));
+    let released = held.release();
+    let line = waiter.line();
+    let acquired: u64 = line.strip_prefix("acq ").unwrap().parse().unwrap();
+    Duration::from_nanos(acquired.saturating_sub(released))
+}
+
+/// The users' scenario: every fresh holder kind against every waiter kind,
+/// each waiter having waited 5–75 ms (drawn per handoff), round-robin so
+/// that load from elsewhere hits all alike; medians and ratios to a thread
+/// blocked in `flock(2)`.
+fn users_matrix(dir: &std::path::Path, rounds: usize) {
+    let path = dir.join("users.lock");
+    flockguard::materialize(&path).unwrap();
+    let mut waiters = vec![
+        Waiter::Flock,
+        Waiter::InotifyFloor,
+        Waiter::Path,
+        Waiter::Timed,
+    ];
+    if cfg!(feature = "tokio") {
+        waiters.extend([Waiter::TokioFloor, Waiter::AsyncPath]);
+    }
+    let mut procs: Vec<WaiterProc> = waiters
+        .iter()
+        .map(|&w| WaiterProc::spawn(w, &path))
+        .collect();
+    let python = Command::new("python3").arg("--version").output().is_ok();
+    let holders: Vec<FreshHolder> = [
+        FreshHolder::Python,
+        FreshHolder::Close,
+        FreshHolder::GuardDrop,
+    ]
+    .into_iter()
+    .filter(|h| *h != FreshHolder::Python || python)
+    .collect();
+    let mut samples = vec![vec![Vec::new(); waiters.len()]; holders.len()];
+    let mut phase = Lcg(0xc0ffee);
+    for _ in 0..rounds {
+        for (h, &holder) in holders.iter().enumerate() {
+            for (w, waiter) in procs.iter_mut().enumerate() {
+                let waited = 5 + phase.below(71);
+                samples[h][w].push(fresh_handoff(holder, &path, waiter, waited));
+            }
+        }
+    }
+    println!(
+        "\n== users' scenario: {rounds} rounds, a fresh holder process per handoff, the waiter \
+         waited 5–75 ms (median; × a thread blocked in flock(2))"
+    );
+    let names: Vec<&str> = waiters.iter().map(|w| w.name()).collect();
+    println!("| holder lets go by | {} |", names.join(" | "));
+    println!("|---|{}", "---:|".repeat(names.len()));
+    for (h, holder) in holders.iter().enumerate() {
+        let m: Vec<Duration> = samples[h].iter_mut().map(|v| median(v)).collect();
+        let cells: Vec<String> = m
+            .iter()
+            .map(|d| {
+                format!(
+                    "{:.0} µs ({:.2}×)",
                     d.as_nanos() as f64 / 1e3,
                     d.as_nanos() as f64 / m[0].as_nanos().max(1) as f64
                 )
@@ -886,6 +1124,10 @@ fn main() {
         waiter_main(&args);
         return;
     }
+    if let Ok(args) = std::env::var(FRESH_HOLDER_ENV) {
+        fresh_holder_main(&args);
+        return;
+    }
     if std::env::var_os(BURN_ENV).is_some() {
         let start = std::time::Instant::now();
         while start.elapsed() < Duration::from_secs(120) {
@@ -901,6 +1143,13 @@ fn main() {
         .and_then(|n| n.parse().ok())
     {
         handoff_matrix(dir.path(), rounds);
+        return;
+    }
+    if let Some(rounds) = std::env::var(USERS_ONLY_ENV)
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        users_matrix(dir.path(), rounds);
         return;
     }
     let mut c = Criterion::default()
@@ -973,6 +1222,7 @@ fn main() {
     // The machine's load changes between criterion's groups; taking turns
     // handoff by handoff exposes every waiter to the same load.
     handoff_matrix(dir.path(), if smoke { 2 } else { 151 });
+    users_matrix(dir.path(), if smoke { 1 } else { 21 });
     many_waiters(dir.path(), if smoke { 3 } else { 300 });
     #[cfg(feature = "tokio")]
     async_many_waiters(dir.path(), if smoke { 3 } else { 300 });

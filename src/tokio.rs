@@ -374,7 +374,11 @@ impl<'a> Acquire<'a> {
                     Waking::Task(cx.waker()),
                     self.cancel.as_ref(),
                 );
-                self.wait = Some((reg, Schedule::new(until)));
+                let mut schedule = Schedule::new(until);
+                if reg.is_watched() {
+                    schedule.on_watch();
+                }
+                self.wait = Some((reg, schedule));
                 // A release before the watch was placed raised no event
                 // for this waiter: try again first.
                 continue;

@@ -278,7 +278,13 @@ impl CancelToken {
     /// Cancels every wait using this token (or a clone), waking them.
     pub fn cancel(&self) {
         self.inner.cancelled.store(true, Ordering::SeqCst);
-        for (_, slot) in lock(&self.inner.waiters).iter() {
+        // Woken after the lock is let go: a waker may poll its task inline,
+        // and the task's wait then unregisters from this token.
+        let slots: Vec<Arc<Slot>> = lock(&self.inner.waiters)
+            .iter()
+            .map(|(_, slot)| Arc::clone(slot))
+            .collect();
+        for slot in slots {
             slot.wake();
         }
     }
@@ -353,8 +359,10 @@ impl Slot {
                 thread.unpark();
             }
             Wake::Task(waker) => {
-                if let Some(w) = lock(waker).as_ref() {
-                    w.wake_by_ref();
+                // Cloned out first: the wake must not run under the lock.
+                let waker = lock(waker).clone();
+                if let Some(w) = waker {
+                    w.wake();
                 }
             }
         }
@@ -535,6 +543,11 @@ impl Registration {
             cancel,
             acquired: false,
         }
+    }
+
+    /// Whether closes of the file wake this waiter.
+    pub(crate) fn is_watched(&self) -> bool {
+        self.wd.is_some()
     }
 
     /// Whether a close of the file was seen since the last call.
@@ -864,6 +877,15 @@ impl Schedule {
         }
     }
 
+    /// The waiter is woken by closes: retries serve only a release by
+    /// `LOCK_UN` without a close, so they start at the longest interval.
+    /// A sleep whose timer ends within milliseconds is woken later by an
+    /// event than one with a distant timer (the idle states a near timer
+    /// selects), so near timers are kept for the retries after a close.
+    pub(crate) fn on_watch(&mut self) {
+        self.backoff = BACKOFF_CAP;
+    }
+
     /// A close was seen: retry at once for a moment, then a few times more.
     pub(crate) fn on_close(&mut self, now: Instant) {
         self.closed_at = Some(now);
@@ -937,6 +959,9 @@ pub(crate) fn acquire(
 ) -> io::Result<Result<(), Stop>> {
     let mut reg = Registration::new(file, path, mode, Waking::Thread, cancel);
     let mut schedule = Schedule::new(deadline);
+    if reg.is_watched() {
+        schedule.on_watch();
+    }
     loop {
         if cancel.is_some_and(CancelToken::is_cancelled) {
             return Ok(Err(Stop::Cancelled));
