@@ -236,10 +236,13 @@ pub enum Error {
         mode: FlockMode,
         /// How long the call waited.
         waited: Duration,
-        /// Who held or waited for the lock when the wait ended (empty if
-        /// none was visible or `/proc` could not be read), found within a
-        /// few milliseconds: entries not verified in time are
-        /// [`PidStatus::Unverified`](crate::PidStatus::Unverified).
+        /// Who held or waited for the lock 20 ms before the deadline, read
+        /// then so that the wait ends at its deadline; entries not verified
+        /// within the [`Wait::diagnostics`](crate::Wait::diagnostics) budget
+        /// are [`PidStatus::Unverified`](crate::PidStatus::Unverified).
+        /// Empty if none was visible, `/proc` could not be read, or the wait
+        /// was shorter than 20 ms (too short to read `/proc/locks`, which
+        /// can take milliseconds, by its deadline).
         holders: Box<[Holder]>,
         /// The caller's description of what the lock protects, from
         /// [`Wait::context`](crate::Wait::context).

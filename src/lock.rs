@@ -20,27 +20,7 @@ use crate::kind::LockKind;
 use crate::mode::{Exclusive, FlockMode, Mode, Shared};
 use crate::open::{self, Access, OpenSpec, Opened, RemoteFs};
 use crate::sys::{self, OnConflict};
-use crate::wait::{self, CancelToken, Deadline, Notice, Stop, Wait};
-
-/// The limits of one acquisition's wait.
-#[derive(Clone, Copy)]
-struct Limits {
-    deadline: Deadline,
-    /// `deadline` resolved against the start of the acquisition.
-    until: Option<Instant>,
-    /// How long holder diagnostics may take.
-    diagnostics: Duration,
-}
-
-/// How long before a deadline a timed wait reads the holders its timeout
-/// error names: longer than a cold read of `/proc/locks` (7–16 ms here).
-const DIAGNOSTICS_LEAD: Duration = Duration::from_millis(20);
-
-/// When a wait ending at `until` reads the holders for its timeout error:
-/// [`DIAGNOSTICS_LEAD`] before, or at once for a shorter wait.
-pub(crate) fn diagnostics_due(until: Instant) -> Instant {
-    until.checked_sub(DIAGNOSTICS_LEAD).unwrap_or(until)
-}
+use crate::wait::{self, Deadline, Ended, Stop, Wait};
 
 /// Attempts of a non-blocking verified acquisition whose file keeps being
 /// removed before it gives up with [`Error::PathChanged`].
@@ -496,7 +476,7 @@ impl LockFile {
     }
 
     /// Takes the lock, waiting as `wait` says: not at all, in the kernel,
-    /// until a deadline, with a notice before waiting, a [`CancelToken`] and
+    /// until a deadline, with a notice before waiting, a [`CancelToken`](crate::CancelToken) and
     /// a description for the timeout message.
     ///
     /// # Errors
@@ -700,7 +680,7 @@ impl LockFile {
 
     /// Releases whatever lock this file holds, ignoring errors: for a
     /// failure path that hands the file back holding nothing.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    #[cfg(feature = "tokio")]
     pub(crate) fn let_go(&self) {
         let _ = sys::unlock(self.file.as_fd(), self.kind);
     }
@@ -748,7 +728,7 @@ impl LockFile {
 
     /// Whether acquisitions check that the path still names the file.
     #[inline(always)]
-    fn verifies(&self) -> bool {
+    pub(crate) fn verifies(&self) -> bool {
         matches!(
             &self.origin,
             Some(Origin {
@@ -764,6 +744,13 @@ impl LockFile {
     fn flock_refused(self, mode: FlockMode, err: io::Error) -> LockError<LockFile> {
         let error = self.flock_error(mode, err);
         LockError::new(error, self)
+    }
+
+    /// One non-blocking attempt in this file's kind of lock (`flock(2)` or
+    /// an OFD lock): the call the waiting core's drivers make.
+    #[inline]
+    pub(crate) fn attempt(&self, mode: FlockMode) -> io::Result<()> {
+        sys::lock(self.file.as_fd(), self.kind, mode, OnConflict::Fail)
     }
 
     /// Every acquisition: the owner check, waiting as `wait` says, and path
@@ -782,40 +769,61 @@ impl LockFile {
         let start = Instant::now();
         let Wait {
             deadline,
-            mut notice,
+            notice,
             cancel,
             context,
             diagnostics,
         } = wait;
-        let until = deadline.resolve(start);
+        let plan = wait::Plan {
+            deadline,
+            cancellable: cancel.is_some(),
+            may_block: true,
+            verify: self.verifies(),
+            notice: notice.is_some(),
+        };
+        let mut core = wait::Core::new(plan, start);
+        let mut extras = wait::Extras {
+            cancel,
+            notice,
+            diagnostics,
+            holders: None,
+        };
         let mut attempts = 0u32;
-        let mut snapshot = None;
-        loop {
-            let limits = Limits {
-                deadline,
-                until,
-                diagnostics,
-            };
-            let waited = self.wait_for(mode, limits, cancel.as_ref(), &mut notice, &mut snapshot);
-            if let Err(stop) = waited {
-                let error = match stop {
-                    Ok(Stop::TimedOut) => self.timeout_error(
-                        mode,
-                        start,
-                        context.as_deref(),
-                        snapshot.take(),
-                        diagnostics,
-                    ),
-                    Ok(Stop::Cancelled) => self.cancelled_error(mode, start),
-                    Err(error) => error,
-                };
-                return Err(LockError::new(error, self));
+        let mut target = Waiting {
+            file: &mut self,
+            deadline,
+            attempts: &mut attempts,
+        };
+        let error = match wait::block_on(&mut target, mode, &mut core, &mut extras) {
+            Ok(()) => return Ok(self),
+            Err(Ended::Failed(error)) => error,
+            Err(Ended::Stopped(stop)) => {
+                self.stop_error(mode, stop, start, context.as_deref(), extras.holders)
             }
-            match self.settle(deadline, &mut attempts) {
-                Ok(true) => return Ok(self),
-                Ok(false) => {}
-                Err(error) => return Err(LockError::new(error, self)),
-            }
+        };
+        Err(LockError::new(error, self))
+    }
+
+    /// The error of a wait that `stop`ped: the timeout names `holders`
+    /// (read before the deadline; none for a wait too short to read them).
+    pub(crate) fn stop_error(
+        &self,
+        mode: FlockMode,
+        stop: Stop,
+        start: Instant,
+        context: Option<&str>,
+        holders: Option<Vec<Holder>>,
+    ) -> Error {
+        match stop {
+            Stop::TimedOut => Error::Timeout {
+                path: self.error_path(),
+                mode,
+                waited: start.elapsed(),
+                holders: holders.unwrap_or_default().into(),
+                context: context.map(Box::from),
+            },
+            Stop::Cancelled => self.cancelled_error(mode, start),
+            Stop::WouldBlock => self.flock_error(mode, sys::contention()),
         }
     }
 
@@ -862,84 +870,51 @@ impl LockFile {
             waited: start.elapsed(),
         }
     }
+}
 
-    /// One lock attempt and, if `deadline` allows, the wait; `Err(Ok(stop))`
-    /// when the wait gave up, `Err(Err(error))` when it failed.
-    fn wait_for(
-        &self,
-        mode: FlockMode,
-        limits: Limits,
-        cancel: Option<&CancelToken>,
-        notice: &mut Option<Notice<'_>>,
-        snapshot: &mut Option<Vec<Holder>>,
-    ) -> Result<(), Result<Stop, Error>> {
-        let Limits {
-            deadline,
-            until,
-            diagnostics,
-        } = limits;
-        let fd = self.file.as_fd();
-        if cancel.is_some_and(CancelToken::is_cancelled) {
-            return Err(Ok(Stop::Cancelled));
-        }
-        match sys::lock(fd, self.kind, mode, OnConflict::Fail) {
-            Ok(()) => return Ok(()),
-            Err(err) if sys::is_contention(&err) && deadline != Deadline::None => {}
-            Err(err) => return Err(Err(self.flock_error(mode, err))),
-        }
-        if until.is_some_and(|until| Instant::now() >= until) {
-            return Err(Ok(Stop::TimedOut));
-        }
-        if let Some(notice) = notice.take() {
-            notice(&self.holders_within(diagnostics));
-        }
-        if until.is_none() && cancel.is_none() {
-            return sys::lock(fd, self.kind, mode, OnConflict::Block)
-                .map_err(|err| Err(self.flock_error(mode, err)));
-        }
-        // The holders for a timeout error are read DIAGNOSTICS_LEAD before
-        // the deadline, so that a cold /proc/locks (milliseconds) is read
-        // while the wait still runs, not after its deadline.
-        if let Some(until) = until {
-            let early = diagnostics_due(until);
-            if Instant::now() < early {
-                match wait::acquire(fd, self.path(), self.kind, mode, Some(early), cancel) {
-                    Ok(Ok(())) => return Ok(()),
-                    Ok(Err(Stop::TimedOut)) => {}
-                    Ok(Err(stop)) => return Err(Ok(stop)),
-                    Err(err) => return Err(Err(self.flock_error(mode, err))),
-                }
-            }
-            *snapshot = Some(self.holders_within(diagnostics));
-        }
-        match wait::acquire(fd, self.path(), self.kind, mode, until, cancel) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(stop)) => Err(Ok(stop)),
-            Err(err) => Err(Err(self.flock_error(mode, err))),
+/// A lock file being acquired, as the waiting core's driver sees it.
+pub(crate) struct Waiting<'f> {
+    pub(crate) file: &'f mut LockFile,
+    pub(crate) deadline: Deadline,
+    /// How often the path was opened again.
+    pub(crate) attempts: &'f mut u32,
+}
+
+impl wait::Lockable for Waiting<'_> {
+    type Error = Error;
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.file.file.as_fd()
+    }
+
+    fn path(&self) -> Option<&Path> {
+        self.file.path()
+    }
+
+    fn attempt(&self, mode: FlockMode) -> Result<bool, Error> {
+        match self.file.attempt(mode) {
+            Ok(()) => Ok(true),
+            Err(err) if sys::is_contention(&err) => Ok(false),
+            Err(err) => Err(self.file.flock_error(mode, err)),
         }
     }
 
-    /// [`Error::Timeout`] naming `holders`, read shortly before the
-    /// deadline, or when `None` the holders read now within `diagnostics`
-    /// (a failed read of /proc leaves the list empty rather than hiding
-    /// the timeout).
-    pub(crate) fn timeout_error(
-        &self,
-        mode: FlockMode,
-        start: Instant,
-        context: Option<&str>,
-        holders: Option<Vec<Holder>>,
-        diagnostics: Duration,
-    ) -> Error {
-        let waited = start.elapsed();
-        let holders = holders.unwrap_or_else(|| self.holders_within(diagnostics));
-        Error::Timeout {
-            path: self.error_path(),
+    fn block(&self, mode: FlockMode) -> Result<(), Error> {
+        sys::lock(
+            self.file.file.as_fd(),
+            self.file.kind,
             mode,
-            waited,
-            holders: holders.into(),
-            context: context.map(Box::from),
-        }
+            OnConflict::Block,
+        )
+        .map_err(|err| self.file.flock_error(mode, err))
+    }
+
+    fn holders(&self, budget: Duration) -> Vec<Holder> {
+        self.file.holders_within(budget)
+    }
+
+    fn verify(&mut self) -> Result<bool, Error> {
+        self.file.settle(self.deadline, self.attempts)
     }
 }
 
@@ -1006,7 +981,7 @@ impl<M: Mode> LockGuard<M> {
     }
 
     /// The guard of a file whose lock in mode `M` was just taken.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    #[cfg(feature = "tokio")]
     pub(crate) fn new_locked(file: LockFile) -> Self {
         Self::new(file)
     }
@@ -1018,7 +993,7 @@ impl<M: Mode> LockGuard<M> {
     }
 
     /// The file, still locked; dropping it closes the descriptor.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    #[cfg(feature = "tokio")]
     pub(crate) fn into_locked_file(self) -> LockFile {
         self.into_file()
     }

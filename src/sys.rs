@@ -279,6 +279,8 @@ pub(crate) fn getpid() -> u32 {
 /// word that the kernel zeroes in every child created by `fork(2)` or
 /// `clone(2)` without `CLONE_VM`, however it was made (see
 /// [`wipe_on_fork_word`]). Where that word is unavailable, `getpid(2)`.
+/// A child that shares this memory (`vfork(2)`, `clone(2)` with
+/// `CLONE_VM`) reads the parent's ID.
 #[inline(always)]
 pub(crate) fn current_pid() -> u32 {
     if let Some(Some(word)) = PID_WORD.get() {
@@ -359,6 +361,11 @@ pub(crate) fn unlink(path: &Path) -> io::Result<()> {
 pub(crate) fn fd_path(fd: impl AsFd) -> Option<std::path::PathBuf> {
     use std::os::fd::AsRawFd;
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())).ok()
+}
+
+/// The error of a `LOCK_NB` attempt that found the lock held.
+pub(crate) fn contention() -> io::Error {
+    io::Error::from_raw_os_error(Errno::WOULDBLOCK.raw_os_error())
 }
 
 /// Whether an error is the "lock is held elsewhere" answer of `LOCK_NB`.

@@ -3,7 +3,9 @@
 //!
 //! A waiting future sleeps until a holder closes the lock file, woken
 //! through tokio's reactor, and retries on tokio's timer: no blocking
-//! `flock(2)`, no `spawn_blocking`, no thread. Every waiter in the process,
+//! `flock(2)` and no thread of its own. It follows the same waiting rules
+//! as a blocked thread (the crate's waiting core decides each step; the
+//! future performs it). Every waiter in the process,
 //! async or not, shares one inotify instance; one of them at a time reads
 //! it (for an async waiter, by registering it with its runtime's reactor)
 //! and wakes the waiters of the file that was closed. A release by
@@ -15,9 +17,16 @@
 //! back-off retry; tasks on other runtimes are left to the back-off until
 //! it runs again or the task is dropped.
 //!
-//! A timeout error's holder list is read on the polling thread shortly
-//! before the deadline: one read of `/proc/locks` (milliseconds when
-//! cold) plus the [`Wait::diagnostics`](crate::Wait::diagnostics) budget.
+//! A timeout error's holder list is read 20 ms before the deadline on
+//! tokio's blocking pool (`spawn_blocking`), never on the runtime thread: a
+//! cold read of `/proc/locks` takes milliseconds. A wait shorter than 20 ms
+//! names no holders. The [`Wait::on_wait`](crate::Wait::on_wait) notice, if
+//! any, runs on the polling thread with holders read there.
+//!
+//! A future may be polled on one runtime and then on another (they are
+//! `Send`): it registers its timer and the hub's descriptor with the
+//! runtime polling it, so it keeps its deadline and wakes there, even if
+//! the first runtime is gone.
 //!
 //! The futures are `Send` and **cancel-safe**: dropping one at any point
 //! leaves no lock taken by it and closes what it opened. A lock taken in
@@ -32,8 +41,8 @@
 //! microseconds.
 //!
 //! # Panics
-//! The futures need a runtime with the IO and time drivers enabled
-//! (`Builder::enable_all`); tokio panics otherwise.
+//! The futures must be polled inside a tokio runtime with the IO and time
+//! drivers enabled (`Builder::enable_all`); tokio panics otherwise.
 //!
 //! # Examples
 //! ```
@@ -66,16 +75,18 @@ use std::time::{Duration, Instant};
 
 use ::tokio::io::unix::AsyncFd;
 use ::tokio::io::Interest;
+use ::tokio::runtime::Id as RuntimeId;
+use ::tokio::task::JoinHandle;
 use ::tokio::time::Sleep;
 
 use crate::error::{Error, LockError};
 use crate::holder::Holder;
 use crate::kind::LockKind;
-use crate::lock::{diagnostics_due, AnyGuard, LockFile, LockGuard};
+use crate::lock::{AnyGuard, LockFile, LockGuard};
 use crate::mode::{Exclusive, FlockMode, Mode, Shared};
 use crate::sys;
 use crate::wait::{
-    self, CancelToken, Deadline, HubFd, Notice, Registration, Schedule, Wait, Waking,
+    self, CancelToken, Core, Deadline, HubFd, Notice, Plan, Registration, Step, Stop, Wait,
 };
 
 /// Opens `path` with the default [`LockOptions`](crate::LockOptions) and
@@ -215,7 +226,20 @@ pub async fn upgrade(
         return Err(LockError::new(error, guard.into_locked_file()));
     }
     if guard.kind() == LockKind::Flock {
-        return lock_with(guard.into_locked_file(), Wait::forever()).await;
+        let file = guard.into_locked_file();
+        match file.attempt(FlockMode::Exclusive) {
+            Ok(()) => return Ok(LockGuard::new_locked(file)),
+            Err(err) => {
+                // Local flock(2) has let go of the shared lock; NFS keeps
+                // it. Either way the wait (or the error) holds nothing.
+                file.let_go();
+                if !sys::is_contention(&err) {
+                    let error = file.flock_error(FlockMode::Exclusive, err);
+                    return Err(LockError::new(error, file));
+                }
+            }
+        }
+        return lock_with(file, Wait::forever()).await;
     }
     // An OFD file waits holding its shared lock, and with the upgrade
     // ticket (see LockGuard::upgrade); a failure lets the lock go, so the
@@ -245,29 +269,50 @@ pub async fn upgrade(
     writer
 }
 
-/// The future behind every acquisition: owns the file until it completes.
+/// The future behind every acquisition: owns the file until it completes,
+/// and performs the steps the waiting [`Core`] decides.
 ///
 /// Fields drop in order: the reactor registration of the hub's descriptor
 /// before the hub registration that holds the reader role, so that the
 /// next reader can register the descriptor with the same runtime.
 struct Acquire<'a> {
-    reader: Option<AsyncFd<HubFd>>,
-    /// The hub registration and the retry schedule, made together on the
-    /// first contention.
-    wait: Option<(Registration, Schedule)>,
-    sleep: Option<Pin<Box<Sleep>>>,
+    reader: Option<Reader>,
+    reg: Option<Registration>,
+    /// The timer, and the runtime it belongs to.
+    sleep: Option<(Pin<Box<Sleep>>, RuntimeId)>,
+    /// The holder list for a timeout error, read on the blocking pool.
+    holders: Option<JoinHandle<Vec<Holder>>>,
     file: Option<LockFile>,
     mode: FlockMode,
     deadline: Deadline,
-    /// When the wait started and when it ends; set by the first poll.
-    start: Option<(Instant, Option<Instant>)>,
+    /// The core and when the wait started; made by the first poll.
+    core: Option<(Core, Instant)>,
     notice: Option<Notice<'a>>,
     cancel: Option<CancelToken>,
     context: Option<String>,
     diagnostics: Duration,
-    /// The holders for a timeout error, read shortly before the deadline.
-    holders: Option<Vec<Holder>>,
     attempts: u32,
+}
+
+/// The hub's descriptor registered with a runtime's reactor, and the
+/// process and runtime that registered it.
+struct Reader {
+    fd: AsyncFd<HubFd>,
+    pid: u32,
+    runtime: RuntimeId,
+}
+
+impl Reader {
+    /// Lets go of the registration: dropped in the process that made it;
+    /// leaked in a forked child, where dropping it would remove the
+    /// parent's registration from the epoll instance both share.
+    fn release(self) {
+        if self.pid == sys::current_pid() {
+            park(self);
+        } else {
+            std::mem::forget(self);
+        }
+    }
 }
 
 impl<'a> Acquire<'a> {
@@ -281,17 +326,17 @@ impl<'a> Acquire<'a> {
         } = wait;
         Acquire {
             reader: None,
-            wait: None,
+            reg: None,
             sleep: None,
+            holders: None,
             file: Some(file),
             mode,
             deadline,
-            start: None,
+            core: None,
             notice,
             cancel,
             context,
             diagnostics,
-            holders: None,
             attempts: 0,
         }
     }
@@ -300,181 +345,258 @@ impl<'a> Acquire<'a> {
     /// reader before the hub registration hands the reader role on.
     fn leave(&mut self, acquired: bool) {
         if let Some(reader) = self.reader.take() {
-            park(reader);
+            reader.release();
         }
-        if let Some((mut reg, _)) = self.wait.take() {
+        if let Some(mut reg) = self.reg.take() {
             if acquired {
                 reg.acquired();
             }
         }
+        if let Some(task) = self.holders.take() {
+            task.abort();
+        }
     }
 
+    /// Ends the wait with `error`, the file handed back holding nothing.
     fn fail(&mut self, error: impl FnOnce(&LockFile) -> Error) -> Poll<<Self as Future>::Output> {
         self.leave(false);
         let file = self.file.take().expect("polled after completion");
-        Poll::Ready(Err(LockError::new(error(&file), file)))
+        let error = error(&file);
+        if !matches!(error, Error::NotOwner { .. }) {
+            // Whatever a failed attempt left (NFS and OFD locks keep a
+            // refused conversion's shared lock), the caller gave up.
+            file.let_go();
+        }
+        Poll::Ready(Err(LockError::new(error, file)))
+    }
+
+    fn core(&mut self) -> &mut Core {
+        &mut self.core.as_mut().expect("made by the first poll").0
+    }
+
+    fn file(&self) -> &LockFile {
+        self.file.as_ref().expect("polled after completion")
     }
 
     fn step(&mut self, cx: &mut Context<'_>) -> Poll<<Self as Future>::Output> {
-        let (start, until) = *self.start.get_or_insert_with(|| {
-            let now = Instant::now();
-            (now, self.deadline.resolve(now))
-        });
-        let mut retried = false;
-        loop {
-            let mode = self.mode;
-            let file = self.file.as_ref().expect("polled after completion");
-            if self.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
-                return self.fail(|f| f.cancelled_error(mode, start));
-            }
-            if let Err(error) = file.check_write(mode) {
+        let runtime = ::tokio::runtime::Handle::current().id();
+        if self.core.is_none() {
+            if let Err(error) = self.file().check_owner() {
                 return self.fail(|_| error);
             }
-            match sys::lock(file.as_fd(), file.kind(), mode, sys::OnConflict::Fail) {
-                Ok(()) => {
-                    self.leave(true);
+            let now = Instant::now();
+            let plan = Plan {
+                deadline: self.deadline,
+                cancellable: self.cancel.is_some(),
+                may_block: false,
+                verify: self.file().verifies(),
+                notice: self.notice.is_some(),
+            };
+            self.core = Some((Core::new(plan, now), now));
+        }
+        if self.reader.as_ref().is_some_and(|r| r.runtime != runtime) {
+            // Moved to another runtime: register there instead.
+            if let Some(reader) = self.reader.take() {
+                reader.release();
+            }
+        }
+        self.read_events(cx, runtime);
+        loop {
+            let now = Instant::now();
+            let cancelled = self.cancel.as_ref().is_some_and(CancelToken::is_cancelled);
+            let notified = self.reg.as_ref().is_some_and(Registration::take_notified);
+            let (core, start) = self.core.as_mut().expect("made above");
+            let start = *start;
+            if notified {
+                core.closed(now);
+            }
+            let mode = self.mode;
+            match core.next(now, cancelled) {
+                Step::Attempt | Step::Block => match self.file().attempt(mode) {
+                    Ok(()) => self.core().attempted(true),
+                    Err(err) if sys::is_contention(&err) => self.core().attempted(false),
+                    Err(err) => return self.fail(|f| f.flock_error(mode, err)),
+                },
+                Step::Notice => {
+                    if let Some(notice) = self.notice.take() {
+                        notice(&self.file().holders_within(self.diagnostics));
+                    }
+                }
+                Step::ReadHolders => {
+                    // Off the runtime thread: a cold /proc/locks read takes
+                    // milliseconds.
+                    let file = self.file();
+                    let (id, path) = (sys::statx_fd(file.as_fd()).ok(), file.error_path());
+                    let budget = self.diagnostics;
+                    self.holders = Some(::tokio::task::spawn_blocking(move || {
+                        id.and_then(|id| crate::holders::holders_within(id, &path, budget).ok())
+                            .unwrap_or_default()
+                    }));
+                }
+                Step::Register => {
+                    if let Some(reader) = self.reader.take() {
+                        reader.release();
+                    }
+                    let file = self.file.as_ref().expect("polled after completion");
+                    let reg = Registration::new(
+                        file.as_fd(),
+                        file.path(),
+                        mode,
+                        Some(cx.waker()),
+                        self.cancel.as_ref(),
+                    );
+                    self.core().registered(reg.is_watched());
+                    self.reg = Some(reg);
+                    self.read_events(cx, runtime);
+                }
+                Step::Verify => {
+                    if let Some(reg) = &mut self.reg {
+                        reg.acquired();
+                    }
                     let deadline = self.deadline;
                     let file = self.file.as_mut().expect("polled after completion");
                     match file.settle(deadline, &mut self.attempts) {
-                        Ok(true) => {
-                            return Poll::Ready(Ok(self.file.take().expect("present")));
-                        }
-                        // Reopened: lock the file the path names now.
-                        Ok(false) => continue,
+                        Ok(stands) => self.core().verified(stands),
                         Err(error) => return self.fail(|_| error),
                     }
                 }
-                Err(err) if sys::is_contention(&err) && self.deadline != Deadline::None => {}
-                Err(err) => return self.fail(|f| f.flock_error(mode, err)),
-            }
-            let now = Instant::now();
-            if until.is_some_and(|until| now >= until) {
-                let context = self.context.take();
-                let diagnostics = self.diagnostics;
-                let holders = self.holders.take();
-                return self.fail(|f| {
-                    f.timeout_error(mode, start, context.as_deref(), holders, diagnostics)
-                });
-            }
-            // As in the blocking wait, the holders for a timeout error are
-            // read before the deadline, so that the deadline is not passed
-            // while /proc/locks is read.
-            let early = until.map(diagnostics_due);
-            if self.holders.is_none() && early.is_some_and(|early| now >= early) {
-                self.holders = Some(file.holders_within(self.diagnostics));
-            }
-            if let Some(notice) = self.notice.take() {
-                notice(&file.holders_within(self.diagnostics));
-            }
-            let Some((reg, schedule)) = &mut self.wait else {
-                let reg = Registration::new(
-                    file.as_fd(),
-                    file.path(),
-                    mode,
-                    Waking::Task(cx.waker()),
-                    self.cancel.as_ref(),
-                );
-                let mut schedule = Schedule::new(until);
-                if reg.is_watched() {
-                    schedule.on_watch();
+                Step::Yield { .. } => {
+                    // Retry after the executor has run what else is ready.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
-                self.wait = Some((reg, schedule));
-                // A release before the watch was placed raised no event
-                // for this waiter: try again first.
-                continue;
-            };
-            reg.set_waker(cx.waker());
-            if reg.is_reader() && self.reader.is_none() {
-                self.reader = reg.hub_fd().and_then(reactor_registration);
-            }
-            match &self.reader {
-                Some(reader) => loop {
-                    match reader.poll_read_ready(cx) {
-                        Poll::Ready(Ok(mut ready)) => {
-                            // Read to EAGAIN, so readiness may be cleared.
-                            let _ = reg.dispatch();
-                            ready.clear_ready();
+                Step::Sleep(until) => {
+                    let at = ::tokio::time::Instant::from_std(until);
+                    let sleep = match &mut self.sleep {
+                        Some((sleep, id)) if *id == runtime => {
+                            sleep.as_mut().reset(at);
+                            sleep
                         }
-                        Poll::Ready(Err(_)) => {
-                            // The reactor refused: read on every poll.
-                            let _ = reg.dispatch();
-                            break;
+                        // A timer of another runtime (the future moved)
+                        // may never fire, or panic if that runtime is gone.
+                        _ => {
+                            let sleep = Box::pin(::tokio::time::sleep_until(at));
+                            &mut self.sleep.insert((sleep, runtime)).0
                         }
-                        Poll::Pending => break,
+                    };
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
                     }
-                },
-                // No reactor registration: read on every poll instead.
-                None if reg.is_reader() => {
-                    let _ = reg.dispatch();
                 }
-                None => {}
-            }
-            if reg.take_notified() {
-                schedule.on_close(now);
-                // A close was just reported: try again before yielding,
-                // once per poll, so that a stream of closes cannot keep
-                // the task from yielding.
-                if !retried {
-                    retried = true;
-                    continue;
+                Step::Done => {
+                    self.leave(true);
+                    return Poll::Ready(Ok(self.file.take().expect("present")));
+                }
+                Step::Stop(stop) => {
+                    let holders = match self.finished_holders(cx) {
+                        // A read that overran the lead: its end wakes us.
+                        Poll::Pending if stop == Stop::TimedOut => return Poll::Pending,
+                        Poll::Pending => None,
+                        Poll::Ready(holders) => holders,
+                    };
+                    let context = self.context.take();
+                    return self
+                        .fail(|f| f.stop_error(mode, stop, start, context.as_deref(), holders));
                 }
             }
-            let mut pause = schedule.next(now);
-            if let Some(early) = early.filter(|_| self.holders.is_none()) {
-                pause = pause.min(early.saturating_duration_since(now));
-            }
-            if pause.is_zero() {
-                // Retry after the executor has run what else is ready.
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            let at = ::tokio::time::Instant::from_std(now + pause);
-            let sleep = match &mut self.sleep {
-                Some(sleep) => {
-                    sleep.as_mut().reset(at);
-                    sleep
+        }
+    }
+
+    /// The holder list read on the blocking pool: `Ready(None)` if none
+    /// was read (or the read failed), `Pending` while it runs.
+    fn finished_holders(&mut self, cx: &mut Context<'_>) -> Poll<Option<Vec<Holder>>> {
+        let Some(task) = self.holders.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let read = std::task::ready!(Pin::new(task).poll(cx));
+        self.holders = None;
+        Poll::Ready(read.ok())
+    }
+
+    /// Keeps the waker current and, as the reader, reads the hub's events.
+    fn read_events(&mut self, cx: &mut Context<'_>, runtime: RuntimeId) {
+        let Some(reg) = &self.reg else {
+            return;
+        };
+        reg.set_waker(cx.waker());
+        if reg.is_reader() && self.reader.is_none() {
+            self.reader = reg
+                .hub_fd()
+                .and_then(|fd| reactor_registration(fd, runtime));
+        }
+        match &self.reader {
+            Some(reader) => loop {
+                match reader.fd.poll_read_ready(cx) {
+                    Poll::Ready(Ok(mut ready)) => {
+                        // Read to EAGAIN, so readiness may be cleared.
+                        let _ = reg.dispatch();
+                        ready.clear_ready();
+                    }
+                    Poll::Ready(Err(_)) => {
+                        // The reactor refused: read on every poll.
+                        let _ = reg.dispatch();
+                        break;
+                    }
+                    Poll::Pending => break,
                 }
-                None => self.sleep.insert(Box::pin(::tokio::time::sleep_until(at))),
-            };
-            if sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
+            },
+            // No reactor registration: read on every poll instead.
+            None if reg.is_reader() => {
+                let _ = reg.dispatch();
             }
+            None => {}
         }
     }
 }
 
 /// The reactor registration of the last async reader, kept so that leaving
 /// with the lock costs no `epoll_ctl(2)`; the next reader reuses it when it
-/// belongs to the same runtime.
-static PARKED: Mutex<Option<AsyncFd<HubFd>>> = Mutex::new(None);
+/// belongs to the same process and runtime.
+static PARKED: Mutex<Option<Reader>> = Mutex::new(None);
 
-fn parked() -> MutexGuard<'static, Option<AsyncFd<HubFd>>> {
+fn parked() -> MutexGuard<'static, Option<Reader>> {
     wait::lock(&PARKED)
 }
 
-fn park(reader: AsyncFd<HubFd>) {
+fn park(reader: Reader) {
     let old = parked().replace(reader);
     // Only one reader at a time, and it took what was parked.
-    drop(old);
+    if let Some(old) = old {
+        old.release();
+    }
 }
 
 /// The hub's descriptor registered with the current runtime's reactor: the
 /// parked registration if it is this runtime's (a second registration of
 /// the descriptor there fails with `EEXIST`), else a new one.
-fn reactor_registration(fd: HubFd) -> Option<AsyncFd<HubFd>> {
-    let old = parked().take().filter(|old| old.get_ref().same_hub(&fd));
-    match register(fd) {
-        // A fresh registration: `old`, if any, was another runtime's.
-        Ok(new) => Some(new),
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => old,
-        Err(_) => None,
-    }
+fn reactor_registration(fd: HubFd, runtime: RuntimeId) -> Option<Reader> {
+    let pid = sys::current_pid();
+    let old = parked().take();
+    let old = match old {
+        Some(old) if old.pid != pid => {
+            // A forked child: the parent's registration is not ours to drop.
+            std::mem::forget(old);
+            None
+        }
+        Some(old) if old.runtime == runtime && old.fd.get_ref().same_hub(&fd) => {
+            return Some(old);
+        }
+        other => other,
+    };
+    // Another runtime's registration goes before this one is made.
+    drop(old);
+    register(fd).ok().map(|fd| Reader { fd, pid, runtime })
 }
 
 /// Registers the hub's descriptor with the current runtime's reactor.
-// The safe constructor, deprecated in favour of an unsafe one: `HubFd` owns
-// (shares) the hub, so its descriptor stays open and the same while the
-// `AsyncFd` lives, which is the I/O safety the deprecation is about.
+///
+/// The safe constructor is deprecated because it cannot check that the
+/// descriptor outlives the registration (I/O safety). Here it does: the
+/// `HubFd` inside the `AsyncFd` holds the hub (an `Arc`) whose `OwnedFd` it
+/// names, so the descriptor stays open, and names the same inotify
+/// instance, until the `AsyncFd` is dropped; `as_raw_fd` always returns
+/// that one descriptor. The `unsafe` replacement would need an
+/// `allow(unsafe_code)` for the same reasoning.
 #[allow(deprecated)]
 fn register(fd: HubFd) -> std::io::Result<AsyncFd<HubFd>> {
     AsyncFd::with_interest(fd, Interest::READABLE)
@@ -495,6 +617,110 @@ impl std::fmt::Debug for Acquire<'_> {
             .field("mode", &self.mode)
             .field("deadline", &self.deadline)
             .field("reader", &self.reader.is_some())
+            .field("registered", &self.reg.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wait::tests::{reap, SERIAL};
+    use std::os::fd::{AsRawFd, RawFd};
+
+    /// Whether an epoll instance of this process watches descriptor `fd`.
+    fn epoll_watches(fd: RawFd) -> bool {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .any(|e| {
+                let is_epoll = std::fs::read_link(e.path())
+                    .is_ok_and(|l| l.to_string_lossy() == "anon_inode:[eventpoll]");
+                let name = e.file_name();
+                let info = std::fs::read_to_string(format!(
+                    "/proc/self/fdinfo/{}",
+                    name.to_string_lossy()
+                ))
+                .unwrap_or_default();
+                is_epoll
+                    && info.lines().any(|l| {
+                        l.strip_prefix("tfd:")
+                            .and_then(|rest| rest.split_whitespace().next())
+                            .is_some_and(|n| n == fd.to_string())
+                    })
+            })
+    }
+
+    fn runtime() -> ::tokio::runtime::Runtime {
+        ::tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_forked_childs_async_wait_leaves_the_parents_reactor_registration() {
+        let _serial = wait::lock(&SERIAL);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fork.lock");
+        let held = LockFile::open(&path)
+            .unwrap()
+            .try_lock::<Exclusive>()
+            .unwrap();
+        let rt = runtime();
+        let wait =
+            lock_timeout::<Exclusive>(LockFile::open(&path).unwrap(), Duration::from_millis(30));
+        assert!(rt.block_on(wait).unwrap_err().is_timeout());
+        let fd = parked()
+            .as_ref()
+            .map(|r| r.fd.as_raw_fd())
+            .expect("the reader's registration is parked");
+        assert!(epoll_watches(fd));
+        // SAFETY: the child waits once on a runtime of its own and leaves
+        // with _exit; it takes no lock that this test's other threads hold.
+        #[allow(unsafe_code)]
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let wait = lock_timeout::<Exclusive>(
+                LockFile::open(&path).unwrap(),
+                Duration::from_millis(30),
+            );
+            let ok = runtime().block_on(wait).is_err_and(|e| e.is_timeout());
+            // SAFETY: ends the child without running the parent's exit code.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::_exit(if ok { 0 } else { 1 })
+            };
+        }
+        assert_eq!(reap(pid), Some(0), "the child hung or failed");
+        assert!(
+            epoll_watches(fd),
+            "the child removed the parent's registration"
+        );
+        drop(rt);
+        drop(held);
+    }
+
+    #[test]
+    fn the_registered_descriptor_stays_the_hubs_while_registered() {
+        let _serial = wait::lock(&SERIAL);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("io-safety.lock");
+        let file = LockFile::open(&path).unwrap();
+        let rt = runtime();
+        let _entered = rt.enter();
+        let reg = Registration::new(file.as_fd(), None, FlockMode::Exclusive, None, None);
+        let hub_fd = reg.hub_fd().expect("a hub");
+        let raw = hub_fd.as_raw_fd();
+        let registered = register(hub_fd).unwrap();
+        // The waiter leaves; the registration alone keeps the hub, so its
+        // descriptor stays open and names the same inotify instance.
+        drop(reg);
+        assert_eq!(registered.as_raw_fd(), raw);
+        let link = std::fs::read_link(format!("/proc/self/fd/{raw}")).unwrap();
+        assert_eq!(link.to_string_lossy(), "anon_inode:inotify");
+        assert!(epoll_watches(raw));
+        drop(registered);
+        assert!(!epoll_watches(raw));
     }
 }

@@ -25,22 +25,34 @@
 //!   `max_user_watches`, no descriptors left): a jittered back-off retry,
 //!   at most about ten per second, covers both.
 //!
+//! Every waiter follows one set of rules, [`Core`]: a state machine without
+//! I/O that decides from the clock and what happened whether to attempt
+//! now, wait in the kernel, call the notice, read the holders, register,
+//! check the path, yield, sleep until an instant or an event, or stop. The
+//! blocking driver ([`block_on`]) and the async one (`crate::tokio`)
+//! perform its steps.
+//!
 //! A forked child never touches its parent's hub (its events belong to the
-//! parent's description); it makes its own on first use.
+//! parent's description), nor the locks of it and of its waiters (a parent
+//! thread may have held one at the fork): it makes its own hub on first
+//! use. The mutex that finds the hub is only tried in a child, never
+//! waited for; a child forked while a parent thread held it waits with
+//! back-off retries only.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+#[cfg(feature = "tokio")]
+use std::os::fd::RawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use crate::holder::Holder;
-use crate::kind::LockKind;
 use crate::mode::FlockMode;
 use crate::sys;
 
@@ -325,6 +337,8 @@ pub(crate) enum Stop {
     TimedOut,
     /// The token was cancelled.
     Cancelled,
+    /// The one attempt of a wait without a deadline found the lock held.
+    WouldBlock,
 }
 
 /// How a waiter is woken.
@@ -429,17 +443,40 @@ static HUB: Mutex<HubCell> = Mutex::new(HubCell {
     failed: None,
 });
 
+/// The process whose threads take [`HUB`] with a blocking lock; 0 before
+/// first use. A forked child sees its parent's pid here: the mutex may have
+/// been locked by a parent thread at the fork, and stays locked in the
+/// child, so a child only tries it.
+static HUB_OWNER: AtomicU32 = AtomicU32::new(0);
+
 /// This process's hub, created on first use; `None` if the kernel refuses
-/// an inotify instance or an eventfd (retried a second later).
+/// an inotify instance or an eventfd (retried a second later), or in a
+/// forked child whose parent held the hub's mutex at the fork (waits there
+/// retry on the back-off).
 fn hub() -> Option<Arc<Hub>> {
     let pid = sys::current_pid();
-    let mut cell = lock(&HUB);
+    // Claimed before the first lock, so that a child forked while this
+    // thread holds the lock knows not to wait for it.
+    let _ = HUB_OWNER.compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst);
+    let mut cell = if HUB_OWNER.load(Ordering::SeqCst) == pid {
+        lock(&HUB)
+    } else {
+        let cell = match HUB.try_lock() {
+            Ok(cell) => cell,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        HUB_OWNER.store(pid, Ordering::SeqCst);
+        cell
+    };
     if let Some(hub) = &cell.hub {
         if hub.pid == pid {
             return Some(Arc::clone(hub));
         }
-        // Forked: the parent's instance is shared with it; leave it be.
-        cell.hub = None;
+        // Forked: the parent's instance is shared with it; leave it be
+        // (dropping it here would only close this process's copies).
+        let parents = cell.hub.take();
+        std::mem::forget(parents);
     }
     if let Some((p, at)) = cell.failed {
         if p == pid && at.elapsed() < HUB_RETRY {
@@ -467,35 +504,29 @@ fn hub() -> Option<Arc<Hub>> {
 
 /// The hub's inotify descriptor, for an async runtime to poll; kept alive
 /// by the hub it came from.
+#[cfg(feature = "tokio")]
 pub(crate) struct HubFd(Arc<Hub>);
 
+#[cfg(feature = "tokio")]
 impl HubFd {
     /// Whether both name the same hub's descriptor.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn same_hub(&self, other: &HubFd) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
 }
 
+#[cfg(feature = "tokio")]
 impl AsRawFd for HubFd {
     fn as_raw_fd(&self) -> RawFd {
         self.0.inotify.as_raw_fd()
     }
 }
 
+#[cfg(feature = "tokio")]
 impl fmt::Debug for HubFd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("HubFd").field(&self.as_raw_fd()).finish()
     }
-}
-
-/// How a registered waiter wants to be woken.
-pub(crate) enum Waking<'w> {
-    /// Unpark the calling thread.
-    Thread,
-    /// Wake this task.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    Task(&'w Waker),
 }
 
 /// A waiter registered with the hub (queued on its file's watch) and with
@@ -507,11 +538,13 @@ pub(crate) struct Registration {
     wd: Option<i32>,
     cancel: Option<(CancelToken, u64)>,
     acquired: bool,
+    /// The process that registered.
+    pid: u32,
 }
 
 impl Registration {
     /// Registers a waiter for the lock on `file` (opened by `path`, if
-    /// known) in `mode`.
+    /// known) in `mode`: the task woken by `task`, or the calling thread.
     ///
     /// The watch is placed on the open file's inode through `/proc/self/fd`
     /// (so a rename or unlink of the path does not matter), or on `path`
@@ -520,16 +553,16 @@ impl Registration {
         file: BorrowedFd<'_>,
         path: Option<&Path>,
         mode: FlockMode,
-        waking: Waking<'_>,
+        task: Option<&Waker>,
         cancel: Option<&CancelToken>,
     ) -> Registration {
         let hub = hub();
         let slot = Arc::new(Slot {
             notified: AtomicBool::new(false),
             reader: AtomicBool::new(false),
-            wake: match waking {
-                Waking::Thread => Wake::Thread(std::thread::current()),
-                Waking::Task(w) => Wake::Task(Mutex::new(Some(w.clone()))),
+            wake: match task {
+                None => Wake::Thread(std::thread::current()),
+                Some(w) => Wake::Task(Mutex::new(Some(w.clone()))),
             },
             hub: hub.clone(),
         });
@@ -542,6 +575,7 @@ impl Registration {
             wd,
             cancel,
             acquired: false,
+            pid: sys::current_pid(),
         }
     }
 
@@ -573,13 +607,13 @@ impl Registration {
     }
 
     /// The descriptor the reader waits on for readability.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    #[cfg(feature = "tokio")]
     pub(crate) fn hub_fd(&self) -> Option<HubFd> {
         self.slot.hub.clone().map(HubFd)
     }
 
     /// Replaces the waker a task is woken with.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    #[cfg(feature = "tokio")]
     pub(crate) fn set_waker(&self, waker: &Waker) {
         if let Wake::Task(slot) = &self.slot.wake {
             let mut slot = lock(slot);
@@ -593,7 +627,7 @@ impl Registration {
     ///
     /// # Errors
     /// The error of `read(2)` on the inotify descriptor.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    #[cfg(any(test, feature = "tokio"))]
     pub(crate) fn dispatch(&self) -> io::Result<()> {
         match &self.slot.hub {
             Some(hub) => hub.dispatch(&self.slot),
@@ -631,6 +665,12 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        if self.pid != sys::current_pid() {
+            // A forked child dropping its parent's wait: the hub's and the
+            // token's mutexes may have been locked at the fork, and the
+            // hub's queues are the parent's. Touch nothing.
+            return;
+        }
         if let Some((token, id)) = &self.cancel {
             token.unregister(*id);
         }
@@ -866,17 +906,6 @@ impl Schedule {
         }
     }
 
-    /// Whether the wait must end now: cancelled, or past the deadline.
-    pub(crate) fn stop(&self, cancel: Option<&CancelToken>, now: Instant) -> Option<Stop> {
-        if cancel.is_some_and(CancelToken::is_cancelled) {
-            Some(Stop::Cancelled)
-        } else if self.deadline.is_some_and(|d| now >= d) {
-            Some(Stop::TimedOut)
-        } else {
-            None
-        }
-    }
-
     /// The waiter is woken by closes: retries serve only a release by
     /// `LOCK_UN` without a close, so they start at the longest interval.
     /// A sleep whose timer ends within milliseconds is woken later by an
@@ -935,61 +964,320 @@ impl Schedule {
     }
 }
 
-/// One `flock(LOCK_NB)` attempt: `Ok(true)` if the lock was taken,
-/// `Ok(false)` on contention.
-pub(crate) fn try_once(file: BorrowedFd<'_>, kind: LockKind, mode: FlockMode) -> io::Result<bool> {
-    match sys::lock(file, kind, mode, sys::OnConflict::Fail) {
-        Ok(()) => Ok(true),
-        Err(err) if sys::is_contention(&err) => Ok(false),
-        Err(err) => Err(err),
+/// How long before a deadline a timed wait reads the holders its timeout
+/// error names: longer than a cold read of `/proc/locks` (6–16 ms here)
+/// plus the default diagnostics budget. A wait shorter than this reads
+/// none, so that it ends at its deadline.
+pub(crate) const DIAGNOSTICS_LEAD: Duration = Duration::from_millis(20);
+
+/// What a waiting driver does next, as decided by [`Core::next`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// One `LOCK_NB` attempt now; report it with [`Core::attempted`].
+    Attempt,
+    /// Wait in the kernel (a blocking attempt); report it with
+    /// [`Core::attempted`].
+    Block,
+    /// Call the notice with the holders now.
+    Notice,
+    /// Read the holders for the timeout error now, or start reading them.
+    ReadHolders,
+    /// Register with the hub; report it with [`Core::registered`].
+    Register,
+    /// Check that the path still names the locked file; report it with
+    /// [`Core::verified`].
+    Verify,
+    /// Give up the CPU and come back at once; `hot`: without yielding.
+    Yield {
+        /// Retry without giving up the CPU (see [`AFTER_CLOSE_HOT`]).
+        hot: bool,
+    },
+    /// Sleep until this instant, or until woken (a close, a cancel).
+    Sleep(Instant),
+    /// The lock is taken and stands.
+    Done,
+    /// The wait ends without the lock.
+    Stop(Stop),
+}
+
+/// Where an acquisition stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// An attempt is due.
+    Due,
+    /// An attempt was handed out and not yet reported.
+    Attempting,
+    /// The last attempt found the lock held.
+    Contended,
+    /// The lock was taken; the path check (if any) is due.
+    Taken,
+    /// The path check was handed out and not yet reported.
+    Verifying,
+    /// Finished.
+    Done,
+}
+
+/// The waiting rules, without I/O: from the clock and what the driver
+/// reports, which step comes next. Blocking threads and async tasks drive
+/// it alike.
+#[derive(Debug)]
+pub(crate) struct Core {
+    phase: Phase,
+    /// `None`: no deadline.
+    until: Option<Instant>,
+    /// One attempt only ([`Deadline::None`]).
+    once: bool,
+    /// A token is attached: the wait must stay wakeable.
+    cancellable: bool,
+    /// The driver can wait in `flock(2)` (a thread, not a task).
+    may_block: bool,
+    /// The path is checked after each acquisition.
+    verify: bool,
+    /// The notice is still to be called.
+    notice: bool,
+    /// Registered with the hub since the last (re)open.
+    registered: bool,
+    /// When the holders for a timeout error are to be read; `None`: read,
+    /// or not to be read (no deadline, or too short a wait).
+    holders_at: Option<Instant>,
+    schedule: Schedule,
+}
+
+/// What a [`Core`] is told at the start of an acquisition.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Plan {
+    pub(crate) deadline: Deadline,
+    pub(crate) cancellable: bool,
+    pub(crate) may_block: bool,
+    pub(crate) verify: bool,
+    pub(crate) notice: bool,
+}
+
+impl Core {
+    /// A core for an acquisition starting at `now`.
+    pub(crate) fn new(plan: Plan, now: Instant) -> Core {
+        let until = plan.deadline.resolve(now);
+        let schedule = Schedule::new(until);
+        // Read the holders early enough to have them by the deadline; a
+        // shorter wait reads none rather than end late.
+        let holders_at = until
+            .filter(|_| plan.deadline != Deadline::None)
+            .and_then(|u| u.checked_sub(DIAGNOSTICS_LEAD))
+            .filter(|at| *at >= now);
+        Core {
+            phase: Phase::Due,
+            until,
+            once: plan.deadline == Deadline::None,
+            cancellable: plan.cancellable,
+            may_block: plan.may_block,
+            verify: plan.verify,
+            notice: plan.notice,
+            registered: false,
+            holders_at,
+            schedule,
+        }
+    }
+
+    /// The next step at `now`; `cancelled`: the token was cancelled.
+    pub(crate) fn next(&mut self, now: Instant, cancelled: bool) -> Step {
+        match self.phase {
+            Phase::Done => return Step::Done,
+            Phase::Taken if self.verify => {
+                self.phase = Phase::Verifying;
+                return Step::Verify;
+            }
+            Phase::Taken => {
+                self.phase = Phase::Done;
+                return Step::Done;
+            }
+            Phase::Verifying => return Step::Verify,
+            Phase::Due | Phase::Attempting | Phase::Contended => {}
+        }
+        if cancelled {
+            return Step::Stop(Stop::Cancelled);
+        }
+        if self.phase != Phase::Contended {
+            self.phase = Phase::Attempting;
+            return Step::Attempt;
+        }
+        if self.once {
+            return Step::Stop(Stop::WouldBlock);
+        }
+        if self.until.is_some_and(|u| now >= u) {
+            return Step::Stop(Stop::TimedOut);
+        }
+        if std::mem::take(&mut self.notice) {
+            return Step::Notice;
+        }
+        if self.may_block && self.until.is_none() && !self.cancellable {
+            self.phase = Phase::Attempting;
+            return Step::Block;
+        }
+        if !self.registered {
+            self.registered = true;
+            // A release before the watch was placed raised no event for
+            // this waiter: try again first.
+            self.phase = Phase::Due;
+            return Step::Register;
+        }
+        if self.holders_at.is_some_and(|at| now >= at) {
+            self.holders_at = None;
+            return Step::ReadHolders;
+        }
+        let mut pause = self.schedule.next(now);
+        if let Some(at) = self.holders_at {
+            pause = pause.min(at.saturating_duration_since(now));
+        }
+        self.phase = Phase::Due;
+        if pause.is_zero() {
+            Step::Yield {
+                hot: self.schedule.is_hot(now),
+            }
+        } else {
+            Step::Sleep(now + pause)
+        }
+    }
+
+    /// The outcome of an [`Attempt`](Step::Attempt) or [`Block`](Step::Block).
+    pub(crate) fn attempted(&mut self, taken: bool) {
+        self.phase = if taken {
+            Phase::Taken
+        } else {
+            Phase::Contended
+        };
+    }
+
+    /// The hub registration was made; `watched`: closes wake the waiter.
+    pub(crate) fn registered(&mut self, watched: bool) {
+        if watched {
+            self.schedule.on_watch();
+        }
+    }
+
+    /// A close of the file was seen at `now`: an attempt is due at once.
+    pub(crate) fn closed(&mut self, now: Instant) {
+        self.schedule.on_close(now);
+        if self.phase == Phase::Contended {
+            self.phase = Phase::Due;
+        }
+    }
+
+    /// The outcome of a [`Verify`](Step::Verify): `true`, the lock stands;
+    /// `false`, the file was replaced and opened again, to be locked and
+    /// registered anew.
+    pub(crate) fn verified(&mut self, stands: bool) {
+        if stands {
+            self.phase = Phase::Done;
+        } else {
+            self.phase = Phase::Due;
+            self.registered = false;
+        }
     }
 }
 
-/// Waits in the calling thread until the lock on `file` is taken in `mode`
-/// with `LOCK_NB` (`Ok(Ok(()))`), the deadline passes or `cancel` is
-/// cancelled (`Ok(Err(_))`); `Err` is a `flock(2)` failure other than
-/// contention. The caller has made the first attempt.
-pub(crate) fn acquire(
-    file: BorrowedFd<'_>,
-    path: Option<&Path>,
-    kind: LockKind,
+/// The lock file as the blocking driver sees it.
+pub(crate) trait Lockable {
+    /// The error type of its operations.
+    type Error;
+    /// The descriptor closes are watched on.
+    fn fd(&self) -> BorrowedFd<'_>;
+    /// The path it was opened from, if known.
+    fn path(&self) -> Option<&Path>;
+    /// One non-blocking attempt: `Ok(false)` on contention.
+    fn attempt(&self, mode: FlockMode) -> Result<bool, Self::Error>;
+    /// One attempt that waits in the kernel.
+    fn block(&self, mode: FlockMode) -> Result<(), Self::Error>;
+    /// The current holders, found within `budget`.
+    fn holders(&self, budget: Duration) -> Vec<Holder>;
+    /// Whether the path still names the locked file (`Ok(false)`: it was
+    /// opened again, unlocked).
+    fn verify(&mut self) -> Result<bool, Self::Error>;
+}
+
+/// What a blocking wait gathers besides the lock.
+pub(crate) struct Extras<'n> {
+    pub(crate) cancel: Option<CancelToken>,
+    pub(crate) notice: Option<Notice<'n>>,
+    pub(crate) diagnostics: Duration,
+    /// The holders read for the timeout error, if they were.
+    pub(crate) holders: Option<Vec<Holder>>,
+}
+
+/// How a wait ended without the lock.
+#[derive(Debug)]
+pub(crate) enum Ended<E> {
+    /// The deadline passed, the token was cancelled, or the one attempt
+    /// found the lock held.
+    Stopped(Stop),
+    /// An operation failed.
+    Failed(E),
+}
+
+/// Drives `core` in the calling thread until the lock on `file` is taken
+/// in `mode` and stands, or the wait ends.
+pub(crate) fn block_on<L: Lockable>(
+    file: &mut L,
     mode: FlockMode,
-    deadline: Option<Instant>,
-    cancel: Option<&CancelToken>,
-) -> io::Result<Result<(), Stop>> {
-    let mut reg = Registration::new(file, path, mode, Waking::Thread, cancel);
-    let mut schedule = Schedule::new(deadline);
-    if reg.is_watched() {
-        schedule.on_watch();
-    }
+    core: &mut Core,
+    extras: &mut Extras<'_>,
+) -> Result<(), Ended<L::Error>> {
+    let mut reg: Option<Registration> = None;
     loop {
-        if cancel.is_some_and(CancelToken::is_cancelled) {
-            return Ok(Err(Stop::Cancelled));
-        }
-        // Also the first attempt after the watch was placed: a release
-        // before that raised no event for this waiter.
-        if try_once(file, kind, mode)? {
-            reg.acquired();
-            return Ok(Ok(()));
-        }
         let now = Instant::now();
-        if let Some(stop) = schedule.stop(cancel, now) {
-            return Ok(Err(stop));
+        if reg.as_ref().is_some_and(Registration::take_notified) {
+            core.closed(now);
         }
-        if reg.take_notified() {
-            schedule.on_close(now);
-        }
-        let timeout = schedule.next(now);
-        if timeout.is_zero() {
-            if schedule.is_hot(now) {
+        let cancelled = extras
+            .cancel
+            .as_ref()
+            .is_some_and(CancelToken::is_cancelled);
+        match core.next(now, cancelled) {
+            Step::Attempt => core.attempted(file.attempt(mode).map_err(Ended::Failed)?),
+            Step::Block => {
+                file.block(mode).map_err(Ended::Failed)?;
+                core.attempted(true);
+            }
+            Step::Notice => {
+                if let Some(notice) = extras.notice.take() {
+                    notice(&file.holders(extras.diagnostics));
+                }
+            }
+            Step::ReadHolders => extras.holders = Some(file.holders(extras.diagnostics)),
+            Step::Register => {
+                // The old registration (of a file since replaced) goes first.
+                drop(reg.take());
+                let r =
+                    Registration::new(file.fd(), file.path(), mode, None, extras.cancel.as_ref());
+                core.registered(r.is_watched());
+                reg = Some(r);
+            }
+            Step::Verify => {
+                if let Some(r) = &mut reg {
+                    r.acquired();
+                }
+                let stands = file.verify().map_err(Ended::Failed)?;
+                core.verified(stands);
+            }
+            Step::Yield { hot: true } => {
                 for _ in 0..64 {
                     std::hint::spin_loop();
                 }
-            } else {
-                std::thread::yield_now();
             }
-        } else {
-            reg.sleep(timeout);
+            Step::Yield { hot: false } => std::thread::yield_now(),
+            Step::Sleep(until) => {
+                let timeout = until.saturating_duration_since(now);
+                match &reg {
+                    Some(r) => r.sleep(timeout),
+                    None => std::thread::park_timeout(timeout),
+                }
+            }
+            Step::Done => {
+                if let Some(r) = &mut reg {
+                    r.acquired();
+                }
+                return Ok(());
+            }
+            Step::Stop(stop) => return Err(Ended::Stopped(stop)),
         }
     }
 }
@@ -1007,7 +1295,7 @@ fn hub_census() -> (usize, usize, bool) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::LockFile;
     use std::os::fd::AsFd;
@@ -1019,7 +1307,32 @@ mod tests {
     }
 
     /// Tests that count the hub's waiters must not overlap.
-    static SERIAL: Mutex<()> = Mutex::new(());
+    pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
+
+    /// Waits up to 20 s for the child `pid` to exit; its exit code, or
+    /// `None` (after killing it) if it hung.
+    pub(crate) fn reap(pid: libc::pid_t) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            let mut status = 0;
+            // SAFETY: waits for a child this test forked.
+            #[allow(unsafe_code)]
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if r == pid {
+                return Some(libc::WEXITSTATUS(status));
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                // SAFETY: kills and reaps the child this test forked.
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 
     #[test]
     fn backoff_doubles_to_its_cap_with_jitter_and_respects_the_deadline() {
@@ -1048,8 +1361,6 @@ mod tests {
         }
         assert_eq!(s.next(now), Duration::from_millis(3));
         assert_eq!(s.next(deadline), Duration::ZERO);
-        assert_eq!(s.stop(None, deadline), Some(Stop::TimedOut));
-        assert_eq!(s.stop(None, now), None);
     }
 
     #[test]
@@ -1080,8 +1391,8 @@ mod tests {
         let (_dir, path) = lock_file();
         let a = LockFile::open(&path).unwrap();
         let b = LockFile::open(&path).unwrap();
-        let ra = Registration::new(a.as_fd(), None, FlockMode::Exclusive, Waking::Thread, None);
-        let rb = Registration::new(b.as_fd(), None, FlockMode::Exclusive, Waking::Thread, None);
+        let ra = Registration::new(a.as_fd(), None, FlockMode::Exclusive, None, None);
+        let rb = Registration::new(b.as_fd(), None, FlockMode::Exclusive, None, None);
         assert!(ra.is_reader() && !rb.is_reader());
         assert_eq!(ra.wd, rb.wd, "one watch per inode");
         drop(LockFile::open(&path).unwrap());
@@ -1108,14 +1419,8 @@ mod tests {
         let a = LockFile::open(&path).unwrap();
         let b = LockFile::open(&path).unwrap();
         let waker = Waker::from(Arc::new(Nothing));
-        let task = Registration::new(
-            a.as_fd(),
-            None,
-            FlockMode::Exclusive,
-            Waking::Task(&waker),
-            None,
-        );
-        let thread = Registration::new(b.as_fd(), None, FlockMode::Exclusive, Waking::Thread, None);
+        let task = Registration::new(a.as_fd(), None, FlockMode::Exclusive, Some(&waker), None);
+        let thread = Registration::new(b.as_fd(), None, FlockMode::Exclusive, None, None);
         assert!(task.is_reader() && !thread.is_reader());
         // Nothing unread: the task keeps the role.
         assert!(!thread.take_over_idle_reader());
@@ -1149,7 +1454,7 @@ mod tests {
         let regs: Vec<Registration> = files
             .iter()
             .zip(modes)
-            .map(|(f, m)| Registration::new(f.as_fd(), None, m, Waking::Thread, None))
+            .map(|(f, m)| Registration::new(f.as_fd(), None, m, None, None))
             .collect();
         drop(LockFile::open(&path).unwrap());
         wait_for("the close event", || {
@@ -1168,13 +1473,7 @@ mod tests {
             .allow_directory(true)
             .open(dir.path())
             .unwrap();
-        let r = Registration::new(
-            locked.as_fd(),
-            None,
-            FlockMode::Exclusive,
-            Waking::Thread,
-            None,
-        );
+        let r = Registration::new(locked.as_fd(), None, FlockMode::Exclusive, None, None);
         drop(LockFile::open(dir.path().join("child.lock")).unwrap());
         let other = tempfile::tempdir().unwrap();
         drop(LockFile::open(other.path().join("other.lock")).unwrap());
@@ -1202,7 +1501,7 @@ mod tests {
         let before = std::fs::read_dir("/proc/self/fd").unwrap().count();
         let regs: Vec<Registration> = files
             .iter()
-            .map(|f| Registration::new(f.as_fd(), None, FlockMode::Exclusive, Waking::Thread, None))
+            .map(|f| Registration::new(f.as_fd(), None, FlockMode::Exclusive, None, None))
             .collect();
         let during = std::fs::read_dir("/proc/self/fd").unwrap().count();
         assert!(during <= before + 2, "{before} → {during} descriptors");
@@ -1226,23 +1525,307 @@ mod tests {
             let file = LockFile::open(&path).unwrap();
             let t = token.clone();
             let waiter = s.spawn(move || {
-                acquire(
-                    file.as_fd(),
-                    None,
-                    LockKind::Flock,
-                    FlockMode::Exclusive,
-                    None,
-                    Some(&t),
-                )
-                .unwrap()
+                file.lock_with::<crate::Exclusive>(Wait::forever().cancel(t))
+                    .map(drop)
+                    .map_err(|e| e.error.is_cancelled())
             });
             wait_for("registration", || token.registered() == 1);
             token.cancel();
             waiter.join().unwrap()
         });
-        assert_eq!(outcome, Err(Stop::Cancelled));
+        assert_eq!(outcome, Err(true));
         assert!(start.elapsed() < Duration::from_secs(10));
         assert_eq!(token.registered(), 0);
+        drop(held);
+    }
+
+    // ---- the waiting core, on a fake clock -----------------------------
+
+    fn plan(deadline: Deadline) -> Plan {
+        Plan {
+            deadline,
+            cancellable: false,
+            may_block: true,
+            verify: false,
+            notice: false,
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Drives `core` through its first contended attempt and registration.
+    fn contended_and_registered(core: &mut Core, now: Instant, watched: bool) {
+        assert_eq!(core.next(now, false), Step::Attempt);
+        core.attempted(false);
+        assert_eq!(core.next(now, false), Step::Register);
+        core.registered(watched);
+        assert_eq!(
+            core.next(now, false),
+            Step::Attempt,
+            "retry after the watch"
+        );
+        core.attempted(false);
+    }
+
+    #[test]
+    fn core_retries_at_once_after_a_close_then_quickly_then_backs_off() {
+        let t0 = Instant::now();
+        let mut core = Core::new(plan(Deadline::After(Duration::from_secs(60))), t0);
+        contended_and_registered(&mut core, t0, true);
+        // Watched: the first sleep is a long one (LOCK_UN without close).
+        let Step::Sleep(until) = core.next(t0, false) else {
+            panic!("sleep expected")
+        };
+        let first = until - t0;
+        assert!(
+            first >= BACKOFF_CAP * 3 / 4 && first < BACKOFF_CAP * 5 / 4,
+            "{first:?}"
+        );
+        // A close 30 ms in: attempt at once; while the holder finishes
+        // closing, retries follow without sleeping, hot at first.
+        let t1 = t0 + ms(30);
+        core.closed(t1);
+        assert_eq!(core.next(t1, false), Step::Attempt);
+        core.attempted(false);
+        assert_eq!(core.next(t1, false), Step::Yield { hot: true });
+        assert_eq!(core.next(t1, false), Step::Attempt);
+        core.attempted(false);
+        let t2 = t1 + AFTER_CLOSE_HOT;
+        assert_eq!(core.next(t2, false), Step::Yield { hot: false });
+        // After the spin: the quick retries, then the back-off again.
+        let t3 = t1 + AFTER_CLOSE_SPIN;
+        let mut sleeps = Vec::new();
+        for _ in 0..4 {
+            assert_eq!(core.next(t3, false), Step::Attempt);
+            core.attempted(false);
+            match core.next(t3, false) {
+                Step::Sleep(at) => sleeps.push(at - t3),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(sleeps[..3], AFTER_CLOSE);
+        assert!(sleeps[3] >= BACKOFF_CAP * 3 / 4, "{sleeps:?}");
+        assert_eq!(core.next(t3, false), Step::Attempt);
+        core.attempted(true);
+        assert_eq!(core.next(t3, false), Step::Done);
+    }
+
+    #[test]
+    fn core_backs_off_with_jitter_without_a_watch() {
+        let t0 = Instant::now();
+        let sleeps = |_| {
+            // A token keeps the wait out of flock(2).
+            let mut core_plan = plan(Deadline::Forever);
+            core_plan.cancellable = true;
+            let mut core = Core::new(core_plan, t0);
+            contended_and_registered(&mut core, t0, false);
+            let mut now = t0;
+            let mut v = Vec::new();
+            for _ in 0..10 {
+                let Step::Sleep(at) = core.next(now, false) else {
+                    panic!("sleep expected")
+                };
+                v.push(at - now);
+                now = at;
+                assert_eq!(core.next(now, false), Step::Attempt);
+                core.attempted(false);
+            }
+            v
+        };
+        let a: Vec<Duration> = sleeps(0);
+        let b: Vec<Duration> = sleeps(1);
+        let within = |d: Duration, base: Duration| d >= base * 3 / 4 && d < base * 5 / 4;
+        assert!(within(a[0], BACKOFF_FIRST), "{a:?}");
+        assert!(within(a[1], BACKOFF_FIRST * 2), "{a:?}");
+        assert!(a[7..].iter().all(|d| within(*d, BACKOFF_CAP)), "{a:?}");
+        assert_ne!(a, b, "two waits do not retry in lockstep");
+    }
+
+    #[test]
+    fn core_stops_at_the_deadline_and_reads_the_holders_before_it() {
+        let t0 = Instant::now();
+        let mut core = Core::new(plan(Deadline::After(ms(100))), t0);
+        contended_and_registered(&mut core, t0, true);
+        // The sleep ends when the holders are due, 20 ms before the deadline.
+        let Step::Sleep(at) = core.next(t0, false) else {
+            panic!("sleep expected")
+        };
+        assert_eq!(at, t0 + ms(100) - DIAGNOSTICS_LEAD);
+        assert_eq!(core.next(at, false), Step::Attempt);
+        core.attempted(false);
+        assert_eq!(core.next(at, false), Step::ReadHolders);
+        // Then to the deadline, and no later.
+        let Step::Sleep(end) = core.next(at, false) else {
+            panic!("sleep expected")
+        };
+        assert_eq!(end, t0 + ms(100));
+        assert_eq!(core.next(end, false), Step::Attempt);
+        core.attempted(false);
+        assert_eq!(core.next(end, false), Step::Stop(Stop::TimedOut));
+    }
+
+    #[test]
+    fn core_reads_no_holders_in_a_wait_too_short_to_read_them() {
+        let t0 = Instant::now();
+        let mut core = Core::new(plan(Deadline::After(ms(5))), t0);
+        contended_and_registered(&mut core, t0, true);
+        let mut now = t0;
+        loop {
+            match core.next(now, false) {
+                Step::Sleep(at) => now = at,
+                Step::Yield { .. } => {}
+                Step::Attempt => core.attempted(false),
+                Step::Stop(stop) => {
+                    assert_eq!(stop, Stop::TimedOut);
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(now <= t0 + ms(5));
+        }
+        assert_eq!(now, t0 + ms(5));
+    }
+
+    #[test]
+    fn core_calls_the_notice_once_before_waiting_and_blocks_without_limits() {
+        let t0 = Instant::now();
+        let mut p = plan(Deadline::Forever);
+        p.notice = true;
+        let mut core = Core::new(p, t0);
+        assert_eq!(core.next(t0, false), Step::Attempt);
+        core.attempted(false);
+        assert_eq!(core.next(t0, false), Step::Notice);
+        // No deadline, no token, a thread: wait in flock(2).
+        assert_eq!(core.next(t0, false), Step::Block);
+        core.attempted(true);
+        assert_eq!(core.next(t0, false), Step::Done);
+        // A task never blocks.
+        p.may_block = false;
+        let mut core = Core::new(p, t0);
+        core.next(t0, false);
+        core.attempted(false);
+        assert_eq!(core.next(t0, false), Step::Notice);
+        assert_eq!(core.next(t0, false), Step::Register);
+    }
+
+    #[test]
+    fn core_stops_when_cancelled_and_tries_once_without_a_deadline() {
+        let t0 = Instant::now();
+        let mut core = Core::new(plan(Deadline::Forever), t0);
+        assert_eq!(core.next(t0, true), Step::Stop(Stop::Cancelled));
+        let mut core = Core::new(plan(Deadline::After(ms(50))), t0);
+        contended_and_registered(&mut core, t0, true);
+        assert!(matches!(core.next(t0, false), Step::Sleep(_)));
+        assert_eq!(core.next(t0 + ms(1), true), Step::Stop(Stop::Cancelled));
+        let mut core = Core::new(plan(Deadline::None), t0);
+        assert_eq!(core.next(t0, false), Step::Attempt);
+        core.attempted(false);
+        assert_eq!(core.next(t0, false), Step::Stop(Stop::WouldBlock));
+    }
+
+    #[test]
+    fn core_checks_the_path_and_registers_again_after_a_reopen() {
+        let t0 = Instant::now();
+        let mut p = plan(Deadline::After(ms(500)));
+        p.verify = true;
+        let mut core = Core::new(p, t0);
+        contended_and_registered(&mut core, t0, true);
+        core.closed(t0);
+        assert_eq!(core.next(t0, false), Step::Attempt);
+        core.attempted(true);
+        assert_eq!(core.next(t0, false), Step::Verify);
+        // Replaced: lock the new file, and watch it.
+        core.verified(false);
+        assert_eq!(core.next(t0, false), Step::Attempt);
+        core.attempted(false);
+        assert_eq!(core.next(t0, false), Step::Register);
+        core.registered(true);
+        assert_eq!(core.next(t0, false), Step::Attempt);
+        core.attempted(true);
+        assert_eq!(core.next(t0, false), Step::Verify);
+        core.verified(true);
+        assert_eq!(core.next(t0, false), Step::Done);
+    }
+
+    #[test]
+    fn a_cancel_wakes_tasks_after_letting_go_of_its_locks() {
+        // A waker that polls inline: its task's wait leaves the token.
+        struct Inline(std::sync::Mutex<Option<(CancelToken, std::sync::mpsc::Sender<usize>)>>);
+        impl std::task::Wake for Inline {
+            fn wake(self: Arc<Self>) {
+                if let Some((token, tx)) = self.0.lock().unwrap().take() {
+                    let _ = tx.send(token.registered());
+                }
+            }
+        }
+        let _serial = lock(&SERIAL);
+        let (_dir, path) = lock_file();
+        let file = LockFile::open(&path).unwrap();
+        let token = CancelToken::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waker = Waker::from(Arc::new(Inline(std::sync::Mutex::new(Some((
+            token.clone(),
+            tx,
+        ))))));
+        let reg = Registration::new(
+            file.as_fd(),
+            None,
+            FlockMode::Exclusive,
+            Some(&waker),
+            Some(&token),
+        );
+        let canceller = token.clone();
+        std::thread::spawn(move || canceller.cancel());
+        let seen = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the waker ran without deadlocking");
+        assert_eq!(seen, 1);
+        drop(reg);
+        assert_eq!(token.registered(), 0);
+    }
+
+    #[test]
+    fn a_child_forked_while_the_hub_is_locked_neither_hangs_nor_touches_it() {
+        let _serial = lock(&SERIAL);
+        let (_dir, path) = lock_file();
+        let held = LockFile::open(&path)
+            .unwrap()
+            .try_lock::<crate::Exclusive>()
+            .unwrap();
+        let waiting = LockFile::open(&path).unwrap();
+        // A waiter of this process, queued on the hub at the fork.
+        let reg = Registration::new(waiting.as_fd(), None, FlockMode::Exclusive, None, None);
+        let hub = reg.slot.hub.clone().expect("a hub");
+        // As if other threads were inside hub() and the hub at the fork.
+        let cell = lock(&HUB);
+        let state = hub.state();
+        // SAFETY: the child only waits on a lock with the crate, drops a
+        // registration, and leaves with _exit; it takes no lock that this
+        // test's other threads hold (the hub's are exactly what it must
+        // not take).
+        #[allow(unsafe_code)]
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            drop(reg);
+            let timed_out = LockFile::open(&path)
+                .unwrap()
+                .lock_timeout::<crate::Exclusive>(Duration::from_millis(30))
+                .is_err_and(|e| e.is_timeout());
+            // SAFETY: ends the child without running the parent's exit code.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::_exit(if timed_out { 0 } else { 1 })
+            };
+        }
+        drop(state);
+        drop(cell);
+        assert_eq!(reap(pid), Some(0), "the child hung or failed");
+        // The parent's waiter is still queued, and still the reader.
+        assert_eq!(hub_census().0, 1);
+        assert!(reg.is_reader());
+        drop(reg);
         drop(held);
     }
 
