@@ -128,7 +128,7 @@
 //! # let dir = tempfile::tempdir().unwrap();
 //! # let path = dir.path().join("app.lock");
 //! let first = flock_timeout::<Exclusive>(&path, Duration::from_secs(5))?;
-//! let err = flock_timeout::<Exclusive>(&path, Duration::ZERO).unwrap_err();
+//! let err = flock_timeout::<Exclusive>(&path, Duration::from_millis(50)).unwrap_err();
 //! assert!(err.is_timeout());
 //! assert_eq!(err.holders()[0].pid, std::process::id());
 //! # drop(first);

@@ -753,6 +753,15 @@ impl LockFile {
         sys::lock(self.file.as_fd(), self.kind, mode, OnConflict::Fail)
     }
 
+    /// [`attempt`](Self::attempt) after the check that the descriptor
+    /// allows `mode` (a reopened file may be read-only): `Err(Ok(_))` is
+    /// the kernel's answer, `Err(Err(_))` the refusal.
+    #[inline]
+    pub(crate) fn attempt_checked(&self, mode: FlockMode) -> Result<(), Result<io::Error, Error>> {
+        self.check_write(mode).map_err(Err)?;
+        self.attempt(mode).map_err(Ok)
+    }
+
     /// Every acquisition: the owner check, waiting as `wait` says, and path
     /// verification with reopening.
     fn acquire(mut self, mode: FlockMode, wait: Wait<'_>) -> Result<LockFile, LockError<LockFile>> {
@@ -892,10 +901,11 @@ impl wait::Lockable for Waiting<'_> {
     }
 
     fn attempt(&self, mode: FlockMode) -> Result<bool, Error> {
-        match self.file.attempt(mode) {
+        match self.file.attempt_checked(mode) {
             Ok(()) => Ok(true),
-            Err(err) if sys::is_contention(&err) => Ok(false),
-            Err(err) => Err(self.file.flock_error(mode, err)),
+            Err(Ok(err)) if sys::is_contention(&err) => Ok(false),
+            Err(Ok(err)) => Err(self.file.flock_error(mode, err)),
+            Err(Err(error)) => Err(error),
         }
     }
 
@@ -1773,7 +1783,7 @@ pub fn block_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Erro
 /// # let dir = tempfile::tempdir().unwrap();
 /// # let path = dir.path().join("app.lock");
 /// let first = flock_timeout::<Exclusive>(&path, Duration::from_secs(5))?;
-/// let err = flock_timeout::<Exclusive>(&path, Duration::ZERO).unwrap_err();
+/// let err = flock_timeout::<Exclusive>(&path, Duration::from_millis(50)).unwrap_err();
 /// assert!(err.is_timeout());
 /// assert_eq!(err.holders()[0].pid, std::process::id());
 /// # drop(first);

@@ -781,13 +781,17 @@ fn a_timed_wait_ends_soon_after_its_deadline_whatever_the_machine_holds() {
     let taker = child.pid();
     assert!(child.child.wait().unwrap().success());
 
-    let timeout = Duration::from_millis(10);
+    // Long enough to read the holders before the deadline (20 ms ahead).
+    let timeout = Duration::from_millis(40);
     let start = std::time::Instant::now();
     let err = flockguard::flock_timeout::<Exclusive>(&path, timeout).unwrap_err();
     let bounded = start.elapsed();
     assert!(err.is_timeout(), "{err}");
     assert_eq!(err.holders().len(), 1, "{err}");
     assert_eq!(err.holders()[0].pid, taker);
+    // A shorter wait names none rather than end late.
+    let err = flockguard::flock_timeout::<Exclusive>(&path, Duration::from_millis(5)).unwrap_err();
+    assert!(err.is_timeout() && err.holders().is_empty(), "{err}");
 
     let start = std::time::Instant::now();
     let full = flockguard::holders(&path).unwrap();

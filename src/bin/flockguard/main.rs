@@ -213,7 +213,7 @@ fn lock(name: &str, opts: &Opts, file: LockFile) -> Result<OwnedFd, i32> {
     };
     let nonblock = opts.nonblock || opts.timeout == Some(Timeout::Zero);
     let wait = match opts.timeout {
-        // A zero deadline, not Wait::none(): the error then names the holders.
+        // A zero deadline, not Wait::none(): a timeout, as flock(1) says.
         _ if nonblock => Wait::timeout(Duration::ZERO),
         Some(Timeout::Limit(limit)) => Wait::timeout(limit),
         _ => Wait::forever(),
@@ -228,9 +228,9 @@ fn lock(name: &str, opts: &Opts, file: LockFile) -> Result<OwnedFd, i32> {
             print_holders(name, holders);
         });
     }
-    let err = match file.lock_any(mode, wait) {
+    let (err, file) = match file.lock_any(mode, wait) {
         Ok(guard) => return Ok(guard.into_locked_fd()),
-        Err(err) if err.is_timeout() => err.error,
+        Err(err) if err.is_timeout() => (err.error, err.handle),
         Err(err) => return Err(lock_failure(name, &err.error)),
     };
     let article = if mode == FlockMode::Shared { "a" } else { "an" };
@@ -245,7 +245,13 @@ fn lock(name: &str, opts: &Opts, file: LockFile) -> Result<OwnedFd, i32> {
         _ => {}
     }
     if !announce {
-        print_holders(name, err.holders());
+        // A wait shorter than 20 ms names no holders (it ends at its
+        // deadline instead): read them now.
+        let holders = match err.holders() {
+            [] => file.holders().unwrap_or_default(),
+            named => named.to_vec(),
+        };
+        print_holders(name, &holders);
     }
     Err(i32::from(opts.conflict_exit_code))
 }
