@@ -426,14 +426,18 @@ impl Program {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn holder program");
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        // Killed on drop if it never says it holds the lock.
+        let mut program = Program { child, stdout };
         let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "locked", "holder program did not lock");
-        Program { child, stdout }
+        while line.trim() != "locked" {
+            line.clear();
+            let n = program.stdout.read_line(&mut line).unwrap();
+            assert!(n > 0, "the holder program exited before it locked");
+        }
+        program
     }
 
     fn pid(&self) -> u32 {
@@ -796,4 +800,156 @@ fn two_readers_in_two_processes_that_both_upgrade_do_not_deadlock() {
         }
     }
     assert!(child.release().success());
+}
+
+// ---- end to end: dpkg's database lock --------------------------------------
+
+/// A private dpkg root with a package whose `preinst` prints `locked` and
+/// waits until the file `release` exists: dpkg holds its database lock
+/// (`ROOT/var/lib/dpkg/lock`, a POSIX lock) meanwhile.
+struct DpkgRoot {
+    dir: tempfile::TempDir,
+}
+
+impl DpkgRoot {
+    /// `None` (after printing why) where dpkg is not installed.
+    fn new(test: &str) -> Option<DpkgRoot> {
+        let have = |tool: &str| {
+            std::process::Command::new(tool)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !have("dpkg") || !have("dpkg-deb") {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "dpkg is missing in CI: .ci/run must provide it"
+            );
+            support::skip(test, "dpkg and dpkg-deb are not installed");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("root/var/lib/dpkg");
+        std::fs::create_dir_all(db.join("updates")).unwrap();
+        std::fs::create_dir_all(db.join("info")).unwrap();
+        std::fs::write(db.join("status"), b"").unwrap();
+        let pkg = dir.path().join("pkg/DEBIAN");
+        std::fs::create_dir_all(&pkg).unwrap();
+        std::fs::write(
+            pkg.join("control"),
+            "Package: flockguard-probe\nVersion: 1.0\nArchitecture: all\n\
+             Maintainer: flockguard tests <tests@example.invalid>\nDescription: lock probe\n",
+        )
+        .unwrap();
+        let preinst = pkg.join("preinst");
+        std::fs::write(
+            &preinst,
+            "#!/bin/sh\necho locked\nwhile [ ! -e \"$PROBE_RELEASE\" ]; do sleep 0.02; done\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            &preinst,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let out = std::process::Command::new("dpkg-deb")
+            .arg("-b")
+            .arg(dir.path().join("pkg"))
+            .arg(dir.path().join("probe.deb"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "dpkg-deb: {out:?}");
+        Some(DpkgRoot { dir })
+    }
+
+    fn lock(&self) -> std::path::PathBuf {
+        self.dir.path().join("root/var/lib/dpkg/lock")
+    }
+
+    fn release_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("release")
+    }
+
+    /// dpkg with its output kept from the test's: its maintainer script
+    /// would otherwise hold the harness's pipe open after a failure.
+    fn install_command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new("dpkg");
+        cmd.arg(format!("--root={}", self.dir.path().join("root").display()))
+            .args(["--force-not-root", "--force-script-chrootless", "-i"])
+            .arg(self.dir.path().join("probe.deb"))
+            .env("PROBE_RELEASE", self.release_file())
+            .stderr(std::process::Stdio::null());
+        cmd
+    }
+}
+
+impl Drop for DpkgRoot {
+    fn drop(&mut self) {
+        // A maintainer script still waiting ends.
+        let _ = std::fs::write(self.release_file(), b"");
+    }
+}
+
+#[test]
+fn a_timed_wait_for_dpkgs_database_lock_names_dpkg_and_gets_the_lock_after_it() {
+    let Some(root) = DpkgRoot::new("a_timed_wait_for_dpkgs_database_lock") else {
+        return;
+    };
+    let dpkg = Program::start(root.install_command());
+    let file = LockOptions::new()
+        .kind(LockKind::Ofd)
+        .create(false)
+        .open(root.lock())
+        .unwrap();
+    let err = file
+        .lock_timeout::<Exclusive>(Duration::from_millis(100))
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    let holders = err.error.holders();
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    assert_eq!(holders[0].pid, dpkg.pid());
+    assert_eq!(holders[0].kind, flockguard::HolderKind::Posix);
+    let msg = err.error.to_string();
+    assert!(msg.contains(&format!("pid {} (dpkg", dpkg.pid())), "{msg}");
+    let file = err.into_inner();
+    let waiter = std::thread::spawn(move || file.lock_timeout::<Exclusive>(LINE_TIMEOUT));
+    std::thread::sleep(Duration::from_millis(50));
+    std::fs::write(root.release_file(), b"").unwrap();
+    let guard = waiter
+        .join()
+        .unwrap()
+        .expect("the lock after dpkg finished");
+    drop(guard);
+    let mut dpkg = dpkg;
+    assert!(dpkg.child.wait().unwrap().success());
+}
+
+#[test]
+fn dpkg_refuses_to_run_while_an_ofd_lock_holds_its_database() {
+    let Some(root) = DpkgRoot::new("dpkg_refuses_to_run_while_an_ofd_lock_holds_its_database")
+    else {
+        return;
+    };
+    let guard = LockOptions::new()
+        .kind(LockKind::Ofd)
+        .permissions(0o640)
+        .open(root.lock())
+        .unwrap()
+        .try_lock::<Exclusive>()
+        .unwrap();
+    std::fs::write(root.release_file(), b"").unwrap();
+    let out = root
+        .install_command()
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("dpkg database lock was locked by another process"),
+        "{stderr}"
+    );
+    drop(guard);
+    let out = root.install_command().output().unwrap();
+    assert!(out.status.success(), "{out:?}");
 }
