@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flockguard::pg::{self, Error, ErrorKind, PgGuard, PgLock, PgLoss};
+use flockguard::pg::{self, AsyncPgLock, Error, ErrorKind, PgGuard, PgLock, PgLoss};
 use flockguard::{CancelToken, Exclusive, FlockMode, Shared, Wait};
 use support::Child;
 
@@ -27,6 +27,7 @@ fn dispatch(args: &[String]) {
         "hold" => child_hold(&url, &args[1], &args[2]),
         "counter" => child_counter(&url, &args[1], &args[2], args[3].parse().unwrap()),
         "leaks" => child_leaks(&url),
+        "async-threads" => child_async_threads(&url),
         "unlocked" => child_unlocked(&url, &args[1], args[2].parse().unwrap()),
         other => panic!("unknown child command {other}"),
     }
@@ -1627,4 +1628,267 @@ fn through_pgbouncer_in_transaction_or_statement_mode_locks_are_refused() {
              20 rounds, 0 double grants, {refused} refusals (ErrorKind::Pooler), first client granted {first_ok}"
         );
     }
+}
+
+fn runtimes() -> [(&'static str, tokio::runtime::Runtime); 2] {
+    [
+        (
+            "current-thread",
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        ),
+        (
+            "multi-thread",
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap(),
+        ),
+    ]
+}
+
+#[test]
+fn the_async_api_keeps_the_blocking_guarantees() {
+    let test = "the_async_api_keeps_the_blocking_guarantees";
+    let Some(url) = server(test) else {
+        return;
+    };
+    for (flavor, rt) in runtimes() {
+        let name = unique("async-api");
+        rt.block_on(async {
+            let a = AsyncPgLock::connect(&url, &name).await.unwrap();
+            let b = AsyncPgLock::connect(&url, &name).await.unwrap();
+            let held = a.try_lock::<Exclusive>().await.unwrap();
+            let first = held.fencing_token();
+            let err = b.try_lock::<Shared>().await.unwrap_err();
+            assert!(err.is_would_block(), "{flavor}: {err}");
+            // The server's deadline, with the holder listed.
+            let start = Instant::now();
+            let err = err
+                .into_inner()
+                .lock_timeout::<Exclusive>(Duration::from_millis(200))
+                .await
+                .unwrap_err();
+            assert!(err.is_timeout(), "{err}");
+            assert!(start.elapsed() >= Duration::from_millis(200));
+            assert_eq!(err.error.holders().len(), 1, "{err}");
+            assert_eq!(
+                err.error.holders()[0].backend_pid,
+                held.backend_pid().unwrap()
+            );
+            let b = err.into_inner();
+            // Downgrade never lets go, even with a writer queued.
+            let writer = tokio::spawn(b.lock::<Exclusive>());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let reader = held.downgrade().await.unwrap();
+            assert!(reader.is_held().await.unwrap());
+            assert!(reader.fencing_token() > first);
+            assert!(!writer.is_finished());
+            // try_upgrade keeps the shared lock on contention (the queued
+            // writer conflicts with it).
+            let err = reader.try_upgrade().await.unwrap_err();
+            assert!(err.is_would_block(), "{err}");
+            let reader = err.into_inner();
+            assert!(reader.is_held().await.unwrap(), "the shared lock is kept");
+            let lock = reader.unlock().await.unwrap();
+            let w = writer.await.unwrap().unwrap();
+            assert!(w.is_held().await.unwrap());
+            assert!(w.fencing_token() > first);
+            let err = lock.try_lock::<Shared>().await.unwrap_err();
+            assert!(err.is_would_block());
+            drop(w);
+            let r = err
+                .into_inner()
+                .lock_until::<Shared>(Instant::now() + WAIT)
+                .await
+                .unwrap();
+            let w2 = AsyncPgLock::connect(&url, &name)
+                .await
+                .unwrap()
+                .lock_with::<Shared>(Wait::none())
+                .await
+                .unwrap();
+            assert!(r.is_held().await.unwrap() && w2.is_held().await.unwrap());
+            let err = w2.try_upgrade().await.unwrap_err();
+            assert!(err.is_would_block());
+            assert!(
+                err.handle.is_held().await.unwrap(),
+                "the shared lock is kept"
+            );
+            // A cancel token ends the server-side wait and leaves nothing held.
+            let token = CancelToken::new();
+            let c = AsyncPgLock::connect(&url, &name).await.unwrap();
+            let waiting =
+                tokio::spawn(c.lock_with::<Exclusive>(Wait::forever().cancel(token.clone())));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            token.cancel();
+            let err = waiting.await.unwrap().unwrap_err();
+            assert!(err.is_cancelled(), "{err}");
+            drop((r, err));
+        });
+        eprintln!("{flavor}: async API ok");
+    }
+}
+
+#[test]
+fn async_locks_start_no_thread() {
+    let test = "async_locks_start_no_thread";
+    if server(test).is_none() {
+        return;
+    }
+    let mut child = Child::spawn(&["async-threads"]);
+    let line = child.expect_line("THREADS", WAIT);
+    let counts: Vec<&str> = line.split(' ').skip(1).skip(1).step_by(2).collect();
+    assert_eq!(counts.len(), 3, "{line}");
+    assert!(counts.iter().all(|c| *c == counts[0]), "{line}");
+}
+
+/// In a child: 20 async locks held on a current-thread runtime through two
+/// heartbeat periods; reports the thread count before, while holding, after.
+fn child_async_threads(url: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let before = threads();
+    let holding = rt.block_on(async {
+        let mut guards = Vec::new();
+        for i in 0..20 {
+            let name = unique(&format!("async-threads-{i}"));
+            let lock = AsyncPgLock::connect(url, &name).await.unwrap();
+            guards.push(lock.lock::<Exclusive>().await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(4500)).await;
+        for g in &guards {
+            assert!(g.is_held().await.unwrap());
+        }
+        threads()
+    });
+    drop(rt);
+    support::tell(&format!(
+        "THREADS before {before} holding {holding} after {}",
+        threads()
+    ));
+}
+
+/// Backends that hold or wait for `name`'s lock, other than `except`,
+/// asked by an observer client on the caller's runtime.
+async fn lockers(observer: &tokio_postgres::Client, name: &str, except: &[i32]) -> Vec<i32> {
+    let key = pg::lock_key(name);
+    let rows = observer
+        .query(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 \
+             AND ((classid::bigint << 32) | objid::bigint) = $1",
+            &[&key],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| r.get::<_, i32>(0))
+        .filter(|pid| !except.contains(pid))
+        .collect()
+}
+
+/// Waits on the runtime (which keeps running the dropped sessions' tasks)
+/// until no backend but `except` holds or waits for `name`'s lock.
+async fn until_no_lockers(
+    observer: &tokio_postgres::Client,
+    name: &str,
+    except: &[i32],
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let left = lockers(observer, name, except).await;
+        if left.is_empty() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "backends {left:?} still hold or wait for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[test]
+fn dropping_async_futures_at_random_points_leaves_no_lock_held() {
+    let test = "dropping_async_futures_at_random_points_leaves_no_lock_held";
+    let Some(url) = server(test) else {
+        return;
+    };
+    // A cheap deterministic sequence of cut points (xorshift).
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut cases, mut cut, mut slowest) = (0, 0, Duration::ZERO);
+    for (flavor, rt) in runtimes() {
+        let name = unique("async-cancel");
+        rt.block_on(async {
+            let (observer, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            for round in 0..60u64 {
+                let holder = if round % 2 == 0 {
+                    let lock = AsyncPgLock::connect(&url, &name).await.unwrap();
+                    Some(lock.lock::<Exclusive>().await.unwrap())
+                } else {
+                    None
+                };
+                let keep: Vec<i32> = holder.iter().filter_map(|g| g.backend_pid()).collect();
+                let cut_at = Duration::from_micros(next() % 20_000);
+                let op = next() % 5;
+                let work = async {
+                    let lock = AsyncPgLock::connect(&url, &name).await?;
+                    let guard = match op {
+                        0 => lock.lock::<Exclusive>().await?,
+                        1 => lock.try_lock::<Exclusive>().await?,
+                        2 => lock.lock_timeout::<Exclusive>(WAIT).await?,
+                        3 => {
+                            let shared = lock.lock::<Shared>().await?;
+                            shared.upgrade().await?
+                        }
+                        _ => {
+                            let g = lock.lock::<Exclusive>().await?;
+                            g.downgrade().await?.upgrade().await?
+                        }
+                    };
+                    Ok::<_, pg::Error>(guard)
+                };
+                // Finished in time: the guard (or error) is dropped at once.
+                let finished = tokio::time::timeout(cut_at, work).await.is_ok();
+                cases += 1;
+                cut += usize::from(!finished);
+                // Checked from another session: nothing of the dropped
+                // future holds or waits for the lock.
+                slowest = slowest.max(until_no_lockers(&observer, &name, &keep).await);
+                if let Some(holder) = holder {
+                    assert!(holder.is_held().await.unwrap());
+                    holder.unlock().await.unwrap();
+                }
+                // And the lock is free for anyone.
+                let again = AsyncPgLock::connect(&url, &name)
+                    .await
+                    .unwrap()
+                    .try_lock::<Exclusive>()
+                    .await
+                    .unwrap();
+                drop(again);
+                until_no_lockers(&observer, &name, &[]).await;
+            }
+        });
+        eprintln!("{flavor}: done");
+    }
+    eprintln!(
+        "async cancellation: {cases} cases ({cut} dropped mid-flight), no lock left held; \
+         slowest release after a drop {slowest:?}"
+    );
+    assert!(cut > 20, "too few futures were dropped mid-flight: {cut}");
 }

@@ -48,6 +48,7 @@
 mod error;
 mod holder;
 mod key;
+mod nonblocking;
 mod session;
 mod tls;
 
@@ -58,6 +59,7 @@ use std::time::{Duration, Instant};
 pub use error::{Error, ErrorKind};
 pub use holder::{PgHolder, PgLoss};
 pub use key::lock_key;
+pub use nonblocking::{AsyncPgGuard, AsyncPgLock};
 
 use session::{ConnectError, Failure, Grant, Op, Session};
 

@@ -31,9 +31,9 @@ pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
 /// is given up as unreachable.
 pub(crate) const ROUND_TRIP: Duration = Duration::from_secs(5);
 /// How long a new session may take to connect and log in.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a waiting caller looks at its cancel token.
-const CANCEL_POLL: Duration = Duration::from_millis(5);
+pub(crate) const CANCEL_POLL: Duration = Duration::from_millis(5);
 
 /// The fencing-token sequence, schema-qualified so that every role and
 /// `search_path` draws from the same one.
@@ -541,6 +541,12 @@ impl Conn {
     /// Sends a cancel request for the statement in progress.
     pub(crate) async fn cancel(&self) {
         let _ = within(ROUND_TRIP, self.cancel.cancel_query(self.connector.clone())).await;
+    }
+
+    /// A cancel token and connector, to cancel the statement in progress
+    /// from a task of its own.
+    pub(crate) fn canceller(&self) -> (tokio_postgres::CancelToken, Connector) {
+        (self.cancel.clone(), self.connector.clone())
     }
 
     /// Checks a statement's answer: no row means the server session is not
