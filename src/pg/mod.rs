@@ -22,6 +22,16 @@
 //! # Ok::<(), flockguard::pg::Error>(())
 //! ```
 //!
+//! From async code use [`AsyncPgLock`] and [`AsyncPgGuard`], which have the
+//! same names and guarantees, run on the caller's tokio runtime without a
+//! thread, and leave no lock behind when any of their futures is dropped.
+//! The blocking calls block the calling thread: inside a runtime, call them
+//! from `tokio::task::spawn_blocking` (or use the async types), never from a
+//! task, whose worker they would stall.
+//!
+//! The URL may carry libpq's TLS settings (`sslmode`, `sslrootcert`,
+//! `sslcert`, `sslkey`), with libpq's meaning; `prefer` is the default.
+//!
 //! # Transitions
 //! | call | what the server does |
 //! |---|---|
@@ -70,7 +80,10 @@ use crate::{CancelToken, LockError, Wait};
 /// One PostgreSQL session for one lock name, holding no lock.
 ///
 /// The session is opened by [`connect`](Self::connect) and reopened by the
-/// next acquisition if it was lost. Its `application_name` carries this
+/// next acquisition if it was lost. Its calls block the calling thread,
+/// also inside an async runtime, where they stall the worker (and on a
+/// current-thread runtime every task): there use [`AsyncPgLock`], or call
+/// from `tokio::task::spawn_blocking`. Its `application_name` carries this
 /// process's id and host name, which [`holders`] reports.
 pub struct PgLock {
     // Boxed, as the session: the handle travels in every `LockError` and guard.
