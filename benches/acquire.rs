@@ -669,9 +669,76 @@ fn transitions(c: &mut Criterion) {
     );
 }
 
+/// `fcntl(fd, F_OFD_SETLK, {l_type, whole file})`, as a program would call
+/// it through nix.
+fn raw_ofd(fd: impl AsFd, l_type: i32) {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let lock = nix::libc::flock {
+        l_type: l_type as nix::libc::c_short,
+        l_whence: nix::libc::SEEK_SET as nix::libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    fcntl(fd.as_fd(), FcntlArg::F_OFD_SETLK(&lock)).unwrap();
+}
+
+/// Group 6: OFD locks (`LockKind::Ofd`) against the raw `fcntl(2)` calls:
+/// a path acquire and guard drop, and a reused descriptor's cycle.
+fn ofd(c: &mut Criterion) {
+    use nix::libc::{F_UNLCK, F_WRLCK};
+    let fx = fixture();
+    let path = fx.lock.as_path();
+    let mut opts = LockOptions::new();
+    opts.kind(flockguard::LockKind::Ofd);
+    let opts = &opts;
+    let statx_mask = StatxFlags::TYPE | StatxFlags::from_bits_retain(STATX_MNT_ID_UNIQUE);
+    let mut file = Some(opts.open(path).unwrap());
+    let raw = raw_open(path);
+    let cases = vec![
+        case("flockguard_ofd_path", move || {
+            drop(
+                opts.open(black_box(path))
+                    .unwrap()
+                    .try_lock::<Exclusive>()
+                    .unwrap(),
+            )
+        }),
+        // What the path acquire and the guard's drop are made of.
+        case("raw_open_statx_ofd_unlock_close", move || {
+            let fd = raw_open(black_box(path));
+            let st = rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, statx_mask);
+            black_box(st.unwrap());
+            raw_ofd(&fd, F_WRLCK);
+            raw_ofd(&fd, F_UNLCK);
+        }),
+        case("flockguard_ofd_reused", move || {
+            let guard = file.take().unwrap().try_lock::<Exclusive>().unwrap();
+            file = Some(guard.unlock().unwrap());
+        }),
+        case("raw_ofd_ofd", move || {
+            raw_ofd(&raw, F_WRLCK);
+            raw_ofd(&raw, F_UNLCK);
+        }),
+    ];
+    run_group(
+        c,
+        Group {
+            name: "ofd",
+            param: None,
+            block: 128,
+            cases,
+            pairs: vec![
+                ("flockguard_ofd_path", "raw_open_statx_ofd_unlock_close"),
+                ("flockguard_ofd_reused", "raw_ofd_ofd"),
+            ],
+        },
+    );
+}
+
 criterion_group! {
     name = benches;
     config = criterion::Criterion::default().with_measurement(Clock::from_env());
-    targets = path_acquire, path_create, reused_fd, shared_holders, transitions
+    targets = path_acquire, path_create, reused_fd, shared_holders, transitions, ofd
 }
 criterion_main!(benches);

@@ -109,6 +109,20 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// [`LockOptions::range`](crate::LockOptions::range) asked for bytes
+    /// the kind of lock cannot lock: a part of the file under
+    /// [`LockKind::Flock`](crate::LockKind::Flock) (`flock(2)` locks whole
+    /// files), or a range that ends beyond byte 2^63 - 1.
+    #[error("cannot lock {range} of `{}` with {kind} locks: flock(2) locks whole files only and fcntl(2) ranges end by byte 2^63 - 1; use LockKind::Ofd for a part of the file, within that limit", path.display())]
+    InvalidRange {
+        /// The lock file.
+        path: PathBuf,
+        /// The range asked for.
+        range: crate::ByteRange,
+        /// The kind of lock asked for.
+        kind: crate::LockKind,
+    },
+
     /// The lock file could not be examined (`statx(2)`, `fstatfs(2)`,
     /// `fcntl(2)`) after it was opened.
     #[error("cannot examine lock file `{}`", path.display())]
@@ -484,7 +498,8 @@ impl Error {
             | Error::NotOwner { path, .. } => Facts::plain(path, K::PermissionDenied),
             Error::NotRegularFile { path, .. }
             | Error::Symlink { path }
-            | Error::InvalidPath { path, .. } => Facts::plain(path, K::InvalidInput),
+            | Error::InvalidPath { path, .. }
+            | Error::InvalidRange { path, .. } => Facts::plain(path, K::InvalidInput),
             Error::DanglingSymlink { path }
             | Error::Missing { path }
             | Error::PathChanged { path } => Facts::plain(path, K::NotFound),
@@ -748,6 +763,11 @@ mod tests {
             Error::OfdNeedsWrite { path: path() },
             Error::UpgradeDeadlock { path: path() },
             Error::NoAtomicUpgrade { path: path() },
+            Error::InvalidRange {
+                path: path(),
+                range: crate::ByteRange::new(10, 20),
+                kind: crate::LockKind::Flock,
+            },
             Error::WouldBlock {
                 path: path(),
                 mode: FlockMode::Exclusive,
@@ -872,7 +892,9 @@ mod tests {
                     (source.kind(), source.raw_os_error())
                 }
                 "ReadOnly" | "OfdNeedsWrite" | "NotOwner" => (K::PermissionDenied, None),
-                "NotRegularFile" | "Symlink" | "InvalidPath" => (K::InvalidInput, None),
+                "NotRegularFile" | "Symlink" | "InvalidPath" | "InvalidRange" => {
+                    (K::InvalidInput, None)
+                }
                 "DanglingSymlink" | "Missing" | "PathChanged" => (K::NotFound, None),
                 "Timeout" => (K::TimedOut, None),
                 "UpgradeDeadlock" => (K::Other, None),

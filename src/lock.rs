@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, LockError, PathProblem};
 use crate::holder::Holder;
 use crate::holders;
-use crate::kind::LockKind;
+use crate::kind::{ByteRange, LockKind};
 use crate::mode::{Exclusive, FlockMode, Mode, Shared};
 use crate::open::{self, Access, OpenSpec, Opened, RemoteFs};
 use crate::sys::{self, OnConflict};
@@ -55,6 +55,7 @@ pub struct LockOptions {
     spec: OpenSpec,
     verify: bool,
     kind: LockKind,
+    range: ByteRange,
 }
 
 impl Default for LockOptions {
@@ -70,7 +71,39 @@ impl LockOptions {
             spec: OpenSpec::DEFAULT,
             verify: false,
             kind: LockKind::Flock,
+            range: ByteRange::WHOLE,
         }
+    }
+
+    /// Which bytes every acquisition locks (default
+    /// [`ByteRange::WHOLE`]); ranges other than the whole file need
+    /// `LockKind::Ofd`.
+    ///
+    /// Each [`LockFile`] is its own open file description and locks one
+    /// range, so its guard never releases bytes another guard relies on:
+    /// two ranges of one file are two `LockFile`s, which contend exactly
+    /// where the ranges overlap, in one process as across processes.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[cfg(feature = "ofd")] {
+    /// use flockguard::{ByteRange, Exclusive, LockKind, LockOptions};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("app.db");
+    /// let mut header = LockOptions::new();
+    /// header.kind(LockKind::Ofd).range(ByteRange::new(0, 512));
+    /// let mut body = header.clone();
+    /// body.range(ByteRange::from_start(512));
+    /// let a = header.open(&path)?.try_lock::<Exclusive>()?;
+    /// let b = body.open(&path)?.try_lock::<Exclusive>()?; // disjoint: both held
+    /// assert!(header.open(&path)?.try_lock::<Exclusive>().unwrap_err().is_would_block());
+    /// # drop((a, b));
+    /// # }
+    /// # Ok::<(), flockguard::Error>(())
+    /// ```
+    pub fn range(&mut self, range: ByteRange) -> &mut Self {
+        self.range = range;
+        self
     }
 
     /// Which kernel lock every acquisition takes (default
@@ -200,12 +233,33 @@ impl LockOptions {
                 reason: PathProblem::VerifyFollowsSymlinks,
             });
         }
+        self.check_range(path)?;
         let opened = open::open(path, &self.spec)?;
         let origin = Origin {
             path: path.into(),
             reopen: self.verify.then(|| Box::new(self.spec)),
         };
-        Ok(LockFile::new(opened, Some(origin), self.kind))
+        Ok(LockFile::new(opened, Some(origin), self.kind, self.range))
+    }
+
+    /// Refuses a byte range the kind cannot lock, before anything is
+    /// opened.
+    fn check_range(&self, path: &Path) -> Result<(), Error> {
+        let whole = self.range == ByteRange::WHOLE;
+        // fcntl(2) takes offsets as off_t: a range must end by 2^63 - 1.
+        let fits = i64::try_from(self.range.start()).is_ok()
+            && self
+                .range
+                .end()
+                .map_or(true, |end| i64::try_from(end).is_ok());
+        if (whole || self.kind != LockKind::Flock) && fits {
+            return Ok(());
+        }
+        Err(Error::InvalidRange {
+            path: path.into(),
+            range: self.range,
+            kind: self.kind,
+        })
     }
 
     /// Takes an open [`File`] as a lock file, applying the same type and
@@ -236,7 +290,15 @@ impl LockOptions {
     /// ```
     pub fn adopt(&self, file: File) -> Result<LockFile, LockError<File>> {
         match open::adopt(&file, &self.spec) {
-            Ok(writable) => Ok(LockFile::new(Opened { file, writable }, None, self.kind)),
+            Ok(writable) => match self.check_range(&open::display_path(&file)) {
+                Ok(()) => Ok(LockFile::new(
+                    Opened { file, writable },
+                    None,
+                    self.kind,
+                    self.range,
+                )),
+                Err(error) => Err(LockError::new(error, file)),
+            },
             Err(error) => Err(LockError::new(error, file)),
         }
     }
@@ -268,6 +330,9 @@ pub struct LockFile {
     writable: bool,
     /// The kernel lock every acquisition takes.
     kind: LockKind,
+    /// The bytes every acquisition locks when not the whole file; boxed
+    /// to keep [`LockError`] small.
+    part: Option<Box<ByteRange>>,
     /// `None` for an adopted file.
     origin: Option<Origin>,
 }
@@ -284,12 +349,13 @@ struct Origin {
 
 impl LockFile {
     #[inline(always)]
-    fn new(opened: Opened, origin: Option<Origin>, kind: LockKind) -> Self {
+    fn new(opened: Opened, origin: Option<Origin>, kind: LockKind, range: ByteRange) -> Self {
         LockFile {
             file: opened.file,
             owner: sys::current_pid(),
             writable: opened.writable,
             kind,
+            part: (range != ByteRange::WHOLE).then(|| Box::new(range)),
             origin,
         }
     }
@@ -362,7 +428,13 @@ impl LockFile {
     pub fn try_lock<M: Mode>(self) -> Result<LockGuard<M>, LockError<LockFile>> {
         if self.is_owner() && !self.verifies() && !self.needs_write(M::MODE) {
             // The common case, kept in the caller's frame.
-            return match sys::lock(self.file.as_fd(), self.kind, M::MODE, OnConflict::Fail) {
+            return match sys::lock(
+                self.file.as_fd(),
+                self.kind,
+                self.range(),
+                M::MODE,
+                OnConflict::Fail,
+            ) {
                 Ok(()) => Ok(LockGuard::new(self)),
                 Err(err) => Err(self.flock_refused(M::MODE, err)),
             };
@@ -565,7 +637,7 @@ impl LockFile {
     #[doc(alias = "LOCK_UN")]
     pub fn unlock_inherited(&self) -> Result<(), Error> {
         self.check_owner()?;
-        sys::unlock(self.as_fd(), self.kind).map_err(|source| Error::Unlock {
+        sys::unlock(self.as_fd(), self.kind, self.range()).map_err(|source| Error::Unlock {
             path: self.error_path(),
             mode: None,
             source,
@@ -680,9 +752,8 @@ impl LockFile {
 
     /// Releases whatever lock this file holds, ignoring errors: for a
     /// failure path that hands the file back holding nothing.
-    #[cfg(feature = "tokio")]
     pub(crate) fn let_go(&self) {
-        let _ = sys::unlock(self.file.as_fd(), self.kind);
+        let _ = sys::unlock(self.file.as_fd(), self.kind, self.range());
     }
 
     /// The upgrade ticket of an OFD file (see [`LockGuard::upgrade`]): an
@@ -702,6 +773,15 @@ impl LockFile {
                 path: self.error_path(),
             }),
             Err(err) => Err(error(err)),
+        }
+    }
+
+    /// The bytes every acquisition locks.
+    #[inline(always)]
+    pub fn range(&self) -> ByteRange {
+        match &self.part {
+            None => ByteRange::WHOLE,
+            Some(range) => **range,
         }
     }
 
@@ -750,7 +830,13 @@ impl LockFile {
     /// an OFD lock): the call the waiting core's drivers make.
     #[inline]
     pub(crate) fn attempt(&self, mode: FlockMode) -> io::Result<()> {
-        sys::lock(self.file.as_fd(), self.kind, mode, OnConflict::Fail)
+        sys::lock(
+            self.file.as_fd(),
+            self.kind,
+            self.range(),
+            mode,
+            OnConflict::Fail,
+        )
     }
 
     /// [`attempt`](Self::attempt) after the check that the descriptor
@@ -770,7 +856,13 @@ impl LockFile {
         }
         if wait.deadline == Deadline::None && wait.cancel.is_none() && !self.verifies() {
             // One attempt, nothing to time, cancel or verify.
-            return match sys::lock(self.file.as_fd(), self.kind, mode, OnConflict::Fail) {
+            return match sys::lock(
+                self.file.as_fd(),
+                self.kind,
+                self.range(),
+                mode,
+                OnConflict::Fail,
+            ) {
                 Ok(()) => Ok(self),
                 Err(err) => Err(self.flock_refused(mode, err)),
             };
@@ -852,13 +944,13 @@ impl LockFile {
             Ok(true) => return Ok(true),
             Ok(false) => {}
             Err(error) => {
-                let _ = sys::unlock(self.file.as_fd(), self.kind);
+                let _ = sys::unlock(self.file.as_fd(), self.kind, self.range());
                 return Err(error);
             }
         }
         // Removed between open and lock: the lock is on a file nobody
         // else will open. Let go and lock what the path names now.
-        let _ = sys::unlock(self.file.as_fd(), self.kind);
+        let _ = sys::unlock(self.file.as_fd(), self.kind, self.range());
         *attempts = attempts.saturating_add(1);
         if deadline == Deadline::None && *attempts >= TRY_VERIFY_RETRIES {
             return Err(Error::PathChanged {
@@ -913,6 +1005,7 @@ impl wait::Lockable for Waiting<'_> {
         sys::lock(
             self.file.file.as_fd(),
             self.file.kind,
+            self.file.range(),
             mode,
             OnConflict::Block,
         )
@@ -935,6 +1028,7 @@ impl fmt::Debug for LockFile {
             .field("fd", &self.file.as_raw_fd())
             .field("writable", &self.writable)
             .field("kind", &self.kind)
+            .field("range", &self.range())
             .finish()
     }
 }
@@ -1040,6 +1134,11 @@ impl<M: Mode> LockGuard<M> {
         self.file().kind
     }
 
+    /// The bytes held: the [`ByteRange`] its file was opened with.
+    pub fn range(&self) -> ByteRange {
+        self.file().range()
+    }
+
     /// The lock file's metadata, as [`File::metadata`].
     ///
     /// # Errors
@@ -1076,7 +1175,7 @@ impl<M: Mode> LockGuard<M> {
         if !file.is_owner() {
             return Err(self.unlock_error(None));
         }
-        match sys::unlock(file.as_fd(), file.kind) {
+        match sys::unlock(file.as_fd(), file.kind, file.range()) {
             Ok(()) => Ok(self.into_file()),
             Err(source) => Err(self.unlock_error(Some(source))),
         }
@@ -1177,10 +1276,10 @@ impl<M: Mode> LockGuard<M> {
             return Err(LockError::new(error, file));
         }
         if let Err(error) = file.check_write(N::MODE) {
-            let _ = sys::unlock(file.as_fd(), file.kind);
+            let _ = sys::unlock(file.as_fd(), file.kind, file.range());
             return Err(LockError::new(error, file));
         }
-        match sys::lock(file.as_fd(), file.kind, N::MODE, on_conflict) {
+        match sys::lock(file.as_fd(), file.kind, file.range(), N::MODE, on_conflict) {
             Ok(()) => Ok(LockGuard::new(file)),
             Err(source) => Err(Self::convert_error(file, N::MODE, source)),
         }
@@ -1197,7 +1296,7 @@ impl<M: Mode> LockGuard<M> {
             // both.
             *shared_lost = M::MODE == FlockMode::Shared;
         }
-        let _ = sys::unlock(file.as_fd(), file.kind);
+        let _ = sys::unlock(file.as_fd(), file.kind, file.range());
         LockError::new(error, file)
     }
 }
@@ -1459,6 +1558,7 @@ impl LockGuard<Shared> {
         match sys::lock(
             file.as_fd(),
             file.kind,
+            file.range(),
             FlockMode::Exclusive,
             OnConflict::Fail,
         ) {
@@ -1533,7 +1633,7 @@ impl<M: Mode> Drop for LockGuard<M> {
             if file.is_owner() {
                 // Errors cannot be reported here; the close releases anyway
                 // once no copy of the descriptor is left.
-                let _ = sys::unlock(file.as_fd(), file.kind);
+                let _ = sys::unlock(file.as_fd(), file.kind, file.range());
             }
         }
     }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode as Perms, OFlags, StatxFlags};
 use rustix::io::{Errno, FdFlags};
 
-use crate::kind::LockKind;
+use crate::kind::{ByteRange, LockKind};
 use crate::mode::FlockMode;
 
 /// The kind of inode a descriptor or path refers to.
@@ -154,46 +154,38 @@ pub(crate) fn funlock(fd: BorrowedFd<'_>) -> io::Result<()> {
     retry(|| rustix::fs::flock(fd, FlockOperation::Unlock)).map_err(Into::into)
 }
 
-/// A lock of `kind` in `mode` on the whole file: `flock(2)` or
-/// `fcntl(F_OFD_SETLK[W])`. The attempt every acquisition and every wait
-/// makes.
+/// A lock of `kind` in `mode`: `flock(2)` on the whole file, or
+/// `fcntl(F_OFD_SETLK[W])` on `range`. The attempt every acquisition and
+/// every wait makes.
 #[inline(always)]
 pub(crate) fn lock(
     fd: BorrowedFd<'_>,
     kind: LockKind,
+    range: ByteRange,
     mode: FlockMode,
     on_conflict: OnConflict,
 ) -> io::Result<()> {
     match kind {
-        LockKind::Flock => flock(fd, mode, on_conflict),
+        LockKind::Flock => {
+            let _ = range; // flock(2) locks whole files only
+            flock(fd, mode, on_conflict)
+        }
         #[cfg(feature = "ofd")]
-        LockKind::Ofd => ofd_lock(fd, Some(mode), Span::WHOLE, on_conflict),
+        LockKind::Ofd => ofd_lock(fd, Some(mode), range, on_conflict),
     }
 }
 
-/// Releases the whole-file lock of `kind`: `LOCK_UN` or `F_UNLCK`.
+/// Releases the lock of `kind`: `LOCK_UN`, or `F_UNLCK` on `range`.
 #[inline(always)]
-pub(crate) fn unlock(fd: BorrowedFd<'_>, kind: LockKind) -> io::Result<()> {
+pub(crate) fn unlock(fd: BorrowedFd<'_>, kind: LockKind, range: ByteRange) -> io::Result<()> {
     match kind {
-        LockKind::Flock => funlock(fd),
+        LockKind::Flock => {
+            let _ = range;
+            funlock(fd)
+        }
         #[cfg(feature = "ofd")]
-        LockKind::Ofd => ofd_lock(fd, None, Span::WHOLE, OnConflict::Fail),
+        LockKind::Ofd => ofd_lock(fd, None, range, OnConflict::Fail),
     }
-}
-
-/// A byte range of a record lock: `len` bytes from `start`, `len == 0`
-/// meaning to the end of the file however it grows.
-#[cfg(feature = "ofd")]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Span {
-    pub(crate) start: u64,
-    pub(crate) len: u64,
-}
-
-#[cfg(feature = "ofd")]
-impl Span {
-    /// The whole file.
-    pub(crate) const WHOLE: Span = Span { start: 0, len: 0 };
 }
 
 /// `fcntl(fd, F_OFD_SETLK or F_OFD_SETLKW, {F_RDLCK|F_WRLCK|F_UNLCK, span})`;
@@ -209,7 +201,7 @@ impl Span {
 pub(crate) fn ofd_lock(
     fd: BorrowedFd<'_>,
     mode: Option<FlockMode>,
-    span: Span,
+    range: ByteRange,
     on_conflict: OnConflict,
 ) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg};
@@ -224,8 +216,8 @@ pub(crate) fn ofd_lock(
         // F_RDLCK, F_WRLCK and F_UNLCK are 0, 1 and 2: they fit.
         l_type: l_type as libc::c_short,
         l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: libc::off_t::try_from(span.start).map_err(|_| invalid())?,
-        l_len: libc::off_t::try_from(span.len).map_err(|_| invalid())?,
+        l_start: libc::off_t::try_from(range.start()).map_err(|_| invalid())?,
+        l_len: libc::off_t::try_from(range.len().unwrap_or(0)).map_err(|_| invalid())?,
         l_pid: 0,
     };
     loop {

@@ -65,6 +65,8 @@ fn dispatch(args: &[String]) {
             }
             support::wait_for_parent(|_| {});
         }
+        // Model handles in a second process: "model PATH START LEN ...".
+        "model" => model_child(Path::new(&args[1]), &args[2..]),
         other => panic!("unknown child command {other}"),
     }
 }
@@ -952,4 +954,447 @@ fn dpkg_refuses_to_run_while_an_ofd_lock_holds_its_database() {
     drop(guard);
     let out = root.install_command().output().unwrap();
     assert!(out.status.success(), "{out:?}");
+}
+
+// ---- byte ranges -------------------------------------------------------------
+
+fn ofd_range(path: &Path, range: ByteRange) -> LockFile {
+    LockOptions::new()
+        .kind(LockKind::Ofd)
+        .range(range)
+        .open(path)
+        .expect("open ofd range")
+}
+
+fn range_free(path: &Path, range: ByteRange, mode: FlockMode) -> bool {
+    match ofd_range(path, range).lock_any(mode, Wait::none()) {
+        Ok(_) => true,
+        Err(err) if err.is_would_block() => false,
+        Err(err) => panic!("probe: {err:?}"),
+    }
+}
+
+#[test]
+fn ranges_contend_only_where_they_overlap() {
+    let (_dir, path) = support::lock_path();
+    let a = ofd_range(&path, ByteRange::new(0, 10))
+        .try_lock::<Exclusive>()
+        .unwrap();
+    let b = ofd_range(&path, ByteRange::new(10, 10))
+        .try_lock::<Exclusive>()
+        .unwrap();
+    assert_eq!(a.range(), ByteRange::new(0, 10));
+    assert!(!range_free(&path, ByteRange::new(9, 2), FlockMode::Shared));
+    assert!(range_free(
+        &path,
+        ByteRange::from_start(20),
+        FlockMode::Exclusive
+    ));
+    assert!(
+        !ofd_free(&path, FlockMode::Shared),
+        "the whole file overlaps"
+    );
+    drop(a);
+    assert!(range_free(
+        &path,
+        ByteRange::new(0, 10),
+        FlockMode::Exclusive
+    ));
+    drop(b);
+    assert!(ofd_free(&path, FlockMode::Exclusive));
+}
+
+#[test]
+fn a_range_guard_never_releases_bytes_another_guard_holds() {
+    let (_dir, path) = support::lock_path();
+    // Two overlapping shared ranges of this process: one open file
+    // description each, so the kernel neither merges nor splits them.
+    let a = ofd_range(&path, ByteRange::new(0, 10))
+        .try_lock::<Shared>()
+        .unwrap();
+    let b = ofd_range(&path, ByteRange::new(5, 10))
+        .try_lock::<Shared>()
+        .unwrap();
+    let a_file = a.unlock().unwrap();
+    assert!(!range_free(
+        &path,
+        ByteRange::new(5, 5),
+        FlockMode::Exclusive
+    ));
+    assert!(range_free(
+        &path,
+        ByteRange::new(0, 5),
+        FlockMode::Exclusive
+    ));
+    let b = b.try_upgrade_in_place().unwrap();
+    assert!(!range_free(&path, ByteRange::new(14, 1), FlockMode::Shared));
+    let err = a_file.try_lock::<Shared>().unwrap_err();
+    assert!(err.is_would_block(), "{err:?}");
+    let b = b.downgrade().unwrap();
+    let a = err.into_inner().try_lock::<Shared>().unwrap();
+    assert!(!range_free(
+        &path,
+        ByteRange::new(0, 1),
+        FlockMode::Exclusive
+    ));
+    drop((a, b));
+    assert!(ofd_free(&path, FlockMode::Exclusive));
+}
+
+#[test]
+fn a_part_of_a_file_needs_the_ofd_kind_and_nothing_is_created_otherwise() {
+    let (_dir, path) = support::lock_path();
+    let err = LockOptions::new()
+        .range(ByteRange::new(0, 10))
+        .open(&path)
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidRange { .. }), "{err:?}");
+    assert!(err.to_string().contains("LockKind::Ofd"), "{err}");
+    assert!(!path.exists());
+    let err = LockOptions::new()
+        .kind(LockKind::Ofd)
+        .range(ByteRange::new(u64::MAX - 5, 2))
+        .open(&path)
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidRange { .. }), "{err:?}");
+    assert!(!path.exists());
+    // The whole file is every kind's range.
+    let guard = LockOptions::new()
+        .range(ByteRange::WHOLE)
+        .open(&path)
+        .unwrap()
+        .try_lock::<Exclusive>()
+        .unwrap();
+    drop(guard);
+}
+
+#[test]
+fn ranges_conflict_with_the_ranges_other_programs_lock() {
+    for (name, take) in PROGRAMS {
+        let (_dir, path) = support::lock_path();
+        std::fs::write(&path, b"").unwrap();
+        let program = take(&path, true, 100, 10);
+        assert!(
+            !range_free(&path, ByteRange::new(109, 1), FlockMode::Shared),
+            "{name}"
+        );
+        assert!(
+            !range_free(&path, ByteRange::from_start(50), FlockMode::Shared),
+            "{name}"
+        );
+        assert!(
+            range_free(&path, ByteRange::new(0, 100), FlockMode::Exclusive),
+            "{name}"
+        );
+        assert!(
+            range_free(&path, ByteRange::from_start(110), FlockMode::Exclusive),
+            "{name}"
+        );
+        // A timed wait on an overlapping range names the program and its bytes.
+        let err = ofd_range(&path, ByteRange::new(105, 1))
+            .lock_timeout::<Exclusive>(Duration::from_millis(100))
+            .unwrap_err();
+        assert!(err.is_timeout(), "{name}: {err:?}");
+        let holders = err.error.holders();
+        assert_eq!(holders.len(), 1, "{name}: {holders:?}");
+        assert_eq!(holders[0].pid, program.pid(), "{name}");
+        assert_eq!(holders[0].range, Some(ByteRange::new(100, 10)), "{name}");
+        program.release();
+        // The other way round: the program's range waits for ours.
+        let guard = ofd_range(&path, ByteRange::new(0, 1))
+            .try_lock::<Shared>()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                let program = take(&path, true, 0, 1);
+                tx.send(()).unwrap();
+                program.release();
+            }
+        });
+        let disjoint = take(&path, true, 1, 1);
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "{name} took an overlapping range beside ours"
+        );
+        disjoint.release();
+        drop(guard);
+        rx.recv_timeout(LINE_TIMEOUT)
+            .expect("the program got the range");
+        waiter.join().unwrap();
+    }
+}
+
+// ---- the model: who holds which bytes, against the kernel ---------------------
+
+use flockguard::{AnyGuard, ByteRange, LockGuard};
+use proptest::prelude::*;
+
+/// A handle of the model: a range lock file and what it holds.
+enum Handle {
+    Idle(LockFile),
+    Shared(LockGuard<Shared>),
+    Exclusive(LockGuard<Exclusive>),
+    Moving,
+}
+
+impl Handle {
+    fn fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        match self {
+            Handle::Idle(f) => f.as_raw_fd(),
+            Handle::Shared(g) => g.as_raw_fd(),
+            Handle::Exclusive(g) => g.as_raw_fd(),
+            Handle::Moving => unreachable!("a handle is moving only inside apply"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Lock(usize, FlockMode),
+    Unlock(usize),
+    Downgrade(usize),
+    UpgradeInPlace(usize),
+}
+
+/// Applies `op` to `handle`; `true` if the kernel granted it.
+fn apply(handle: &mut Handle, op: Op) -> bool {
+    let (granted, next) = match (std::mem::replace(handle, Handle::Moving), op) {
+        (Handle::Idle(f), Op::Lock(_, mode)) => match f.lock_any(mode, Wait::none()) {
+            Ok(AnyGuard::Shared(g)) => (true, Handle::Shared(g)),
+            Ok(AnyGuard::Exclusive(g)) => (true, Handle::Exclusive(g)),
+            Err(err) if err.is_would_block() => (false, Handle::Idle(err.into_inner())),
+            Err(err) => panic!("lock: {err:?}"),
+        },
+        (Handle::Shared(g), Op::Unlock(_)) => (true, Handle::Idle(g.unlock().unwrap())),
+        (Handle::Exclusive(g), Op::Unlock(_)) => (true, Handle::Idle(g.unlock().unwrap())),
+        (Handle::Exclusive(g), Op::Downgrade(_)) => (true, Handle::Shared(g.downgrade().unwrap())),
+        (Handle::Shared(g), Op::UpgradeInPlace(_)) => match g.try_upgrade_in_place() {
+            Ok(g) => (true, Handle::Exclusive(g)),
+            Err(err) if err.is_would_block() => (false, Handle::Shared(err.into_inner())),
+            Err(err) => panic!("upgrade: {err:?}"),
+        },
+        (other, _) => (false, other),
+    };
+    *handle = next;
+    granted
+}
+
+fn mode_name(mode: FlockMode) -> &'static str {
+    match mode {
+        FlockMode::Exclusive => "ex",
+        FlockMode::Shared => "sh",
+    }
+}
+
+fn model_child(path: &Path, ranges: &[String]) {
+    let mut handles: Vec<Handle> = ranges
+        .chunks(2)
+        .map(|r| {
+            let range = ByteRange::new(r[0].parse().unwrap(), r[1].parse().unwrap());
+            Handle::Idle(ofd_range(path, range))
+        })
+        .collect();
+    let fds: Vec<String> = handles.iter().map(|h| h.fd().to_string()).collect();
+    support::tell(&format!("ready {}", fds.join(" ")));
+    support::wait_for_parent(|line| {
+        let words: Vec<&str> = line.split(' ').collect();
+        let i: usize = words[1].parse().unwrap();
+        let op = match words[0] {
+            "lock" => Op::Lock(i, mode_arg(words[2])),
+            "unlock" => Op::Unlock(i),
+            "down" => Op::Downgrade(i),
+            "up" => Op::UpgradeInPlace(i),
+            other => panic!("unknown model op {other}"),
+        };
+        let granted = apply(&mut handles[i], op);
+        support::tell(if granted { "granted" } else { "refused" });
+    });
+}
+
+/// The handles' ranges: some in this process, the rest in a child.
+const RANGES: [ByteRange; 6] = [
+    ByteRange::WHOLE,
+    ByteRange::new(0, 4),
+    ByteRange::new(2, 4),
+    ByteRange::new(4, 4),
+    ByteRange::from_start(6),
+    ByteRange::new(2, 4),
+];
+const LOCAL: usize = 3;
+
+struct World {
+    local: Vec<Handle>,
+    child: Child,
+    /// The fdinfo file of each handle, local ones first.
+    fdinfo: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> World {
+        let (dir, path) = support::lock_path();
+        std::fs::write(&path, b"").unwrap();
+        let local: Vec<Handle> = RANGES[..LOCAL]
+            .iter()
+            .map(|r| Handle::Idle(ofd_range(&path, *r)))
+            .collect();
+        let mut args = vec!["model".to_owned(), path.to_str().unwrap().to_owned()];
+        for r in &RANGES[LOCAL..] {
+            args.push(r.start().to_string());
+            args.push(r.len().unwrap_or(0).to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = Child::spawn(&args);
+        let ready = child.expect_line("ready", LINE_TIMEOUT);
+        let mut fdinfo: Vec<String> = local
+            .iter()
+            .map(|h: &Handle| format!("/proc/self/fdinfo/{}", h.fd()))
+            .collect();
+        let pid = child.pid();
+        fdinfo.extend(
+            ready
+                .split(' ')
+                .skip(1)
+                .map(|fd| format!("/proc/{pid}/fdinfo/{fd}")),
+        );
+        assert_eq!(fdinfo.len(), RANGES.len());
+        World {
+            local,
+            child,
+            fdinfo,
+            _dir: dir,
+        }
+    }
+
+    fn run(&mut self, op: Op) -> bool {
+        let i = match op {
+            Op::Lock(i, _) | Op::Unlock(i) | Op::Downgrade(i) | Op::UpgradeInPlace(i) => i,
+        };
+        if i < LOCAL {
+            return apply(&mut self.local[i], op);
+        }
+        let j = i - LOCAL;
+        let line = match op {
+            Op::Lock(_, mode) => format!("lock {j} {}", mode_name(mode)),
+            Op::Unlock(_) => format!("unlock {j}"),
+            Op::Downgrade(_) => format!("down {j}"),
+            Op::UpgradeInPlace(_) => format!("up {j}"),
+        };
+        self.child.send(&line);
+        self.child.expect_line("", LINE_TIMEOUT) == "granted"
+    }
+
+    /// The locks the kernel lists for each handle's open file description
+    /// (the `lock:` lines of its fdinfo, exact for one description, unlike
+    /// one read of `/proc/locks` while other locks change): (mode, range).
+    fn kernel(&self) -> Vec<Vec<(FlockMode, ByteRange)>> {
+        self.fdinfo
+            .iter()
+            .map(|file| {
+                std::fs::read_to_string(file)
+                    .unwrap()
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("lock:"))
+                    .map(|l| {
+                        assert!(l.contains("OFDLCK"), "{l}");
+                        let f: Vec<&str> = l.split_whitespace().collect();
+                        let mode = if l.contains(" WRITE ") {
+                            FlockMode::Exclusive
+                        } else {
+                            FlockMode::Shared
+                        };
+                        let start: u64 = f[f.len() - 2].parse().unwrap();
+                        let range = match f[f.len() - 1] {
+                            "EOF" => ByteRange::from_start(start),
+                            end => ByteRange::new(start, end.parse::<u64>().unwrap() - start + 1),
+                        };
+                        (mode, range)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn reset(&mut self) {
+        for i in 0..RANGES.len() {
+            self.run(Op::Unlock(i));
+        }
+    }
+}
+
+/// The reference model: which mode each handle holds.
+fn expect(held: &[Option<FlockMode>], op: Op) -> bool {
+    let conflicts = |i: usize, mode: FlockMode| {
+        held.iter().enumerate().any(|(g, h)| {
+            g != i
+                && RANGES[g].overlaps(&RANGES[i])
+                && h.is_some_and(|m| m == FlockMode::Exclusive || mode == FlockMode::Exclusive)
+        })
+    };
+    match op {
+        Op::Lock(i, mode) => held[i].is_none() && !conflicts(i, mode),
+        Op::Unlock(i) => held[i].is_some(),
+        Op::Downgrade(i) => held[i] == Some(FlockMode::Exclusive),
+        Op::UpgradeInPlace(i) => {
+            held[i] == Some(FlockMode::Shared) && !conflicts(i, FlockMode::Exclusive)
+        }
+    }
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let i = 0..RANGES.len();
+    prop_oneof![
+        (i.clone(), any::<bool>()).prop_map(|(i, ex)| Op::Lock(
+            i,
+            if ex {
+                FlockMode::Exclusive
+            } else {
+                FlockMode::Shared
+            }
+        )),
+        i.clone().prop_map(Op::Unlock),
+        i.clone().prop_map(Op::Downgrade),
+        i.prop_map(Op::UpgradeInPlace),
+    ]
+}
+
+static WORLD: std::sync::Mutex<Option<World>> = std::sync::Mutex::new(None);
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/proptest-regressions/ofd.txt"),
+        ))),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn byte_ranges_over_two_processes_follow_the_model(ops in prop::collection::vec(op(), 1..=24)) {
+        let mut world = WORLD.lock().unwrap_or_else(|e| e.into_inner());
+        let world = world.get_or_insert_with(World::new);
+        world.reset();
+        let mut held: Vec<Option<FlockMode>> = vec![None; RANGES.len()];
+        for op in ops {
+            let expected = expect(&held, op);
+            let granted = world.run(op);
+            prop_assert_eq!(granted, expected, "{:?} with {:?}", op, held);
+            if granted {
+                match op {
+                    Op::Lock(i, mode) => held[i] = Some(mode),
+                    Op::Unlock(i) => held[i] = None,
+                    Op::Downgrade(i) => held[i] = Some(FlockMode::Shared),
+                    Op::UpgradeInPlace(i) => held[i] = Some(FlockMode::Exclusive),
+                }
+            }
+            let model: Vec<Vec<(FlockMode, ByteRange)>> = held
+                .iter()
+                .zip(RANGES)
+                .map(|(h, r)| h.map(|m| (m, r)).into_iter().collect())
+                .collect();
+            prop_assert_eq!(world.kernel(), model, "after {:?}", op);
+        }
+    }
 }
