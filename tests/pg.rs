@@ -1892,3 +1892,69 @@ fn dropping_async_futures_at_random_points_leaves_no_lock_held() {
     );
     assert!(cut > 20, "too few futures were dropped mid-flight: {cut}");
 }
+
+#[test]
+fn a_partitioned_async_holder_loses_the_lock_within_the_bound() {
+    let test = "a_partitioned_async_holder_loses_the_lock_within_the_bound";
+    let Some(url) = server(test) else {
+        return;
+    };
+    let name = unique("async-partition");
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let tokio_postgres::config::Host::Tcp(host) = &config.get_hosts()[0] else {
+        support::skip(test, "the server URL is not TCP");
+        return;
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let target: std::net::SocketAddr = format!("{host}:{port}").parse().unwrap();
+    assert!(target.ip().is_loopback());
+    let proxy = Blackhole::start(target);
+    let via_proxy = url.replacen(&format!(":{port}"), &format!(":{}", proxy.port), 1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let held = AsyncPgLock::connect(&via_proxy, &name)
+            .await
+            .unwrap()
+            .lock::<Exclusive>()
+            .await
+            .unwrap();
+        let first = held.fencing_token();
+        // Idle past the server's idle limit: the heartbeat task keeps it.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(held.is_held().await.unwrap(), "lost while idle");
+        proxy.cut.store(true, Ordering::SeqCst);
+        let cut_at = Instant::now();
+        let other = tokio::spawn({
+            let (url, name) = (url.clone(), name.clone());
+            async move {
+                let g = AsyncPgLock::connect(&url, &name)
+                    .await
+                    .unwrap()
+                    .lock_timeout::<Exclusive>(Duration::from_secs(30))
+                    .await
+                    .unwrap();
+                (g, cut_at.elapsed())
+            }
+        });
+        let err = held.is_held().await.unwrap_err();
+        let noticed = cut_at.elapsed();
+        assert!(
+            matches!(err.kind(), ErrorKind::Lost(PgLoss::NoAnswer(_))),
+            "{err}"
+        );
+        let (got, bound) = other.await.unwrap();
+        eprintln!(
+            "async partition: holder's is_held() failed {noticed:?} after the cut; \
+             another client got the lock {bound:?} after it"
+        );
+        assert!(noticed <= Duration::from_secs(6), "{noticed:?}");
+        assert!(bound <= Duration::from_secs(15), "{bound:?}");
+        assert!(got.fencing_token() > first);
+        let err = held.unlock().await.unwrap_err();
+        assert!(err.is_lost(), "{err}");
+    });
+    drop(proxy);
+}
