@@ -1,6 +1,9 @@
 //! Heap allocations on the hot paths, counted by a wrapping global
 //! allocator: none on a reused descriptor, one (the stored path) per path
 //! acquire.
+//!
+//! A test binary of its own (not a module of `tests/it`): a
+//! `#[global_allocator]` replaces the allocator of the whole binary.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

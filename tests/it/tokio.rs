@@ -1,10 +1,6 @@
 //! The async front-end on real tokio runtimes, against locks held by other
 //! processes: no executor thread blocked, cancellation at random points,
 //! a thousand waiters, the holder killed.
-#![cfg(feature = "tokio")]
-
-#[macro_use]
-mod support;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,25 +8,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flockguard::{CancelToken, Exclusive, FlockMode, LockFile, Shared, Wait};
-use support::Child;
 use tokio::runtime::{Builder, Runtime};
+
+use crate::support;
+use crate::support::Child;
 
 const LINE: Duration = Duration::from_secs(30);
 
-fn dispatch(args: &[String]) {
-    match args[0].as_str() {
-        "holder" => holder(Path::new(&args[1])),
-        "prober" => prober(Path::new(&args[1])),
-        "idle_cpu" => idle_cpu(Path::new(&args[1])),
-        "crowd" => crowd(Path::new(&args[1]), args[2].parse().unwrap()),
-        "cancel" => cancellation::cancel_child(&args[1]),
-        "stalled_reader" => stalled_reader(Path::new(&args[1])),
-        "refused_upgrade" => refused_upgrade(Path::new(&args[1])),
-        other => panic!("unknown child command {other}"),
-    }
-}
-
-child_entry!(dispatch);
+pub const CHILDREN: &[support::Role] = &[
+    ("tokio::holder", |a| holder(Path::new(&a[0]))),
+    ("tokio::prober", |a| prober(Path::new(&a[0]))),
+    ("tokio::idle_cpu", |a| idle_cpu(Path::new(&a[0]))),
+    ("tokio::crowd", |a| {
+        crowd(Path::new(&a[0]), a[1].parse().unwrap())
+    }),
+    ("tokio::cancel", |a| cancellation::cancel_child(&a[0])),
+    ("tokio::stalled_reader", |a| {
+        stalled_reader(Path::new(&a[0]))
+    }),
+    ("tokio::refused_upgrade", |a| {
+        refused_upgrade(Path::new(&a[0]))
+    }),
+];
 
 /// Child: `lock` takes the exclusive lock (blocking), `close` drops it.
 fn holder(path: &Path) {
@@ -65,7 +64,7 @@ struct Holder(Child);
 
 impl Holder {
     fn spawn(path: &Path) -> Holder {
-        let mut child = Child::spawn(&["holder", path.to_str().unwrap()]);
+        let mut child = Child::spawn(&["tokio::holder", path.to_str().unwrap()]);
         child.expect_line("ready", LINE);
         Holder(child)
     }
@@ -283,7 +282,7 @@ fn refused_upgrade(path: &Path) {
 #[test]
 fn a_refused_async_upgrade_holds_nothing() {
     let (_dir, path) = support::lock_path();
-    let mut child = Child::spawn(&["refused_upgrade", path.to_str().unwrap()]);
+    let mut child = Child::spawn(&["tokio::refused_upgrade", path.to_str().unwrap()]);
     let line = child.expect_line("upgrade", LINE);
     assert_eq!(line, "upgrade flock holds=false");
     assert!(child.release().success());
@@ -432,7 +431,7 @@ fn a_thread_waiter_gets_the_lock_while_the_reader_task_is_not_driven() {
     let (_dir, path) = support::lock_path();
     let mut holder = Holder::spawn(&path);
     holder.lock();
-    let mut child = Child::spawn(&["stalled_reader", path.to_str().unwrap()]);
+    let mut child = Child::spawn(&["tokio::stalled_reader", path.to_str().unwrap()]);
     child.expect_line("waiting", LINE);
     std::thread::sleep(Duration::from_millis(50));
     holder.close();
@@ -450,7 +449,7 @@ fn a_thread_waiter_gets_the_lock_while_the_reader_task_is_not_driven() {
 #[test]
 fn a_thousand_waiters_on_a_current_thread_runtime_each_get_the_lock() {
     let (_dir, path) = support::lock_path();
-    let mut child = Child::spawn(&["crowd", path.to_str().unwrap(), "1000"]);
+    let mut child = Child::spawn(&["tokio::crowd", path.to_str().unwrap(), "1000"]);
     child.expect_line("ok", Duration::from_secs(120));
     assert!(child.release().success());
 }
@@ -514,7 +513,7 @@ fn a_hundred_waiting_tasks_cost_next_to_no_cpu() {
     let (_dir, path) = support::lock_path();
     let mut holder = Holder::spawn(&path);
     holder.lock();
-    let mut child = Child::spawn(&["idle_cpu", path.to_str().unwrap()]);
+    let mut child = Child::spawn(&["tokio::idle_cpu", path.to_str().unwrap()]);
     let line = child.expect_line("cpu ", Duration::from_secs(60));
     holder.close();
     assert!(child.release().success());
@@ -578,7 +577,7 @@ mod cancellation {
     fn fixture() -> Fixture {
         let (dir, path) = support::lock_path();
         let holder = Holder::spawn(&path);
-        let mut prober = Child::spawn(&["prober", path.to_str().unwrap()]);
+        let mut prober = Child::spawn(&["tokio::prober", path.to_str().unwrap()]);
         prober.expect_line("ready", LINE);
         Fixture {
             _dir: dir,
@@ -723,7 +722,7 @@ mod cancellation {
         // Descriptor counts are per process: run each runtime alone, in a
         // child.
         for kind in ["current", "multi"] {
-            let mut child = Child::spawn(&["cancel", kind]);
+            let mut child = Child::spawn(&["tokio::cancel", kind]);
             child.expect_line("ok", Duration::from_secs(300));
             assert!(child.release().success());
         }

@@ -2,9 +2,6 @@
 //! wait, convert and release, across descriptors, threads and processes,
 //! and the write access an exclusive lock needs.
 
-#[macro_use]
-mod support;
-
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -12,11 +9,11 @@ use std::time::{Duration, Instant};
 use flockguard::{
     CancelToken, Error, Exclusive, FlockMode, LockFile, LockKind, LockOptions, Shared, Wait,
 };
-use support::Child;
+
+use crate::support;
+use crate::support::Child;
 
 const LINE_TIMEOUT: Duration = Duration::from_secs(60);
-
-child_entry!(dispatch);
 
 fn ofd(path: &Path) -> LockFile {
     LockOptions::new()
@@ -33,42 +30,40 @@ fn mode_arg(mode: &str) -> FlockMode {
     }
 }
 
-fn dispatch(args: &[String]) {
-    match args[0].as_str() {
-        // Takes an OFD lock (waiting if needed) and holds it until released.
-        "hold" => {
-            let path = Path::new(&args[1]);
-            let guard = ofd(path)
-                .lock_any(mode_arg(&args[2]), Wait::forever())
-                .expect("child lock");
-            support::tell("locked");
-            support::wait_for_parent(|_| {});
-            drop(guard);
+pub const CHILDREN: &[support::Role] = &[
+    ("ofd::hold", |a| child_hold(Path::new(&a[0]), &a[1])),
+    ("ofd::upgrade", |a| child_upgrade(Path::new(&a[0]))),
+    // Model handles in a second process: "PATH START LEN ...".
+    ("ofd::model", |a| model_child(Path::new(&a[0]), &a[1..])),
+];
+
+/// Child: takes an OFD lock (waiting if needed) and holds it until released.
+fn child_hold(path: &Path, mode: &str) {
+    let guard = ofd(path)
+        .lock_any(mode_arg(mode), Wait::forever())
+        .expect("child lock");
+    support::tell("locked");
+    support::wait_for_parent(|_| {});
+    drop(guard);
+}
+
+/// Child: takes a shared OFD lock, waits for a line, then upgrades.
+fn child_upgrade(path: &Path) {
+    let guard = ofd(path).try_lock::<Shared>().expect("child shared");
+    support::tell("shared");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    match guard.upgrade() {
+        Ok(writer) => {
+            support::tell("result: upgraded");
+            drop(writer);
         }
-        // Takes a shared OFD lock, waits for a line, then upgrades.
-        "upgrade" => {
-            let guard = ofd(Path::new(&args[1]))
-                .try_lock::<Shared>()
-                .expect("child shared");
-            support::tell("shared");
-            let mut line = String::new();
-            std::io::stdin().read_line(&mut line).unwrap();
-            match guard.upgrade() {
-                Ok(writer) => {
-                    support::tell("result: upgraded");
-                    drop(writer);
-                }
-                Err(err) if matches!(err.error, Error::UpgradeDeadlock { .. }) => {
-                    support::tell("result: deadlock");
-                }
-                Err(err) => support::tell(&format!("result: error {err:?}")),
-            }
-            support::wait_for_parent(|_| {});
+        Err(err) if matches!(err.error, Error::UpgradeDeadlock { .. }) => {
+            support::tell("result: deadlock");
         }
-        // Model handles in a second process: "model PATH START LEN ...".
-        "model" => model_child(Path::new(&args[1]), &args[2..]),
-        other => panic!("unknown child command {other}"),
+        Err(err) => support::tell(&format!("result: error {err:?}")),
     }
+    support::wait_for_parent(|_| {});
 }
 
 /// Whether a fresh OFD open can take `mode` at once.
@@ -181,7 +176,7 @@ fn a_timed_wait_ends_at_its_deadline_and_hands_the_file_back() {
 #[test]
 fn a_timed_waiter_gets_the_lock_another_process_releases() {
     let (_dir, path) = support::lock_path();
-    let mut child = Child::spawn(&["hold", path.to_str().unwrap(), "ex"]);
+    let mut child = Child::spawn(&["ofd::hold", path.to_str().unwrap(), "ex"]);
     child.expect_line("locked", LINE_TIMEOUT);
     let waiter = std::thread::spawn({
         let path = path.clone();
@@ -197,7 +192,7 @@ fn a_timed_waiter_gets_the_lock_another_process_releases() {
 #[test]
 fn a_blocking_waiter_waits_in_the_kernel_for_another_process() {
     let (_dir, path) = support::lock_path();
-    let mut child = Child::spawn(&["hold", path.to_str().unwrap(), "sh"]);
+    let mut child = Child::spawn(&["ofd::hold", path.to_str().unwrap(), "sh"]);
     child.expect_line("locked", LINE_TIMEOUT);
     let waiter = std::thread::spawn({
         let path = path.clone();
@@ -612,7 +607,7 @@ fn holders_lists_posix_holders_with_their_bytes() {
 #[test]
 fn holders_names_the_process_behind_an_ofd_lock() {
     let (_dir, path) = support::lock_path();
-    let mut child = Child::spawn(&["hold", path.to_str().unwrap(), "sh"]);
+    let mut child = Child::spawn(&["ofd::hold", path.to_str().unwrap(), "sh"]);
     child.expect_line("locked", LINE_TIMEOUT);
     let mine = ofd(&path).try_lock::<Shared>().unwrap();
     let mut list = flockguard::holders(&path).unwrap();
@@ -732,7 +727,7 @@ fn an_in_place_upgrade_of_a_flock_lock_is_refused_and_changes_nothing() {
 #[test]
 fn upgrade_waits_holding_the_shared_lock() {
     let (_dir, path) = support::lock_path();
-    let mut child = Child::spawn(&["hold", path.to_str().unwrap(), "sh"]);
+    let mut child = Child::spawn(&["ofd::hold", path.to_str().unwrap(), "sh"]);
     child.expect_line("locked", LINE_TIMEOUT);
     let mine = ofd(&path).try_lock::<Shared>().unwrap();
     let upgrader = std::thread::spawn(move || mine.upgrade());
@@ -780,7 +775,7 @@ fn two_readers_that_both_upgrade_do_not_deadlock() {
 #[test]
 fn two_readers_in_two_processes_that_both_upgrade_do_not_deadlock() {
     let (_dir, path) = support::lock_path();
-    let mut child = Child::spawn(&["upgrade", path.to_str().unwrap()]);
+    let mut child = Child::spawn(&["ofd::upgrade", path.to_str().unwrap()]);
     child.expect_line("shared", LINE_TIMEOUT);
     let mine = ofd(&path).try_lock::<Shared>().unwrap();
     child.send("go");
@@ -1241,7 +1236,7 @@ impl World {
             .iter()
             .map(|r| Handle::Idle(ofd_range(&path, *r)))
             .collect();
-        let mut args = vec!["model".to_owned(), path.to_str().unwrap().to_owned()];
+        let mut args = vec!["ofd::model".to_owned(), path.to_str().unwrap().to_owned()];
         for r in &RANGES[LOCAL..] {
             args.push(r.start().to_string());
             args.push(r.len().unwrap_or(0).to_string());

@@ -7,8 +7,6 @@
 //! Without them every test prints `SKIPPED` and returns; in the guest
 //! (`FLOCKGUARD_GUEST_KERNEL` set) a missing mount is a failure.
 
-mod support;
-
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
@@ -20,13 +18,15 @@ use flockguard::{
     LockOptions, RemoteFs, Shared,
 };
 
+use crate::support;
+
 /// Two NFSv4 mounts of one export, separated by `:`.
 const NFS4: &str = "FLOCKGUARD_GUEST_NFS4";
 /// An NFSv3 mount of the same export.
 const NFS3: &str = "FLOCKGUARD_GUEST_NFS3";
 /// The exported directory, on the server's side.
 const EXPORT: &str = "FLOCKGUARD_GUEST_NFS_EXPORT";
-/// Set by the guest init; see `tests/fs_verdict.rs`.
+/// Set by the guest init; see `tests/it/fs_verdict.rs`.
 const GUEST_KERNEL: &str = "FLOCKGUARD_GUEST_KERNEL";
 
 /// The mounts of one export, and the export itself.

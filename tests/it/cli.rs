@@ -4,9 +4,6 @@
 //! Processes synchronise on pipes (a holder prints `locked` and keeps the
 //! lock until its stdin closes) and on `/proc/locks` (a waiter is known to be
 //! blocked once the kernel lists it there); nothing here sleeps for a guess.
-#![cfg(feature = "cli")]
-
-mod support;
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
@@ -15,6 +12,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_flockguard");
 

@@ -1,37 +1,28 @@
 //! Bad input: every refusal is a typed error naming the path, with no panic,
 //! no descriptor leaked and nothing created where the call was refused.
 //!
-//! Tests in this file hold one mutex for their whole body so that counting
-//! `/proc/self/fd` is not disturbed by another test's descriptors.
-
-#[macro_use]
-mod support;
-#[path = "support/rig.rs"]
-mod rig;
+//! Tests here count every descriptor of the process, so each runs in a
+//! process of its own ([`support::rerun_alone`]).
 
 use std::ffi::OsStr;
 use std::io::{ErrorKind, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use flockguard::{
     block_flock, materialize, try_flock, Error, Exclusive, FlockMode, LockFile, LockOptions,
     RemoteFs, Shared,
 };
-use rig::Mount;
-use support::Child;
-use support::{block_flock_verified, try_flock_mode};
+
+use crate::support;
+use crate::support::rig;
+use crate::support::rig::Mount;
+use crate::support::Child;
+use crate::support::{block_flock_verified, try_flock_mode};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Runs `attempt` and checks the refusal contract: an error naming `path`
 /// in its message, the same descriptors open afterwards, and no change
@@ -115,7 +106,9 @@ fn assert_not_regular(err: &Error, kind: &str) {
 
 #[test]
 fn directory_is_refused() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("d");
     std::fs::create_dir(&path).unwrap();
@@ -130,7 +123,9 @@ fn directory_is_refused() {
 
 #[test]
 fn trailing_slash_is_refused_without_creating_anything() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("d")).unwrap();
     for name in ["d/", "missing/"] {
@@ -142,7 +137,9 @@ fn trailing_slash_is_refused_without_creating_anything() {
 
 #[test]
 fn fifo_is_refused_without_hanging() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fifo");
     rig::run("mkfifo", &[path.to_str().unwrap()]).unwrap();
@@ -153,7 +150,9 @@ fn fifo_is_refused_without_hanging() {
 
 #[test]
 fn socket_is_refused() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sock");
     let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
@@ -163,7 +162,9 @@ fn socket_is_refused() {
 
 #[test]
 fn character_device_is_refused() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let path = Path::new("/dev/null");
     let err = refused_everywhere("character device", path, Path::new("/dev/null"));
     assert_not_regular(&err, "character device");
@@ -171,7 +172,9 @@ fn character_device_is_refused() {
 
 #[test]
 fn block_device_is_refused() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     if !support::is_root() {
         return support::skip("block_device_is_refused", "needs root for mknod");
     }
@@ -187,7 +190,9 @@ fn block_device_is_refused() {
 
 #[test]
 fn symlink_is_refused_by_default_and_followed_on_request() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("target.lock");
     std::fs::write(&target, "keep").unwrap();
@@ -209,7 +214,9 @@ fn symlink_is_refused_by_default_and_followed_on_request() {
 
 #[test]
 fn dangling_symlink_is_refused_and_target_not_created() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("absent.lock");
     let link = dir.path().join("dangling.lock");
@@ -228,7 +235,9 @@ fn dangling_symlink_is_refused_and_target_not_created() {
 
 #[test]
 fn symlink_loop_is_refused() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a.lock");
     let b = dir.path().join("b.lock");
@@ -249,7 +258,9 @@ fn symlink_loop_is_refused() {
 
 #[test]
 fn missing_parent_directory_is_refused_unless_create_dirs() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("no/such/dir/app.lock");
     let err = refused_everywhere("missing parent directory", &path, dir.path());
@@ -260,7 +271,9 @@ fn missing_parent_directory_is_refused_unless_create_dirs() {
 
 #[test]
 fn missing_file_with_create_false_is_refused() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("absent.lock");
     let err = refused("missing file, create(false)", &path, dir.path(), || {
@@ -272,7 +285,9 @@ fn missing_file_with_create_false_is_refused() {
 
 #[test]
 fn file_as_path_component_is_refused() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("file"), "").unwrap();
     let path = dir.path().join("file/app.lock");
@@ -282,7 +297,9 @@ fn file_as_path_component_is_refused() {
 
 #[test]
 fn name_longer_than_name_max_is_refused() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("n".repeat(256));
     let err = refused_everywhere("name longer than NAME_MAX", &path, dir.path());
@@ -291,7 +308,9 @@ fn name_longer_than_name_max_is_refused() {
 
 #[test]
 fn path_longer_than_path_max_is_refused() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut path = dir.path().to_path_buf();
     while path.as_os_str().len() < 4200 {
@@ -304,7 +323,9 @@ fn path_longer_than_path_max_is_refused() {
 
 #[test]
 fn empty_path_is_refused() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let cwd = std::env::current_dir().unwrap();
     let err = refused_everywhere("empty path", Path::new(""), &cwd);
     assert!(
@@ -314,7 +335,9 @@ fn empty_path_is_refused() {
 
 #[test]
 fn nul_byte_in_path_is_refused() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut bytes = dir.path().as_os_str().as_bytes().to_vec();
     bytes.extend_from_slice(b"/a\0b.lock");
@@ -391,21 +414,20 @@ fn child_emfile(path: &str, watch: &str) {
     drop(guard);
 }
 
-fn dispatch(args: &[String]) {
-    match args[0].as_str() {
-        "refuse" => child_refuse(&args[1], &args[2]),
-        "lock" => child_lock(&args[1]),
-        "emfile" => child_emfile(&args[1], &args[2]),
-        other => panic!("unknown child command {other}"),
-    }
-}
-
-child_entry!(dispatch);
+pub const CHILDREN: &[support::Role] = &[
+    ("bad_input::refuse", |a| child_refuse(&a[0], &a[1])),
+    ("bad_input::lock", |a| child_lock(&a[0])),
+    ("bad_input::emfile", |a| child_emfile(&a[0], &a[1])),
+];
 
 /// Runs `child_refuse` as `uid`; returns (errno, message).
 fn refuse_as(uid: u32, path: &Path, watch: &Path) -> (i32, String) {
     let mut child = Child::spawn_with(
-        &["refuse", path.to_str().unwrap(), watch.to_str().unwrap()],
+        &[
+            "bad_input::refuse",
+            path.to_str().unwrap(),
+            watch.to_str().unwrap(),
+        ],
         rig::as_user(uid),
     );
     let line = child.expect_line("REFUSED", WAIT);
@@ -418,7 +440,9 @@ fn refuse_as(uid: u32, path: &Path, watch: &Path) -> (i32, String) {
 
 #[test]
 fn permission_denied_as_nobody() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     if let Some(why) = rig::cannot_switch_user() {
         return support::skip("permission_denied_as_nobody", &why);
     }
@@ -449,7 +473,9 @@ fn permission_denied_as_nobody() {
 
 #[test]
 fn readable_file_of_another_user_is_locked_read_only() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     if let Some(why) = rig::cannot_switch_user() {
         return support::skip("readable_file_of_another_user_is_locked_read_only", &why);
     }
@@ -458,7 +484,10 @@ fn readable_file_of_another_user_is_locked_read_only() {
     std::fs::write(&path, "content").unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
 
-    let mut child = Child::spawn_with(&["lock", path.to_str().unwrap()], rig::as_user(rig::NOBODY));
+    let mut child = Child::spawn_with(
+        &["bad_input::lock", path.to_str().unwrap()],
+        rig::as_user(rig::NOBODY),
+    );
     child.expect_line("LOCKED", WAIT);
     let write = child.expect_line("WRITE", WAIT);
     // Opened read-only: the lock is real, writes are refused naming the path.
@@ -466,7 +495,10 @@ fn readable_file_of_another_user_is_locked_read_only() {
     assert!(try_flock::<Shared>(&path).unwrap_err().is_would_block());
     assert!(child.release().success());
     let mine = try_flock::<Exclusive>(&path).unwrap();
-    let mut child = Child::spawn_with(&["lock", path.to_str().unwrap()], rig::as_user(rig::NOBODY));
+    let mut child = Child::spawn_with(
+        &["bad_input::lock", path.to_str().unwrap()],
+        rig::as_user(rig::NOBODY),
+    );
     child.expect_line("BUSY", WAIT);
     assert!(child.release().success());
     drop(mine);
@@ -475,7 +507,9 @@ fn readable_file_of_another_user_is_locked_read_only() {
 
 #[test]
 fn running_executable_is_locked_read_only() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     // O_RDWR on a file being executed fails with ETXTBSY; the read-only
     // fallback still locks it. The test binary itself is running.
     let exe = std::env::current_exe().unwrap();
@@ -507,7 +541,9 @@ fn running_executable_is_locked_read_only() {
 
 #[test]
 fn read_only_tmpfs_locks_existing_file_and_refuses_creation() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     if let Some(why) = rig::cannot_mount() {
         return support::skip(
             "read_only_tmpfs_locks_existing_file_and_refuses_creation",
@@ -547,7 +583,9 @@ fn read_only_tmpfs_locks_existing_file_and_refuses_creation() {
 
 #[test]
 fn read_only_bind_mount_shares_the_lock_with_the_writable_view() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     if let Some(why) = rig::cannot_mount() {
         return support::skip(
             "read_only_bind_mount_shares_the_lock_with_the_writable_view",
@@ -582,7 +620,9 @@ fn read_only_bind_mount_shares_the_lock_with_the_writable_view() {
 
 #[test]
 fn no_inodes_left_is_refused() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     if let Some(why) = rig::cannot_mount() {
         return support::skip("no_inodes_left_is_refused", &why);
     }
@@ -603,7 +643,9 @@ fn no_inodes_left_is_refused() {
 
 #[test]
 fn no_space_left_still_locks_but_writes_fail() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     if let Some(why) = rig::cannot_mount() {
         return support::skip("no_space_left_still_locks_but_writes_fail", &why);
     }
@@ -628,11 +670,13 @@ fn no_space_left_still_locks_but_writes_fail() {
 
 #[test]
 fn too_many_open_files_is_refused() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.lock");
     let mut child = Child::spawn(&[
-        "emfile",
+        "bad_input::emfile",
         path.to_str().unwrap(),
         dir.path().to_str().unwrap(),
     ]);
@@ -649,7 +693,9 @@ fn too_many_open_files_is_refused() {
 
 #[test]
 fn fuse_is_refused_and_created_file_removed() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     if let Some(why) = rig::cannot_mount() {
         return support::skip("fuse_is_refused_and_created_file_removed", &why);
     }
@@ -694,7 +740,9 @@ fn fuse_is_refused_and_created_file_removed() {
 
 #[test]
 fn lock_file_unlinked_while_held_is_detected() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let (_dir, path) = support::lock_path();
     let held = try_flock::<Exclusive>(&path).unwrap();
     held.verify_path().unwrap();
@@ -717,7 +765,9 @@ fn lock_file_unlinked_while_held_is_detected() {
 
 #[test]
 fn lock_file_replaced_while_held_is_detected() {
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let (dir, path) = support::lock_path();
     let held = try_flock::<Exclusive>(&path).unwrap();
     let other = dir.path().join("other");

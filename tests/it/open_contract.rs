@@ -1,9 +1,9 @@
 //! The open contract: flags, symlinks, permissions, no truncation, refusal of
 //! anything that is not a regular file, `FD_CLOEXEC` on every descriptor, and
 //! no descriptor leaked on any error path.
-
-#[macro_use]
-mod support;
+//!
+//! Tests here count every descriptor of the process, so each runs in a
+//! process of its own ([`support::rerun_alone`]).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -11,22 +11,16 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use flockguard::{
     block_flock, try_flock, Error, Exclusive, FileKind, FlockMode, LockFile, LockOptions, Shared,
 };
 use rustix::fs::OFlags;
-use support::try_flock_mode;
-use support::Child;
 
-/// The tests count every descriptor of the process, so they run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::support;
+use crate::support::try_flock_mode;
+use crate::support::Child;
 
 /// Runs `f` and asserts it left no descriptor open, neither in total nor
 /// under `dir`.
@@ -42,26 +36,25 @@ fn no_leak<T>(dir: &Path, f: impl FnOnce() -> T) -> T {
     out
 }
 
-fn dispatch(args: &[String]) {
-    match args[0].as_str() {
-        // Runs as an unprivileged user: the read-write open of the FIFO is
-        // refused, so the crate falls back to a read-only open, which would
-        // block forever without O_NONBLOCK (no writer on the FIFO).
-        "open-fifo" => match LockFile::open(&args[1]) {
-            Err(Error::NotRegularFile { kind, .. }) => {
-                support::tell(&format!("result: refused {kind}"))
-            }
-            other => support::tell(&format!("result: unexpected {other:?}")),
-        },
-        other => panic!("unknown child command {other}"),
+pub const CHILDREN: &[support::Role] = &[("open_contract::open-fifo", |a| open_fifo(&a[0]))];
+
+/// Child, run as an unprivileged user: the read-write open of the FIFO is
+/// refused, so the crate falls back to a read-only open, which would block
+/// forever without O_NONBLOCK (no writer on the FIFO).
+fn open_fifo(path: &str) {
+    match LockFile::open(path) {
+        Err(Error::NotRegularFile { kind, .. }) => {
+            support::tell(&format!("result: refused {kind}"))
+        }
+        other => support::tell(&format!("result: unexpected {other:?}")),
     }
 }
 
-child_entry!(dispatch);
-
 #[test]
 fn opens_read_write_cloexec_nonblocking_nofollow() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let (_dir, path) = support::lock_path();
     let file = LockFile::open(&path).unwrap();
     let flags = support::fd_flags(&file);
@@ -84,7 +77,9 @@ fn opens_read_write_cloexec_nonblocking_nofollow() {
 
 #[test]
 fn follow_symlinks_drops_nofollow() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let (_dir, path) = support::lock_path();
     let file = LockOptions::new()
         .follow_symlinks(true)
@@ -97,7 +92,9 @@ fn follow_symlinks_drops_nofollow() {
 
 #[test]
 fn symlink_is_refused_by_default() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let (dir, target) = support::lock_path();
     std::fs::write(&target, b"keep").unwrap();
     let link = dir.path().join("link.lock");
@@ -118,7 +115,9 @@ fn symlink_is_refused_by_default() {
 
 #[test]
 fn symlink_is_followed_when_asked() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let (dir, target) = support::lock_path();
     std::fs::write(&target, b"keep").unwrap();
     let link = dir.path().join("link.lock");
@@ -141,7 +140,9 @@ fn symlink_is_followed_when_asked() {
 
 #[test]
 fn dangling_symlink_is_refused_and_its_target_not_created() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let (dir, target) = support::lock_path();
     let link = dir.path().join("link.lock");
     std::os::unix::fs::symlink(&target, &link).unwrap();
@@ -166,7 +167,9 @@ fn dangling_symlink_is_refused_and_its_target_not_created() {
 
 #[test]
 fn new_file_gets_0o666_minus_umask() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let (_dir, path) = support::lock_path();
     let umask = support::umask();
     flockguard::materialize(&path).unwrap();
@@ -176,7 +179,9 @@ fn new_file_gets_0o666_minus_umask() {
 
 #[test]
 fn custom_mode_applies_to_new_files_only() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let (dir, path) = support::lock_path();
     let umask = support::umask();
     let file = LockOptions::new().permissions(0o640).open(&path).unwrap();
@@ -198,7 +203,9 @@ fn custom_mode_applies_to_new_files_only() {
 
 #[test]
 fn existing_content_is_never_truncated() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let (_dir, path) = support::lock_path();
     std::fs::write(&path, b"pid 1234\n").unwrap();
 
@@ -217,7 +224,9 @@ fn existing_content_is_never_truncated() {
 
 #[test]
 fn exclusive_guard_writes_and_truncates_only_when_asked() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let (_dir, path) = support::lock_path();
     std::fs::write(&path, b"old content").unwrap();
     let mut guard = try_flock::<Exclusive>(&path).unwrap();
@@ -231,7 +240,9 @@ fn exclusive_guard_writes_and_truncates_only_when_asked() {
 
 #[test]
 fn fifo_is_refused_without_hanging() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let (dir, path) = support::lock_path();
     rustix::fs::mknodat(
         rustix::fs::CWD,
@@ -275,7 +286,9 @@ fn fifo_is_refused_without_hanging() {
 
 #[test]
 fn fifo_read_only_fallback_does_not_hang_unprivileged() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     const TEST: &str = "fifo_read_only_fallback_does_not_hang_unprivileged";
     if !support::is_root() {
         return support::skip(TEST, "needs root to run a child as user nobody");
@@ -301,10 +314,13 @@ fn fifo_read_only_fallback_does_not_hang_unprivileged() {
         return support::skip(TEST, "the test binary is not reachable by user nobody");
     }
 
-    let mut child = Child::spawn_with(&["open-fifo", path.to_str().unwrap()], |cmd| {
-        std::os::unix::process::CommandExt::uid(cmd, 65534);
-        std::os::unix::process::CommandExt::gid(cmd, 65534);
-    });
+    let mut child = Child::spawn_with(
+        &["open_contract::open-fifo", path.to_str().unwrap()],
+        |cmd| {
+            std::os::unix::process::CommandExt::uid(cmd, 65534);
+            std::os::unix::process::CommandExt::gid(cmd, 65534);
+        },
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while child.child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -319,7 +335,9 @@ fn fifo_read_only_fallback_does_not_hang_unprivileged() {
 
 #[test]
 fn directory_is_refused() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let (dir, _) = support::lock_path();
     let sub = dir.path().join("sub");
     std::fs::create_dir(&sub).unwrap();
@@ -360,7 +378,9 @@ fn directory_is_refused() {
 
 #[test]
 fn socket_is_refused() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let (dir, path) = support::lock_path();
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let err = no_leak(dir.path(), || LockFile::open(&path).unwrap_err());
@@ -385,7 +405,9 @@ fn socket_is_refused() {
 
 #[test]
 fn character_device_is_refused() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let dev_null = Path::new("/dev/null");
     let err = no_leak(dev_null, || LockFile::open(dev_null).unwrap_err());
     assert!(
@@ -408,7 +430,9 @@ fn character_device_is_refused() {
 
 #[test]
 fn missing_parent_is_an_open_error_without_leak() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let (dir, _) = support::lock_path();
     let path = dir.path().join("missing/dir/app.lock");
     let err = no_leak(dir.path(), || LockFile::open(&path).unwrap_err());
@@ -427,7 +451,9 @@ fn missing_parent_is_an_open_error_without_leak() {
 
 #[test]
 fn create_false_does_not_create() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let (dir, path) = support::lock_path();
     let err = no_leak(dir.path(), || {
         LockOptions::new().create(false).open(&path).unwrap_err()
@@ -438,7 +464,9 @@ fn create_false_does_not_create() {
 
 #[test]
 fn contention_error_path_closes_the_descriptor() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let (dir, path) = support::lock_path();
     let held = try_flock::<Exclusive>(&path).unwrap();
     let err = no_leak(dir.path(), || try_flock::<Shared>(&path).unwrap_err());
@@ -452,7 +480,9 @@ fn contention_error_path_closes_the_descriptor() {
 
 #[test]
 fn every_descriptor_has_cloexec_through_every_transition() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let (_dir, path) = support::lock_path();
     let file = LockFile::open(&path).unwrap();
     assert!(support::is_cloexec(&file), "after open");
@@ -491,7 +521,9 @@ fn every_descriptor_has_cloexec_through_every_transition() {
 
 #[test]
 fn adopt_sets_cloexec_on_an_inheritable_descriptor() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let (_dir, path) = support::lock_path();
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -521,7 +553,9 @@ fn adopt_sets_cloexec_on_an_inheritable_descriptor() {
 
 #[test]
 fn adopt_accepts_a_read_only_descriptor() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let (_dir, path) = support::lock_path();
     std::fs::write(&path, b"x").unwrap();
     let guard = LockOptions::new()
@@ -535,7 +569,9 @@ fn adopt_accepts_a_read_only_descriptor() {
 
 #[test]
 fn read_only_file_is_locked_through_a_read_only_open() {
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     const TEST: &str = "read_only_file_is_locked_through_a_read_only_open";
     if !support::is_root() {
         return support::skip(TEST, "needs root to run a child as user nobody");
@@ -602,7 +638,9 @@ impl Drop for Unmount<'_> {
 #[test]
 fn a_refused_adoption_gives_the_callers_file_back() {
     use std::os::fd::AsRawFd;
-    let _s = serial();
+    if support::rerun_alone() {
+        return;
+    }
     let dev_null = std::path::Path::new("/dev/null");
     let file = File::open(dev_null).unwrap();
     let fd = file.as_raw_fd();

@@ -5,16 +5,19 @@
 //! `.ci/guest` runs these tests on Linux 6.1 with `FLOCKGUARD_GUEST_KERNEL`
 //! set to the release it booted; there a test that cannot set up its
 //! filesystem fails instead of skipping.
-
-#[macro_use]
-mod support;
+//!
+//! A test that mounts runs in a process of its own
+//! ([`support::rerun_alone`]): a child forked from a process holds copies of
+//! all its descriptors, and so their locks, until it executes, so mount
+//! helpers and other tests' children would disturb each other.
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use flockguard::{classify, holders, try_flock, Exclusive, FlockMode, LockOptions, Shared};
+
+use crate::support;
 
 /// Set by the guest init to the kernel release it expects, such as `6.1`.
 const GUEST_KERNEL: &str = "FLOCKGUARD_GUEST_KERNEL";
@@ -22,23 +25,14 @@ const GUEST_KERNEL: &str = "FLOCKGUARD_GUEST_KERNEL";
 /// `STATX_MNT_ID_UNIQUE` from `include/uapi/linux/stat.h` (Linux 6.8).
 const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
 
-/// Mounting tests run one at a time: a `mount` child forked by one test
-/// holds copies of the other tests' descriptors, and so their locks, until
-/// it executes.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
+pub const CHILDREN: &[support::Role] = &[("fs_verdict::lock-times", |a| lock_times(&a[0], &a[1]))];
 
-/// Child: opens and locks `args[0]` `args[1]` times, for strace to count.
-fn dispatch(args: &[String]) {
-    let times: u32 = args[1].parse().unwrap();
-    for _ in 0..times {
-        drop(try_flock::<Exclusive>(&args[0]).unwrap());
+/// In a child: opens and locks `path` `times` times, for strace to count.
+fn lock_times(path: &str, times: &str) {
+    for _ in 0..times.parse::<u32>().unwrap() {
+        drop(try_flock::<Exclusive>(path).unwrap());
     }
 }
-
-child_entry!(dispatch);
 
 fn in_guest() -> bool {
     std::env::var_os(GUEST_KERNEL).is_some()
@@ -181,7 +175,9 @@ fn statx_reports_a_unique_mount_id_exactly_from_linux_6_8() {
 #[test]
 fn tmpfs_is_lockable() {
     const TEST: &str = "tmpfs_is_lockable";
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     if !support::is_root() {
         return cannot(TEST, "mounting needs root");
     }
@@ -196,7 +192,9 @@ fn tmpfs_is_lockable() {
 #[test]
 fn ext4_on_a_loop_device_is_lockable() {
     const TEST: &str = "ext4_on_a_loop_device_is_lockable";
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     if !support::is_root() {
         return cannot(TEST, "mounting a loop device needs root");
     }
@@ -211,7 +209,9 @@ fn ext4_on_a_loop_device_is_lockable() {
 #[test]
 fn btrfs_on_a_loop_device_is_lockable() {
     const TEST: &str = "btrfs_on_a_loop_device_is_lockable";
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     if !support::is_root() {
         return cannot(TEST, "mounting a loop device needs root");
     }
@@ -226,7 +226,9 @@ fn btrfs_on_a_loop_device_is_lockable() {
 #[test]
 fn overlay_is_lockable_and_locks_the_overlay_inode() {
     const TEST: &str = "overlay_is_lockable_and_locks_the_overlay_inode";
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     if !support::is_root() {
         return cannot(TEST, "mounting overlayfs needs root");
     }
@@ -261,23 +263,17 @@ fn each_open_checks_the_filesystem_unless_the_kernel_names_the_mount_uniquely() 
     const OPENS: usize = 3;
     let (dir, path) = support::lock_path();
     let log = dir.path().join("strace.log");
-    let exe = std::env::current_exe().unwrap();
-    let out = match Command::new("strace")
-        .args(["-f", "-qq", "-e", "trace=fstatfs,statfs", "-o"])
-        .arg(&log)
-        .arg(exe)
-        .args([
-            "__child_entry",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .env(
-            support::CHILD_ENV,
-            format!("{}{}{OPENS}", path.display(), support::ARG_SEP),
-        )
-        .output()
+    let child = support::child_command(
+        "fs_verdict::lock-times",
+        &[path.to_str().unwrap(), &OPENS.to_string()],
+    );
+    let out = match support::run_under(
+        Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=fstatfs,statfs", "-o"])
+            .arg(&log),
+        &child,
+    )
+    .output()
     {
         Ok(out) => out,
         Err(err) => return cannot(TEST, &format!("cannot run strace: {err}")),

@@ -2,8 +2,6 @@
 //! in this process (flock locks belong to open file descriptions, so two opens
 //! contend like two processes).
 
-mod support;
-
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
@@ -14,8 +12,10 @@ use flockguard::{
     block_flock, materialize, try_flock, AnyGuard, Error, Exclusive, FileKind, FlockMode,
     LockError, LockFile, LockGuard, LockOptions, Shared,
 };
-use support::{block_flock_mode, try_flock_mode};
-use support::{expect_locks, held_through, wait_until};
+
+use crate::support;
+use crate::support::{block_flock_mode, try_flock_mode};
+use crate::support::{expect_locks, held_through, wait_until};
 
 /// Opens `path` with `O_PATH`: a descriptor that names the file but that
 /// `flock(2)` rejects with `EBADF`.

@@ -1,22 +1,18 @@
 //! The filesystem verdict is remembered per mount: repeated opens on one
 //! mount keep their verdict, and a directory that changes mounts gets the
 //! new mount's verdict.
-
-mod support;
+//!
+//! A test that mounts runs in a process of its own
+//! ([`support::rerun_alone`]): a child forked from a process holds copies of
+//! all its descriptors, and so their locks, until it executes, so mount
+//! helpers and other tests' children would disturb each other.
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use flockguard::{try_flock, Error, Exclusive, LockOptions, RemoteFs};
 
-/// Tests here run one at a time: a `mount` child forked by one test holds
-/// copies of the other test's descriptors until it executes, and with them
-/// the other test's locks.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::support;
 
 /// A mount made for one test, lazily unmounted on drop.
 struct Mount<'a>(&'a Path);
@@ -58,7 +54,9 @@ fn remote_refusal(path: &Path) -> bool {
 #[test]
 fn verdict_follows_the_mount_not_the_directory() {
     const TEST: &str = "verdict_follows_the_mount_not_the_directory";
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     if !support::is_root() {
         return support::skip(TEST, "needs root to mount");
     }
@@ -106,7 +104,9 @@ fn verdict_follows_the_mount_not_the_directory() {
 #[test]
 fn two_mounts_keep_two_verdicts() {
     const TEST: &str = "two_mounts_keep_two_verdicts";
-    let _serial = serial();
+    if support::rerun_alone() {
+        return;
+    }
     if !support::is_root() {
         return support::skip(TEST, "needs root to mount");
     }

@@ -3,11 +3,9 @@
 //! holds what.
 //!
 //! Needs the `proptest` feature (on with `--all-features`);
-//! `PROPTEST_CASES=10000 cargo test --release --features proptest --test model`
+//! `PROPTEST_CASES=10000 cargo test --release --features proptest --test it model::`
 //! runs a longer search; failures are kept in `proptest-regressions/model.txt` and
 //! replayed first on every run.
-
-mod support;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
@@ -16,6 +14,8 @@ use std::time::Duration;
 use flockguard::{Exclusive, FlockMode, LockFile, LockGuard, Shared};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
+
+use crate::support;
 
 const HANDLES: usize = 4;
 const PATHS: usize = 2;

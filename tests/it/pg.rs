@@ -3,9 +3,6 @@
 //! The server is named by `FLOCKGUARD_PG_URL` (`.ci/pg-server start` prints
 //! one). Without it each test prints `SKIPPED <test>: <reason>` and returns;
 //! with `FLOCKGUARD_PG_REQUIRED` set (as CI does) a missing URL fails.
-#![cfg(feature = "postgres")]
-
-mod support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -15,22 +12,27 @@ use std::time::{Duration, Instant};
 
 use flockguard::pg::{self, AsyncPgLock, Error, ErrorKind, PgGuard, PgLock, PgLoss};
 use flockguard::{CancelToken, Exclusive, FlockMode, Shared, Wait};
-use support::Child;
+
+use crate::support;
+use crate::support::Child;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-child_entry!(dispatch);
+pub const CHILDREN: &[support::Role] = &[
+    ("pg::hold", |a| child_hold(&url(), &a[0], &a[1])),
+    ("pg::counter", |a| {
+        child_counter(&url(), &a[0], &a[1], a[2].parse().unwrap())
+    }),
+    ("pg::leaks", |_| child_leaks(&url())),
+    ("pg::async-threads", |_| child_async_threads(&url())),
+    ("pg::unlocked", |a| {
+        child_unlocked(&url(), &a[0], a[1].parse().unwrap())
+    }),
+];
 
-fn dispatch(args: &[String]) {
-    let url = std::env::var("FLOCKGUARD_PG_URL").expect("url");
-    match args[0].as_str() {
-        "hold" => child_hold(&url, &args[1], &args[2]),
-        "counter" => child_counter(&url, &args[1], &args[2], args[3].parse().unwrap()),
-        "leaks" => child_leaks(&url),
-        "async-threads" => child_async_threads(&url),
-        "unlocked" => child_unlocked(&url, &args[1], args[2].parse().unwrap()),
-        other => panic!("unknown child command {other}"),
-    }
+/// In a child: the server URL the parent used.
+fn url() -> String {
+    std::env::var("FLOCKGUARD_PG_URL").expect("url")
 }
 
 /// The server URL, or `None` after printing why the test is skipped.
@@ -198,7 +200,7 @@ fn two_processes_contend_and_holders_name_the_client() {
         return;
     };
     let name = unique("processes");
-    let mut child = Child::spawn(&["hold", &name, "exclusive"]);
+    let mut child = Child::spawn(&["pg::hold", &name, "exclusive"]);
     let line = child.expect_line("HELD", WAIT);
     let child_token: i64 = line[5..].parse().unwrap();
     let lock = PgLock::connect(&url, &name).unwrap();
@@ -571,7 +573,7 @@ fn without_the_lock_the_counter_loses_updates() {
         "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (n bigint); INSERT INTO {table} VALUES (0)"
     ));
     let mut children: Vec<Child> = (0..8)
-        .map(|_| Child::spawn(&["unlocked", &table, "50"]))
+        .map(|_| Child::spawn(&["pg::unlocked", &table, "50"]))
         .collect();
     for c in &mut children {
         c.expect_line("DONE", Duration::from_secs(300));
@@ -604,7 +606,7 @@ fn eight_processes_lose_no_update() {
     ));
     let ops = 100u32;
     let mut children: Vec<Child> = (0..8)
-        .map(|_| Child::spawn(&["counter", &name, &table, &ops.to_string()]))
+        .map(|_| Child::spawn(&["pg::counter", &name, &table, &ops.to_string()]))
         .collect();
     let mut writes = 0i64;
     for c in &mut children {
@@ -1108,7 +1110,7 @@ fn sessions_and_threads_end_with_their_handles() {
         return;
     };
     // In a child, so that other tests' sessions and threads do not count.
-    let mut child = Child::spawn(&["leaks"]);
+    let mut child = Child::spawn(&["pg::leaks"]);
     let line = child.expect_line("LEAKS", WAIT);
     assert!(child.release().success());
     assert_eq!(line, "LEAKS sessions 0 threads 0", "{line}");
@@ -1183,7 +1185,7 @@ fn calls_from_inside_an_async_runtime_work() {
 /// The statements of the fenced write in docs/postgres.md, as the reader
 /// sees them (comments stripped): the table, then the write.
 fn documented_fenced_write() -> (String, String) {
-    let doc = include_str!("../docs/postgres.md");
+    let doc = include_str!("../../docs/postgres.md");
     let marker = doc
         .find("<!-- fenced-write:")
         .expect("docs/postgres.md marks its fenced write");
@@ -1739,7 +1741,7 @@ fn async_locks_start_no_thread() {
     if server(test).is_none() {
         return;
     }
-    let mut child = Child::spawn(&["async-threads"]);
+    let mut child = Child::spawn(&["pg::async-threads"]);
     let line = child.expect_line("THREADS", WAIT);
     let counts: Vec<&str> = line.split(' ').skip(1).skip(1).step_by(2).collect();
     assert_eq!(counts.len(), 3, "{line}");

@@ -1,11 +1,13 @@
-//! Shared plumbing for tests that need real child processes.
+//! Shared plumbing for the integration tests: child processes, `/proc`
+//! readers, probes of who holds a lock.
 //!
-//! A test binary re-executes itself to run a child: [`child_entry!`] defines
-//! a `#[test]` that does nothing in the parent and, in a child started by
-//! [`Child::spawn`], runs the file's own dispatch function on the child's
-//! arguments and exits. The child talks over stdout lines; closing its stdin
-//! (or [`Child::release`]) tells it to finish.
-#![allow(dead_code)] // each test binary uses a different part of this module
+//! A test re-executes this binary to run a child: [`Child::spawn`] names a
+//! [`Role`] from some module's `CHILDREN` table, and the binary's one child
+//! entry point (`__child_entry` in `main.rs`) runs it and exits. The child
+//! talks over stdout lines; closing its stdin (or [`Child::release`]) tells
+//! it to finish.
+
+pub mod rig;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -20,23 +22,92 @@ pub const CHILD_ENV: &str = "FLOCKGUARD_TEST_CHILD";
 /// environment variable cannot hold.
 pub const ARG_SEP: char = '\u{1f}';
 
-/// Defines the child entry point of this test binary: `$dispatch` is a
-/// `fn(&[String])` run in the child; the child exits 0 when it returns.
-#[macro_export]
-macro_rules! child_entry {
-    ($dispatch:path) => {
-        #[test]
-        fn __child_entry() {
-            if let Ok(args) = std::env::var($crate::support::CHILD_ENV) {
-                let args: Vec<String> = args
-                    .split($crate::support::ARG_SEP)
-                    .map(str::to_owned)
-                    .collect();
-                $dispatch(&args);
-                std::process::exit(0);
-            }
+/// A child role: a name unique in this binary (`module::role`) and the
+/// function a child started with that name runs on the arguments after it.
+pub type Role = (&'static str, fn(&[String]));
+
+/// The libtest arguments that run only the child entry point.
+const CHILD_ENTRY_ARGS: [&str; 6] = [
+    "__child_entry",
+    "--exact",
+    "--ignored",
+    "--nocapture",
+    "--test-threads=1",
+    "-q",
+];
+
+/// The role and arguments this process was started with, if it is a child
+/// started by [`Child::spawn`] or [`child_command`].
+pub fn child_request() -> Option<(String, Vec<String>)> {
+    let all = std::env::var(CHILD_ENV).ok()?;
+    let mut args = all.split(ARG_SEP).map(str::to_owned);
+    let role = args.next().expect("a child role");
+    Some((role, args.collect()))
+}
+
+/// The command that runs this test binary as a child in `role` on `args`.
+pub fn child_command(role: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
+    let mut all = vec![role];
+    all.extend_from_slice(args);
+    cmd.args(CHILD_ENTRY_ARGS)
+        .env(CHILD_ENV, all.join(&ARG_SEP.to_string()));
+    cmd
+}
+
+/// Makes `wrapper` (`strace …`, `unshare …`) run `child` under it: appends
+/// the child's program and arguments and copies its environment settings.
+pub fn run_under<'a>(wrapper: &'a mut Command, child: &Command) -> &'a mut Command {
+    wrapper.arg(child.get_program()).args(child.get_args());
+    for (key, value) in child.get_envs() {
+        if let Some(value) = value {
+            wrapper.env(key, value);
         }
-    };
+    }
+    wrapper
+}
+
+/// The environment variable that names the test [`rerun_alone`] runs in a
+/// process of its own.
+const ALONE_ENV: &str = "FLOCKGUARD_TEST_ALONE";
+
+/// For a test that counts or changes what belongs to the whole process
+/// (every descriptor, the children forked meanwhile, mounts whose helpers
+/// share its descriptors): runs the calling test again as the only test in
+/// a fresh process of this binary, asserts that it passed there, and
+/// returns `true`; the caller then returns. In that process it returns
+/// `false` and the test body runs. Other tests of this binary run in
+/// parallel threads of one process, so a count of `/proc/self/fd` or a
+/// child forked by another test would disturb it.
+pub fn rerun_alone() -> bool {
+    let name = std::thread::current()
+        .name()
+        .expect("libtest names each test's thread after the test")
+        .to_owned();
+    if std::env::var(ALONE_ENV).is_ok_and(|alone| alone == name) {
+        return false;
+    }
+    let out = Command::new(std::env::current_exe().expect("current_exe"))
+        .args([
+            &name,
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ALONE_ENV, &name)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the test in a process of its own");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed;"),
+        "{name} in a process of its own: {}",
+        out.status
+    );
+    true
 }
 
 /// A running child process of this test binary.
@@ -47,27 +118,20 @@ pub struct Child {
 }
 
 impl Child {
-    /// Starts this test binary as a child running the dispatch function on
-    /// `args`.
+    /// Starts this test binary as a child running the role named by
+    /// `args[0]` (`module::role`, from that module's `CHILDREN`) on the rest
+    /// of `args`.
     pub fn spawn(args: &[&str]) -> Child {
         Self::spawn_with(args, |_| {})
     }
 
     /// As [`spawn`](Self::spawn), with a hook to adjust the command.
     pub fn spawn_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Child {
-        let exe = std::env::current_exe().expect("current_exe");
-        let mut cmd = Command::new(exe);
-        cmd.args([
-            "__child_entry",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .env(CHILD_ENV, args.join(&ARG_SEP.to_string()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        let (role, args) = args.split_first().expect("a child role");
+        let mut cmd = child_command(role, args);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         adjust(&mut cmd);
         let mut child = cmd.spawn().expect("spawn child");
         let stdin = child.stdin.take();

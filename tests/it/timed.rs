@@ -3,9 +3,6 @@
 //! descriptor or thread left behind on any path.
 // Thread scopes here return the crate's LockError<LockFile>, which hands the file
 
-#[macro_use]
-mod support;
-
 use std::path::Path;
 use std::sync::{mpsc, Barrier};
 use std::time::Duration;
@@ -14,22 +11,21 @@ use flockguard::{
     flock_timeout, CancelToken, Error, Exclusive, FlockMode, Holder, LockError, LockFile,
     LockOptions, PidStatus, Shared, Wait,
 };
-use support::Child;
+
+use crate::support;
+use crate::support::Child;
 
 const LONG: Duration = Duration::from_secs(60);
 const LINE: Duration = Duration::from_secs(30);
 
-fn dispatch(args: &[String]) {
-    match args[0].as_str() {
-        "hold" => hold(&args[1], &args[2]),
-        "fdcheck" => fdcheck(Path::new(&args[1])),
-        "nofd" => nofd(Path::new(&args[1])),
-        "crowd" => crowd(Path::new(&args[1]), args[2].parse().unwrap()),
-        other => panic!("unknown child command {other}"),
-    }
-}
-
-child_entry!(dispatch);
+pub const CHILDREN: &[support::Role] = &[
+    ("timed::hold", |a| hold(&a[0], &a[1])),
+    ("timed::fdcheck", |a| fdcheck(Path::new(&a[0]))),
+    ("timed::nofd", |a| nofd(Path::new(&a[0]))),
+    ("timed::crowd", |a| {
+        crowd(Path::new(&a[0]), a[1].parse().unwrap())
+    }),
+];
 
 fn parse_mode(mode: &str) -> FlockMode {
     match mode {
@@ -66,7 +62,7 @@ fn hold(mode: &str, path: &str) {
 }
 
 fn holder(mode: &str, path: &Path) -> Child {
-    let mut child = Child::spawn(&["hold", mode, path.to_str().unwrap()]);
+    let mut child = Child::spawn(&["timed::hold", mode, path.to_str().unwrap()]);
     child.expect_line("locked", LINE);
     child
 }
@@ -418,7 +414,7 @@ fn create_dirs_creates_missing_parents_and_is_off_by_default() {
 #[test]
 fn no_descriptor_or_thread_is_left_on_any_path() {
     let (_dir, path) = support::lock_path();
-    let mut child = Child::spawn(&["fdcheck", path.to_str().unwrap()]);
+    let mut child = Child::spawn(&["timed::fdcheck", path.to_str().unwrap()]);
     child.expect_line("ok", LONG);
     assert!(child.release().success());
 }
@@ -544,7 +540,7 @@ fn fdcheck(path: &Path) {
 #[test]
 fn waits_by_back_off_when_no_descriptor_is_left_for_inotify() {
     let (_dir, path) = support::lock_path();
-    let mut child = Child::spawn(&["nofd", path.to_str().unwrap()]);
+    let mut child = Child::spawn(&["timed::nofd", path.to_str().unwrap()]);
     child.expect_line("ok", LONG);
     assert!(child.release().success());
 }
@@ -599,7 +595,7 @@ fn set_nofile(soft: u64) {
 #[test]
 fn five_hundred_timed_waiters_each_get_the_lock_in_turn() {
     let (_dir, path) = support::lock_path();
-    let mut child = Child::spawn(&["crowd", path.to_str().unwrap(), "500"]);
+    let mut child = Child::spawn(&["timed::crowd", path.to_str().unwrap(), "500"]);
     child.expect_line("ok", Duration::from_secs(120));
     assert!(child.release().success());
 }

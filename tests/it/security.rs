@@ -1,18 +1,16 @@
 //! Security: lock files in world-writable directories, and safe removal.
 
-#[macro_use]
-mod support;
-#[path = "support/rig.rs"]
-mod rig;
-
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use flockguard::{block_flock, try_flock, Error, Exclusive, LockOptions, Shared};
-use support::Child;
-use support::{block_flock_verified, try_flock_verified};
+
+use crate::support;
+use crate::support::rig;
+use crate::support::Child;
+use crate::support::{block_flock_verified, try_flock_verified};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -82,20 +80,20 @@ fn child_churn(path: &str, log: &str, iters: &str, style: &str) {
     support::tell("> DONE");
 }
 
-fn dispatch(args: &[String]) {
-    match args[0].as_str() {
-        "symlink" => {
-            std::os::unix::fs::symlink(&args[2], &args[1]).expect("plant symlink");
-            support::tell("> PLANTED");
-        }
-        "create" => child_create(&args[1], &args[2], &args[3]),
-        "lock" => child_lock(&args[1]),
-        "churn" => child_churn(&args[1], &args[2], &args[3], &args[4]),
-        other => panic!("unknown child command {other}"),
-    }
-}
+pub const CHILDREN: &[support::Role] = &[
+    ("security::symlink", |a| child_symlink(&a[0], &a[1])),
+    ("security::create", |a| child_create(&a[0], &a[1], &a[2])),
+    ("security::lock", |a| child_lock(&a[0])),
+    ("security::churn", |a| {
+        child_churn(&a[0], &a[1], &a[2], &a[3])
+    }),
+];
 
-child_entry!(dispatch);
+/// In a child: plants a symlink at `link` pointing to `target`.
+fn child_symlink(link: &str, target: &str) {
+    std::os::unix::fs::symlink(target, link).expect("plant symlink");
+    support::tell("> PLANTED");
+}
 
 fn as_user(uid: u32, args: &[&str], expect: &str) -> (Child, String) {
     let mut child = Child::spawn_with(args, rig::as_user(uid));
@@ -122,7 +120,11 @@ fn symlink_planted_by_another_user_is_not_followed() {
         let link = sticky.path().join(name);
         let (child, _) = as_user(
             rig::NOBODY,
-            &["symlink", link.to_str().unwrap(), target.to_str().unwrap()],
+            &[
+                "security::symlink",
+                link.to_str().unwrap(),
+                target.to_str().unwrap(),
+            ],
             "PLANTED",
         );
         assert!(child.release().success());
@@ -180,7 +182,12 @@ fn file_precreated_by_another_user_is_opened_without_truncation() {
     for (path, mode) in [(&readable, "644"), (&private, "600")] {
         let (child, _) = as_user(
             rig::NOBODY,
-            &["create", path.to_str().unwrap(), "nobody's data", mode],
+            &[
+                "security::create",
+                path.to_str().unwrap(),
+                "nobody's data",
+                mode,
+            ],
             "CREATED",
         );
         assert!(child.release().success());
@@ -192,13 +199,17 @@ fn file_precreated_by_another_user_is_opened_without_truncation() {
     // A third user: a 0o644 file is locked through a read-only open...
     let (child, _) = as_user(
         rig::STRANGER,
-        &["lock", readable.to_str().unwrap()],
+        &["security::lock", readable.to_str().unwrap()],
         "LOCKED",
     );
     assert!(try_flock::<Shared>(&readable).unwrap_err().is_would_block());
     assert!(child.release().success());
     // ...and a 0o600 file is refused with a typed error.
-    let (child, line) = as_user(rig::STRANGER, &["lock", private.to_str().unwrap()], "ERROR");
+    let (child, line) = as_user(
+        rig::STRANGER,
+        &["security::lock", private.to_str().unwrap()],
+        "ERROR",
+    );
     assert!(child.release().success());
     assert!(line.contains("must be readable by you") && line.contains(private.to_str().unwrap()));
     eprintln!("CASE 0o600 file of another user: {}", &line[6..]);
@@ -221,7 +232,11 @@ fn lock_held_by_another_user_in_shared_dir_blocks_everyone() {
     }
     let sticky = rig::shared_dir(0o1777);
     let path = sticky.path().join("app.lock");
-    let (child, _) = as_user(rig::NOBODY, &["lock", path.to_str().unwrap()], "LOCKED");
+    let (child, _) = as_user(
+        rig::NOBODY,
+        &["security::lock", path.to_str().unwrap()],
+        "LOCKED",
+    );
     let err = try_flock::<Exclusive>(&path).unwrap_err();
     assert!(err.is_would_block());
     eprintln!("CASE lock squatted by another user: {err}");
@@ -336,7 +351,7 @@ fn churn(style: &str, procs: usize, iters: u32) -> (usize, usize, usize) {
     let children: Vec<Child> = (0..procs)
         .map(|_| {
             Child::spawn(&[
-                "churn",
+                "security::churn",
                 path.to_str().unwrap(),
                 log.to_str().unwrap(),
                 &it,

@@ -1,8 +1,5 @@
 //! Hostile environments for the hardening tests: mounts that unmount on
 //! drop, other users, descriptor and directory snapshots.
-//!
-//! Included with `#[path = "support/rig.rs"] mod rig;` next to `mod support;`.
-#![allow(dead_code)] // each test binary uses a different part of this module
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

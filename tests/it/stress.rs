@@ -4,9 +4,6 @@
 //! CI size: 8 writers × 500 cycles; `FLOCKGUARD_STRESS_ITERS=2000` for the
 //! larger run. Each test prints a `STRESS` line with its figures.
 
-#[macro_use]
-mod support;
-
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flockguard::{block_flock, Exclusive, LockFile, LockGuard, Mode, Shared};
-use support::Child;
+
+use crate::support;
+use crate::support::Child;
 
 const WAIT: Duration = Duration::from_secs(300);
 const WRITERS: usize = 8;
@@ -219,15 +218,10 @@ fn child_reader(path: &str, locked: bool) {
     ));
 }
 
-fn dispatch(args: &[String]) {
-    match args[0].as_str() {
-        "writer" => child_writer(&args[1], &args[2], &args[3]),
-        "reader" => child_reader(&args[1], args[2] == "locked"),
-        other => panic!("unknown child command {other}"),
-    }
-}
-
-child_entry!(dispatch);
+pub const CHILDREN: &[support::Role] = &[
+    ("stress::writer", |a| child_writer(&a[0], &a[1], &a[2])),
+    ("stress::reader", |a| child_reader(&a[0], a[1] == "locked")),
+];
 
 // ------------------------------------------------------------ parent side
 
@@ -247,12 +241,12 @@ fn run(styles: [&str; WRITERS], reader: &str) -> Figures {
     let p = path.to_str().unwrap();
     let iters = iterations();
     let readers: Vec<Child> = (0..READERS)
-        .map(|_| Child::spawn(&["reader", p, reader]))
+        .map(|_| Child::spawn(&["stress::reader", p, reader]))
         .collect();
     let it = iters.to_string();
     let writers: Vec<Child> = styles
         .iter()
-        .map(|s| Child::spawn(&["writer", p, &it, s]))
+        .map(|s| Child::spawn(&["stress::writer", p, &it, s]))
         .collect();
     let mut fig = Figures {
         expected: iters * WRITERS as u64,

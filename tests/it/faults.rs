@@ -1,11 +1,6 @@
 //! Faults: a holder killed mid-hold, signal storms during a blocking wait,
 //! fork and exec while holding.
 
-#[macro_use]
-mod support;
-#[path = "support/rig.rs"]
-mod rig;
-
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +10,10 @@ use std::time::Duration;
 use flockguard::{
     block_flock, flock_timeout, try_flock, Error, Exclusive, LockFile, LockOptions, Shared,
 };
-use support::Child;
+
+use crate::support;
+use crate::support::rig;
+use crate::support::Child;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -80,23 +78,18 @@ fn describe(result: Result<(), Error>) -> String {
     }
 }
 
-fn dispatch(args: &[String]) {
-    match args[0].as_str() {
-        "hold" => child_hold(&args[1]),
-        "list-fds" => child_list_fds(),
-        "fork" => child_fork(&args[1], &args[2]),
-        other => panic!("unknown child command {other}"),
-    }
-}
-
-child_entry!(dispatch);
+pub const CHILDREN: &[support::Role] = &[
+    ("faults::hold", |a| child_hold(&a[0])),
+    ("faults::list-fds", |_| child_list_fds()),
+    ("faults::fork", |a| child_fork(&a[0], &a[1])),
+];
 
 // ------------------------------------------------------------- SIGKILL
 
 #[test]
 fn holder_killed_mid_hold_releases_blocked_waiter() {
     let (_dir, path) = support::lock_path();
-    let mut holder = Child::spawn(&["hold", path.to_str().unwrap()]);
+    let mut holder = Child::spawn(&["faults::hold", path.to_str().unwrap()]);
     holder.expect_line("LOCKED", WAIT);
 
     let (tx, rx) = mpsc::channel();
@@ -146,7 +139,7 @@ fn holder_killed_mid_hold_releases_blocked_waiter() {
 #[test]
 fn holder_killed_mid_hold_lets_try_lock_succeed() {
     let (_dir, path) = support::lock_path();
-    let mut holder = Child::spawn(&["hold", path.to_str().unwrap()]);
+    let mut holder = Child::spawn(&["faults::hold", path.to_str().unwrap()]);
     holder.expect_line("LOCKED", WAIT);
     let file = LockFile::open(&path).unwrap();
     let file = file.try_lock::<Shared>().unwrap_err().into_inner();
@@ -166,6 +159,8 @@ extern "C" fn count_signal(_: libc::c_int) {
 
 /// Installs a SIGUSR1 handler without `SA_RESTART`, so a blocking
 /// `flock(2)` interrupted by it fails with `EINTR`.
+/// The handler is process-wide, so a test that installs it runs in a process
+/// of its own ([`support::rerun_alone`]).
 fn install_eintr_handler() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -218,6 +213,9 @@ fn storm(tid: libc::pid_t, path: &Path, count: usize, done: &mpsc::Receiver<Resu
 /// `EINTR`, so the library's retry is what keeps the wait going.
 #[test]
 fn signal_interrupts_raw_flock_with_eintr() {
+    if support::rerun_alone() {
+        return;
+    }
     install_eintr_handler();
     let (_dir, path) = support::lock_path();
     let _held = try_flock::<Exclusive>(&path).unwrap();
@@ -240,6 +238,9 @@ fn signal_interrupts_raw_flock_with_eintr() {
 
 #[test]
 fn signal_storm_does_not_interrupt_blocking_lock() {
+    if support::rerun_alone() {
+        return;
+    }
     install_eintr_handler();
     let (_dir, path) = support::lock_path();
     let held = try_flock::<Exclusive>(&path).unwrap();
@@ -270,6 +271,9 @@ fn signal_storm_does_not_interrupt_blocking_lock() {
 
 #[test]
 fn signal_storm_does_not_interrupt_blocking_upgrade() {
+    if support::rerun_alone() {
+        return;
+    }
     install_eintr_handler();
     let (_dir, path) = support::lock_path();
     let other = try_flock::<Shared>(&path).unwrap();
@@ -303,7 +307,7 @@ fn signal_storm_does_not_interrupt_blocking_upgrade() {
 /// grandchild's report after checking the child's lock survived it.
 fn fork_case(op: &str) -> String {
     let (_dir, path) = support::lock_path();
-    let mut child = Child::spawn(&["fork", path.to_str().unwrap(), op]);
+    let mut child = Child::spawn(&["faults::fork", path.to_str().unwrap(), op]);
     let report = child.expect_line("GRANDCHILD", WAIT);
     child.expect_line("REAPED", WAIT);
     assert!(
@@ -343,7 +347,7 @@ fn forked_child_unlink_and_unlock_is_refused() {
 
 /// The lock-file targets an exec'd child of this process has open.
 fn inherited(path: &Path) -> Vec<String> {
-    let mut child = Child::spawn(&["list-fds"]);
+    let mut child = Child::spawn(&["faults::list-fds"]);
     let mut found = Vec::new();
     loop {
         let line = child.expect_line("", WAIT);

@@ -6,56 +6,60 @@
 //! itself set up and against the holder's own `/proc/PID/fdinfo`, never
 //! against another reader of `/proc/locks`.
 
-#[macro_use]
-mod support;
-#[path = "support/rig.rs"]
-mod rig;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use flockguard::{Exclusive, FlockMode, Holder, LockFile, PidStatus, Shared};
-use support::Child;
+
+use crate::support;
+use crate::support::rig;
+use crate::support::Child;
 
 const LINE: Duration = Duration::from_secs(30);
 
-fn dispatch(args: &[String]) {
-    match args[0].as_str() {
-        "hold" => {
-            let mode = if args[1] == "exclusive" {
-                FlockMode::Exclusive
-            } else {
-                FlockMode::Shared
-            };
-            let file = LockFile::open(&args[2]).unwrap();
-            support::tell("opened");
-            let guard = file.lock_any(mode, flockguard::Wait::forever()).unwrap();
-            support::tell("locked");
-            support::wait_for_parent(|_| {});
-            drop(guard);
-        }
-        "fork" => fork_hold(&args[1], &args[2], FlockMode::Exclusive),
-        "fork-shared" => fork_hold(&args[1], &args[2], FlockMode::Shared),
-        "fds" => hold_descriptors(args[1].parse().unwrap()),
-        "print" => print_holders(&args[1]),
-        "emfile" => {
-            // Leaves exactly one descriptor free: enough to read /proc/locks
-            // and open one directory, not to read a file inside it.
-            let lowest = std::fs::File::open("/dev/null").unwrap();
-            let free = std::os::fd::AsRawFd::as_raw_fd(&lowest) as u64;
-            drop(lowest);
-            set_nofile(free + 1);
-            print_holders(&args[1]);
-        }
-        "zombie" => zombie_leader(&args[1]),
-        "inherit" => inherit_then_ask(&args[1]),
-        other => panic!("unknown child command {other}"),
-    }
+pub const CHILDREN: &[support::Role] = &[
+    ("holders::hold", |a| hold(&a[0], &a[1])),
+    ("holders::fork", |a| {
+        fork_hold(&a[0], &a[1], FlockMode::Exclusive)
+    }),
+    ("holders::fork-shared", |a| {
+        fork_hold(&a[0], &a[1], FlockMode::Shared)
+    }),
+    ("holders::fds", |a| hold_descriptors(a[0].parse().unwrap())),
+    ("holders::print", |a| print_holders(&a[0])),
+    ("holders::emfile", |a| print_holders_at_emfile(&a[0])),
+    ("holders::zombie", |a| zombie_leader(&a[0])),
+    ("holders::inherit", |a| inherit_then_ask(&a[0])),
+];
+
+/// Child: opens `path`, takes `mode` (`exclusive` or `shared`) and holds it
+/// until stdin closes.
+fn hold(mode: &str, path: &str) {
+    let mode = if mode == "exclusive" {
+        FlockMode::Exclusive
+    } else {
+        FlockMode::Shared
+    };
+    let file = LockFile::open(path).unwrap();
+    support::tell("opened");
+    let guard = file.lock_any(mode, flockguard::Wait::forever()).unwrap();
+    support::tell("locked");
+    support::wait_for_parent(|_| {});
+    drop(guard);
 }
 
-child_entry!(dispatch);
+/// Child: prints the holders of `path` with one descriptor left free:
+/// enough to read /proc/locks and open one directory, not to read a file
+/// inside it.
+fn print_holders_at_emfile(path: &str) {
+    let lowest = std::fs::File::open("/dev/null").unwrap();
+    let free = std::os::fd::AsRawFd::as_raw_fd(&lowest) as u64;
+    drop(lowest);
+    set_nofile(free + 1);
+    print_holders(path);
+}
 
 /// Child: takes an exclusive lock, forks, closes its own descriptor and
 /// either exits (`exit`) or stays until stdin closes (`stay`). The forked
@@ -243,7 +247,7 @@ fn raise_nofile(want: u64) -> u64 {
 }
 
 fn holder(mode: &str, path: &Path) -> Child {
-    let mut child = Child::spawn(&["hold", mode, path.to_str().unwrap()]);
+    let mut child = Child::spawn(&["holders::hold", mode, path.to_str().unwrap()]);
     child.expect_line("locked", LINE);
     child
 }
@@ -297,7 +301,7 @@ fn shared_holders_and_blocked_waiters_are_listed() {
     let (_dir, path) = support::lock_path();
     let a = holder("shared", &path);
     let b = holder("shared", &path);
-    let mut w = Child::spawn(&["hold", "exclusive", path.to_str().unwrap()]);
+    let mut w = Child::spawn(&["holders::hold", "exclusive", path.to_str().unwrap()]);
     w.expect_line("opened", LINE);
     let list = holders_until(&path, |l| l.iter().any(|h| h.waiting));
     let mut expected = vec![
@@ -368,7 +372,7 @@ fn a_free_file_has_no_holders_and_a_missing_one_is_an_error() {
 #[test]
 fn a_forked_holder_whose_taker_exited_is_reported_through_the_fork() {
     let (_dir, path) = support::lock_path();
-    let mut child = Child::spawn(&["fork", path.to_str().unwrap(), "exit"]);
+    let mut child = Child::spawn(&["holders::fork", path.to_str().unwrap(), "exit"]);
     let line = child.expect_line("forked ", LINE);
     let forked: u32 = line["forked ".len()..].parse().unwrap();
     let taker = child.pid();
@@ -398,7 +402,7 @@ fn a_forked_holder_whose_taker_exited_is_reported_through_the_fork() {
 #[test]
 fn a_forked_holder_whose_taker_closed_its_copy_is_not_blamed_on_the_taker() {
     let (_dir, path) = support::lock_path();
-    let mut child = Child::spawn(&["fork", path.to_str().unwrap(), "stay"]);
+    let mut child = Child::spawn(&["holders::fork", path.to_str().unwrap(), "stay"]);
     let line = child.expect_line("forked ", LINE);
     let forked: u32 = line["forked ".len()..].parse().unwrap();
 
@@ -770,12 +774,12 @@ fn a_timed_wait_ends_soon_after_its_deadline_whatever_the_machine_holds() {
     let per_process = (raise_nofile(3064).saturating_sub(64) as usize).min(3000);
     let (_dir, path) = support::lock_path();
     let mut crowd: Vec<Child> = (0..PROCESSES)
-        .map(|_| Child::spawn(&["fds", &per_process.to_string()]))
+        .map(|_| Child::spawn(&["holders::fds", &per_process.to_string()]))
         .collect();
     for c in &mut crowd {
         c.expect_line("ready", LINE);
     }
-    let mut child = Child::spawn(&["fork", path.to_str().unwrap(), "exit"]);
+    let mut child = Child::spawn(&["holders::fork", path.to_str().unwrap(), "exit"]);
     let line = child.expect_line("forked ", LINE);
     let forked: u32 = line["forked ".len()..].parse().unwrap();
     let taker = child.pid();
@@ -862,7 +866,7 @@ fn holders_work_beside_a_mount_point_that_is_not_utf8() {
 fn a_holder_is_unverified_when_the_caller_has_no_descriptor_left() {
     let (_dir, path) = support::lock_path();
     let held = holder("exclusive", &path);
-    let mut asker = Child::spawn(&["emfile", path.to_str().unwrap()]);
+    let mut asker = Child::spawn(&["holders::emfile", path.to_str().unwrap()]);
     let lines = holder_lines(&mut asker);
     assert_eq!(lines.len(), 1, "{lines:?}");
     let prefix = format!("holder {} Unverified sharers= text=", held.pid());
@@ -887,7 +891,7 @@ fn another_users_holder_is_unverified() {
     let path = dir.path().join("app.lock");
     let held = holder("exclusive", &path);
     let mut asker = Child::spawn_with(
-        &["print", path.to_str().unwrap()],
+        &["holders::print", path.to_str().unwrap()],
         rig::as_user(rig::NOBODY),
     );
     let lines = holder_lines(&mut asker);
@@ -912,23 +916,13 @@ fn a_holder_outside_the_callers_pid_namespace_is_not_exited() {
     }
     let (_dir, path) = support::lock_path();
     let held = holder("exclusive", &path);
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new("unshare")
-        .args(["--pid", "--fork", "--kill-child"])
-        .arg(&exe)
-        .args([
-            "__child_entry",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .env(
-            support::CHILD_ENV,
-            ["print", path.to_str().unwrap()].join(&support::ARG_SEP.to_string()),
-        )
-        .stdin(std::process::Stdio::null())
-        .output();
+    let child = support::child_command("holders::print", &[path.to_str().unwrap()]);
+    let out = support::run_under(
+        Command::new("unshare").args(["--pid", "--fork", "--kill-child"]),
+        &child,
+    )
+    .stdin(std::process::Stdio::null())
+    .output();
     let out = match out {
         Ok(out) if out.status.success() => out,
         other => return support::skip(TEST, &format!("unshare --pid --fork failed: {other:?}")),
@@ -957,7 +951,7 @@ fn a_holder_outside_the_callers_pid_namespace_is_not_exited() {
 #[test]
 fn a_holder_whose_main_thread_exited_is_alive() {
     let (_dir, path) = support::lock_path();
-    let mut child = Child::spawn(&["zombie", path.to_str().unwrap()]);
+    let mut child = Child::spawn(&["holders::zombie", path.to_str().unwrap()]);
     let line = child.expect_line("leader ", LINE);
     let leader: u32 = line["leader ".len()..].parse().unwrap();
     // The premise: the leader is a zombie with a live thread.
@@ -982,7 +976,7 @@ fn a_holder_whose_main_thread_exited_is_alive() {
 #[test]
 fn the_caller_holding_the_lock_through_an_inherited_descriptor_is_named() {
     let (_dir, path) = support::lock_path();
-    let mut child = Child::spawn(&["inherit", path.to_str().unwrap()]);
+    let mut child = Child::spawn(&["holders::inherit", path.to_str().unwrap()]);
     let line = child.expect_line("forked ", LINE);
     let forked: u32 = line["forked ".len()..].parse().unwrap();
     let taker = child.pid();
@@ -1007,9 +1001,12 @@ fn the_caller_holding_the_lock_through_an_inherited_descriptor_is_named() {
 #[test]
 fn control_characters_in_a_holders_command_line_are_escaped() {
     let (_dir, path) = support::lock_path();
-    let mut child = Child::spawn_with(&["hold", "exclusive", path.to_str().unwrap()], |cmd| {
-        cmd.arg("\u{1b}]0;pwned\u{7}\u{1b}[2J\nfake: line");
-    });
+    let mut child = Child::spawn_with(
+        &["holders::hold", "exclusive", path.to_str().unwrap()],
+        |cmd| {
+            cmd.arg("\u{1b}]0;pwned\u{7}\u{1b}[2J\nfake: line");
+        },
+    );
     child.expect_line("locked", LINE);
     let list = flockguard::holders(&path).unwrap();
     assert_eq!(list.len(), 1);
@@ -1040,7 +1037,7 @@ fn two_forked_readers_whose_takers_exited_are_each_found() {
     let mut expected = Vec::new();
     let mut children = Vec::new();
     for _ in 0..2 {
-        let mut child = Child::spawn(&["fork-shared", path.to_str().unwrap(), "exit"]);
+        let mut child = Child::spawn(&["holders::fork-shared", path.to_str().unwrap(), "exit"]);
         let line = child.expect_line("forked ", LINE);
         let forked: u32 = line["forked ".len()..].parse().unwrap();
         expected.push((child.pid(), forked));

@@ -2,9 +2,6 @@
 //! holder, `FD_CLOEXEC` across `exec`, `EINTR` during a blocking wait, and a
 //! guard inherited through `fork(2)`.
 
-#[macro_use]
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Once};
@@ -13,8 +10,10 @@ use std::time::Duration;
 use flockguard::{
     block_flock, try_flock, Error, Exclusive, FlockMode, LockFile, LockGuard, LockOptions, Shared,
 };
-use support::{block_flock_mode, try_flock_mode};
-use support::{held_through, wait_until, Child};
+
+use crate::support;
+use crate::support::{block_flock_mode, try_flock_mode};
+use crate::support::{held_through, wait_until, Child};
 
 const LINE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -43,32 +42,35 @@ fn mode_arg(mode: &str) -> FlockMode {
     }
 }
 
-fn dispatch(args: &[String]) {
-    match args[0].as_str() {
-        // Takes the lock (waiting if needed) and holds it until released.
-        "hold" => {
-            let guard = block_flock_mode(&args[1], mode_arg(&args[2])).expect("child lock");
-            support::tell("locked");
-            support::wait_for_parent(|_| {});
-            drop(guard);
-        }
-        // One non-blocking attempt; reports the outcome.
-        "try" => match try_flock_mode(&args[1], mode_arg(&args[2])) {
-            Ok(_) => support::tell("result: ok"),
-            Err(e) if e.is_would_block() => support::tell("result: would-block"),
-            Err(e) => support::tell(&format!("result: error {e:?}")),
-        },
-        // Does nothing until released; a process that went through exec.
-        "idle" => {
-            support::tell("ready");
-            support::wait_for_parent(|_| {});
-        }
-        "fork" => fork_scenarios(Path::new(&args[1])),
-        other => panic!("unknown child command {other}"),
+pub const CHILDREN: &[support::Role] = &[
+    ("process::hold", |a| child_holds(&a[0], &a[1])),
+    ("process::try", |a| child_tries(&a[0], &a[1])),
+    ("process::idle", |_| child_idles()),
+    ("process::fork", |a| fork_scenarios(Path::new(&a[0]))),
+];
+
+/// Child: takes the lock (waiting if needed) and holds it until released.
+fn child_holds(path: &str, mode: &str) {
+    let guard = block_flock_mode(path, mode_arg(mode)).expect("child lock");
+    support::tell("locked");
+    support::wait_for_parent(|_| {});
+    drop(guard);
+}
+
+/// Child: one non-blocking attempt; reports the outcome.
+fn child_tries(path: &str, mode: &str) {
+    match try_flock_mode(path, mode_arg(mode)) {
+        Ok(_) => support::tell("result: ok"),
+        Err(e) if e.is_would_block() => support::tell("result: would-block"),
+        Err(e) => support::tell(&format!("result: error {e:?}")),
     }
 }
 
-child_entry!(dispatch);
+/// Child: does nothing until released; a process that went through exec.
+fn child_idles() {
+    support::tell("ready");
+    support::wait_for_parent(|_| {});
+}
 
 /// Kills a child that has not finished within two minutes: a guard against
 /// a hang, not a timing assertion.
@@ -100,7 +102,7 @@ impl Drop for Watchdog {
 }
 
 fn child_try(path: &Path, mode: &str) -> String {
-    let mut child = spawn(&["try", path.to_str().unwrap(), mode]);
+    let mut child = spawn(&["process::try", path.to_str().unwrap(), mode]);
     let _watchdog = Watchdog::new(child.pid());
     let line = child.expect_line("result: ", LINE_TIMEOUT);
     assert!(child.release().success());
@@ -108,7 +110,7 @@ fn child_try(path: &Path, mode: &str) -> String {
 }
 
 fn child_hold(path: &Path, mode: &str) -> Child {
-    let mut child = spawn(&["hold", path.to_str().unwrap(), mode]);
+    let mut child = spawn(&["process::hold", path.to_str().unwrap(), mode]);
     child.expect_line("locked", LINE_TIMEOUT);
     child
 }
@@ -213,7 +215,7 @@ fn an_executed_child_does_not_inherit_the_lock() {
     let guard = try_flock::<Exclusive>(&path).unwrap();
     let target = std::fs::canonicalize(&path).unwrap();
 
-    let mut child = spawn(&["idle"]);
+    let mut child = spawn(&["process::idle"]);
     child.expect_line("ready", LINE_TIMEOUT);
     let fds = fd_targets(child.pid());
     assert!(!fds.is_empty(), "no descriptors listed for the child");
@@ -241,7 +243,7 @@ fn an_inheritable_duplicate_in_a_child_does_not_outlive_the_guards_drop() {
     let dup = rustix::io::dup(&guard).unwrap();
     assert!(!support::is_cloexec(&dup));
 
-    let mut child = spawn(&["idle"]);
+    let mut child = spawn(&["process::idle"]);
     child.expect_line("ready", LINE_TIMEOUT);
     assert!(fd_targets(child.pid()).contains(&target));
     drop(guard);
@@ -266,6 +268,8 @@ extern "C" fn count_signal(_: libc::c_int) {
 
 /// Installs a SIGUSR1 handler without `SA_RESTART`, so a blocking `flock(2)`
 /// interrupted by it fails with `EINTR` instead of being restarted.
+/// The handler is process-wide, so a test that installs it runs in a process
+/// of its own ([`support::rerun_alone`]).
 fn install_sigusr1_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -297,6 +301,9 @@ fn interrupt(thread: libc::pthread_t) {
 
 #[test]
 fn control_the_signal_interrupts_a_raw_flock() {
+    if support::rerun_alone() {
+        return;
+    }
     install_sigusr1_handler();
     let (_dir, path) = support::lock_path();
     let held = try_flock::<Exclusive>(&path).unwrap();
@@ -316,6 +323,9 @@ fn control_the_signal_interrupts_a_raw_flock() {
 
 #[test]
 fn block_flock_retries_eintr() {
+    if support::rerun_alone() {
+        return;
+    }
     install_sigusr1_handler();
     let (_dir, path) = support::lock_path();
     let held = try_flock::<Shared>(&path).unwrap();
@@ -345,6 +355,9 @@ fn block_flock_retries_eintr() {
 
 #[test]
 fn upgrade_retries_eintr() {
+    if support::rerun_alone() {
+        return;
+    }
     install_sigusr1_handler();
     let (_dir, path) = support::lock_path();
     let other = try_flock::<Shared>(&path).unwrap();
@@ -373,7 +386,7 @@ fn upgrade_retries_eintr() {
 #[test]
 fn a_forked_child_cannot_change_or_release_the_parent_lock() {
     let (_dir, path) = support::lock_path();
-    let mut child = spawn(&["fork", path.to_str().unwrap()]);
+    let mut child = spawn(&["process::fork", path.to_str().unwrap()]);
     let _watchdog = Watchdog::new(child.pid());
     let line = child.expect_line("result: ", LINE_TIMEOUT);
     assert_eq!(line, "result: ok");

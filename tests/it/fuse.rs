@@ -4,27 +4,26 @@
 //!
 //! Needs root, `/dev/fuse` and the `bindfs` binary; each test prints
 //! `SKIPPED <test>: <reason>` and returns when one is missing.
-
-mod support;
+//!
+//! A test that mounts runs in a process of its own
+//! ([`support::rerun_alone`]): a child forked from a process holds copies of
+//! all its descriptors, and so their locks, until it executes, so mount
+//! helpers and other tests' children would disturb each other.
 
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 
 use flockguard::{
     block_flock, materialize, try_flock, Error, Exclusive, FlockMode, LockFile, LockOptions,
     RemoteFs, Shared,
 };
-use support::try_flock_mode;
+
+use crate::support;
+use crate::support::try_flock_mode;
 
 const FUSE_MAGIC: u64 = 0x6573_5546;
-
-/// The tests run one at a time: they spawn mount helpers (a spawned child
-/// shares every open file description until it calls exec) and count
-/// descriptors.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 /// A bindfs mount of `backing` at `mnt`, unmounted on drop (also when the
 /// test panics).
@@ -32,13 +31,11 @@ struct BindMount {
     backing: PathBuf,
     mnt: PathBuf,
     _dir: tempfile::TempDir,
-    _serial: MutexGuard<'static, ()>,
 }
 
 impl BindMount {
     /// Mounts a fresh view, or says why this machine cannot.
     fn new() -> Result<BindMount, String> {
-        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         if !support::is_root() {
             return Err("needs root to mount".into());
         }
@@ -67,7 +64,6 @@ impl BindMount {
             backing,
             mnt,
             _dir: dir,
-            _serial: serial,
         };
         let magic = rustix::fs::statfs(&mount.mnt).expect("statfs").f_type as u64;
         assert_eq!(magic & 0xFFFF_FFFF, FUSE_MAGIC, "not a FUSE mount");
@@ -123,6 +119,9 @@ fn assert_fuse_refusal(err: &Error, path: &Path) {
 
 #[test]
 fn a_new_lock_file_on_fuse_is_refused_and_not_created() {
+    if support::rerun_alone() {
+        return;
+    }
     let mount = mount_or_skip!("a_new_lock_file_on_fuse_is_refused_and_not_created");
     let path = mount.mnt.join("app.lock");
     let (fds, under) = (support::open_fds(), support::fds_under(&mount.mnt));
@@ -152,6 +151,9 @@ fn a_new_lock_file_on_fuse_is_refused_and_not_created() {
 
 #[test]
 fn an_existing_lock_file_on_fuse_is_refused_and_kept() {
+    if support::rerun_alone() {
+        return;
+    }
     let mount = mount_or_skip!("an_existing_lock_file_on_fuse_is_refused_and_kept");
     std::fs::write(mount.backing.join("app.lock"), b"keep").unwrap();
     let path = mount.mnt.join("app.lock");
@@ -168,6 +170,9 @@ fn an_existing_lock_file_on_fuse_is_refused_and_kept() {
 fn the_filesystem_of_the_opened_file_decides_not_the_path() {
     // A symbolic link on a local filesystem that points into the mount:
     // the check runs fstatfs on the opened descriptor, so it sees FUSE.
+    if support::rerun_alone() {
+        return;
+    }
     let mount = mount_or_skip!("the_filesystem_of_the_opened_file_decides_not_the_path");
     let (local, _) = support::lock_path();
     let link = local.path().join("link.lock");
@@ -192,6 +197,9 @@ fn the_filesystem_of_the_opened_file_decides_not_the_path() {
 
 #[test]
 fn an_adopted_file_on_fuse_is_refused() {
+    if support::rerun_alone() {
+        return;
+    }
     let mount = mount_or_skip!("an_adopted_file_on_fuse_is_refused");
     let path = mount.mnt.join("adopted.lock");
     let file = File::create(&path).unwrap();
@@ -203,6 +211,9 @@ fn an_adopted_file_on_fuse_is_refused() {
 
 #[test]
 fn remote_fs_allow_locks_on_fuse() {
+    if support::rerun_alone() {
+        return;
+    }
     let mount = mount_or_skip!("remote_fs_allow_locks_on_fuse");
     let path = mount.mnt.join("allowed.lock");
     let allow = || {
