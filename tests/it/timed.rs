@@ -321,9 +321,10 @@ fn flock_timeout_opens_and_reports_typed_errors() {
     assert!(err.is_timeout());
     assert_eq!(err.path(), path);
     assert_eq!(pids(err.holders()), [std::process::id()]);
-    // A caller that blocks itself is told so.
+    // A caller that blocks itself is told so; " (unverified)" follows when
+    // the default 5 ms of diagnostics ran out (a loaded machine).
     assert!(
-        err.to_string().ends_with(&format!(
+        err.to_string().contains(&format!(
             "; pid {} (this process) holds exclusive",
             std::process::id()
         )),
