@@ -203,9 +203,10 @@ impl LockOptions {
     /// lives, and returns it holding no lock.
     ///
     /// # Errors
-    /// [`Error::InvalidPath`], [`Error::Open`] (with a hint for the common
-    /// `errno`s), [`Error::WriteRefused`], [`Error::Missing`],
-    /// [`Error::Symlink`], [`Error::DanglingSymlink`],
+    /// [`Error::InvalidRange`] for a byte range the kind cannot lock
+    /// (before anything is opened), [`Error::InvalidPath`], [`Error::Open`]
+    /// (with a hint for the common `errno`s), [`Error::WriteRefused`],
+    /// [`Error::Missing`], [`Error::Symlink`], [`Error::DanglingSymlink`],
     /// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::Stat`]. A
     /// file this call created is removed again when it is refused.
     ///
@@ -275,7 +276,8 @@ impl LockOptions {
     ///
     /// # Errors
     /// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::ReadOnly`],
-    /// [`Error::Stat`]; each gives the `File` back.
+    /// [`Error::Stat`], [`Error::InvalidRange`]; each gives the `File`
+    /// back.
     ///
     /// # Examples
     /// ```
