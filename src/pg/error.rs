@@ -245,7 +245,8 @@ impl fmt::Display for Error {
             ErrorKind::Connect => {
                 write!(f, "cannot open a PostgreSQL session for lock `{name}`")?;
                 if !detail.is_empty() {
-                    write!(f, ": {detail}")?;
+                    // The detail names the cause and what to do.
+                    return write!(f, ": {detail}");
                 }
                 f.write_str("; check the URL, that the server runs (PostgreSQL 14 or later) and accepts TCP connections from this host, and the role's credentials")
             }

@@ -686,6 +686,9 @@ impl ConnectError {
                 Error::new(ErrorKind::Fencing, name).with_source(Some(source))
             }
             ConnectError::BadUrl(why) => Error::new(ErrorKind::Connect, name).with_detail(why),
+            ConnectError::Refused(why, source) => Error::new(ErrorKind::Connect, name)
+                .with_detail(why)
+                .with_source(Some(source)),
             ConnectError::Tls(why, source) => Error::new(ErrorKind::Tls, name)
                 .with_detail(why)
                 .with_source(source),

@@ -361,6 +361,8 @@ pub(crate) enum ConnectError {
     /// The URL's TLS settings cannot be used, as a clause.
     BadUrl(String),
     Connect(Box<dyn std::error::Error + Send + Sync>),
+    /// The server refused the login for a reason the clause names.
+    Refused(String, tokio_postgres::Error),
     /// TLS failed: the cause as a clause, and the client's error.
     Tls(String, Option<Box<dyn std::error::Error + Send + Sync>>),
     Fencing(tokio_postgres::Error),
@@ -405,7 +407,20 @@ async fn connect_tls(
         None => ConnectError::Connect(Box::new(err)),
     };
     match tls.mode {
-        SslMode::Disable => attempt(Wire::Disable).await.map_err(ConnectError::from),
+        SslMode::Disable => attempt(Wire::Disable).await.map_err(|err| {
+            let plaintext_refused = err.code() == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+                && err
+                    .as_db_error()
+                    .is_some_and(|db| db.message().contains("no encryption"));
+            if plaintext_refused {
+                ConnectError::Refused(
+                    "the server accepts only TLS connections from this host (hostssl in pg_hba.conf), and sslmode=disable forbids TLS; use sslmode=require or stronger".to_owned(),
+                    err,
+                )
+            } else {
+                err.into()
+            }
+        }),
         // Plaintext first; a server that refuses it (hostssl only) gets TLS.
         SslMode::Allow => match attempt(Wire::Disable).await {
             Ok(opened) => Ok(opened),

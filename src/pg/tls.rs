@@ -405,10 +405,11 @@ impl Connector {
         // aws-lc-rs would add cmake and a far longer build.
         #[allow(deprecated)]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots = if tls.mode == SslMode::Disable {
-            None
-        } else {
+        // As libpq: only `require` and stronger look at a root certificate.
+        let roots = if tls.mode >= SslMode::Require {
             roots(tls)?
+        } else {
+            None
         };
         let verifier = Verifier {
             provider: provider.clone(),
@@ -631,6 +632,16 @@ mod tests {
         assert!(split_url("host=db sslrootcert=system sslmode=require").is_err());
         assert!(split_url("host=db sslcert=/a.crt").is_err());
         assert!(split_url("host=db user='unterminated").is_err());
+    }
+
+    #[test]
+    fn only_require_and_stronger_read_the_authority() {
+        // A missing file is an error only where it would be used.
+        for (mode, used) in [("prefer", false), ("allow", false), ("require", true)] {
+            let url = format!("host=db sslmode={mode} sslrootcert=/nonexistent/ca.crt");
+            let tls = split_url(&url).unwrap().tls;
+            assert_eq!(Connector::new(&tls).is_err(), used, "{mode}");
+        }
     }
 
     #[test]

@@ -1335,6 +1335,7 @@ fn each_sslmode_against_a_hostssl_only_server() {
             Err(err) => {
                 assert_eq!(mode, "disable", "{mode}: {err}");
                 assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+                assert!(err.to_string().contains("accepts only TLS"), "{err}");
                 eprintln!("sslmode={mode}: refused: {err}");
             }
         }
