@@ -704,6 +704,12 @@ impl AsyncPgGuard<Exclusive> {
     ///
     /// # Errors
     /// [`ErrorKind::Lost`] if the session was lost; the guard comes back.
+    ///
+    /// ```compile_fail
+    /// # async fn f(g: flockguard::pg::AsyncPgGuard<flockguard::Shared>) {
+    /// let _ = g.downgrade().await; // only an exclusive guard downgrades
+    /// # }
+    /// ```
     pub async fn downgrade(
         self,
     ) -> Result<AsyncPgGuard<Shared>, LockError<AsyncPgGuard<Exclusive>, Error>> {
@@ -718,6 +724,12 @@ impl AsyncPgGuard<Shared> {
     /// # Errors
     /// [`ErrorKind::WouldBlock`] on contention (the shared lock is still
     /// held); [`ErrorKind::Lost`] if the session was lost.
+    ///
+    /// ```compile_fail
+    /// # async fn f(g: flockguard::pg::AsyncPgGuard<flockguard::Exclusive>) {
+    /// let _ = g.try_upgrade().await; // only a shared guard upgrades
+    /// # }
+    /// ```
     pub async fn try_upgrade(
         self,
     ) -> Result<AsyncPgGuard<Exclusive>, LockError<AsyncPgGuard<Shared>, Error>> {

@@ -1687,6 +1687,8 @@ fn the_async_api_keeps_the_blocking_guarantees() {
             let writer = tokio::spawn(b.lock::<Exclusive>());
             tokio::time::sleep(Duration::from_millis(100)).await;
             let reader = held.downgrade().await.unwrap();
+            // A dropped is_held future leaves the session usable.
+            let _ = tokio::time::timeout(Duration::from_micros(1), reader.is_held()).await;
             assert!(reader.is_held().await.unwrap());
             assert!(reader.fencing_token() > first);
             assert!(!writer.is_finished());
