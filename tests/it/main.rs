@@ -10,6 +10,7 @@ mod bad_input;
 #[cfg(feature = "cli")]
 mod cli;
 mod contention;
+mod errors;
 mod faults;
 mod fs_verdict;
 mod fuse;
@@ -35,6 +36,7 @@ mod tokio;
 fn child_roles() -> impl Iterator<Item = &'static support::Role> {
     let tables: &[&[support::Role]] = &[
         bad_input::CHILDREN,
+        errors::CHILDREN,
         faults::CHILDREN,
         fs_verdict::CHILDREN,
         holders::CHILDREN,
