@@ -1107,71 +1107,47 @@ fn held_by(line: &str, name: impl std::fmt::Display, mode: &str, pid: u32) -> bo
         && line.ends_with(&format!(") holds {mode}"))
 }
 
+/// `-n` beside a holder of each tool names it, one line on stderr: PID,
+/// command line and mode, and exits with the conflict code.
 #[test]
-fn nonblock_conflict_names_the_holder() {
+fn nonblock_conflict_names_the_holder_of_every_tool() {
+    let tools = Tool::available("nonblock_conflict_names_the_holder_of_every_tool");
     let (_dir, path) = support::lock_path();
-    let holder = ours_holding(&[], &path);
-    let out = output(fg().arg("-n").arg(&path).arg("true"));
-    assert_eq!(code(&out), 1);
-    let want = format!(
-        "flockguard: {p}: pid {} ({BIN} {p} sh -c echo locked; read x || :) holds exclusive\n",
-        holder.pid(),
-        p = path.display()
-    );
-    assert_eq!(stderr(&out), want);
-    assert!(holder.finish().status.success());
-
-    let reader = ours_holding(&["-s"], &path);
-    let out = output(fg().args(["-n", "-E", "5"]).arg(&path).arg("true"));
-    assert_eq!(code(&out), 5);
-    assert!(
-        held_by(
-            stderr(&out).trim_end(),
-            path.display(),
-            "shared",
-            reader.pid()
-        ),
-        "{}",
-        stderr(&out)
-    );
-    assert!(reader.finish().status.success());
-}
-
-#[test]
-fn nonblock_conflict_names_flock1_and_python_holders() {
-    let (_dir, path) = support::lock_path();
-    if have("flock") {
-        let theirs = flock1_holding(&["-s"], &path);
-        let out = output(fg().arg("-n").arg(&path).arg("true"));
-        let want = format!(
-            "flockguard: {p}: pid {} (flock -s {p} sh -c echo locked; read x || :) holds shared\n",
-            theirs.pid(),
-            p = path.display()
-        );
-        assert_eq!((code(&out), stderr(&out)), (1, want));
-        assert!(theirs.finish().status.success());
-    } else {
-        support::skip(
-            "nonblock_conflict_names_flock1_and_python_holders",
-            "flock(1) not installed",
-        );
-    }
-    if have("python3") {
-        let py = Holder::start(&mut python(&path, "ex", false));
-        let out = output(fg().arg("-n").arg(&path).arg("true"));
-        assert_eq!(code(&out), 1);
-        let err = stderr(&out);
-        assert!(
-            held_by(err.trim_end(), path.display(), "exclusive", py.pid()),
-            "{err}"
-        );
-        assert!(err.contains("python3 -c "), "{err}");
-        assert!(py.finish().status.success());
-    } else {
-        support::skip(
-            "nonblock_conflict_names_flock1_and_python_holders",
-            "python3 not installed",
-        );
+    let p = path.display();
+    for tool in tools.iter().filter(|tool| tool.blocks_itself()) {
+        for shared in [false, true] {
+            let held = Holder::start(&mut tool.command(&path, shared, false, true));
+            let out = output(fg().args(["-n", "-E", "5"]).arg(&path).arg("true"));
+            let (opt, mode) = if shared {
+                ("-s ", "shared")
+            } else {
+                ("", "exclusive")
+            };
+            let err = stderr(&out);
+            let line = format!("flockguard: {p}: pid {} (", held.pid());
+            assert_eq!(code(&out), 5, "{tool:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{tool:?}: {err}");
+            assert!(err.starts_with(&line), "{tool:?}: {err}");
+            assert!(
+                err.ends_with(&format!(") holds {mode}\n")),
+                "{tool:?}: {err}"
+            );
+            // Python's command line is its interpreter's path and its whole
+            // script, cut at 256 characters.
+            match tool {
+                Tool::Ours => {
+                    let cmdline = format!("{BIN} {opt}{p} sh -c echo locked; read x || :");
+                    assert_eq!(err, format!("{line}{cmdline}) holds {mode}\n"));
+                }
+                Tool::Flock1 => {
+                    let cmdline = format!("flock {opt}{p} sh -c echo locked; read x || :");
+                    assert_eq!(err, format!("{line}{cmdline}) holds {mode}\n"));
+                }
+                _ => assert!(err.contains("python3 -c \\nimport fcntl"), "{err}"),
+            }
+            assert!(held.finish().status.success(), "{tool:?}");
+            support::wait_free(&path);
+        }
     }
 }
 
