@@ -1203,20 +1203,10 @@ fn wait_times_out_with_the_conflict_code_and_names_the_holder() {
 
 #[test]
 fn wait_takes_the_lock_when_the_holder_releases() {
+    let tools = Tool::available("wait_takes_the_lock_when_the_holder_releases");
     let (_dir, path) = support::lock_path();
-    for holder_cmd in ["flockguard", "flock", "python3"] {
-        if !have(holder_cmd) && holder_cmd != "flockguard" {
-            support::skip(
-                "wait_takes_the_lock_when_the_holder_releases",
-                "holder program missing",
-            );
-            continue;
-        }
-        let holder = match holder_cmd {
-            "flockguard" => ours_holding(&[], &path),
-            "flock" => flock1_holding(&[], &path),
-            _ => Holder::start(&mut python(&path, "ex", false)),
-        };
+    for tool in tools.iter().filter(|tool| tool.blocks_itself()) {
+        let holder = Holder::start(&mut tool.command(&path, false, false, true));
         let mut waiter = Holder::spawn(
             fg().args(["--verbose", "-w", "600"])
                 .arg(&path)
@@ -1235,10 +1225,10 @@ fn wait_takes_the_lock_when_the_holder_releases() {
             held_by(&line, path.display(), "exclusive", holder.pid()),
             "{line}"
         );
-        assert!(waiter.running(), "{holder_cmd}: the waiter must still wait");
+        assert!(waiter.running(), "{tool:?}: the waiter must still wait");
         assert!(holder.finish().status.success());
         let out = waiter.finish();
-        assert_eq!(code(&out), 0, "{holder_cmd}: {}", stderr(&out));
+        assert_eq!(code(&out), 0, "{tool:?}: {}", stderr(&out));
         let text = stdout(&out);
         assert!(text.starts_with("flockguard: getting lock took "), "{text}");
         assert!(
