@@ -26,7 +26,7 @@ const CLUSTER: &str =
 /// The deny-list, with magics from `include/uapi/linux/magic.h` and the
 /// filesystems' own sources.
 pub(crate) const UNRELIABLE: &[UnreliableFs] = &[
-    UnreliableFs { name: "NFS", magic: 0x6969, reason: "the Linux NFS client emulates flock with whole-file POSIX locks held by the server's lock manager, which can hang and conflicts with fcntl locks" },
+    UnreliableFs { name: "NFS", magic: NFS_MAGIC, reason: "the Linux NFS client emulates flock with whole-file POSIX locks held by the server's lock manager, which can hang and conflicts with fcntl locks" },
     UnreliableFs { name: "SMB", magic: 0x517B, reason: NETWORK },
     UnreliableFs { name: "CIFS", magic: 0xFF53_4D42, reason: NETWORK },
     UnreliableFs { name: "SMB2", magic: 0xFE53_4D42, reason: NETWORK },
@@ -45,6 +45,46 @@ pub(crate) const UNRELIABLE: &[UnreliableFs] = &[
     UnreliableFs { name: "BeeGFS", magic: 0x1983_0326, reason: NETWORK },
     UnreliableFs { name: "vboxsf", magic: 0x786F_4256, reason: "the VirtualBox shared-folder driver does not pass locks to the host" },
 ];
+
+/// The magic of NFS.
+pub(crate) const NFS_MAGIC: u64 = 0x6969;
+
+/// NFS whose client keeps `fcntl(2)` locks to itself: refused for OFD locks.
+pub(crate) static NFS_LOCAL_RECORD_LOCKS: UnreliableFs = UnreliableFs {
+    name: "NFS",
+    magic: NFS_MAGIC,
+    reason: "the mount's local_lock option (posix or all) keeps fcntl and OFD locks on this client, where other clients never see them; the server arbitrates OFD locks only with local_lock=none (the default) or local_lock=flock",
+};
+
+/// NFS whose mount options could not be read: refused for OFD locks.
+pub(crate) static NFS_UNKNOWN_LOCAL_LOCK: UnreliableFs = UnreliableFs {
+    name: "NFS",
+    magic: NFS_MAGIC,
+    reason: "its local_lock option could not be read from /proc/self/mountinfo, so it is unknown whether the server arbitrates OFD locks (it does with local_lock=none)",
+};
+
+/// Whether the NFS mount `mount_id` (the `statx(2)` `STATX_MNT_ID`) leaves
+/// record locks (`fcntl(2)`, OFD) to the server, from the text of
+/// `/proc/self/mountinfo`: its `local_lock` option is `none` or `flock`,
+/// or absent (kernels before it existed); `None` when the mount is not
+/// listed.
+pub(crate) fn nfs_server_locks(mountinfo: &[u8], mount_id: u64) -> Option<bool> {
+    let line = mountinfo.split(|&b| b == b'\n').find(|line| {
+        line.split(|&b| b == b' ')
+            .next()
+            .and_then(|id| std::str::from_utf8(id).ok()?.parse::<u64>().ok())
+            == Some(mount_id)
+    })?;
+    // MOUNT-ID PARENT MAJ:MIN ROOT POINT OPTS [OPTIONAL...] - TYPE SOURCE SUPER-OPTS
+    let super_opts = line
+        .split(|&b| b == b' ')
+        .skip_while(|f| *f != b"-")
+        .nth(3)?;
+    let local = super_opts
+        .split(|&b| b == b',')
+        .find_map(|opt| opt.strip_prefix(b"local_lock="));
+    Some(matches!(local, None | Some(b"none") | Some(b"flock")))
+}
 
 /// Classifies a filesystem by its `statfs(2)` `f_type` magic.
 ///
@@ -158,6 +198,24 @@ pub(crate) fn magic_of_mount(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn nfs_record_locks_go_to_the_server_unless_local_lock_keeps_them() {
+        let info = b"22 27 0:21 / /proc rw,relatime - proc proc rw
+90 27 0:50 / /mnt/a rw,relatime shared:40 - nfs4 srv:/export rw,vers=4.2,hard,proto=tcp,local_lock=none,addr=10.0.0.1
+91 27 0:51 / /mnt/b rw,relatime - nfs srv:/export rw,vers=3,local_lock=posix,addr=10.0.0.1
+92 27 0:52 / /mnt/c rw - nfs srv:/export rw,vers=3,nolock,local_lock=all,addr=10.0.0.1
+93 27 0:53 / /mnt/d rw - nfs srv:/export rw,vers=3,local_lock=flock
+94 27 0:54 / /mnt/e rw - nfs srv:/export rw,vers=3
+";
+        assert_eq!(super::nfs_server_locks(info, 90), Some(true));
+        assert_eq!(super::nfs_server_locks(info, 91), Some(false));
+        assert_eq!(super::nfs_server_locks(info, 92), Some(false));
+        assert_eq!(super::nfs_server_locks(info, 93), Some(true));
+        assert_eq!(super::nfs_server_locks(info, 94), Some(true));
+        assert_eq!(super::nfs_server_locks(info, 9), None);
+        assert_eq!(super::nfs_server_locks(b"garbage", 90), None);
+    }
+
     use super::*;
 
     #[test]

@@ -132,6 +132,7 @@ impl LockOptions {
     #[doc(alias = "F_OFD_SETLKW")]
     pub fn kind(&mut self, kind: LockKind) -> &mut Self {
         self.kind = kind;
+        self.spec.record_locks = kind != LockKind::Flock;
         self
     }
 

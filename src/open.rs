@@ -8,7 +8,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, FileKind, PathProblem};
-use crate::fs_policy::{classify, magic_of_mount, UnreliableFs};
+use crate::fs_policy::{
+    classify, magic_of_mount, nfs_server_locks, UnreliableFs, NFS_LOCAL_RECORD_LOCKS, NFS_MAGIC,
+    NFS_UNKNOWN_LOCAL_LOCK,
+};
 use crate::sys::{self, FileId, Kind, OpenHow};
 
 /// Whether lock files on filesystems where `flock(2)` is unreliable are
@@ -55,6 +58,9 @@ pub(crate) struct OpenSpec {
     pub(crate) create_dirs: bool,
     pub(crate) allow_directory: bool,
     pub(crate) access: Access,
+    /// The locks taken are record locks (OFD), which an NFS server
+    /// arbitrates unless the mount keeps them local.
+    pub(crate) record_locks: bool,
 }
 
 impl OpenSpec {
@@ -66,6 +72,7 @@ impl OpenSpec {
         create_dirs: false,
         allow_directory: false,
         access: Access::PreferWrite,
+        record_locks: false,
     };
 }
 
@@ -186,10 +193,32 @@ fn check(fd: BorrowedFd<'_>, path: &Path, spec: &OpenSpec) -> Result<(), Error> 
         }
         .map_err(|e| stat_error(path, e))?;
         if let Some(fs) = classify(magic) {
-            return Err(remote_fs_error(path, fs));
+            if !(spec.record_locks && fs.magic == NFS_MAGIC) {
+                return Err(remote_fs_error(path, fs));
+            }
+            if let Some(fs) = nfs_refusal(fd) {
+                return Err(remote_fs_error(path, fs));
+            }
         }
     }
     Ok(())
+}
+
+/// For OFD locks on NFS: `None` when the server arbitrates them (the
+/// mount's `local_lock` is `none` or `flock`), else why not.
+#[cold]
+#[inline(never)]
+fn nfs_refusal(fd: BorrowedFd<'_>) -> Option<&'static UnreliableFs> {
+    let server = sys::statx_fd(fd)
+        .ok()
+        .and_then(|id| id.mnt_id)
+        .zip(sys::proc_self_mountinfo().ok())
+        .and_then(|(mnt_id, info)| nfs_server_locks(&info, mnt_id));
+    match server {
+        Some(true) => None,
+        Some(false) => Some(&NFS_LOCAL_RECORD_LOCKS),
+        None => Some(&NFS_UNKNOWN_LOCAL_LOCK),
+    }
 }
 
 #[cold]

@@ -475,3 +475,136 @@ fn rw_create(path: &Path) -> File {
         .open(path)
         .unwrap()
 }
+
+// ---- OFD locks: arbitrated by the server -------------------------------------
+
+/// Opens `path` for OFD locks on `range`, with the default remote policy.
+#[cfg(feature = "ofd")]
+fn open_ofd(path: &Path, range: flockguard::ByteRange) -> LockFile {
+    LockOptions::new()
+        .kind(flockguard::LockKind::Ofd)
+        .range(range)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {} for OFD locks: {e}", path.display()))
+}
+
+#[cfg(feature = "ofd")]
+fn can_lock_ofd(path: &Path, range: flockguard::ByteRange, mode: FlockMode) -> bool {
+    match open_ofd(path, range).lock_any(mode, flockguard::Wait::none()) {
+        Ok(guard) => {
+            drop(guard);
+            true
+        }
+        Err(err) if err.is_would_block() => false,
+        Err(err) => panic!("{}: {err:?}", path.display()),
+    }
+}
+
+#[cfg(feature = "ofd")]
+#[test]
+fn ofd_locks_on_nfs_are_accepted_when_the_server_arbitrates_them() {
+    const TEST: &str = "ofd_locks_on_nfs_are_accepted_when_the_server_arbitrates_them";
+    let Some(nfs) = Nfs::get(TEST) else { return };
+    let [v4a, _, v3, _] = nfs.paths("accepted.lock");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for (mount, path) in [(&nfs.v4a, &v4a), (&nfs.v3, &v3)] {
+        let line = info
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(mount.to_str().unwrap()))
+            .expect("the mount in mountinfo");
+        record(&format!("mount {}: {line}", mount.display()));
+        assert!(
+            !line.contains("local_lock=posix") && !line.contains("local_lock=all"),
+            "{line}"
+        );
+        // Accepted under the default RemoteFs::Reject; flock stays refused.
+        let guard = open_ofd(path, flockguard::ByteRange::WHOLE)
+            .try_lock::<Exclusive>()
+            .unwrap();
+        drop(guard);
+        let err = LockOptions::new().open(path).unwrap_err();
+        assert!(err.is_remote_fs(), "{err:?}");
+    }
+}
+
+#[cfg(feature = "ofd")]
+#[test]
+fn ofd_locks_exclude_across_nfs_mounts_and_versions_whole_and_ranges() {
+    use flockguard::ByteRange;
+    const TEST: &str = "ofd_locks_exclude_across_nfs_mounts_and_versions_whole_and_ranges";
+    let Some(nfs) = Nfs::get(TEST) else { return };
+    let [v4a, v4b, v3, server] = nfs.paths("ofd.lock");
+    std::fs::write(&server, b"").unwrap();
+    let clients = [&v4a, &v4b, &v3];
+    for holder in clients {
+        // The whole file.
+        let guard = open_ofd(holder, ByteRange::WHOLE)
+            .try_lock::<Exclusive>()
+            .unwrap();
+        for other in clients.iter().filter(|o| **o != holder) {
+            assert!(
+                !can_lock_ofd(other, ByteRange::WHOLE, FlockMode::Shared),
+                "{} granted while {} holds it",
+                other.display(),
+                holder.display()
+            );
+        }
+        record(&format!(
+            "OFD exclusive via {}: server sees {:?}",
+            holder.display(),
+            kinds(&lock_lines(&server))
+        ));
+        drop(guard);
+        // Ranges: bytes 0..10 held; 5..15 refused elsewhere, 10..20 free.
+        let guard = open_ofd(holder, ByteRange::new(0, 10))
+            .try_lock::<Exclusive>()
+            .unwrap();
+        for other in clients.iter().filter(|o| **o != holder) {
+            assert!(
+                !can_lock_ofd(other, ByteRange::new(5, 10), FlockMode::Shared),
+                "{}",
+                other.display()
+            );
+            assert!(
+                can_lock_ofd(other, ByteRange::new(10, 10), FlockMode::Exclusive),
+                "{}",
+                other.display()
+            );
+        }
+        drop(guard);
+        for other in clients {
+            assert!(can_lock_ofd(other, ByteRange::WHOLE, FlockMode::Exclusive));
+        }
+    }
+}
+
+#[cfg(feature = "ofd")]
+#[test]
+fn a_timed_ofd_waiter_on_one_nfs_mount_sees_a_release_on_another() {
+    use flockguard::ByteRange;
+    const TEST: &str = "a_timed_ofd_waiter_on_one_nfs_mount_sees_a_release_on_another";
+    let Some(nfs) = Nfs::get(TEST) else { return };
+    let [v4a, v4b, v3, server] = nfs.paths("ofd-wait.lock");
+    std::fs::write(&server, b"").unwrap();
+    for (holder, waiter) in [(&v4a, &v4b), (&v4b, &v3), (&v3, &v4a)] {
+        let guard = open_ofd(holder, ByteRange::WHOLE)
+            .try_lock::<Exclusive>()
+            .unwrap();
+        let file = open_ofd(waiter, ByteRange::WHOLE);
+        let wait = std::thread::spawn(move || {
+            let got = file.lock_timeout::<Exclusive>(Duration::from_secs(60));
+            (got.map(drop).is_ok(), Instant::now())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let released = Instant::now();
+        drop(guard);
+        let (ok, at) = wait.join().unwrap();
+        assert!(ok, "{} never got the lock", waiter.display());
+        record(&format!(
+            "OFD release via {} seen by a timed waiter via {} after {:?}",
+            holder.display(),
+            waiter.display(),
+            at.duration_since(released)
+        ));
+    }
+}
