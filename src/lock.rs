@@ -112,7 +112,11 @@ impl LockOptions {
     /// `LockKind::Ofd` (feature `ofd`) takes whole-file open file
     /// description locks, which conflict with the `fcntl(2)` and `lockf(3)`
     /// locks of other programs; every way to acquire, wait, convert and
-    /// release works the same for both kinds.
+    /// release works the same for both kinds. On NFS, OFD locks are
+    /// arbitrated by the server: under [`RemoteFs::Reject`] an NFS mount is
+    /// accepted when its `local_lock` option leaves them to the server
+    /// (`none`, the default, or `flock`) and refused with
+    /// [`Error::RemoteFs`] naming the option otherwise.
     ///
     /// # Examples
     /// ```
