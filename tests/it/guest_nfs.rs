@@ -590,7 +590,11 @@ fn a_timed_ofd_waiter_on_one_nfs_mount_sees_a_release_on_another() {
     // the server starts, a mount's first lock request waits out the grace
     // period (see docs/semantics.md).
     for path in [&v4a, &v4b, &v3] {
-        drop(open_ofd(path, ByteRange::WHOLE).lock::<Exclusive>().unwrap());
+        drop(
+            open_ofd(path, ByteRange::WHOLE)
+                .lock::<Exclusive>()
+                .unwrap(),
+        );
     }
     for (holder, waiter) in [(&v4a, &v4b), (&v4b, &v3), (&v3, &v4a)] {
         let guard = open_ofd(holder, ByteRange::WHOLE)
