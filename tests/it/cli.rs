@@ -1360,6 +1360,49 @@ fn fd_form_wait_takes_the_lock_when_the_holder_releases() {
 // ---------------------------------------------------------------------------
 // Messages: what flockguard adds to flock(1)'s output.
 
+/// A `-w` value that comes to less than a microsecond (as flock(1)
+/// computes it) is `-n`: `failed to get lock`, not a timeout.
+#[test]
+fn a_wait_under_a_microsecond_is_nonblocking_as_for_flock1() {
+    use std::os::unix::process::CommandExt;
+    if !have("flock") {
+        support::skip(
+            "a_wait_under_a_microsecond_is_nonblocking_as_for_flock1",
+            "flock(1) not installed",
+        );
+        return;
+    }
+    let (_dir, path) = support::lock_path();
+    let holder = ours_holding(&[], &path);
+    for wait in ["0.000001", "1e-6", "0.0000019", "0.000002", "0.7"] {
+        let run = |program: &str| {
+            let mut cmd = Command::new(program);
+            cmd.arg0("flock")
+                .args(["--verbose", "-w", wait])
+                .arg(&path)
+                .arg("true");
+            let out = output(&mut cmd);
+            (code(&out), stderr(&out))
+        };
+        // flock(1)'s one line is among this command's lines, and so is
+        // neither of the other.
+        let ((ours, our_lines), (theirs, their_line)) = (run(BIN), run("flock"));
+        assert_eq!(ours, theirs, "-w {wait}");
+        for line in [
+            "flock: failed to get lock\n",
+            "flock: timeout while waiting to get lock\n",
+        ] {
+            let said = |text: &str| text.lines().any(|l| format!("{l}\n") == line);
+            assert_eq!(
+                said(&our_lines),
+                said(&their_line),
+                "-w {wait}: {our_lines}"
+            );
+        }
+    }
+    assert!(holder.finish().status.success());
+}
+
 #[test]
 fn timeout_says_it_timed_out_instead_of_the_nonblock_line() {
     let (_dir, path) = support::lock_path();

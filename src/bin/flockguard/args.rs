@@ -261,9 +261,11 @@ fn int32(word: &OsStr, what: &str) -> Result<i32, Usage> {
 ///   logarithm, so it can differ from C within rounding of the limits, for
 ///   inexact hexadecimal subnormals and for mantissas of over 300 digits.
 ///
-/// The arithmetic is `f64`'s, where flock(1)'s is `long double`'s: a value
-/// can come out a microsecond longer or shorter than flock(1) makes it;
-/// `0.000001` waits 1 µs where flock(1) does not wait.
+/// util-linux keeps the value in a `double` and multiplies its fraction by
+/// 10^6 in `long double`; so does this, but for the last bits of that
+/// product: a wait can differ from flock(1)'s by a microsecond where the
+/// product lies within 2^-64 below a whole number, and a decimal within
+/// rounding of a tie between two `double`s can round the other way.
 fn timeout(word: OsString) -> Result<Timeout, Usage> {
     let invalid = |tail| bad_number("invalid timeout value", &word, tail);
     let text = word.to_str().ok_or_else(|| invalid(""))?;
@@ -292,22 +294,26 @@ fn timeout(word: OsString) -> Result<Timeout, Usage> {
     }
     let digit = |m: f64, c: char| m * f64::from(radix) + f64::from(c.to_digit(radix).unwrap_or(0));
     let m = digits.chars().fold(0.0, digit);
-    #[allow(clippy::cast_precision_loss)] // the length of one word
     let exp = exp.parse::<f64>().unwrap_or(0.0) - step * frac.len() as f64;
     let log = m.log(base) + exp;
     if log >= limits.1 || (m != 0.0 && log < limits.0) {
         return Err(invalid(RANGE));
     }
-    // Clamped far enough for time_t either way, and finite for a zero mantissa.
-    let value = sign * m * base.powf(exp.clamp(-300.0, 300.0));
-    let (secs, micros) = (value.trunc(), ((value - value.trunc()) * 1e6).trunc());
+    // Rust reads C's decimal syntax, rounded as strtold then `double` round.
+    let value = match radix {
+        16 => m * 2f64.powi(exp.clamp(-1100.0, 1100.0) as i32),
+        _ => body.parse().unwrap_or(0.0),
+    };
+    let (secs, frac) = (sign * value.trunc(), sign * (value - value.trunc()));
+    // f64's product can round up to a whole microsecond that the exact
+    // product stays below; `mul_add` rounds once, after the subtraction.
+    let micros = (frac * 1e6).trunc();
+    let below = micros > 0.0 && frac.mul_add(1e6, -micros) < 0.0;
     // time_t is 64 bits; a timer refuses a negative part.
-    Ok(match (secs, micros) {
-        _ if value.abs() >= 2f64.powi(63) => Timeout::Unusable,
+    Ok(match (secs, micros - f64::from(u8::from(below))) {
+        _ if value >= 2f64.powi(63) => Timeout::Unusable,
         (s, m) if s == 0.0 && m == 0.0 => Timeout::Zero,
         (s, m) if s < 0.0 || m < 0.0 => Timeout::Unusable,
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        // in range, checked above
         (s, m) => Timeout::Limit(Duration::new(s as u64, m as u32 * 1000)),
     })
 }
@@ -342,7 +348,27 @@ mod tests {
             ("0X1.8P1", limit(3000)),
             ("0x.8", limit(500)),
             ("0x1p-6", Ok(Timeout::Limit(Duration::from_micros(15_625)))),
-            ("0.000002", Ok(Timeout::Limit(Duration::from_micros(2)))),
+            ("0.000001", Ok(Timeout::Zero)),
+        ] {
+            assert_eq!(timeout(word.into()), want, "{word:?}");
+        }
+        // The timers flock(1) 2.38.1 arms for these, read with strace: the
+        // double nearest 0.3 is below it, and so on.
+        for (word, secs, micros) in [
+            ("0.3", 0, 299_999),
+            ("0.000002", 0, 1),
+            ("1.000001", 1, 0),
+            ("2.5", 2, 500_000),
+            ("0x1p-6", 0, 15_625),
+            ("0.7", 0, 699_999),
+            ("1e-5", 0, 10),
+            ("123.456789", 123, 456_789),
+            ("0.1", 0, 100_000),
+        ] {
+            let want = Ok(Timeout::Limit(Duration::new(secs, micros * 1000)));
+            assert_eq!(timeout(word.into()), want, "{word:?}");
+        }
+        for (word, want) in [
             ("0", Ok(Timeout::Zero)),
             ("-0", Ok(Timeout::Zero)),
             ("1e-7", Ok(Timeout::Zero)),
