@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
 
 use super::session::{
-    Conn, ConnectError, Failure, Grant, Op, CANCEL_POLL, CONNECT_TIMEOUT, HEARTBEAT, ROUND_TRIP,
+    with_cancel, Conn, ConnectError, Failure, Grant, Op, CONNECT_TIMEOUT, HEARTBEAT, ROUND_TRIP,
 };
 use super::{check_name, failure_error, lock_key, would_block, Error, ErrorKind, PgHolder, PgLoss};
 use crate::mode::{Exclusive, FlockMode, Mode, Shared};
@@ -221,24 +221,6 @@ impl Drop for InFlight<'_> {
             handle.spawn(async move {
                 let _ = tokio::time::timeout(ROUND_TRIP, cancel.cancel_query(connector)).await;
             });
-        }
-    }
-}
-
-/// Awaits `fut`; when `token` is cancelled meanwhile, sends the server a
-/// cancel request and then awaits `fut`.
-async fn with_cancel<F: Future>(fut: F, token: Option<&CancelToken>, conn: &Conn) -> F::Output {
-    let Some(token) = token else {
-        return fut.await;
-    };
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        if token.is_cancelled() {
-            conn.cancel().await;
-            return fut.await;
-        }
-        if let Ok(out) = tokio::time::timeout(CANCEL_POLL, fut.as_mut()).await {
-            return out;
         }
     }
 }

@@ -33,7 +33,10 @@ pub(crate) const ROUND_TRIP: Duration = Duration::from_secs(5);
 /// How long a new session may take to connect and log in.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a waiting caller looks at its cancel token.
-pub(crate) const CANCEL_POLL: Duration = Duration::from_millis(5);
+const CANCEL_POLL: Duration = Duration::from_millis(5);
+/// How long a cancelled statement may go on before the cancel request is
+/// sent again.
+const CANCEL_RESEND: Duration = Duration::from_secs(1);
 
 /// The fencing-token sequence, schema-qualified so that every role and
 /// `search_path` draws from the same one.
@@ -184,18 +187,28 @@ async fn watched<F: Future>(core: &Core, limit: Duration, fut: F) -> Result<F::O
 
 /// Awaits `fut`; when `token` is cancelled meanwhile, sends the server a
 /// cancel request, waits until it has been delivered, and then awaits `fut`
-/// (which the server ends with 57014 unless it had finished).
-async fn with_cancel<F: Future>(fut: F, token: Option<&CancelToken>, conn: &Conn) -> F::Output {
+/// (which the server ends with 57014 unless it had finished). A request
+/// that reached the server before the statement did is sent again each
+/// [`CANCEL_RESEND`] until the statement ends.
+pub(crate) async fn with_cancel<F: Future>(
+    fut: F,
+    token: Option<&CancelToken>,
+    conn: &Conn,
+) -> F::Output {
     let Some(token) = token else {
         return fut.await;
     };
     let mut fut = std::pin::pin!(fut);
     loop {
         if token.is_cancelled() {
-            // The server signals the backend before it closes the cancel
-            // connection; after that no later statement can be hit.
-            conn.cancel().await;
-            return fut.await;
+            loop {
+                // The server signals the backend before it closes the cancel
+                // connection; after that no later statement can be hit.
+                conn.cancel().await;
+                if let Ok(out) = tokio::time::timeout(CANCEL_RESEND, fut.as_mut()).await {
+                    return out;
+                }
+            }
         }
         if let Ok(out) = tokio::time::timeout(CANCEL_POLL, fut.as_mut()).await {
             return out;

@@ -1662,6 +1662,23 @@ fn runtimes() -> [(&'static str, tokio::runtime::Runtime); 2] {
     ]
 }
 
+/// Waits until `count` sessions wait for the observer's lock.
+async fn until_waiting(observer: &mut AsyncPgLock, count: usize) {
+    let start = Instant::now();
+    while observer
+        .holders()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|h| h.waiting)
+        .count()
+        < count
+    {
+        assert!(start.elapsed() < WAIT, "no session started waiting");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 #[test]
 fn the_async_api_keeps_the_blocking_guarantees() {
     let test = "the_async_api_keeps_the_blocking_guarantees";
@@ -1694,7 +1711,8 @@ fn the_async_api_keeps_the_blocking_guarantees() {
             let b = err.into_inner();
             // Downgrade never lets go, even with a writer queued.
             let writer = tokio::spawn(b.lock::<Exclusive>());
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut observer = AsyncPgLock::connect(&url, &name).await.unwrap();
+            until_waiting(&mut observer, 1).await;
             let reader = held.downgrade().await.unwrap();
             // A dropped is_held future leaves the session usable.
             let _ = tokio::time::timeout(Duration::from_micros(1), reader.is_held()).await;
@@ -1737,7 +1755,7 @@ fn the_async_api_keeps_the_blocking_guarantees() {
             let c = AsyncPgLock::connect(&url, &name).await.unwrap();
             let waiting =
                 tokio::spawn(c.lock_with::<Exclusive>(Wait::forever().cancel(token.clone())));
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            until_waiting(&mut observer, 1).await;
             token.cancel();
             let err = waiting.await.unwrap().unwrap_err();
             assert!(err.is_cancelled(), "{err}");
