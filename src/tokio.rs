@@ -93,9 +93,11 @@ use crate::wait::{
 /// takes the lock in mode `M`, waiting at most `timeout`.
 ///
 /// # Errors
-/// As [`LockOptions::open`](crate::LockOptions::open);
-/// [`Error::Timeout`] naming the holders; [`Error::Flock`]. The descriptor
-/// is closed.
+/// [`Error::Timeout`] naming the holders, [`Error::Flock`]; and
+/// [`Error::InvalidPath`], [`Error::Open`], [`Error::Symlink`],
+/// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::Stat`]: those
+/// of [`LockOptions::open`](crate::LockOptions::open) that its defaults
+/// allow. The descriptor is closed.
 pub async fn flock_timeout<M: Mode>(
     path: impl AsRef<Path>,
     timeout: Duration,
@@ -109,8 +111,11 @@ pub async fn flock_timeout<M: Mode>(
 /// blocking the thread.
 ///
 /// # Errors
-/// As [`LockOptions::open`](crate::LockOptions::open); [`Error::Flock`].
-/// The descriptor is closed.
+/// [`Error::Flock`]; and
+/// [`Error::InvalidPath`], [`Error::Open`], [`Error::Symlink`],
+/// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::Stat`]: those
+/// of [`LockOptions::open`](crate::LockOptions::open) that its defaults
+/// allow. The descriptor is closed.
 pub async fn block_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Error> {
     let file = LockFile::open(path)?;
     Ok(lock(file).await?)
@@ -120,8 +125,14 @@ pub async fn block_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>
 /// takes, without blocking the thread.
 ///
 /// # Errors
-/// [`Error::NotOwner`] in a forked child, [`Error::Flock`]; the error
-/// gives the file back.
+/// [`Error::NotOwner`] in a forked child, [`Error::Flock`],
+/// [`Error::OfdNeedsWrite`] for an exclusive `LockKind::Ofd` lock on a
+/// read-only descriptor.
+/// Under [`LockOptions::verify_path`](crate::LockOptions::verify_path),
+/// also [`Error::Stat`] when the path cannot be examined and, when the file
+/// was replaced and the path is opened again, [`Error::Open`],
+/// [`Error::Missing`], [`Error::WriteRefused`], [`Error::Symlink`],
+/// [`Error::NotRegularFile`] or [`Error::RemoteFs`]. The error gives the file back.
 pub async fn lock<M: Mode>(file: LockFile) -> Result<LockGuard<M>, LockError<LockFile>> {
     lock_with(file, Wait::forever()).await
 }
@@ -131,7 +142,12 @@ pub async fn lock<M: Mode>(file: LockFile) -> Result<LockGuard<M>, LockError<Loc
 ///
 /// # Errors
 /// [`Error::Timeout`] naming the holders, [`Error::NotOwner`],
-/// [`Error::Flock`]; the error gives the file back.
+/// [`Error::Flock`], [`Error::OfdNeedsWrite`].
+/// Under [`LockOptions::verify_path`](crate::LockOptions::verify_path),
+/// also [`Error::Stat`] when the path cannot be examined and, when the file
+/// was replaced and the path is opened again, [`Error::Open`],
+/// [`Error::Missing`], [`Error::WriteRefused`], [`Error::Symlink`],
+/// [`Error::NotRegularFile`] or [`Error::RemoteFs`]. The error gives the file back.
 ///
 /// # Examples
 /// ```
@@ -178,9 +194,13 @@ pub async fn lock_until<M: Mode>(
 /// # Errors
 /// [`Error::WouldBlock`] for [`Wait::none`] on contention,
 /// [`Error::Timeout`], [`Error::Cancelled`], [`Error::NotOwner`],
-/// [`Error::Flock`], and for a file opened with
-/// [`LockOptions::verify_path`](crate::LockOptions::verify_path) the errors
-/// of reopening it; the error gives the file back.
+/// [`Error::Flock`], [`Error::OfdNeedsWrite`].
+/// Under [`LockOptions::verify_path`](crate::LockOptions::verify_path),
+/// also [`Error::PathChanged`] when the
+/// file keeps being replaced ([`Wait::none`]), [`Error::Stat`] when the path cannot be examined and, when the file
+/// was replaced and the path is opened again, [`Error::Open`],
+/// [`Error::Missing`], [`Error::WriteRefused`], [`Error::Symlink`],
+/// [`Error::NotRegularFile`] or [`Error::RemoteFs`]. The error gives the file back.
 pub async fn lock_with<M: Mode>(
     file: LockFile,
     wait: Wait<'_>,

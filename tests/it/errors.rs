@@ -211,7 +211,49 @@ fn acquisitions() -> Vec<(&'static str, Acquire)> {
                 .map(drop)
                 .map_err(|e| e.error)
         }),
+        #[cfg(feature = "tokio")]
+        ("tokio::lock", |f| {
+            block_on(flockguard::tokio::lock::<Exclusive>(f))
+                .map(drop)
+                .map_err(|e| e.error)
+        }),
+        #[cfg(feature = "tokio")]
+        ("tokio::lock_timeout", |f| {
+            block_on(flockguard::tokio::lock_timeout::<Exclusive>(f, SHORT))
+                .map(drop)
+                .map_err(|e| e.error)
+        }),
+        #[cfg(feature = "tokio")]
+        ("tokio::lock_until", |f| {
+            let deadline = Instant::now() + SHORT;
+            block_on(flockguard::tokio::lock_until::<Exclusive>(f, deadline))
+                .map(drop)
+                .map_err(|e| e.error)
+        }),
+        #[cfg(feature = "tokio")]
+        ("tokio::lock_with", |f| {
+            block_on(flockguard::tokio::lock_with::<Exclusive>(f, Wait::none()))
+                .map(drop)
+                .map_err(|e| e.error)
+        }),
+        #[cfg(feature = "tokio")]
+        ("tokio::lock_any", |f| {
+            let wait = Wait::none();
+            block_on(flockguard::tokio::lock_any(f, FlockMode::Exclusive, wait))
+                .map(drop)
+                .map_err(|e| e.error)
+        }),
     ]
+}
+
+/// Runs a future of the async front-end on a current-thread runtime.
+#[cfg(feature = "tokio")]
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    ::tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
 }
 
 fn openers() -> Vec<(&'static str, Opener)> {
@@ -225,6 +267,14 @@ fn openers() -> Vec<(&'static str, Opener)> {
         ("block_flock", |p| block_flock::<Exclusive>(p).map(drop)),
         ("flock_timeout", |p| {
             flock_timeout::<Exclusive>(p, SHORT).map(drop)
+        }),
+        #[cfg(feature = "tokio")]
+        ("tokio::block_flock", |p| {
+            block_on(flockguard::tokio::block_flock::<Exclusive>(p)).map(drop)
+        }),
+        #[cfg(feature = "tokio")]
+        ("tokio::flock_timeout", |p| {
+            block_on(flockguard::tokio::flock_timeout::<Exclusive>(p, SHORT)).map(drop)
         }),
     ]
 }
@@ -288,11 +338,30 @@ fn open_rows(rows: &mut Vec<Row>) {
         let _held = try_flock::<Exclusive>(&path).unwrap();
         err_of(flock_timeout::<Exclusive>(&path, SHORT))
     }));
-    for (call, open) in [
-        ("try_flock", openers()[3].1),
-        ("block_flock", openers()[4].1),
-        ("flock_timeout", openers()[5].1),
-    ] {
+    #[cfg(feature = "tokio")]
+    rows.push(row(
+        "tokio::flock_timeout",
+        "Timeout",
+        Place::Here,
+        |dir, _| {
+            let path = dir.join("app.lock");
+            let _held = try_flock::<Exclusive>(&path).unwrap();
+            err_of(block_on(flockguard::tokio::flock_timeout::<Exclusive>(
+                &path, SHORT,
+            )))
+        },
+    ));
+    let waiting = [
+        "try_flock",
+        "block_flock",
+        "flock_timeout",
+        "tokio::block_flock",
+        "tokio::flock_timeout",
+    ];
+    for (call, open) in openers()
+        .into_iter()
+        .filter(|(call, _)| waiting.contains(call))
+    {
         rows.push(row(
             call,
             "Flock",
@@ -309,11 +378,9 @@ fn open_rows(rows: &mut Vec<Row>) {
 /// verification.
 fn acquisition_rows(rows: &mut Vec<Row>) {
     for (call, acquire) in acquisitions() {
-        let no_wait = matches!(
-            call,
-            "LockFile::try_lock" | "LockFile::lock_with" | "LockFile::lock_any"
-        );
-        let timed = matches!(call, "LockFile::lock_timeout" | "LockFile::lock_until");
+        let method = call.rsplit("::").next().unwrap();
+        let no_wait = matches!(method, "try_lock" | "lock_with" | "lock_any");
+        let timed = matches!(method, "lock_timeout" | "lock_until");
         if no_wait {
             rows.push(row(call, "WouldBlock", Place::Here, move |dir, _| {
                 let path = dir.join("app.lock");
@@ -472,6 +539,108 @@ fn acquisition_rows(rows: &mut Vec<Row>) {
             lock_err_of(file.lock_any(FlockMode::Exclusive, Wait::timeout(SHORT)))
         },
     ));
+}
+
+/// The async front-end's waits with a `Wait`, and its upgrade.
+#[cfg(feature = "tokio")]
+fn tokio_rows(rows: &mut Vec<Row>) {
+    use flockguard::tokio as fg;
+    fn held_and_waiting(dir: &Path) -> (LockGuard<Exclusive>, LockFile) {
+        let path = dir.join("app.lock");
+        (
+            try_flock::<Exclusive>(&path).unwrap(),
+            LockFile::open(&path).unwrap(),
+        )
+    }
+    fn cancelled() -> Wait<'static> {
+        let token = CancelToken::new();
+        token.cancel();
+        Wait::forever().cancel(token)
+    }
+    rows.push(row(
+        "tokio::lock_with",
+        "Cancelled",
+        Place::Here,
+        |dir, _| {
+            let (_held, file) = held_and_waiting(dir);
+            lock_err_of(block_on(fg::lock_with::<Exclusive>(file, cancelled())))
+        },
+    ));
+    rows.push(row(
+        "tokio::lock_any",
+        "Cancelled",
+        Place::Here,
+        |dir, _| {
+            let (_held, file) = held_and_waiting(dir);
+            lock_err_of(block_on(fg::lock_any(
+                file,
+                FlockMode::Exclusive,
+                cancelled(),
+            )))
+        },
+    ));
+    rows.push(row("tokio::lock_with", "Timeout", Place::Here, |dir, _| {
+        let (_held, file) = held_and_waiting(dir);
+        lock_err_of(block_on(fg::lock_with::<Exclusive>(
+            file,
+            Wait::timeout(SHORT),
+        )))
+    }));
+    rows.push(row("tokio::lock_any", "Timeout", Place::Here, |dir, _| {
+        let (_held, file) = held_and_waiting(dir);
+        let wait = Wait::timeout(SHORT);
+        lock_err_of(block_on(fg::lock_any(file, FlockMode::Exclusive, wait)))
+    }));
+    let shared = |dir: &Path| try_flock::<Shared>(dir.join("app.lock")).unwrap();
+    rows.push(row(
+        "tokio::upgrade",
+        "NotOwner",
+        Place::Child,
+        move |dir, _| {
+            Ok(in_fork(shared(dir), |g| {
+                name(&block_on(fg::upgrade(g)).unwrap_err().error)
+            }))
+        },
+    ));
+    rows.push(row(
+        "tokio::upgrade",
+        "Flock",
+        Place::Seccomp(FLOCK),
+        move |dir, arm| {
+            let guard = shared(dir);
+            arm();
+            lock_err_of(block_on(fg::upgrade(guard)))
+        },
+    ));
+    #[cfg(feature = "ofd")]
+    {
+        fn ofd_shared(dir: &Path, access: Access) -> LockGuard<Shared> {
+            opts()
+                .kind(LockKind::Ofd)
+                .access(access)
+                .open(dir.join("app.lock"))
+                .unwrap()
+                .try_lock::<Shared>()
+                .unwrap()
+        }
+        rows.push(row(
+            "tokio::upgrade",
+            "OfdNeedsWrite",
+            Place::Here,
+            |dir, _| lock_err_of(block_on(fg::upgrade(ofd_shared(dir, Access::ReadOnly)))),
+        ));
+        rows.push(row(
+            "tokio::upgrade",
+            "UpgradeDeadlock",
+            Place::Here,
+            |dir, _| {
+                let mine = ofd_shared(dir, Access::PreferWrite);
+                let _other = ofd_shared(dir, Access::PreferWrite); // the upgrade must wait
+                let _ticket = try_flock::<Exclusive>(dir.join("app.lock")).unwrap();
+                lock_err_of(block_on(fg::upgrade(mine)))
+            },
+        ));
+    }
 }
 
 /// The rest of `LockFile`, the guards and `holders`.
@@ -830,6 +999,8 @@ fn table() -> Vec<Row> {
     open_rows(&mut rows);
     acquisition_rows(&mut rows);
     guard_rows(&mut rows);
+    #[cfg(feature = "tokio")]
+    tokio_rows(&mut rows);
     rows
 }
 
@@ -841,7 +1012,13 @@ fn table() -> Vec<Row> {
 fn documented() -> BTreeSet<(String, String)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut direct: Vec<(String, BTreeSet<String>, Vec<String>)> = Vec::new();
-    for file in ["lock.rs", "holders.rs"] {
+    let mut files = vec!["lock.rs", "holders.rs"];
+    if cfg!(feature = "tokio") {
+        files.push("tokio.rs");
+    }
+    for file in files {
+        // The async front-end's free functions are named by their module.
+        let module = if file == "tokio.rs" { "tokio::" } else { "" };
         let text = std::fs::read_to_string(root.join(file)).unwrap();
         let mut owner: Option<String> = None;
         let mut docs: Vec<String> = Vec::new();
@@ -862,18 +1039,28 @@ fn documented() -> BTreeSet<(String, String)> {
             if trimmed.starts_with("#[") {
                 continue;
             }
-            if let Some(rest) = trimmed.strip_prefix("pub fn ") {
+            let signature = trimmed
+                .strip_prefix("pub fn ")
+                .or_else(|| trimmed.strip_prefix("pub async fn "));
+            if let Some(rest) = signature {
                 let fn_name: String = rest
                     .chars()
                     .take_while(|c| c.is_alphanumeric() || *c == '_')
                     .collect();
                 let call = match &owner {
                     Some(owner) => format!("{owner}::{fn_name}"),
-                    None if line.starts_with("pub fn") => fn_name,
+                    None if line.starts_with("pub ") => format!("{module}{fn_name}"),
                     None => String::new(),
                 };
                 if !call.is_empty() {
-                    let (variants, refs) = errors_section(&docs, owner.as_deref());
+                    let (variants, mut refs) = errors_section(&docs, owner.as_deref());
+                    for r in &mut refs {
+                        if let Some(bare) = r.strip_prefix("crate::") {
+                            *r = bare.to_owned();
+                        } else if !r.contains("::") {
+                            *r = format!("{module}{r}");
+                        }
+                    }
                     if !variants.is_empty() || !refs.is_empty() {
                         direct.push((call, variants, refs));
                     }
@@ -977,6 +1164,8 @@ fn every_documented_error_has_a_row_and_every_row_is_documented() {
     // The parse found the sections it must find.
     assert!(documented.contains(&("LockFile::lock_until".into(), "Timeout".into())));
     assert!(documented.contains(&("AnyGuard::unlock".into(), "Unlock".into())));
+    #[cfg(feature = "tokio")]
+    assert!(documented.contains(&("tokio::lock_until".into(), "Timeout".into())));
     assert!(documented.len() > 100, "{}", documented.len());
 }
 
