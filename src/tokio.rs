@@ -98,6 +98,7 @@ use crate::wait::{
 /// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::Stat`]: those
 /// of [`LockOptions::open`](crate::LockOptions::open) that its defaults
 /// allow. The descriptor is closed.
+#[doc(alias = "try_lock_for")]
 pub async fn flock_timeout<M: Mode>(
     path: impl AsRef<Path>,
     timeout: Duration,
@@ -116,6 +117,8 @@ pub async fn flock_timeout<M: Mode>(
 /// [`Error::NotRegularFile`], [`Error::RemoteFs`], [`Error::Stat`]: those
 /// of [`LockOptions::open`](crate::LockOptions::open) that its defaults
 /// allow. The descriptor is closed.
+#[doc(alias = "lock_exclusive")]
+#[doc(alias = "lock_shared")]
 pub async fn block_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>, Error> {
     let file = LockFile::open(path)?;
     Ok(lock(file).await?)
@@ -133,6 +136,8 @@ pub async fn block_flock<M: Mode>(path: impl AsRef<Path>) -> Result<LockGuard<M>
 /// was replaced and the path is opened again, [`Error::Open`],
 /// [`Error::Missing`], [`Error::WriteRefused`], [`Error::Symlink`],
 /// [`Error::NotRegularFile`] or [`Error::RemoteFs`]. The error gives the file back.
+#[doc(alias = "lock_exclusive")]
+#[doc(alias = "lock_shared")]
 pub async fn lock<M: Mode>(file: LockFile) -> Result<LockGuard<M>, LockError<LockFile>> {
     lock_with(file, Wait::forever()).await
 }
@@ -168,6 +173,7 @@ pub async fn lock<M: Mode>(file: LockFile) -> Result<LockGuard<M>, LockError<Loc
 /// # Ok::<(), flockguard::Error>(())
 /// # }).unwrap();
 /// ```
+#[doc(alias = "try_lock_for")]
 pub async fn lock_timeout<M: Mode>(
     file: LockFile,
     timeout: Duration,
@@ -180,6 +186,7 @@ pub async fn lock_timeout<M: Mode>(
 ///
 /// # Errors
 /// As [`lock_timeout`].
+#[doc(alias = "try_lock_until")]
 pub async fn lock_until<M: Mode>(
     file: LockFile,
     deadline: Instant,
