@@ -18,7 +18,12 @@
 //! Run: `cargo bench -p flockguard-benches --features tokio --bench handoff`
 //! (a few minutes); `-- --test` runs every case once. Summaries with exact medians over every handoff are
 //! printed at the end. `FLOCKGUARD_BENCH_MATRIX_ONLY=ROUNDS` runs only the
-//! holder × waiter matrix (about 1 s per 7 rounds).
+//! holder × waiter matrix (about 1 s per 7 rounds);
+//! `FLOCKGUARD_BENCH_USERS_ONLY=ROUNDS` only the users' scenario (a fresh
+//! holder process per handoff, waiters that waited 5–75 ms; about 2 s per
+//! round); `FLOCKGUARD_BENCH_COSTS_ONLY=1` only the costs while waiting and
+//! the wake-ups (about 2 minutes); `FLOCKGUARD_BENCH_CROWD_ONLY=ROUNDS`
+//! only the many-waiter tables.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -900,6 +905,232 @@ fn users_matrix(dir: &std::path::Path, rounds: usize) {
     }
 }
 
+// ---- costs while waiting ---------------------------------------------------
+
+/// Set to `1` to run only the costs while waiting.
+const COSTS_ONLY_ENV: &str = "FLOCKGUARD_BENCH_COSTS_ONLY";
+/// In a re-executed cost child: what to measure, a tab, the path.
+const COST_CHILD_ENV: &str = "FLOCKGUARD_BENCH_COST_CHILD";
+
+/// This process's CPU time.
+fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// A cost child: prints what it measured as one line.
+fn cost_child_main(args: &str) {
+    let (what, path) = args.split_once('\t').expect("what and path");
+    let line = match what {
+        "tasks" => tasks_waiting(path),
+        "directory" => directory_waiter(path),
+        "ticker" => ticker_gaps(path, true),
+        "ticker-alone" => ticker_gaps(path, false),
+        other => panic!("unknown cost {other}"),
+    };
+    println!("{line}");
+}
+
+/// 100 tasks on a current-thread runtime wait 1 s for a held lock
+/// (`flockguard::tokio::lock_timeout`, which reads the holders for its
+/// error); the process CPU time over the wait, in ms.
+#[cfg(feature = "tokio")]
+fn tasks_waiting(path: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let files: Vec<LockFile> = (0..100).map(|_| LockFile::open(path).unwrap()).collect();
+    let cpu = process_cpu();
+    rt.block_on(async {
+        let tasks: Vec<_> = files
+            .into_iter()
+            .map(|f| {
+                tokio::spawn(flockguard::tokio::lock_timeout::<Exclusive>(
+                    f,
+                    Duration::from_secs(1),
+                ))
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap().unwrap_err().is_timeout());
+        }
+    });
+    format!("{:.1}", (process_cpu() - cpu).as_secs_f64() * 1e3)
+}
+
+#[cfg(not(feature = "tokio"))]
+fn tasks_waiting(_: &str) -> String {
+    unreachable!("the async costs run only with the tokio feature")
+}
+
+/// A thread waits 4 s (`lock_timeout`) for a held lock on the directory
+/// `path` while a shell loop creates and closes a file in it; the process
+/// CPU time, in ms.
+fn directory_waiter(path: &str) -> String {
+    let dir = flockguard::LockOptions::new()
+        .allow_directory(true)
+        .open(path)
+        .unwrap();
+    let cpu = process_cpu();
+    let err = dir
+        .lock_timeout::<Exclusive>(Duration::from_secs(4))
+        .unwrap_err();
+    assert!(err.is_timeout());
+    format!("{:.1}", (process_cpu() - cpu).as_secs_f64() * 1e3)
+}
+
+/// A 10 ms ticker on a current-thread runtime for 2 s, beside (`busy`) 10
+/// tasks that each wait 50 ms in a loop for a held lock and time out with
+/// the holder diagnostics on; the largest gap between ticks, in ms.
+#[cfg(feature = "tokio")]
+fn ticker_gaps(path: &str, busy: bool) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waiters: Vec<_> = (0..if busy { 10 } else { 0 })
+            .map(|_| {
+                let (path, stop) = (path.to_owned(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let f = LockFile::open(&path).unwrap();
+                        let err = flockguard::tokio::lock_timeout::<Exclusive>(
+                            f,
+                            Duration::from_millis(50),
+                        )
+                        .await
+                        .unwrap_err();
+                        assert!(err.is_timeout());
+                    }
+                })
+            })
+            .collect();
+        let mut interval = tokio::time::interval(Duration::from_millis(10));
+        interval.tick().await;
+        let mut last = std::time::Instant::now();
+        let mut largest = Duration::ZERO;
+        for _ in 0..200 {
+            interval.tick().await;
+            largest = largest.max(last.elapsed());
+            last = std::time::Instant::now();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in waiters {
+            w.await.unwrap();
+        }
+        format!("{:.1}", largest.as_secs_f64() * 1e3)
+    })
+}
+
+#[cfg(not(feature = "tokio"))]
+fn ticker_gaps(_: &str, _: bool) -> String {
+    unreachable!("the async costs run only with the tokio feature")
+}
+
+/// Runs a cost child on `path`; its one line.
+fn cost(what: &str, path: &std::path::Path) -> String {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(
+            COST_CHILD_ENV,
+            format!("{what}\t{}", path.to_str().unwrap()),
+        )
+        .output()
+        .expect("cost child");
+    assert!(out.status.success(), "{what}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The costs while waiting, each `runs` times: a release by `LOCK_UN`
+/// without a close, wake-ups while the lock stays held, CPU of 100 tasks,
+/// CPU of a directory waiter beside a busy directory, ticker gaps.
+fn costs(dir: &std::path::Path, runs: usize) {
+    let path = dir.join("costs.lock");
+    flockguard::materialize(&path).unwrap();
+    let held = LockFile::open(&path).unwrap().lock::<Exclusive>().unwrap();
+    println!("\n== costs while waiting ({runs} runs each; min / median / max)");
+    println!("| cost | unit | min | median | max |");
+    println!("|---|---|---:|---:|---:|");
+    let row = |name: &str, unit: &str, mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "| {name} | {unit} | {:.1} | {:.1} | {:.1} |",
+            v[0],
+            v[v.len() / 2],
+            v[v.len() - 1]
+        );
+    };
+    if cfg!(feature = "tokio") {
+        let v = (0..runs)
+            .map(|_| cost("tasks", &path).parse().unwrap())
+            .collect();
+        row(
+            "100 tasks wait 1 s (lock_timeout, holders read)",
+            "ms CPU",
+            v,
+        );
+        let mut gaps = Vec::new();
+        let mut alone = Vec::new();
+        for _ in 0..runs {
+            alone.push(cost("ticker-alone", &path).parse().unwrap());
+            gaps.push(cost("ticker", &path).parse().unwrap());
+        }
+        row("10 ms ticker alone, largest gap over 2 s", "ms", alone);
+        row(
+            "10 ms ticker beside 10 tasks timing out every 50 ms, largest gap",
+            "ms",
+            gaps,
+        );
+    }
+    drop(held);
+    // A directory lock, held, and a shell loop creating files inside it.
+    let locked_dir = dir.join("costs-dir");
+    std::fs::create_dir_all(&locked_dir).unwrap();
+    let dir_lock = flockguard::LockOptions::new()
+        .allow_directory(true)
+        .open(&locked_dir)
+        .unwrap()
+        .lock::<Exclusive>()
+        .unwrap();
+    let mut v = Vec::new();
+    for _ in 0..runs {
+        let mut shell = Command::new("sh")
+            .arg("-c")
+            .arg("while :; do : > \"$1/f\"; done")
+            .arg("sh")
+            .arg(&locked_dir)
+            .spawn()
+            .unwrap();
+        v.push(cost("directory", &locked_dir).parse().unwrap());
+        let _ = shell.kill();
+        let _ = shell.wait();
+    }
+    row(
+        "directory waiter, 4 s beside a shell loop creating a file in it",
+        "ms CPU",
+        v,
+    );
+    drop(dir_lock);
+    // A release by LOCK_UN, keeping the descriptor: no close event.
+    let mut kinds = vec![Waiter::Timed];
+    if cfg!(feature = "tokio") {
+        kinds.push(Waiter::Async);
+    }
+    for kind in kinds {
+        let mut s = Scenario::new(dir, kind, Release::Unlock);
+        let v = (0..runs.max(10) * 2)
+            .map(|_| s.handoff().as_secs_f64() * 1e3)
+            .collect();
+        row(
+            &format!("{}: LOCK_UN without close noticed after", kind.name()),
+            "ms",
+            v,
+        );
+    }
+}
+
 // ---- many waiters in one process -------------------------------------------
 
 /// `waiters` threads wait with `flock_timeout` for a lock this thread
@@ -1119,9 +1350,36 @@ fn deadline_overshoot(dir: &std::path::Path, waits: usize) {
     }
 }
 
+/// Wake-ups per second of each waiter while the holder keeps the lock,
+/// over the first second and the `steady` seconds after.
+fn wakeups_table(dir: &std::path::Path, steady: u64) {
+    println!("\n== wake-ups while the holder keeps the lock (voluntary context switches)");
+    println!("| waiter | first second | per second after |");
+    println!("|---|---:|---:|");
+    let mut kinds = vec![
+        Waiter::Flock,
+        Waiter::Timed,
+        Waiter::Path,
+        Waiter::TimedNoEvents,
+        Waiter::Poll100,
+    ];
+    if cfg!(feature = "tokio") {
+        kinds.push(Waiter::Async);
+    }
+    for kind in kinds {
+        let mut s = Scenario::new(dir, kind, Release::Close);
+        let (first, steady) = s.wakeups(steady);
+        println!("| {} | {first:.0} | {steady:.1} |", kind.name());
+    }
+}
+
 fn main() {
     if let Ok(args) = std::env::var(CHILD_ENV) {
         waiter_main(&args);
+        return;
+    }
+    if let Ok(args) = std::env::var(COST_CHILD_ENV) {
+        cost_child_main(&args);
         return;
     }
     if let Ok(args) = std::env::var(FRESH_HOLDER_ENV) {
@@ -1143,6 +1401,20 @@ fn main() {
         .and_then(|n| n.parse().ok())
     {
         handoff_matrix(dir.path(), rounds);
+        return;
+    }
+    if let Some(rounds) = std::env::var("FLOCKGUARD_BENCH_CROWD_ONLY")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        many_waiters(dir.path(), rounds);
+        #[cfg(feature = "tokio")]
+        async_many_waiters(dir.path(), rounds);
+        return;
+    }
+    if std::env::var_os(COSTS_ONLY_ENV).is_some() {
+        costs(dir.path(), 5);
+        wakeups_table(dir.path(), 4);
         return;
     }
     if let Some(rounds) = std::env::var(USERS_ONLY_ENV)
@@ -1227,24 +1499,8 @@ fn main() {
     #[cfg(feature = "tokio")]
     async_many_waiters(dir.path(), if smoke { 3 } else { 300 });
     deadline_overshoot(dir.path(), if smoke { 3 } else { 60 });
+    costs(dir.path(), if smoke { 1 } else { 5 });
 
-    println!("\n== wake-ups while the holder keeps the lock (voluntary context switches)");
-    println!("| waiter | first second | per second after |");
-    println!("|---|---:|---:|");
-    let mut kinds = vec![
-        Waiter::Flock,
-        Waiter::Timed,
-        Waiter::Path,
-        Waiter::TimedNoEvents,
-        Waiter::Poll100,
-    ];
-    if cfg!(feature = "tokio") {
-        kinds.push(Waiter::Async);
-    }
-    for kind in kinds {
-        let mut s = Scenario::new(dir.path(), kind, Release::Close);
-        let (first, steady) = s.wakeups(if smoke { 0 } else { 4 });
-        println!("| {} | {first:.0} | {steady:.1} |", kind.name());
-    }
+    wakeups_table(dir.path(), if smoke { 0 } else { 4 });
     c.final_summary();
 }
