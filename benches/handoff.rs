@@ -425,10 +425,34 @@ fn inotify_floor(file: &LockFile) {
         drain(fd);
         while !try_exclusive(file) {
             let mut fds = [PollFd::new(fd, PollFlags::IN)];
-            let _ = poll(&mut fds, None);
+            // A distant timeout: only a safety net.
+            let _ = poll(
+                &mut fds,
+                Some(&rustix::time::Timespec {
+                    tv_sec: 1,
+                    tv_nsec: 0,
+                }),
+            );
             drain(fd);
+            if retry_after_close(std::thread::yield_now, file) {
+                return;
+            }
         }
     })
+}
+
+/// After a close event: retries for up to 1 ms, yielding between tries
+/// (the event precedes the release; a closer preempted in between lets go
+/// when it runs again). Whether the lock was taken.
+fn retry_after_close(mut yield_now: impl FnMut(), file: &LockFile) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(1) {
+        if try_exclusive(file) {
+            return true;
+        }
+        yield_now();
+    }
+    false
 }
 
 /// Waits as an event-woken task does at the least: the watch registered
@@ -456,9 +480,24 @@ fn tokio_floor(file: &LockFile) {
         rt.block_on(async {
             drain(watch.get_ref());
             while !try_exclusive(file) {
-                let mut ready = watch.readable().await.unwrap();
-                drain(watch.get_ref());
+                // A distant timeout: only a safety net.
+                let Ok(ready) =
+                    tokio::time::timeout(Duration::from_secs(1), watch.readable()).await
+                else {
+                    continue;
+                };
+                let mut ready = ready.unwrap();
                 ready.clear_ready();
+                drain(watch.get_ref());
+                // After a close event: retry for up to 1 ms, yielding to
+                // the runtime between tries.
+                let start = std::time::Instant::now();
+                while start.elapsed() < Duration::from_millis(1) && !try_exclusive(file) {
+                    tokio::task::yield_now().await;
+                }
+                if start.elapsed() < Duration::from_millis(1) {
+                    break;
+                }
             }
         });
         WATCH.set(Some(watch));

@@ -69,6 +69,7 @@ use std::future::Future;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU32;
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -340,6 +341,16 @@ impl Reader {
             std::mem::forget(self);
         }
     }
+
+    /// Lets go of the registration for good: dropped in the process that
+    /// made it, leaked in a forked child (see [`release`](Self::release)).
+    fn discard(self) {
+        if self.pid == sys::current_pid() {
+            drop(self);
+        } else {
+            std::mem::forget(self);
+        }
+    }
 }
 
 impl<'a> Acquire<'a> {
@@ -582,15 +593,27 @@ impl<'a> Acquire<'a> {
 /// belongs to the same process and runtime.
 static PARKED: Mutex<Option<Reader>> = Mutex::new(None);
 
-fn parked() -> MutexGuard<'static, Option<Reader>> {
-    wait::lock(&PARKED)
+/// The process that waits for [`PARKED`]'s lock (see
+/// [`wait::lock_unless_forked`]).
+static PARKED_OWNER: AtomicU32 = AtomicU32::new(0);
+
+/// The parked registration's slot; `None` in a forked child that found it
+/// locked (a parent thread held it at the fork).
+fn parked() -> Option<MutexGuard<'static, Option<Reader>>> {
+    wait::lock_unless_forked(&PARKED, &PARKED_OWNER, sys::current_pid())
 }
 
 fn park(reader: Reader) {
-    let old = parked().replace(reader);
+    let Some(mut slot) = parked() else {
+        // Nowhere to park it: this process's own registration, dropped.
+        drop(reader);
+        return;
+    };
+    let old = slot.replace(reader);
+    drop(slot);
     // Only one reader at a time, and it took what was parked.
     if let Some(old) = old {
-        old.release();
+        old.discard();
     }
 }
 
@@ -599,7 +622,7 @@ fn park(reader: Reader) {
 /// the descriptor there fails with `EEXIST`), else a new one.
 fn reactor_registration(fd: HubFd, runtime: RuntimeId) -> Option<Reader> {
     let pid = sys::current_pid();
-    let old = parked().take();
+    let old = parked().and_then(|mut slot| slot.take());
     let old = match old {
         Some(old) if old.pid != pid => {
             // A forked child: the parent's registration is not ours to drop.
@@ -700,10 +723,13 @@ mod tests {
             lock_timeout::<Exclusive>(LockFile::open(&path).unwrap(), Duration::from_millis(30));
         assert!(rt.block_on(wait).unwrap_err().is_timeout());
         let fd = parked()
+            .unwrap()
             .as_ref()
             .map(|r| r.fd.as_raw_fd())
             .expect("the reader's registration is parked");
         assert!(epoll_watches(fd));
+        // As if another thread were parking a registration at the fork.
+        let slot = parked().unwrap();
         // SAFETY: the child waits once on a runtime of its own and leaves
         // with _exit; it takes no lock that this test's other threads hold.
         #[allow(unsafe_code)]
@@ -720,6 +746,7 @@ mod tests {
                 libc::_exit(if ok { 0 } else { 1 })
             };
         }
+        drop(slot);
         assert_eq!(reap(pid), Some(0), "the child hung or failed");
         assert!(
             epoll_watches(fd),

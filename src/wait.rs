@@ -443,6 +443,31 @@ static HUB: Mutex<HubCell> = Mutex::new(HubCell {
     failed: None,
 });
 
+/// Locks a process-wide mutex that a forked child may have inherited
+/// locked: waits for it in the process that owns it (`owner`, claimed on
+/// first use), only tries it in any other (a child: a parent thread may
+/// have held it at the fork, and nobody would unlock it), taking ownership
+/// when the try succeeds. `None`: a child found it locked.
+pub(crate) fn lock_unless_forked<'m, T>(
+    m: &'m Mutex<T>,
+    owner: &AtomicU32,
+    pid: u32,
+) -> Option<MutexGuard<'m, T>> {
+    // Claimed before the first lock, so that a child forked while this
+    // thread holds the lock knows not to wait for it.
+    let _ = owner.compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst);
+    if owner.load(Ordering::SeqCst) == pid {
+        return Some(lock(m));
+    }
+    let guard = match m.try_lock() {
+        Ok(guard) => guard,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return None,
+    };
+    owner.store(pid, Ordering::SeqCst);
+    Some(guard)
+}
+
 /// The process whose threads take [`HUB`] with a blocking lock; 0 before
 /// first use. A forked child sees its parent's pid here: the mutex may have
 /// been locked by a parent thread at the fork, and stays locked in the
@@ -455,20 +480,7 @@ static HUB_OWNER: AtomicU32 = AtomicU32::new(0);
 /// retry on the back-off).
 fn hub() -> Option<Arc<Hub>> {
     let pid = sys::current_pid();
-    // Claimed before the first lock, so that a child forked while this
-    // thread holds the lock knows not to wait for it.
-    let _ = HUB_OWNER.compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst);
-    let mut cell = if HUB_OWNER.load(Ordering::SeqCst) == pid {
-        lock(&HUB)
-    } else {
-        let cell = match HUB.try_lock() {
-            Ok(cell) => cell,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        };
-        HUB_OWNER.store(pid, Ordering::SeqCst);
-        cell
-    };
+    let mut cell = lock_unless_forked(&HUB, &HUB_OWNER, pid)?;
     if let Some(hub) = &cell.hub {
         if hub.pid == pid {
             return Some(Arc::clone(hub));
