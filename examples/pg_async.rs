@@ -3,7 +3,7 @@
 //! on the same thread keeps time; then they take it in turn, each writing
 //! with its fencing token. Prints the ticker's largest gap while idle (the
 //! baseline), while the 50 sessions connect and wait, and while they hand
-//! the lock on.
+//! the lock on; and, for contrast, while a task calls the blocking API.
 //!
 //! Needs a server: `export FLOCKGUARD_PG_URL="$(.ci/pg-server start)"`, then
 //! `cargo run --release --example pg_async --features postgres`.
@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flockguard::pg::AsyncPgLock;
+use flockguard::pg::{AsyncPgLock, PgLock};
 use flockguard::Exclusive;
 
 const TASKS: usize = 50;
@@ -107,10 +107,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let handed_on = start.elapsed();
         let handing = take(&gaps);
+
+        // For contrast, what not to do: the blocking API called from a task
+        // blocks the runtime's only thread for the whole wait.
+        let holder = AsyncPgLock::connect(&url, &name)
+            .await?
+            .lock::<Exclusive>()
+            .await?;
+        take(&gaps);
+        let blocking =
+            PgLock::connect(&url, &name)?.lock_timeout::<Exclusive>(Duration::from_millis(500));
+        assert!(blocking.is_err_and(|e| e.is_timeout()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let blocked = take(&gaps);
+        holder.unlock().await?;
         tick.abort();
         println!("ticker every 10 ms on the runtime's only thread: largest gap, 99th percentile");
         let row = |what: &str, (max, p99): (f64, f64)| {
-            println!("  {what:<44} {max:6.2} ms {p99:6.2} ms");
+            println!("  {what:<48} {max:6.2} ms {p99:6.2} ms");
         };
         row("idle for 2 s (baseline)", baseline);
         row(&format!("{TASKS} sessions connect"), connecting);
@@ -119,6 +133,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &format!("{TASKS} sessions take the lock in turn ({handed_on:.0?})"),
             handing,
         );
+        row("blocking PgLock::lock_timeout(500 ms) in a task", blocked);
         Ok::<_, Box<dyn std::error::Error>>(())
     })
 }
