@@ -1962,3 +1962,90 @@ fn locks_enters_mount_points_below_the_directory() {
     );
     assert!(holder.finish().status.success());
 }
+
+/// python3 taking `fcntl.lockf` (a POSIX record lock) on `len` bytes from
+/// `start` without waiting: exits 0 if it got it, 3 if it is held.
+fn python_lockf_try(path: &Path, exclusive: bool, start: u64, len: u64) -> i32 {
+    let script = "import fcntl, os, sys\n\
+                  fd = os.open(sys.argv[1], os.O_RDWR)\n\
+                  op = (fcntl.LOCK_EX if sys.argv[2] == 'w' else fcntl.LOCK_SH) | fcntl.LOCK_NB\n\
+                  try:\n    fcntl.lockf(fd, op, int(sys.argv[4]), int(sys.argv[3]))\n\
+                  except OSError:\n    sys.exit(3)\n";
+    let out = output(
+        Command::new("python3")
+            .args(["-c", script])
+            .arg(path)
+            .arg(if exclusive { "w" } else { "r" })
+            .arg(start.to_string())
+            .arg(len.to_string()),
+    );
+    code(&out)
+}
+
+#[test]
+fn fcntl_takes_an_ofd_lock_that_lockf_programs_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ofd.lock");
+    // Whole file: python's lockf is refused, flock(2) is not concerned.
+    let holder = ours_holding(&["--fcntl"], &path);
+    assert_eq!(python_lockf_try(&path, false, 0, 0), 3);
+    let out = output(fg().args(["-n"]).arg(&path).arg("true"));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // Another --fcntl taker conflicts, with the conflict exit code.
+    let out = output(
+        fg().args(["--fcntl", "-s", "-n", "-E", "7"])
+            .arg(&path)
+            .arg("true"),
+    );
+    assert_eq!(code(&out), 7, "{}", stderr(&out));
+    assert!(holder.finish().status.success());
+    assert_eq!(python_lockf_try(&path, true, 0, 0), 0);
+    // A shared --fcntl lock leaves readers in and keeps writers out.
+    let holder = ours_holding(&["--fcntl", "-s"], &path);
+    assert_eq!(python_lockf_try(&path, false, 0, 0), 0);
+    assert_eq!(python_lockf_try(&path, true, 0, 0), 3);
+    assert!(holder.finish().status.success());
+}
+
+#[test]
+fn start_and_length_lock_a_byte_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("range.lock");
+    let holder = ours_holding(&["--start", "100", "--length", "10"], &path);
+    assert_eq!(python_lockf_try(&path, true, 105, 1), 3);
+    assert_eq!(python_lockf_try(&path, true, 0, 100), 0);
+    assert_eq!(python_lockf_try(&path, true, 110, 0), 0);
+    let out = output(
+        fg().args(["-n", "--start", "109", "--length", "1"])
+            .arg(&path)
+            .arg("true"),
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let out = output(fg().args(["-n", "--start", "110"]).arg(&path).arg("true"));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // --holders names the range.
+    let out = output(fg().arg("--holders").arg(&path));
+    assert!(
+        stdout(&out).contains("holds exclusive OFD lock on bytes 100..110"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(holder.finish().status.success());
+    assert_eq!(python_lockf_try(&path, true, 105, 1), 0);
+}
+
+#[test]
+fn start_and_length_are_checked_as_util_linux_checks_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.lock");
+    let out = output(fg().args(["--start", "x"]).arg(&path).arg("true"));
+    assert_eq!(code(&out), 64);
+    assert_eq!(stderr(&out), "flockguard: invalid as start offset: 'x'\n");
+    let out = output(fg().args(["--length", "1Q"]).arg(&path).arg("true"));
+    assert_eq!(code(&out), 64);
+    assert_eq!(
+        stderr(&out),
+        "flockguard: invalid as lenght of lock range: '1Q'\n"
+    );
+    assert!(!path.exists());
+}

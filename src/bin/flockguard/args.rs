@@ -46,6 +46,11 @@ pub(crate) struct Opts {
     pub(crate) no_fork: bool,
     pub(crate) verbose: bool,
     pub(crate) remote_fs: RemoteFs,
+    /// `--fcntl`, `--start`, `--length`: an OFD lock on `length` bytes
+    /// (0: to the end) from `start`.
+    pub(crate) fcntl: bool,
+    pub(crate) start: u64,
+    pub(crate) length: u64,
     pub(crate) json: bool,
     pub(crate) action: Action,
 }
@@ -96,8 +101,11 @@ const FLOCK_LONG: &str = "shared exclusive unlock nonblocking nb timeout wait \
 
 /// This command's own long options, then the long options that take a
 /// value.
-const OWN_LONG: &str = "allow-remote-fs holders locks json";
-const VALUED: &str = "timeout wait conflict-exit-code holders locks";
+/// `fcntl`, `start` and `length` are util-linux 2.42's; flock(1) 2.38 has
+/// neither them nor their abbreviations, so they match only spelled out and
+/// an abbreviation means what it means to 2.38.
+const OWN_LONG: &str = "allow-remote-fs holders locks json fcntl start length";
+const VALUED: &str = "timeout wait conflict-exit-code start length holders locks";
 
 /// The long options `given` may stand for, as glibc's `getopt_long` finds
 /// them: the one spelled out, or flock(1)'s that it abbreviates. This
@@ -166,6 +174,16 @@ pub(crate) fn parse(args: Vec<OsString>) -> Result<Opts, Usage> {
             Short('o') | Long("close") => opts.close = true,
             Short('F') | Long("no-fork") => opts.no_fork = true,
             Long("verbose") => opts.verbose = true,
+            Long("fcntl") => opts.fcntl = true,
+            Long("start") => {
+                opts.start = size(&parser.value()?, "invalid as start offset")?;
+                opts.fcntl = true;
+            }
+            // util-linux's message, spelling included.
+            Long("length") => {
+                opts.length = size(&parser.value()?, "invalid as lenght of lock range")?;
+                opts.fcntl = true;
+            }
             Short('w') | Long("timeout" | "wait") => opts.timeout = Some(timeout(parser.value()?)?),
             Short('E') | Long("conflict-exit-code") => {
                 let code = int32(&parser.value()?, "invalid exit code")?;
@@ -246,6 +264,40 @@ fn int32(word: &OsStr, what: &str) -> Result<i32, Usage> {
         })
 }
 
+/// A size as util-linux's `strtosize_or_err` reads it: decimal digits,
+/// then an optional unit, `K`, `M`, `G`, `T`, `P` or `E` (either case),
+/// alone or with `iB` for powers of 1024, or with `B` for powers of 1000;
+/// ERANGE beyond `u64`.
+fn size(word: &OsStr, what: &str) -> Result<u64, Usage> {
+    let invalid = |tail| bad_number(what, word, tail);
+    let text = word.to_str().ok_or_else(|| invalid(""))?;
+    let text = text.trim_start_matches(C_SPACE);
+    let end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(end);
+    if digits.is_empty() {
+        return Err(invalid(""));
+    }
+    let number: u64 = digits.parse().map_err(|_| invalid(RANGE))?;
+    let mut unit = unit.chars();
+    let power = match unit.next().map(|c| c.to_ascii_uppercase()) {
+        None => return Ok(number),
+        Some(c) => match "KMGTPE".find(c) {
+            Some(i) => u32::try_from(i + 1).unwrap_or(u32::MAX),
+            None => return Err(invalid("")),
+        },
+    };
+    let base: u64 = match unit.as_str() {
+        "" | "iB" => 1024,
+        "B" => 1000,
+        _ => return Err(invalid("")),
+    };
+    base.checked_pow(power)
+        .and_then(|scale| number.checked_mul(scale))
+        .ok_or_else(|| invalid(RANGE))
+}
+
 /// The `-w` value as util-linux reads it: `strtold(3)` over the whole word,
 /// then seconds and microseconds, each truncated toward zero.
 ///
@@ -321,6 +373,34 @@ fn timeout(word: OsString) -> Result<Timeout, Usage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_and_length_read_sizes_and_imply_fcntl() {
+        let opts = parse_words(&["--start", "1K", "--length=2MiB", "f", "true"]).unwrap();
+        assert!(opts.fcntl);
+        assert_eq!((opts.start, opts.length), (1024, 2 << 20));
+        let opts = parse_words(&["--start", "3KB", "f", "true"]).unwrap();
+        assert_eq!((opts.fcntl, opts.start, opts.length), (true, 3000, 0));
+        let opts = parse_words(&["--fcntl", "f", "true"]).unwrap();
+        assert_eq!((opts.fcntl, opts.start, opts.length), (true, 0, 0));
+        assert!(!parse_words(&["f", "true"]).unwrap().fcntl);
+        assert_eq!(
+            message(&["--start", "x", "f", "true"]),
+            "invalid as start offset: 'x'"
+        );
+        assert_eq!(
+            message(&["--length", "-1", "f", "true"]),
+            "invalid as lenght of lock range: '-1'"
+        );
+        assert_eq!(
+            message(&["--length", "20E", "f", "true"]),
+            "invalid as lenght of lock range: '20E': Numerical result out of range"
+        );
+        assert_eq!(
+            message(&["--start"]),
+            "option '--start' requires an argument"
+        );
+    }
 
     fn parse_words(words: &[&str]) -> Result<Opts, Usage> {
         parse(words.iter().map(OsString::from).collect())

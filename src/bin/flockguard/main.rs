@@ -33,7 +33,9 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use flockguard::{Access, Error, FlockMode, Holder, LockFile, LockOptions, Wait};
+use flockguard::{
+    Access, ByteRange, Error, FlockMode, Holder, LockFile, LockKind, LockOptions, Wait,
+};
 use rustix::io::Errno;
 
 use args::{Action, Opts, Timeout, Usage};
@@ -125,6 +127,9 @@ Options:
  -o, --close              close file descriptor before running command
  -c, --command <command>  run a single command string through the shell
  -F, --no-fork            execute command without forking
+     --fcntl              take an OFD lock (fcntl F_OFD_SETLK), not flock(2)
+     --start <offset>     first byte of the lock (implies --fcntl)
+     --length <number>    bytes to lock, 0 for to the end (implies --fcntl)
      --verbose            increase verbosity
      --allow-remote-fs    lock even where flock(2) may not serialize processes
      --holders <file>     list the processes holding or waiting for its lock
@@ -148,6 +153,16 @@ fn run(opts: &Opts) -> Result<i32, i32> {
     // as they are, symbolic links followed.
     let options = options.access(Access::ReadOnly).allow_directory(true);
     let options = options.follow_symlinks(true).remote_fs(opts.remote_fs);
+    if opts.fcntl {
+        // As flock(1) --fcntl: an OFD lock on the range; an exclusive one
+        // needs the file open for writing.
+        options
+            .kind(LockKind::Ofd)
+            .range(ByteRange::new(opts.start, opts.length));
+        if opts.mode == Some(FlockMode::Exclusive) {
+            options.access(Access::ReadWrite);
+        }
+    }
     // flock(1)'s order: open the file, arm the timer, then use a descriptor.
     let unusable = opts.timeout == Some(Timeout::Unusable);
     let timer = || match unusable {
@@ -304,7 +319,9 @@ fn execute(opts: &Opts, argv: &[OsString], held: OwnedFd) -> i32 {
 /// or adopted.
 fn open_failure(err: &Error) -> i32 {
     let errno = match err {
-        Error::Open { source, .. } => source.raw_os_error().map(Errno::from_raw_os_error),
+        Error::Open { source, .. } | Error::WriteRefused { source, .. } => {
+            source.raw_os_error().map(Errno::from_raw_os_error)
+        }
         // flock(1)'s open("") fails with ENOENT.
         Error::InvalidPath { .. } => Some(Errno::NOENT),
         _ => None,
@@ -319,6 +336,8 @@ fn open_failure(err: &Error) -> i32 {
             fail!(EX_CONFIG, "to lock there anyway, pass --allow-remote-fs")
         }
         (Error::DanglingSymlink { .. }, _) | (_, Some(Errno::ROFS | Errno::NOSPC)) => EX_CANTCREAT,
+        // fcntl(2) refuses an offset beyond off_t with EINVAL.
+        (Error::InvalidRange { .. }, _) => EX_DATAERR,
         (_, Some(Errno::NOMEM | Errno::MFILE | Errno::NFILE)) => EX_OSERR,
         (Error::NotRegularFile { .. }, _) | (_, Some(_)) => EX_NOINPUT,
         _ => EX_OSERR,
