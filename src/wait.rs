@@ -1658,13 +1658,15 @@ pub(crate) mod tests {
     #[test]
     fn core_stops_at_the_deadline_and_reads_the_holders_before_it() {
         let t0 = Instant::now();
-        let mut core = Core::new(plan(Deadline::After(ms(100))), t0);
+        // 90 ms: the holders are due at 70 ms, before the earliest jittered
+        // first retry of a watched wait (3/4 of BACKOFF_CAP, 75 ms).
+        let mut core = Core::new(plan(Deadline::After(ms(90))), t0);
         contended_and_registered(&mut core, t0, true);
         // The sleep ends when the holders are due, 20 ms before the deadline.
         let Step::Sleep(at) = core.next(t0, false) else {
             panic!("sleep expected")
         };
-        assert_eq!(at, t0 + ms(100) - DIAGNOSTICS_LEAD);
+        assert_eq!(at, t0 + ms(90) - DIAGNOSTICS_LEAD);
         assert_eq!(core.next(at, false), Step::Attempt);
         core.attempted(false);
         assert_eq!(core.next(at, false), Step::ReadHolders);
@@ -1672,7 +1674,7 @@ pub(crate) mod tests {
         let Step::Sleep(end) = core.next(at, false) else {
             panic!("sleep expected")
         };
-        assert_eq!(end, t0 + ms(100));
+        assert_eq!(end, t0 + ms(90));
         assert_eq!(core.next(end, false), Step::Attempt);
         core.attempted(false);
         assert_eq!(core.next(end, false), Step::Stop(Stop::TimedOut));
