@@ -440,7 +440,14 @@ async fn connect_tls(
             Err(err) if err.code().is_some() => attempt(Wire::Require).await.map_err(tls_failure),
             Err(err) => Err(err.into()),
         },
-        SslMode::Prefer => attempt(Wire::Prefer).await.map_err(tls_failure),
+        // TLS if offered; as libpq, plaintext again if the handshake fails.
+        SslMode::Prefer => match attempt(Wire::Prefer).await {
+            Ok(opened) => Ok(opened),
+            Err(err) if tls::tls_cause(&err, &host, tls).is_some() => {
+                attempt(Wire::Disable).await.map_err(ConnectError::from)
+            }
+            Err(err) => Err(err.into()),
+        },
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
             attempt(Wire::Require).await.map_err(tls_failure)
         }
