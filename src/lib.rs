@@ -154,7 +154,9 @@
 //! - `tokio`: the `flockguard::tokio` module, async acquisition that never
 //!   blocks an executor thread.
 //! - `postgres`: the module `pg`, the same typed guards over PostgreSQL
-//!   advisory locks for processes on several hosts, with fencing tokens.
+//!   advisory locks for processes on several hosts, with fencing tokens,
+//!   blocking (`PgLock`) and async (`AsyncPgLock`), over TLS with libpq's
+//!   `sslmode` (adds `tokio-postgres`, `tokio-rustls` with `ring`, `sha2`).
 //! - `ofd`: `LockKind::Ofd`, open file description locks
 //!   (`F_OFD_SETLK`) that interoperate with the `fcntl(2)` and `lockf(3)`
 //!   locks of other programs (adds `nix` for a safe `fcntl`).

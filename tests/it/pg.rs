@@ -1331,6 +1331,24 @@ fn each_sslmode_against_a_hostssl_only_server() {
                 let guard = lock.try_lock::<Exclusive>().unwrap();
                 assert!(guard.is_held().unwrap());
                 eprintln!("sslmode={mode}: connected over TLS, lock taken");
+                // The async front-end connects the same way.
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let (async_pid, kept) = rt.block_on(async {
+                    let lock = AsyncPgLock::connect(&url, &name).await.unwrap();
+                    let pid = lock.backend_pid().unwrap();
+                    let err = lock.try_lock::<Exclusive>().await.unwrap_err();
+                    assert!(err.is_would_block(), "{err}");
+                    (pid, err)
+                });
+                // `kept` holds the session open while it is looked at.
+                assert!(
+                    backend_uses_tls(&dir, &port, async_pid),
+                    "{mode}: async not TLS"
+                );
+                drop(kept);
             }
             Err(err) => {
                 assert_eq!(mode, "disable", "{mode}: {err}");
