@@ -490,6 +490,49 @@ fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String
     })
 }
 
+/// Where and how to connect, from a URL.
+struct Target {
+    config: Config,
+    tls: TlsSettings,
+    connector: Connector,
+    /// `application_name` around the grant time.
+    stamp: (String, String),
+}
+
+impl Target {
+    /// The client settings: the URL's, with libpq's TLS settings taken
+    /// out, this process's `application_name`, TCP keepalives and
+    /// `tcp_user_timeout`, and a connect timeout unless the URL has one.
+    fn parse(url: &str) -> Result<Target, ConnectError> {
+        let split = tls::split_url(url).map_err(|e| ConnectError::BadUrl(e.0))?;
+        let connector = Connector::new(&split.tls)
+            .map_err(|e| ConnectError::Tls(e.reason, e.source.map(|s| Box::new(s) as Box<_>)))?;
+        let mut config: Config = split.rest.parse()?;
+        let host = sys::hostname().unwrap_or_default();
+        let app = app_name(std::process::id(), &host);
+        let stamp = match app.split_once(" - ") {
+            Some((p, s)) => (format!("{p} "), format!(" {s}")),
+            None => (format!("{app} "), String::new()),
+        };
+        config.application_name(app);
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(1))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(10));
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        Ok(Target {
+            config,
+            tls: split.tls,
+            connector,
+            stamp,
+        })
+    }
+}
+
 /// An open connection, claimed for this client, with its prepared
 /// statements: what the blocking and the async driver share.
 pub(crate) struct Conn {
@@ -518,27 +561,13 @@ impl Conn {
     /// settings, creates the fencing sequence if needed, prepares the
     /// statements, and checks that the claim is still there.
     pub(crate) async fn open(url: &str, spawn: impl FnOnce(Driver)) -> Result<Conn, ConnectError> {
-        let split = tls::split_url(url).map_err(|e| ConnectError::BadUrl(e.0))?;
-        let connector = Connector::new(&split.tls)
-            .map_err(|e| ConnectError::Tls(e.reason, e.source.map(|s| Box::new(s) as Box<_>)))?;
-        let mut config: Config = split.rest.parse()?;
-        let host = sys::hostname().unwrap_or_default();
-        let app = app_name(std::process::id(), &host);
-        let stamp = match app.split_once(" - ") {
-            Some((p, s)) => (format!("{p} "), format!(" {s}")),
-            None => (format!("{app} "), String::new()),
-        };
-        config.application_name(app);
-        config
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(5))
-            .keepalives_interval(Duration::from_secs(1))
-            .keepalives_retries(3)
-            .tcp_user_timeout(Duration::from_secs(10));
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        let (client, driver) = connect_tls(&config, &split.tls, &connector).await?;
+        let Target {
+            config,
+            tls,
+            connector,
+            stamp,
+        } = Target::parse(url)?;
+        let (client, driver) = connect_tls(&config, &tls, &connector).await?;
         spawn(driver);
         let nonce = new_nonce();
         // The simple protocol: no statement name that a shared server
@@ -1016,28 +1045,29 @@ fn start_heartbeat(core: Weak<Core>) -> std::io::Result<mpsc::Sender<()>> {
     Ok(stop)
 }
 
-/// Lists the holders of `key` over a fresh session, closed afterwards.
+/// Lists the holders of `key` over a fresh session without the fencing
+/// setup (so a role that may not create the sequence can list them), closed
+/// afterwards.
 pub(crate) fn holders_once(url: &str, key: i64) -> Result<Vec<PgHolder>, ConnectError> {
+    let (classid, objid) = lock_columns(key);
     let rt = new_runtime().map_err(|e| ConnectError::Connect(Box::new(e)))?;
     let rows = drive(
         &rt,
         within(CONNECT_TIMEOUT + ROUND_TRIP, async {
-            let conn = Conn::open(url, |driver| {
-                tokio::spawn(driver);
-            })
-            .await?;
-            Ok::<_, ConnectError>(conn.holders(key).await)
+            let target = Target::parse(url)?;
+            let (client, driver) =
+                connect_tls(&target.config, &target.tls, &target.connector).await?;
+            tokio::spawn(driver);
+            let rows = client.query(HOLDERS_SQL, &[&classid, &objid]).await?;
+            rows.iter()
+                .map(holder_from_row)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|f| match f {
+                    Failure::Other(e) => ConnectError::Connect(Box::new(e)),
+                    other => ConnectError::Connect(format!("{other:?}").into()),
+                })
         }),
     );
     rt.shutdown_background();
-    let rows =
-        rows.map_err(|_| ConnectError::Connect("no answer from the server within 15s".into()))??;
-    rows.map_err(|f| match f {
-        Failure::Other(e) | Failure::Privilege(e) | Failure::Deadlock(e) => {
-            ConnectError::Connect(Box::new(e))
-        }
-        Failure::Lost(_, Some(e)) => ConnectError::Connect(Box::new(e)),
-        Failure::Pooler(why) => ConnectError::Pooler(why),
-        other => ConnectError::Connect(format!("{other:?}").into()),
-    })
+    rows.map_err(|_| ConnectError::Connect("no answer from the server within 15s".into()))?
 }

@@ -1087,6 +1087,8 @@ fn a_role_that_cannot_create_the_sequence_is_told_what_to_run() {
             && msg.contains("CREATE SEQUENCE IF NOT EXISTS public.flockguard_fence"),
         "{msg}"
     );
+    // Listing holders needs no fencing sequence.
+    assert!(pg::holders(&limited, "fenced").unwrap().is_empty());
     // Running what the message says makes it work.
     let sql_run = msg.split('`').rev().nth(1).unwrap().to_owned();
     let owner = Sql::connect(&format!(
