@@ -2040,12 +2040,216 @@ fn start_and_length_are_checked_as_util_linux_checks_them() {
     let path = dir.path().join("bad.lock");
     let out = output(fg().args(["--start", "x"]).arg(&path).arg("true"));
     assert_eq!(code(&out), 64);
-    assert_eq!(stderr(&out), "flockguard: invalid as start offset: 'x'\n");
+    assert_eq!(
+        stderr(&out),
+        "flockguard: invalid as start offset: 'x': Invalid argument\n"
+    );
     let out = output(fg().args(["--length", "1Q"]).arg(&path).arg("true"));
     assert_eq!(code(&out), 64);
     assert_eq!(
         stderr(&out),
-        "flockguard: invalid as lenght of lock range: '1Q'\n"
+        "flockguard: invalid as length of lock range: '1Q': Invalid argument\n"
     );
     assert!(!path.exists());
+}
+
+// ---------------------------------------------------------------------------
+// --fcntl: open file description locks, which fcntl(2) and lockf(3) see.
+
+const PY_LOCKF: &str = r#"
+import fcntl, sys
+f = open(sys.argv[1], "a+")
+op = fcntl.LOCK_SH if sys.argv[2] == "sh" else fcntl.LOCK_EX
+if len(sys.argv) > 5:
+    op |= fcntl.LOCK_NB
+try:
+    fcntl.lockf(f, op, int(sys.argv[4]), int(sys.argv[3]))
+except OSError:
+    print("busy", flush=True)
+    sys.exit(3)
+print("locked", flush=True)
+sys.stdin.read()
+"#;
+
+/// Python's `fcntl.lockf` (a POSIX record lock) on `len` bytes of `path`
+/// from `start` (`len` 0: to the end), held until its stdin closes; with
+/// `nonblock`, it prints `busy` and exits 3 on a conflict.
+fn lockf(path: &Path, mode: &str, start: u64, len: u64, nonblock: bool) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", PY_LOCKF]).arg(path).arg(mode);
+    cmd.args([start.to_string(), len.to_string()]);
+    cmd.args(nonblock.then_some("nb"));
+    cmd
+}
+
+/// Waits until /proc/locks lists a blocked OFD lock request on `path`.
+fn wait_blocked_ofd(path: &Path) {
+    let id = format!(":{} ", std::fs::metadata(path).expect("stat").ino());
+    support::wait_until("a blocked OFD waiter", || {
+        let locks = std::fs::read_to_string("/proc/locks").expect("read /proc/locks");
+        locks
+            .lines()
+            .any(|l| l.contains("-> OFDLCK") && l.contains(&id))
+    });
+}
+
+/// `--fcntl` takes `fcntl(F_OFD_SETLK)` locks: they conflict with another
+/// program's `lockf(3)` locks in both directions, with the exit codes of
+/// `-n`, `-E` and `-w`, and never with `flock(2)` locks.
+#[test]
+fn fcntl_locks_conflict_with_lockf_and_not_with_flock() {
+    if !have("python3") {
+        return support::skip(
+            "fcntl_locks_conflict_with_lockf_and_not_with_flock",
+            "python3 not installed",
+        );
+    }
+    let (_dir, path) = support::lock_path();
+    let held = Holder::start(&mut lockf(&path, "ex", 5, 10, false));
+    for (args, want, ran) in [
+        (&["--fcntl", "-n"][..], 1, false),
+        (&["--fcntl", "-n", "-E", "9"], 9, false),
+        (&["--fcntl", "-s", "--nonblocking"], 1, false),
+        (&["--fcntl", "-w", "0.05"], 1, false),
+        (&["--fcntl", "-w", "0.05", "-E", "0"], 0, false),
+        (&["--fcntl", "-nE", "7"], 7, false),
+        (&["-n"], 0, true),
+    ] {
+        let out = output(fg().args(args).arg(&path).args(["echo", "ran"]));
+        let err = stderr(&out);
+        assert_eq!(code(&out), want, "{args:?}: {err}");
+        assert_eq!(stdout(&out) == "ran\n", ran, "{args:?}: {err}");
+        if !ran {
+            let pid = format!(": pid {} (", held.pid());
+            assert!(err.contains(&pid), "{args:?} must name the holder: {err}");
+            assert!(err.contains(") holds exclusive POSIX lock on bytes 5..15\n"));
+        }
+    }
+    // A waiter takes the lock when the lockf(3) lock goes.
+    let mut waiter = Holder::spawn(fg().arg("--fcntl").arg(&path).args(["echo", "locked"]));
+    wait_blocked_ofd(&path);
+    assert!(waiter.running(), "--fcntl must wait for the lockf(3) lock");
+    assert!(held.finish().status.success());
+    waiter.expect_line("locked");
+    assert_eq!(code(&waiter.finish()), 0);
+    // The other direction: lockf(3) beside the command's OFD locks.
+    for (opts, lockf_sh, lockf_ex) in [(&["--fcntl"][..], 3, 3), (&["--fcntl", "-s"], 0, 3)] {
+        let held = ours_holding(opts, &path);
+        for (mode, want) in [("sh", lockf_sh), ("ex", lockf_ex)] {
+            for (start, len) in [(0, 0), (1000, 1)] {
+                let out = output(&mut lockf(&path, mode, start, len, true));
+                assert_eq!(
+                    code(&out),
+                    want,
+                    "{opts:?} held, lockf {mode} {start}+{len}"
+                );
+            }
+        }
+        let out = output(&mut python(&path, "ex", true));
+        assert_eq!(code(&out), 0, "{opts:?} held: flock(2) must not conflict");
+        assert!(held.finish().status.success());
+    }
+}
+
+/// An exclusive `--fcntl` lock needs a descriptor open for writing: a
+/// directory or a read-only descriptor is exit 65, as for flock(1)
+/// (whose `fcntl(2)` fails with `EBADF`); a shared lock needs none.
+#[test]
+fn exclusive_fcntl_lock_needs_write_access() {
+    let (dir, path) = support::lock_path();
+    let out = output(fg().arg("--fcntl").arg(dir.path()).arg("true"));
+    assert_eq!(code(&out), 65, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("open for writing"),
+        "{}",
+        stderr(&out)
+    );
+    let out = output(fg().args(["--fcntl", "-s"]).arg(dir.path()).arg("true"));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    std::fs::write(&path, "").expect("create");
+    for (script, want) in [
+        (r#""$FG" --fcntl 9 9<"$1""#, 65),
+        (r#""$FG" --fcntl -s 9 9<"$1""#, 0),
+        (r#""$FG" --fcntl 9 9>>"$1""#, 0),
+        (r#""$FG" --fcntl -u 9 9<"$1""#, 0),
+    ] {
+        let out = output(&mut bash(script, &path));
+        assert_eq!(code(&out), want, "{script}: {}", stderr(&out));
+    }
+    // The descriptor form's lock is the caller's, released by -u.
+    let script = r#"exec 9>>"$1"; "$FG" --fcntl 9; "$FG" -n --fcntl "$1" true; echo $?;
+        "$FG" --fcntl -u 9; "$FG" -n --fcntl "$1" true; echo $?"#;
+    let out = output(&mut bash(script, &path));
+    assert_eq!(stdout(&out), "1\n0\n", "{}", stderr(&out));
+}
+
+/// `--holders` and `--locks` list POSIX (`lockf(3)`) and OFD holders with
+/// their kind and bytes; a file that only `lockf(3)` holds is never free.
+#[test]
+fn holders_and_locks_show_lockf_and_ofd_holders() {
+    if !have("python3") {
+        return support::skip(
+            "holders_and_locks_show_lockf_and_ofd_holders",
+            "python3 not installed",
+        );
+    }
+    let (dir, path) = support::lock_path();
+    let held = Holder::start(&mut lockf(&path, "ex", 5, 10, false));
+    let line = format!("pid {} (", held.pid());
+    let out = output(fg().arg("--holders").arg(&path));
+    let text = stdout(&out);
+    assert_eq!((code(&out), text.lines().count()), (0, 1), "{text}");
+    assert!(text.starts_with(&line), "{text}");
+    assert!(
+        text.ends_with(") holds exclusive POSIX lock on bytes 5..15\n"),
+        "{text}"
+    );
+    let out = output(fg().arg("--locks").arg(dir.path()));
+    assert_eq!(stdout(&out), format!("{}: {text}", path.display()));
+    let out = output(fg().args(["--json", "--holders"]).arg(&path));
+    let json = stdout(&out);
+    let want = format!("{{\"pid\":{},\"kind\":\"POSIX\",\"range\":{{\"start\":5,\"len\":10}},\"mode\":\"exclusive\"", held.pid());
+    assert!(json.contains(&want), "{json}");
+    assert!(held.finish().status.success());
+    let ours = ours_holding(&["--fcntl", "-s"], &path);
+    let out = output(fg().arg("--holders").arg(&path));
+    let text = stdout(&out);
+    assert!(text.contains(&format!("pid {} (", ours.pid())), "{text}");
+    assert!(text.contains(") holds shared OFD lock\n"), "{text}");
+    assert!(ours.finish().status.success());
+    let out = output(fg().arg("--holders").arg(&path));
+    assert_eq!((code(&out), stdout(&out).as_str()), (0, ""));
+}
+
+/// A `--length` beyond 2^63 is a negative `off_t` to util-linux, which
+/// `fcntl(2)` counts back from the start: `--start 10 --length 2^64-1`
+/// locks byte 9 alone.
+#[test]
+fn a_length_past_2_63_counts_back_from_the_start() {
+    if !have("python3") {
+        return support::skip(
+            "a_length_past_2_63_counts_back_from_the_start",
+            "python3 not installed",
+        );
+    }
+    let (_dir, path) = support::lock_path();
+    let held = ours_holding(
+        &["--start", "10", "--length", "18446744073709551615"],
+        &path,
+    );
+    for (start, len, want) in [(9, 1, 3), (0, 9, 0), (10, 0, 0), (0, 0, 3)] {
+        let out = output(&mut lockf(&path, "ex", start, len, true));
+        assert_eq!(code(&out), want, "lockf {start}+{len}: {}", stderr(&out));
+    }
+    assert!(held.finish().status.success());
+    // Before byte 0, or past 2^63 - 1: exit 65, as fcntl(2)'s EINVAL and
+    // EOVERFLOW are for flock(1).
+    for args in [
+        &["--start", "1", "--length", "18446744073709551614"][..],
+        &["--start", "9223372036854775807", "--length", "2"],
+        &["--start", "9223372036854775808"],
+    ] {
+        let out = output(fg().args(args).arg(&path).arg("true"));
+        assert_eq!(code(&out), 65, "{args:?}: {}", stderr(&out));
+    }
 }

@@ -3,7 +3,8 @@
 //! options abbreviable to an unambiguous prefix, and the same messages.
 
 use std::ffi::{OsStr, OsString};
-use std::num::IntErrorKind;
+use std::num::IntErrorKind::{NegOverflow, PosOverflow};
+use std::num::ParseIntError;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
@@ -175,15 +176,8 @@ pub(crate) fn parse(args: Vec<OsString>) -> Result<Opts, Usage> {
             Short('F') | Long("no-fork") => opts.no_fork = true,
             Long("verbose") => opts.verbose = true,
             Long("fcntl") => opts.fcntl = true,
-            Long("start") => {
-                opts.start = size(&parser.value()?, "invalid as start offset")?;
-                opts.fcntl = true;
-            }
-            // util-linux's message, spelling included.
-            Long("length") => {
-                opts.length = size(&parser.value()?, "invalid as lenght of lock range")?;
-                opts.fcntl = true;
-            }
+            Long("start") => (opts.fcntl, opts.start) = (true, size(parser.value()?, START)?),
+            Long("length") => (opts.fcntl, opts.length) = (true, size(parser.value()?, LENGTH)?),
             Short('w') | Long("timeout" | "wait") => opts.timeout = Some(timeout(parser.value()?)?),
             Short('E') | Long("conflict-exit-code") => {
                 let code = int32(&parser.value()?, "invalid exit code")?;
@@ -191,7 +185,12 @@ pub(crate) fn parse(args: Vec<OsString>) -> Result<Opts, Usage> {
                 opts.conflict_exit_code = u8::try_from(code).map_err(|_| range())?;
             }
             Short('h') | Long("help") => return Ok(Opts::default()),
-            Short('V') | Long("version") => return Ok(opts.with(Action::Version)),
+            Short('V') | Long("version") => {
+                return Ok(Opts {
+                    action: Action::Version,
+                    ..opts
+                })
+            }
             Long("allow-remote-fs") => opts.remote_fs = RemoteFs::Allow,
             Long("json") => opts.json = true,
             Long("holders") => report = Some(Action::Holders(parser.value()?)),
@@ -224,13 +223,7 @@ pub(crate) fn parse(args: Vec<OsString>) -> Result<Opts, Usage> {
     if opts.json && !matches!(action, Action::Holders(_) | Action::Locks(_)) {
         return Err(try_help("--json applies to --holders and --locks only"));
     }
-    Ok(opts.with(action))
-}
-
-impl Opts {
-    fn with(self, action: Action) -> Opts {
-        Opts { action, ..self }
-    }
+    Ok(Opts { action, ..opts })
 }
 
 /// The white space C's `isspace` accepts in the C locale.
@@ -239,63 +232,72 @@ const C_SPACE: [char; 6] = [' ', '\t', '\n', '\x0b', '\x0c', '\r'];
 /// util-linux's messages for a number it cannot read: `WHAT: 'WORD'`,
 /// then `tail` (empty, or [`RANGE`] for ERANGE).
 fn bad_number(what: &str, word: &OsStr, tail: &str) -> Usage {
-    plain(
-        [
-            what.as_bytes(),
-            b": '",
-            word.as_bytes(),
-            b"'",
-            tail.as_bytes(),
-        ]
-        .concat(),
-    )
+    let quoted = [b"'", word.as_bytes(), b"'"].concat();
+    let message = [what.as_bytes(), b": ", &quoted, tail.as_bytes()];
+    plain(message.concat())
 }
 
 const RANGE: &str = ": Numerical result out of range";
+const INVALID: &str = ": Invalid argument";
+const LENGTH: &str = "length of lock range";
+const START: &str = "start offset";
 
 /// A number as util-linux's `strtos32_or_err` reads it: leading white
 /// space, a sign, decimal digits and nothing after; ERANGE outside `i32`.
 fn int32(word: &OsStr, what: &str) -> Result<i32, Usage> {
     let text = word.to_str().unwrap_or("?").trim_start_matches(C_SPACE);
-    text.parse()
-        .map_err(|err: std::num::ParseIntError| match err.kind() {
-            IntErrorKind::PosOverflow | IntErrorKind::NegOverflow => bad_number(what, word, RANGE),
-            _ => bad_number(what, word, ""),
-        })
+    let range = |e: ParseIntError| matches!(e.kind(), PosOverflow | NegOverflow);
+    let tail = |e| [RANGE, ""][usize::from(!range(e))];
+    text.parse().map_err(|e| bad_number(what, word, tail(e)))
 }
 
-/// A size as util-linux's `strtosize_or_err` reads it: decimal digits,
-/// then an optional unit, `K`, `M`, `G`, `T`, `P` or `E` (either case),
-/// alone or with `iB` for powers of 1024, or with `B` for powers of 1000;
-/// ERANGE beyond `u64`.
-fn size(word: &OsStr, what: &str) -> Result<u64, Usage> {
-    let invalid = |tail| bad_number(what, word, tail);
-    let text = word.to_str().ok_or_else(|| invalid(""))?;
-    let text = text.trim_start_matches(C_SPACE);
-    let end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(end);
-    if digits.is_empty() {
-        return Err(invalid(""));
-    }
-    let number: u64 = digits.parse().map_err(|_| invalid(RANGE))?;
-    let mut unit = unit.chars();
-    let power = match unit.next().map(|c| c.to_ascii_uppercase()) {
-        None => return Ok(number),
-        Some(c) => match "KMGTPE".find(c) {
-            Some(i) => u32::try_from(i + 1).unwrap_or(u32::MAX),
-            None => return Err(invalid("")),
-        },
+/// A `--start` or `--length` value as util-linux's `strtosize_or_err`
+/// reads it: `strtoumax(3)` in base 0 after white space (`0x10` is 16,
+/// `010` is 8; no `-`), then nothing or a unit `K`, `M`, `G`, `T`, `P`,
+/// `E`, `Z` or `Y` (either case), alone or with `iB` for powers of 1024,
+/// or with `B` for powers of 1000. A fraction before the unit (`1.5K`,
+/// which util-linux reads) is refused. `what` names the value.
+fn size(word: OsString, what: &str) -> Result<u64, Usage> {
+    let fail = |tail| bad_number(&format!("invalid as {what}"), &word, tail);
+    let text = word.as_bytes();
+    let text = &text[text
+        .iter()
+        .take_while(|c| C_SPACE.contains(&char::from(**c)))
+        .count()..];
+    let (x, unit) = strtoumax(text)
+        .filter(|_| text[0] != b'-')
+        .ok_or_else(|| fail(INVALID))?;
+    let x = x.ok_or_else(|| fail(RANGE))?;
+    let (base, letter) = match unit {
+        [] => (1, b'K'),
+        [c] | [c, b'i', b'B' | b'b'] => (1024, *c),
+        [c, b'B' | b'b'] => (1000, *c),
+        _ => (0, 0),
     };
-    let base: u64 = match unit.as_str() {
-        "" | "iB" => 1024,
-        "B" => 1000,
-        _ => return Err(invalid("")),
+    let power = b"KMGTPEZY"
+        .iter()
+        .position(|c| *c == letter.to_ascii_uppercase());
+    let power = power.filter(|_| base > 0).ok_or_else(|| fail(INVALID))?;
+    let scaled = (0..=power).try_fold(x, |v, _| v.checked_mul(base));
+    scaled.ok_or_else(|| fail(RANGE))
+}
+
+/// `strtoumax(3)` in base 0 on a word without leading white space: the
+/// value (`None` if it overflows) and the bytes after the digits; `None`
+/// without digits.
+fn strtoumax(text: &[u8]) -> Option<(Option<u64>, &[u8])> {
+    let text = text.strip_prefix(b"+").unwrap_or(text);
+    let hex = (text.len() > 2 && text[..2].eq_ignore_ascii_case(b"0x")).then(|| &text[2..]);
+    let (radix, digits) = match hex.filter(|h| h[0].is_ascii_hexdigit()) {
+        Some(hex) => (16, hex),
+        None => (if text.starts_with(b"0") { 8 } else { 10 }, text),
     };
-    base.checked_pow(power)
-        .and_then(|scale| number.checked_mul(scale))
-        .ok_or_else(|| invalid(RANGE))
+    let end = digits
+        .iter()
+        .take_while(|c| char::from(**c).is_digit(radix))
+        .count();
+    let value = std::str::from_utf8(&digits[..end]).ok()?;
+    (end > 0).then(|| (u64::from_str_radix(value, radix).ok(), &digits[end..]))
 }
 
 /// The `-w` value as util-linux reads it: `strtold(3)` over the whole word,
@@ -384,18 +386,34 @@ mod tests {
         let opts = parse_words(&["--fcntl", "f", "true"]).unwrap();
         assert_eq!((opts.fcntl, opts.start, opts.length), (true, 0, 0));
         assert!(!parse_words(&["f", "true"]).unwrap().fcntl);
-        assert_eq!(
-            message(&["--start", "x", "f", "true"]),
-            "invalid as start offset: 'x'"
-        );
-        assert_eq!(
-            message(&["--length", "-1", "f", "true"]),
-            "invalid as lenght of lock range: '-1'"
-        );
-        assert_eq!(
-            message(&["--length", "20E", "f", "true"]),
-            "invalid as lenght of lock range: '20E': Numerical result out of range"
-        );
+        // The values util-linux 2.42.2's ul_parse_size gives for these.
+        for (word, want) in [
+            ("0", 0),
+            ("2MiB", 2 << 20),
+            ("1k", 1024),
+            ("1kib", 1024),
+            ("1Kb", 1000),
+            ("1EB", 1_000_000_000_000_000_000),
+            ("15E", 15 << 60),
+            ("0Y", 0),
+            ("0x10", 16),
+            ("0x1G", 1 << 30),
+            ("010", 8),
+            (" +7", 7),
+            ("18446744073709551615", u64::MAX),
+        ] {
+            assert_eq!(size(word.into(), START), Ok(want), "{word:?}");
+        }
+        for word in [
+            "x", "", "-1", " -1", "1KIB", "1 K", "1B", "1iB", "0x", "08", "1.5K",
+        ] {
+            let want = format!("invalid as start offset: '{word}': Invalid argument");
+            assert_eq!(size(word.into(), START), Err(plain(want)), "{word:?}");
+        }
+        for word in ["1Z", "16E", "18446744073709551616", "99999999999999999999Q"] {
+            let want = format!("invalid as length of lock range: '{word}'{RANGE}");
+            assert_eq!(size(word.into(), LENGTH), Err(plain(want)), "{word:?}");
+        }
         assert_eq!(
             message(&["--start"]),
             "option '--start' requires an argument"

@@ -98,11 +98,8 @@ fn main() {
 /// Writes `text` to stdout; 1 if that fails, as flock(1) exits.
 pub(crate) fn print(text: &str) -> i32 {
     let mut out = io::stdout().lock();
-    i32::from(
-        out.write_all(text.as_bytes())
-            .and_then(|()| out.flush())
-            .is_err(),
-    )
+    let written = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    i32::from(written.is_err())
 }
 
 fn usage(prog: &str) -> String {
@@ -151,23 +148,22 @@ fn run(opts: &Opts) -> Result<i32, i32> {
     // As flock(1): read-only (no ETXTBSY for a running script, no broken
     // read lease, no busy read-only remount, no IN_CLOSE_WRITE), directories
     // as they are, symbolic links followed.
-    let options = options.access(Access::ReadOnly).allow_directory(true);
+    // An exclusive fcntl(2) lock needs the file open for writing.
+    let write = opts.fcntl && opts.mode == Some(FlockMode::Exclusive);
+    let access = [Access::ReadOnly, Access::ReadWrite][usize::from(write)];
+    let options = options.access(access).allow_directory(true);
     let options = options.follow_symlinks(true).remote_fs(opts.remote_fs);
-    if opts.fcntl {
-        // As flock(1) --fcntl: an OFD lock on the range; an exclusive one
-        // needs the file open for writing.
-        options
-            .kind(LockKind::Ofd)
-            .range(ByteRange::new(opts.start, opts.length));
-        if opts.mode == Some(FlockMode::Exclusive) {
-            options.access(Access::ReadWrite);
-        }
-    }
+    // As flock(1) --fcntl: an OFD lock on the range (whole file: 0, 0).
+    let kind = [LockKind::Flock, LockKind::Ofd][usize::from(opts.fcntl)];
+    // A length beyond 2^63, a negative off_t, counts back from the start.
+    let back = (opts.length as i64).min(0).unsigned_abs();
+    let len = [opts.length, back][usize::from(back > 0)];
+    let range = ByteRange::new(opts.start.wrapping_sub(back), len);
+    let options = options.kind(kind).range(range);
     // flock(1)'s order: open the file, arm the timer, then use a descriptor.
-    let unusable = opts.timeout == Some(Timeout::Unusable);
-    let timer = || match unusable {
-        true => Err(fail!(EX_OSERR, "cannot set up timer: Invalid argument")),
-        false => Ok(()),
+    let timer = || match opts.timeout {
+        Some(Timeout::Unusable) => Err(fail!(EX_OSERR, "cannot set up timer: Invalid argument")),
+        _ => Ok(()),
     };
     let (file, name) = match &opts.action {
         Action::File(path, _) => {
@@ -178,11 +174,10 @@ fn run(opts: &Opts) -> Result<i32, i32> {
         Action::Fd(raw) => {
             timer()?;
             let fd = inherited(*raw).map_err(|e| fail!(EX_DATAERR, "{raw}: {}", describe(&e)))?;
-            let adopted = options.adopt(File::from(fd));
-            (
-                adopted.map_err(|e| open_failure(&e.error))?,
-                raw.to_string(),
-            )
+            // Its access mode is the caller's.
+            let adopted = options.access(Access::ReadOnly).adopt(File::from(fd));
+            let file = adopted.map_err(|e| open_failure(&e.error))?;
+            (file, raw.to_string())
         }
         _ => unreachable!("run is called for a lock file or descriptor"),
     };
@@ -249,8 +244,8 @@ fn lock(name: &str, opts: &Opts, file: LockFile) -> Result<OwnedFd, i32> {
         Err(err) => return Err(lock_failure(name, &err.error)),
     };
     let article = if mode == FlockMode::Shared { "a" } else { "an" };
-    let (escaped, limit) = (escape(name), opts.timeout);
-    match limit {
+    let escaped = escape(name);
+    match opts.timeout {
         _ if opts.verbose && nonblock => warn!("failed to get lock"),
         _ if opts.verbose => warn!("timeout while waiting to get lock"),
         Some(Timeout::Limit(limit)) if !nonblock => warn!(

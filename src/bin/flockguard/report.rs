@@ -18,10 +18,9 @@ pub(crate) fn holders(path: &Path, json: bool) -> i32 {
         Ok(list) if json => output(list.iter().map(holder_json).collect(), true),
         Ok(list) => output(list.iter().map(Holder::to_string).collect(), false),
         Err(err) => {
-            let code = match &err {
-                Error::Holders { file, .. } if file == path => EX_NOINPUT,
-                _ => EX_OSERR,
-            };
+            // A file that cannot be read (not /proc): 66.
+            let input = matches!(&err, Error::Holders { file, .. } if file == path);
+            let code = [EX_OSERR, EX_NOINPUT][usize::from(input)];
             fail!(code, "{}", escape(&describe(&err)))
         }
     }
