@@ -961,7 +961,8 @@ fn process_cpu() -> Duration {
 fn cost_child_main(args: &str) {
     let (what, path) = args.split_once('\t').expect("what and path");
     let line = match what {
-        "tasks" => tasks_waiting(path),
+        "tasks" => tasks_waiting(path, true),
+        "tasks-no-holders" => tasks_waiting(path, false),
         "directory" => directory_waiter(path),
         "ticker" => ticker_gaps(path, true),
         "ticker-alone" => ticker_gaps(path, false),
@@ -973,8 +974,11 @@ fn cost_child_main(args: &str) {
 /// 100 tasks on a current-thread runtime wait 1 s for a held lock
 /// (`flockguard::tokio::lock_timeout`, which reads the holders for its
 /// error); the process CPU time over the wait, in ms.
+///
+/// Without `holders`, each task waits in `flockguard::tokio::lock` under a
+/// 1 s `tokio::time::timeout`: no holder list is read.
 #[cfg(feature = "tokio")]
-fn tasks_waiting(path: &str) -> String {
+fn tasks_waiting(path: &str, holders: bool) -> String {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -985,21 +989,28 @@ fn tasks_waiting(path: &str) -> String {
         let tasks: Vec<_> = files
             .into_iter()
             .map(|f| {
-                tokio::spawn(flockguard::tokio::lock_timeout::<Exclusive>(
-                    f,
-                    Duration::from_secs(1),
-                ))
+                tokio::spawn(async move {
+                    let limit = Duration::from_secs(1);
+                    if holders {
+                        let err = flockguard::tokio::lock_timeout::<Exclusive>(f, limit).await;
+                        assert!(err.unwrap_err().is_timeout());
+                    } else {
+                        let waited =
+                            tokio::time::timeout(limit, flockguard::tokio::lock::<Exclusive>(f));
+                        assert!(waited.await.is_err());
+                    }
+                })
             })
             .collect();
         for t in tasks {
-            assert!(t.await.unwrap().unwrap_err().is_timeout());
+            t.await.unwrap();
         }
     });
     format!("{:.1}", (process_cpu() - cpu).as_secs_f64() * 1e3)
 }
 
 #[cfg(not(feature = "tokio"))]
-fn tasks_waiting(_: &str) -> String {
+fn tasks_waiting(_: &str, _: bool) -> String {
     unreachable!("the async costs run only with the tokio feature")
 }
 
@@ -1107,6 +1118,14 @@ fn costs(dir: &std::path::Path, runs: usize) {
             .collect();
         row(
             "100 tasks wait 1 s (lock_timeout, holders read)",
+            "ms CPU",
+            v,
+        );
+        let v = (0..runs)
+            .map(|_| cost("tasks-no-holders", &path).parse().unwrap())
+            .collect();
+        row(
+            "100 tasks wait 1 s (lock under a timeout, no holders)",
             "ms CPU",
             v,
         );

@@ -443,11 +443,13 @@ impl<'a> Acquire<'a> {
             let now = Instant::now();
             let cancelled = self.cancel.as_ref().is_some_and(CancelToken::is_cancelled);
             let notified = self.reg.as_ref().is_some_and(Registration::take_notified);
+            let behind = self.reg.as_ref().is_some_and(Registration::is_behind);
             let (core, start) = self.core.as_mut().expect("made above");
             let start = *start;
             if notified {
                 core.closed(now);
             }
+            core.set_behind(behind);
             let mode = self.mode;
             match core.next(now, cancelled) {
                 Step::Attempt | Step::Block => match self.file().attempt_checked(mode) {

@@ -215,6 +215,11 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(2);
 /// a close (or any release, without a watch) is noticed within 1.25× this,
 /// and a waiter wakes about 1 / this often while the lock stays held.
 const BACKOFF_CAP: Duration = Duration::from_millis(100);
+/// The back-off of a watched waiter behind the first in line on its file
+/// in this process: that one retries (and notices a release by `LOCK_UN`
+/// within 1.25 × [`BACKOFF_CAP`]); the release it gets is then passed on by
+/// its close, or by the wake-up a waiter gets when it becomes first.
+const BACKOFF_BEHIND: Duration = Duration::from_secs(1);
 /// How long a close event is followed by immediate retries that only yield
 /// the CPU: the kernel reports the close a moment before it releases the
 /// lock (sub-microsecond when the closer keeps running, longer when it is
@@ -355,6 +360,8 @@ struct Slot {
     notified: AtomicBool,
     /// This waiter holds the reader role.
     reader: AtomicBool,
+    /// Another waiter is ahead of this one in its file's queue.
+    behind: AtomicBool,
     wake: Wake,
     /// The hub this waiter is queued with; `None`: back-off retries only.
     hub: Option<Arc<Hub>>,
@@ -572,6 +579,7 @@ impl Registration {
         let slot = Arc::new(Slot {
             notified: AtomicBool::new(false),
             reader: AtomicBool::new(false),
+            behind: AtomicBool::new(false),
             wake: match task {
                 None => Wake::Thread(std::thread::current()),
                 Some(w) => Wake::Task(Mutex::new(Some(w.clone()))),
@@ -594,6 +602,12 @@ impl Registration {
     /// Whether closes of the file wake this waiter.
     pub(crate) fn is_watched(&self) -> bool {
         self.wd.is_some()
+    }
+
+    /// Whether another waiter of this process is ahead of this one on the
+    /// same file.
+    pub(crate) fn is_behind(&self) -> bool {
+        self.slot.behind.load(Ordering::SeqCst)
     }
 
     /// Whether a close of the file was seen since the last call.
@@ -723,6 +737,7 @@ impl Hub {
         let inode = st.inodes.entry(wd).or_default();
         inode.idle_since = None;
         inode.queue.push_back((Arc::clone(slot), mode));
+        slot.behind.store(inode.queue.len() > 1, Ordering::SeqCst);
         if st.reader.is_none() {
             // Nobody waited: whatever is queued is stale.
             let _ = sys::inotify_read(self.inotify.as_fd(), |_| {});
@@ -790,6 +805,15 @@ impl Hub {
                 // one a release woke: the next in line tries instead.
                 if pass_on && i == 0 {
                     inode.notify_head(&mut woken);
+                }
+                // The next in line now retries for the others: woken, so
+                // that it leaves its long back-off.
+                if let Some((next, _)) = inode.queue.front().filter(|_| i == 0) {
+                    if next.behind.swap(false, Ordering::SeqCst)
+                        && !woken.iter().any(|w| Arc::ptr_eq(w, next))
+                    {
+                        woken.push(Arc::clone(next));
+                    }
                 }
             }
             if inode.queue.is_empty() {
@@ -900,6 +924,11 @@ pub(crate) struct Schedule {
     after_close: Option<usize>,
     /// State of the jitter generator.
     rng: u64,
+    /// Closes of the file wake the waiter.
+    watched: bool,
+    /// Behind another waiter of this process on the same file, which
+    /// retries for both: back off to [`BACKOFF_BEHIND`].
+    behind: bool,
 }
 
 impl Schedule {
@@ -915,6 +944,8 @@ impl Schedule {
             closed_at: None,
             after_close: None,
             rng: seed | 1,
+            watched: false,
+            behind: false,
         }
     }
 
@@ -925,6 +956,7 @@ impl Schedule {
     /// selects), so near timers are kept for the retries after a close.
     pub(crate) fn on_watch(&mut self) {
         self.backoff = BACKOFF_CAP;
+        self.watched = true;
     }
 
     /// A close was seen: retry at once for a moment, then a few times more.
@@ -961,6 +993,10 @@ impl Schedule {
             Some(i) if i < AFTER_CLOSE.len() => {
                 self.after_close = Some(i + 1);
                 AFTER_CLOSE[i]
+            }
+            _ if self.watched && self.behind => {
+                self.after_close = None;
+                self.jitter(BACKOFF_BEHIND)
             }
             _ => {
                 self.after_close = None;
@@ -1166,6 +1202,12 @@ impl Core {
         }
     }
 
+    /// Whether another waiter of this process is ahead in line on the
+    /// same file (it retries for both).
+    pub(crate) fn set_behind(&mut self, behind: bool) {
+        self.schedule.behind = behind;
+    }
+
     /// A close of the file was seen at `now`: an attempt is due at once.
     pub(crate) fn closed(&mut self, now: Instant) {
         self.schedule.on_close(now);
@@ -1236,8 +1278,11 @@ pub(crate) fn block_on<L: Lockable>(
     let mut reg: Option<Registration> = None;
     loop {
         let now = Instant::now();
-        if reg.as_ref().is_some_and(Registration::take_notified) {
-            core.closed(now);
+        if let Some(r) = &reg {
+            if r.take_notified() {
+                core.closed(now);
+            }
+            core.set_behind(r.is_behind());
         }
         let cancelled = extras
             .cancel
@@ -1841,6 +1886,46 @@ pub(crate) mod tests {
         assert!(reg.is_reader());
         drop(reg);
         drop(held);
+    }
+
+    #[test]
+    fn core_behind_another_waiter_backs_off_longer_until_it_is_first() {
+        let t0 = Instant::now();
+        let mut core = Core::new(plan(Deadline::After(Duration::from_secs(60))), t0);
+        contended_and_registered(&mut core, t0, true);
+        core.set_behind(true);
+        let Step::Sleep(at) = core.next(t0, false) else {
+            panic!("sleep expected")
+        };
+        let d = at - t0;
+        assert!(
+            d >= BACKOFF_BEHIND * 3 / 4 && d < BACKOFF_BEHIND * 5 / 4,
+            "{d:?}"
+        );
+        // First in line: the short back-off again.
+        assert_eq!(core.next(at, false), Step::Attempt);
+        core.attempted(false);
+        core.set_behind(false);
+        let Step::Sleep(next) = core.next(at, false) else {
+            panic!("sleep expected")
+        };
+        assert!(next - at < BACKOFF_CAP * 5 / 4, "{:?}", next - at);
+    }
+
+    #[test]
+    fn the_next_in_line_is_woken_when_the_first_leaves_with_the_lock() {
+        let _serial = lock(&SERIAL);
+        let (_dir, path) = lock_file();
+        let a = LockFile::open(&path).unwrap();
+        let b = LockFile::open(&path).unwrap();
+        let mut ra = Registration::new(a.as_fd(), None, FlockMode::Exclusive, None, None);
+        let rb = Registration::new(b.as_fd(), None, FlockMode::Exclusive, None, None);
+        assert!(!ra.is_behind() && rb.is_behind());
+        ra.acquired();
+        drop(ra);
+        assert!(!rb.is_behind(), "first in line now");
+        // Taking the lock passes on no close event.
+        assert!(!rb.take_notified());
     }
 
     #[test]
