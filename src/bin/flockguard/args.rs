@@ -252,11 +252,11 @@ fn int32(word: &OsStr, what: &str) -> Result<i32, Usage> {
 }
 
 /// A `--start` or `--length` value as util-linux's `strtosize_or_err`
-/// reads it: `strtoumax(3)` in base 0 after white space (`0x10` is 16,
-/// `010` is 8; no `-`), then nothing or a unit `K`, `M`, `G`, `T`, `P`,
-/// `E`, `Z` or `Y` (either case), alone or with `iB` for powers of 1024,
-/// or with `B` for powers of 1000. A fraction before the unit (`1.5K`,
-/// which util-linux reads) is refused. `what` names the value.
+/// reads it: after white space, `strtoumax(3)` in base 0 (`0x10` is 16,
+/// `010` is 8; no sign but `+`), then nothing or a unit `K`, `M`, `G`,
+/// `T`, `P`, `E`, `Z` or `Y` (either case), alone or with `iB` for powers
+/// of 1024, or with `B` for powers of 1000. A fraction before the unit
+/// (`1.5K`) is refused. `what` names the value.
 fn size(word: OsString, what: &str) -> Result<u64, Usage> {
     let fail = |tail| bad_number(&format!("invalid as {what}"), &word, tail);
     let text = word.as_bytes();
@@ -264,11 +264,21 @@ fn size(word: OsString, what: &str) -> Result<u64, Usage> {
         .iter()
         .take_while(|c| C_SPACE.contains(&char::from(**c)))
         .count()..];
-    let (x, unit) = strtoumax(text)
-        .filter(|_| text[0] != b'-')
-        .ok_or_else(|| fail(INVALID))?;
-    let x = x.ok_or_else(|| fail(RANGE))?;
-    let (base, letter) = match unit {
+    let text = text.strip_prefix(b"+").unwrap_or(text);
+    let hex = (text.len() > 2 && text[..2].eq_ignore_ascii_case(b"0x")).then(|| &text[2..]);
+    let (radix, digits) = match hex.filter(|h| h[0].is_ascii_hexdigit()) {
+        Some(hex) => (16, hex),
+        None => (if text.starts_with(b"0") { 8 } else { 10 }, text),
+    };
+    let end = digits
+        .iter()
+        .take_while(|c| char::from(**c).is_digit(radix))
+        .count();
+    let number = std::str::from_utf8(&digits[..end]).unwrap_or_default();
+    // No digits (a `-` included) is EINVAL; past u64, ERANGE.
+    let x = u64::from_str_radix(number, radix)
+        .map_err(|_| fail([RANGE, INVALID][usize::from(end == 0)]))?;
+    let (base, letter) = match &digits[end..] {
         [] => (1, b'K'),
         [c] | [c, b'i', b'B' | b'b'] => (1024, *c),
         [c, b'B' | b'b'] => (1000, *c),
@@ -280,24 +290,6 @@ fn size(word: OsString, what: &str) -> Result<u64, Usage> {
     let power = power.filter(|_| base > 0).ok_or_else(|| fail(INVALID))?;
     let scaled = (0..=power).try_fold(x, |v, _| v.checked_mul(base));
     scaled.ok_or_else(|| fail(RANGE))
-}
-
-/// `strtoumax(3)` in base 0 on a word without leading white space: the
-/// value (`None` if it overflows) and the bytes after the digits; `None`
-/// without digits.
-fn strtoumax(text: &[u8]) -> Option<(Option<u64>, &[u8])> {
-    let text = text.strip_prefix(b"+").unwrap_or(text);
-    let hex = (text.len() > 2 && text[..2].eq_ignore_ascii_case(b"0x")).then(|| &text[2..]);
-    let (radix, digits) = match hex.filter(|h| h[0].is_ascii_hexdigit()) {
-        Some(hex) => (16, hex),
-        None => (if text.starts_with(b"0") { 8 } else { 10 }, text),
-    };
-    let end = digits
-        .iter()
-        .take_while(|c| char::from(**c).is_digit(radix))
-        .count();
-    let value = std::str::from_utf8(&digits[..end]).ok()?;
-    (end > 0).then(|| (u64::from_str_radix(value, radix).ok(), &digits[end..]))
 }
 
 /// The `-w` value as util-linux reads it: `strtold(3)` over the whole word,

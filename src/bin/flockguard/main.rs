@@ -33,9 +33,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use flockguard::{
-    Access, ByteRange, Error, FlockMode, Holder, LockFile, LockKind, LockOptions, Wait,
-};
+use flockguard::{Access, Error, FlockMode, Holder, LockFile, LockKind, LockOptions, Wait};
 use rustix::io::Errno;
 
 use args::{Action, Opts, Timeout, Usage};
@@ -158,7 +156,7 @@ fn run(opts: &Opts) -> Result<i32, i32> {
     // A length beyond 2^63, a negative off_t, counts back from the start.
     let back = (opts.length as i64).min(0).unsigned_abs();
     let len = [opts.length, back][usize::from(back > 0)];
-    let range = ByteRange::new(opts.start.wrapping_sub(back), len);
+    let range = flockguard::ByteRange::new(opts.start.wrapping_sub(back), len);
     let options = options.kind(kind).range(range);
     // flock(1)'s order: open the file, arm the timer, then use a descriptor.
     let timer = || match opts.timeout {
@@ -201,9 +199,7 @@ fn run(opts: &Opts) -> Result<i32, i32> {
 /// descriptor itself is never owned or closed here.
 #[allow(unsafe_code)] // no safe API turns a descriptor number into a descriptor; reasoning below
 fn inherited(raw: i32) -> Result<OwnedFd, Errno> {
-    if raw < 0 {
-        return Err(Errno::BADF);
-    }
+    let raw = Some(raw).filter(|raw| *raw >= 0).ok_or(Errno::BADF)?;
     // SAFETY: `raw` is not -1. The borrow lives for one
     // fcntl(F_DUPFD_CLOEXEC), which neither closes nor takes ownership of
     // `raw`. This process has one thread until the lock is taken, so no

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::fs::Metadata;
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -63,30 +63,24 @@ pub(crate) fn locks(dir: &Path, json: bool) -> i32 {
 /// Adds `path` to `found` if the kernel lists a holder or waiter of it,
 /// then does the same below it.
 fn walk(path: &Path, meta: &Metadata, inodes: &HashSet<u64>, found: &mut Found) {
-    if inodes.contains(&meta.ino()) {
-        match flockguard::holders(path) {
-            Ok(holders) if holders.is_empty() => {}
-            Ok(holders) => found.push((path.to_owned(), holders)),
-            // Removed since it was listed: nothing to report.
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => warn!("{}", escape(&describe(&err))),
-        }
+    let listed = inodes.contains(&meta.ino());
+    match listed.then(|| flockguard::holders(path)) {
+        Some(Ok(holders)) if !holders.is_empty() => found.push((path.to_owned(), holders)),
+        // A file removed since it was listed (NotFound): nothing to report.
+        Some(Err(e)) if e.kind() != ErrorKind::NotFound => warn!("{}", escape(&describe(&e))),
+        _ => {}
     }
     if !meta.is_dir() {
         return;
     }
-    let entries = match std::fs::read_dir(path) {
-        Ok(entries) => entries,
-        Err(err) => {
-            let shown = escape(&path.to_string_lossy());
-            return warn!("cannot read directory {shown}: {}", describe(&err));
-        }
-    };
+    let entries = std::fs::read_dir(path).map_err(|err| {
+        let shown = escape(&path.to_string_lossy());
+        warn!("cannot read directory {shown}: {}", describe(&err));
+    });
     // `DirEntry::metadata` does not follow symbolic links.
-    for entry in entries.flatten() {
-        match entry.metadata() {
-            Ok(meta) if !meta.is_symlink() => walk(&entry.path(), &meta, inodes, found),
-            _ => {}
+    for entry in entries.into_iter().flatten().flatten() {
+        if let Some(meta) = entry.metadata().ok().filter(|m| !m.is_symlink()) {
+            walk(&entry.path(), &meta, inodes, found);
         }
     }
 }
