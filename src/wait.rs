@@ -220,6 +220,9 @@ const BACKOFF_CAP: Duration = Duration::from_millis(100);
 /// within 1.25 × [`BACKOFF_CAP`]); the release it gets is then passed on by
 /// its close, or by the wake-up a waiter gets when it becomes first.
 const BACKOFF_BEHIND: Duration = Duration::from_secs(1);
+/// How long a reading thread pauses after events that concern no waiter
+/// (files closed in a watched directory) before it reads again.
+const IRRELEVANT_PAUSE: Duration = Duration::from_millis(2);
 /// How long a close event is followed by immediate retries that only yield
 /// the CPU: the kernel reports the close a moment before it releases the
 /// lock (sub-microsecond when the closer keeps running, longer when it is
@@ -656,7 +659,7 @@ impl Registration {
     #[cfg(any(test, feature = "tokio"))]
     pub(crate) fn dispatch(&self) -> io::Result<()> {
         match &self.slot.hub {
-            Some(hub) => hub.dispatch(&self.slot),
+            Some(hub) => hub.dispatch(&self.slot).map(drop),
             None => Ok(()),
         }
     }
@@ -673,18 +676,28 @@ impl Registration {
             Some(hub) if self.take_over_idle_reader() => hub,
             _ => return std::thread::park_timeout(timeout),
         };
-        match sys::poll_readable(hub.inotify.as_fd(), Some(hub.bell.as_fd()), Some(timeout)) {
-            Ok([events, bell]) => {
-                if bell {
-                    sys::eventfd_clear(hub.bell.as_fd());
-                }
-                if events && hub.dispatch(&self.slot).is_err() {
-                    // Unreadable instance: back-off retries remain.
-                    std::thread::sleep(timeout);
-                }
+        let until = Instant::now() + timeout;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
             }
-            // ppoll(2) fails only for lack of memory: keep the schedule.
-            Err(_) => std::thread::sleep(timeout),
+            match sys::poll_readable(hub.inotify.as_fd(), Some(hub.bell.as_fd()), Some(left)) {
+                Ok([_, true]) => return sys::eventfd_clear(hub.bell.as_fd()),
+                Ok([true, false]) => match hub.dispatch(&self.slot) {
+                    Ok(true) => return,
+                    // Events that concern no waiter (files created and
+                    // closed in a watched directory): keep sleeping, and
+                    // read again only after a pause, so that a busy
+                    // directory costs a bounded number of wake-ups.
+                    Ok(false) => std::thread::sleep(IRRELEVANT_PAUSE.min(left)),
+                    // Unreadable instance: back-off retries remain.
+                    Err(_) => return std::thread::sleep(left),
+                },
+                Ok([false, false]) => return,
+                // ppoll(2) fails only for lack of memory: keep the schedule.
+                Err(_) => return std::thread::sleep(left),
+            }
         }
     }
 }
@@ -872,7 +885,7 @@ impl Hub {
 
     /// Reads the queued events and wakes the waiters they concern; `me`,
     /// the reader, is only marked.
-    fn dispatch(&self, me: &Arc<Slot>) -> io::Result<()> {
+    fn dispatch(&self, me: &Arc<Slot>) -> io::Result<bool> {
         let mut woken = Vec::new();
         let st = self.state();
         let mut gone = Vec::new();
@@ -901,12 +914,13 @@ impl Hub {
             }
         }
         drop(st);
+        let any = !woken.is_empty();
         for s in woken {
             if !Arc::ptr_eq(&s, me) {
                 s.wake();
             }
         }
-        read
+        read.map(|()| any)
     }
 }
 
