@@ -100,44 +100,9 @@ pub(crate) fn print(text: &str) -> i32 {
     i32::from(written.is_err())
 }
 
+/// The help text; `{prog}` stands for the name the command was run under.
 fn usage(prog: &str) -> String {
-    format!(
-        "
-Usage:
- {prog} [options] <file>|<directory> <command> [<argument>...]
- {prog} [options] <file>|<directory> -c <command>
- {prog} [options] <file descriptor number>
- {prog} --holders <file> [--json]
- {prog} --locks <directory> [--json]
-
-Manage file locks from shell scripts; on contention, say who holds the lock.
-
-Options:
- -s, --shared             get a shared lock
- -x, --exclusive          get an exclusive lock (default)
- -u, --unlock             remove a lock
- -n, --nonblock           fail rather than wait
- -w, --timeout <secs>     wait for a limited amount of time
- -E, --conflict-exit-code <number>  exit code after conflict or timeout
- -o, --close              close file descriptor before running command
- -c, --command <command>  run a single command string through the shell
- -F, --no-fork            execute command without forking
-     --fcntl              take an OFD lock (fcntl F_OFD_SETLK), not flock(2)
-     --start <offset>     first byte of the lock (implies --fcntl)
-     --length <number>    bytes to lock, 0 for to the end (implies --fcntl)
-     --verbose            increase verbosity
-     --allow-remote-fs    lock even where flock(2) may not serialize processes
-     --holders <file>     list the processes holding or waiting for its lock
-     --locks <directory>  list every locked file under it
-     --json               print --holders or --locks as JSON
-
- -h, --help               display this help
- -V, --version            display version
-
-For more details see docs/cli.md in the flockguard source package;
-for the library behind it, https://docs.rs/flockguard.
-"
-    )
+    format!("\n{}", include_str!("usage.txt").replace("{prog}", prog))
 }
 
 /// Opens, locks and runs the command; `Err` is an early exit status.
