@@ -1575,13 +1575,19 @@ fn control_characters_in_names_and_command_lines_are_escaped() {
             err.lines().all(|l| l.starts_with("flockguard: ")),
             "{args:?}: a name split a line: {err:?}"
         );
+        // The command line is read within the command's diagnostics budget,
+        // which a loaded machine can exhaust; `--holders` below has none.
         assert!(err.contains(&escaped_path), "{args:?}: {err:?}");
-        assert!(err.contains("\\x1b]0;title\\x07)"), "{args:?}: {err:?}");
     }
     let out = output(fg().arg("--holders").arg(&path));
     assert_eq!(code(&out), 0);
     assert_eq!(stdout(&out).lines().count(), 1, "{:?}", stdout(&out));
     assert!(!stdout(&out).contains('\u{1b}'), "{:?}", stdout(&out));
+    assert!(
+        stdout(&out).contains("\\x1b]0;title\\x07)"),
+        "{:?}",
+        stdout(&out)
+    );
     let out = output(fg().arg("--locks").arg(dir.path()));
     assert_eq!(code(&out), 0);
     assert_eq!(stdout(&out).lines().count(), 1, "{:?}", stdout(&out));
