@@ -253,11 +253,16 @@ impl LockOptions {
     fn check_range(&self, path: &Path) -> Result<(), Error> {
         let whole = self.range == ByteRange::WHOLE;
         // fcntl(2) takes offsets as off_t: a range must end by 2^63 - 1.
+        // A length whose end overflows a u64 does not fit either.
         let fits = i64::try_from(self.range.start()).is_ok()
-            && self
-                .range
-                .end()
-                .map_or(true, |end| i64::try_from(end).is_ok());
+            && match self.range.len() {
+                None => true,
+                Some(len) => self
+                    .range
+                    .start()
+                    .checked_add(len)
+                    .is_some_and(|end| i64::try_from(end).is_ok()),
+            };
         if (whole || self.kind != LockKind::Flock) && fits {
             return Ok(());
         }

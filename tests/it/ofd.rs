@@ -1055,6 +1055,15 @@ fn a_part_of_a_file_needs_the_ofd_kind_and_nothing_is_created_otherwise() {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidRange { .. }), "{err:?}");
     assert!(!path.exists());
+    // A length whose end overflows a u64 is refused as well, not sent to
+    // the kernel.
+    let err = LockOptions::new()
+        .kind(LockKind::Ofd)
+        .range(ByteRange::new(10, u64::MAX))
+        .open(&path)
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidRange { .. }), "{err:?}");
+    assert!(!path.exists());
     // The whole file is every kind's range.
     let guard = LockOptions::new()
         .range(ByteRange::WHOLE)
