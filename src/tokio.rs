@@ -70,7 +70,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::AtomicU32;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -85,7 +85,7 @@ use crate::holder::Holder;
 use crate::kind::LockKind;
 use crate::lock::{AnyGuard, LockFile, LockGuard};
 use crate::mode::{Exclusive, FlockMode, Mode, Shared};
-use crate::sys;
+use crate::sys::{self, MountedId};
 use crate::wait::{
     self, CancelToken, Core, Deadline, HubFd, Notice, Plan, Registration, Step, Stop, Wait,
 };
@@ -470,7 +470,7 @@ impl<'a> Acquire<'a> {
                     let (id, path) = (sys::statx_fd(file.as_fd()).ok(), file.error_path());
                     let budget = self.diagnostics;
                     self.holders = Some(::tokio::task::spawn_blocking(move || {
-                        id.and_then(|id| crate::holders::holders_within(id, &path, budget).ok())
+                        id.map(|id| shared_holders(id, &path, budget))
                             .unwrap_or_default()
                     }));
                 }
@@ -588,6 +588,79 @@ impl<'a> Acquire<'a> {
             None => {}
         }
     }
+}
+
+/// One read of a file's holders for timeout errors, shared by the waits
+/// that need it while it runs or shortly after.
+struct Flight {
+    pid: u32,
+    id: MountedId,
+    /// The list and when it was read; `None` while the read runs.
+    done: Mutex<Option<(Instant, Vec<Holder>)>>,
+    ready: Condvar,
+}
+
+/// The holder reads of this process (see [`shared_holders`]).
+static FLIGHTS: Mutex<Vec<Arc<Flight>>> = Mutex::new(Vec::new());
+
+/// The process that waits for [`FLIGHTS`]'s lock.
+static FLIGHTS_OWNER: AtomicU32 = AtomicU32::new(0);
+
+/// How long a finished read serves other timeouts on the same file.
+const HOLDERS_FRESH: Duration = Duration::from_millis(10);
+
+/// The holders of the file `id` for a timeout error, on the blocking pool:
+/// tasks that time out together on one file (their reads start 20 ms
+/// before their deadlines) read `/proc/locks` once; reads of other files
+/// run beside it.
+fn shared_holders(id: MountedId, path: &Path, budget: Duration) -> Vec<Holder> {
+    let read = || crate::holders::holders_within(id, path, budget).unwrap_or_default();
+    let pid = sys::current_pid();
+    let Some(mut flights) = wait::lock_unless_forked(&FLIGHTS, &FLIGHTS_OWNER, pid) else {
+        return read();
+    };
+    let fresh = |f: &Flight| {
+        wait::lock(&f.done)
+            .as_ref()
+            .map_or(true, |(at, _)| at.elapsed() < HOLDERS_FRESH)
+    };
+    // A forked child's copies of its parent's reads are never waited for.
+    flights.retain(|f| f.pid == pid && fresh(f));
+    if let Some(flight) = flights.iter().find(|f| f.id == id).cloned() {
+        drop(flights);
+        let mut done = wait::lock(&flight.done);
+        loop {
+            if let Some((_, holders)) = &*done {
+                return holders.clone();
+            }
+            done = flight
+                .ready
+                .wait(done)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+    let flight = Arc::new(Flight {
+        pid,
+        id,
+        done: Mutex::new(None),
+        ready: Condvar::new(),
+    });
+    flights.push(Arc::clone(&flight));
+    drop(flights);
+    // Published even if the read panics, so that no waiter hangs.
+    struct Publish<'f>(&'f Flight, Vec<Holder>);
+    impl Drop for Publish<'_> {
+        fn drop(&mut self) {
+            let holders = std::mem::take(&mut self.1);
+            *wait::lock(&self.0.done) = Some((Instant::now(), holders));
+            self.0.ready.notify_all();
+        }
+    }
+    let mut publish = Publish(&flight, Vec::new());
+    let holders = read();
+    publish.1 = holders.clone();
+    drop(publish);
+    holders
 }
 
 /// The reactor registration of the last async reader, kept so that leaving
@@ -756,6 +829,31 @@ mod tests {
         );
         drop(rt);
         drop(held);
+    }
+
+    #[test]
+    fn timeouts_on_one_file_share_a_holder_read_and_each_gets_the_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.lock");
+        let held = LockFile::open(&path)
+            .unwrap()
+            .try_lock::<Exclusive>()
+            .unwrap();
+        let id = sys::statx_fd(LockFile::open(&path).unwrap().as_fd()).unwrap();
+        let lists: Vec<Vec<Holder>> = std::thread::scope(|s| {
+            let readers: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| shared_holders(id, &path, Duration::from_secs(5))))
+                .collect();
+            readers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        for list in &lists {
+            assert_eq!(list.len(), 1, "{list:?}");
+            assert_eq!(list[0].pid, std::process::id());
+        }
+        // Finished reads are kept only briefly.
+        std::thread::sleep(HOLDERS_FRESH * 2);
+        drop(held);
+        assert!(shared_holders(id, &path, Duration::from_secs(5)).is_empty());
     }
 
     #[test]
