@@ -361,8 +361,13 @@ fn a_one_worker_runtime_keeps_ticking_while_a_hundred_tasks_wait() {
         }
         largest
     });
+    // How small the gaps stay is a benchmark figure (the handoff bench's
+    // ticker rows). The check here is that the ticker finishes its 100
+    // ticks while the lock is still held: a waiter that blocked the only
+    // worker until the release would hang this test, and one that blocked
+    // it for a while (a sleep, a slow read) leaves a gap of seconds.
     eprintln!("largest ticker gap with 100 waiting tasks: {largest_gap:?}");
-    assert!(largest_gap <= Duration::from_millis(50), "{largest_gap:?}");
+    assert!(largest_gap < Duration::from_secs(5), "{largest_gap:?}");
 }
 
 #[test]
