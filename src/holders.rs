@@ -31,7 +31,9 @@
 //! - last, the count is checked against the process: a PID found holding
 //!   the lock through one descriptor holds one record of it (an open file
 //!   description holds at most one `flock` lock), and one found holding it
-//!   holds at least one, even if the passes missed it.
+//!   holds at least one, even if the passes missed it; an entry some pass
+//!   saw whose process could not be checked (in time) is listed at least
+//!   once, unverified.
 //!
 //! At most three passes: `3 × (pages + 1)` reads and two seeks.
 
@@ -106,10 +108,12 @@ pub(crate) fn holders_of(id: MountedId, path: &Path) -> Result<Vec<Holder>, Erro
 }
 
 /// As [`holders_of`], best effort within `budget`, counted from the end of
-/// the first page of `/proc/locks` (which is always read, and can take
-/// milliseconds when cold): every later step (the rest of the file,
-/// the rereads, verifying each entry, the search for sharers) only starts
-/// before the budget is spent. Entries not verified in time are
+/// the first page of `/proc/locks` (which can take milliseconds when
+/// cold). The first pass over `/proc/locks`, and when it took several
+/// reads the second, shifted one, are always read to their end, so that no
+/// entry on a later page or at a page boundary is missed; every later step
+/// (the third pass, verifying each entry, the search for sharers) only
+/// starts before the budget is spent. Entries not verified in time are
 /// [`PidStatus::Unverified`]; a search for sharers cut short leaves
 /// [`Holder::sharers_complete`] false.
 pub(crate) fn holders_within(
@@ -178,17 +182,29 @@ fn collect(id: MountedId, path: &Path, budget: &Budget) -> Result<Vec<Holder>, E
             holders.extend(name_ofd_holders(holder, n, entry, target, budget));
             continue;
         }
-        // A process with one descriptor holding the lock holds one record
-        // of it (a description holds one flock lock), however many the
-        // passes counted; one found holding it holds at least one.
-        let n = match held {
-            Some(fds) if holder.status == PidStatus::Confirmed && !entry.waiting => n.clamp(1, fds),
-            _ => n,
-        };
+        let n = times_listed(n, holder.status, held, entry.waiting);
         holders.extend(std::iter::repeat(holder).take(n));
     }
     find_sharers(&mut holders, target, budget);
     Ok(holders)
+}
+
+/// How many times to list an entry that the passes over `/proc/locks`
+/// counted `n` times (0 when only some passes saw it), given what was found
+/// about its process: `status`, and `held`, the number of its descriptors
+/// found holding the lock.
+fn times_listed(n: usize, status: PidStatus, held: Option<usize>, waiting: bool) -> usize {
+    match held {
+        // A process with one descriptor holding the lock holds one record
+        // of it (a description holds one flock lock), however many the
+        // passes counted; one found holding it holds at least one.
+        Some(fds) if status == PidStatus::Confirmed && !waiting => n.clamp(1, fds),
+        // Seen by a pass and not checked against its process (the budget
+        // ran out, or its state or descriptors could not be read): it may
+        // still hold the lock, so it is listed, unverified, at least once.
+        _ if status == PidStatus::Unverified => n.max(1),
+        _ => n,
+    }
 }
 
 // ---- /proc/locks, exactly -----------------------------------------------
@@ -260,14 +276,12 @@ fn is_repeat(prev: &Hit<'_>, prev_lines: usize, next: &Hit<'_>) -> bool {
 }
 
 /// Reads `/proc/locks` from byte `offset` to its end: the bytes of each
-/// `read(2)`. With `first_page` set the first read happens whatever the
-/// budget; `None` when the budget ran out before the end.
-fn read_pass(
-    offset: u64,
-    budget: &Budget,
-    first_page: bool,
-) -> std::io::Result<Option<Vec<Vec<u8>>>> {
-    if !first_page && budget.spent() {
+/// `read(2)`. With `whole` set the pass is read to its end whatever the
+/// budget (the first two passes: an entry they did not read would be
+/// missing from the answer); otherwise `None` when the budget ran out
+/// before its end.
+fn read_pass(offset: u64, budget: &Budget, whole: bool) -> std::io::Result<Option<Vec<Vec<u8>>>> {
+    if !whole && budget.spent() {
         return Ok(None);
     }
     let mut file = sys::proc_locks_open()?;
@@ -276,8 +290,8 @@ fn read_pass(
     }
     let mut chunks = Vec::new();
     loop {
-        if (!first_page || !chunks.is_empty()) && budget.spent() {
-            return Ok(if first_page { Some(chunks) } else { None });
+        if !whole && budget.spent() {
+            return Ok(None);
         }
         let chunk = sys::proc_locks_read(&mut file)?;
         budget.start();
@@ -315,16 +329,18 @@ fn read_entries(target: Target, budget: &Budget) -> std::io::Result<Vec<(LockEnt
         .map(|c| Walk::of(&split_lines(c), target, &needle))
         .collect();
     let a = count_once(&walks);
-    if walks.len() < 2 || budget.spent() {
+    if walks.len() < 2 {
         return Ok(tally(&a, &[]));
     }
-    let Some(b) = shifted_pass(&first, 2, target, &needle, budget)? else {
+    // Read whatever the budget: it sees the records that a page boundary
+    // of the first pass skipped.
+    let Some(b) = shifted_pass(&first, 2, target, &needle, budget, true)? else {
         return Ok(tally(&a, &[]));
     };
     if same_counts(&a, &b) {
         return Ok(tally(&a, &[]));
     }
-    let Some(c) = shifted_pass(&first, 4, target, &needle, budget)? else {
+    let Some(c) = shifted_pass(&first, 4, target, &needle, budget, false)? else {
         return Ok(tally(&a, &[&b]));
     };
     Ok(tally(&a, &[&b, &c]))
@@ -332,8 +348,8 @@ fn read_entries(target: Target, budget: &Budget) -> std::io::Result<Vec<(LockEnt
 
 /// Each distinct entry of the passes, in the order first seen, with its
 /// count: the first pass's, or with three passes the median. An entry only
-/// some passes saw may get 0; [`collect`] keeps it when its process is
-/// found holding the lock.
+/// some passes saw may get 0; [`collect`] keeps it unless its process is
+/// found gone or not holding the lock (see [`times_listed`]).
 fn tally(a: &[LockEntry], others: &[&[LockEntry]]) -> Vec<(LockEntry, usize)> {
     let mut out: Vec<(LockEntry, usize)> = Vec::new();
     for e in a.iter().chain(others.iter().flat_map(|o| o.iter())) {
@@ -354,13 +370,15 @@ fn tally(a: &[LockEntry], others: &[&[LockEntry]]) -> Vec<(LockEntry, usize)> {
 
 /// A second pass whose page boundaries are moved by `1/part` of the first
 /// page: the lines of the first pass's first page before the record at
-/// that offset, then the file read from there.
+/// that offset, then the file read from there (whatever the budget with
+/// `whole` set; see [`read_pass`]).
 fn shifted_pass(
     first: &[&[u8]],
     part: usize,
     target: Target,
     needle: &[u8],
     budget: &Budget,
+    whole: bool,
 ) -> std::io::Result<Option<Vec<LockEntry>>> {
     let total: usize = first.iter().map(|l| l.len() + 1).sum();
     // The first record starting at or after the offset; its lines stay
@@ -381,7 +399,7 @@ fn shifted_pass(
         .iter()
         .position(|l| !is_waiter_line(l))
         .map_or(first.len(), |n| split + 1 + n);
-    let Some(chunks) = read_pass(offset as u64, budget, false)? else {
+    let Some(chunks) = read_pass(offset as u64, budget, whole)? else {
         return Ok(None);
     };
     let mut walks = vec![Walk::of(&first[..record_end], target, needle)];
@@ -616,6 +634,13 @@ fn name_ofd_holders(
             }
         }
     }
+    // An entry only some passes saw is listed once when a descriptor holds
+    // it, or when the search stopped before reading them all.
+    let n = if n == 0 && (!found.is_empty() || !complete) {
+        1
+    } else {
+        n
+    };
     let mut holders = vec![template; n];
     for (k, holder) in holders.iter_mut().enumerate() {
         holder.sharers_complete = complete;
@@ -1271,6 +1296,171 @@ bad line
         assert_eq!(tally(&[x], &[&[y]]), [(x, 1), (y, 0)]);
         assert!(same_counts(&[x, y], &[y, x]));
         assert!(!same_counts(&[x, x], &[x, y]));
+    }
+
+    /// A POSIX holder that a page boundary of the first pass skipped (a
+    /// lock before it was dropped between two reads) and that the shifted
+    /// pass saw: the first and second passes disagree, the budget ran out
+    /// before the third pass and before its process was checked.
+    #[test]
+    fn an_entry_only_some_passes_saw_is_listed_when_not_verified() {
+        let posix = LockEntry {
+            kind: HolderKind::Posix,
+            ..entry(812, FlockMode::Exclusive, false)
+        };
+        let line = "POSIX  ADVISORY  WRITE 812 fe:00:1234 0 EOF";
+        // First pass: page 1 ends at line 70, then the list lost a line
+        // before the holder, so page 2 starts after it.
+        let one = filler(1, 70);
+        let two = filler(71, 10);
+        let a = count_once(&[walk(&one), walk(&two)]);
+        // Shifted pass: the holder lies inside a page.
+        let mut shifted = filler(35, 36);
+        shifted.push(format!("71: {line}"));
+        shifted.extend(filler(72, 9));
+        let b = count_once(&[walk(&shifted)]);
+        assert_ne!(a, b);
+        let tallied = tally(&a, &[&b]);
+        assert_eq!(tallied, [(posix, 0)]);
+        let (_, n) = tallied[0];
+        // Not checked (budget spent, or its descriptors unreadable): listed
+        // once, unverified, never dropped.
+        assert_eq!(times_listed(n, PidStatus::Unverified, None, false), 1);
+        // Three passes where only one saw it: the median is 0 as well.
+        let tallied = tally(&a, &[&b, &a]);
+        assert_eq!(tallied, [(posix, 0)]);
+        assert_eq!(times_listed(0, PidStatus::Unverified, None, false), 1);
+        // Found holding it: at least once; found not holding it, or gone:
+        // the lock was released between the passes.
+        assert_eq!(times_listed(0, PidStatus::Confirmed, Some(1), false), 1);
+        assert_eq!(times_listed(0, PidStatus::NotHolding, Some(0), false), 0);
+        assert_eq!(times_listed(0, PidStatus::Exited, None, false), 0);
+        // Counted by the passes: as counted, or per descriptor found.
+        assert_eq!(times_listed(2, PidStatus::Unverified, None, false), 2);
+        assert_eq!(times_listed(2, PidStatus::Confirmed, Some(1), false), 1);
+    }
+
+    /// An OFD entry that the passes counted 0 times (only some saw it) is
+    /// still named when a descriptor holds it.
+    #[cfg(feature = "ofd")]
+    #[test]
+    fn an_ofd_entry_only_some_passes_saw_is_named_when_a_descriptor_holds_it() {
+        use crate::{Exclusive, LockKind, LockOptions};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ofd.lock");
+        let guard = LockOptions::new()
+            .kind(LockKind::Ofd)
+            .open(&path)
+            .unwrap()
+            .lock::<Exclusive>()
+            .unwrap();
+        let id = sys::statx_path(&path).unwrap();
+        let info = sys::proc_self_mountinfo().unwrap();
+        let dev = id
+            .mnt_id
+            .and_then(|m| mount_dev(&info, m))
+            .unwrap_or(id.dev);
+        let target = Target { dev, ino: id.ino };
+        let ofd = LockEntry {
+            kind: HolderKind::Ofd,
+            pid: 0,
+            dev,
+            ino: id.ino,
+            ..entry(0, FlockMode::Exclusive, false)
+        };
+        let budget = Budget::new(None);
+        let (template, _) = describe(ofd, target, &budget);
+        let named = name_ofd_holders(template, 0, ofd, target, &budget);
+        assert_eq!(named.len(), 1, "{named:?}");
+        assert_eq!(named[0].pid, std::process::id());
+        assert_eq!(named[0].status, PidStatus::Confirmed);
+        drop(guard);
+        let (template, _) = describe(ofd, target, &budget);
+        assert!(name_ofd_holders(template, 0, ofd, target, &budget).is_empty());
+    }
+
+    /// Pins the calling thread to the first CPU it may run on: the kernel
+    /// adds a lock at the head of the list of the CPU that takes it and
+    /// prints the lists in CPU order, so locks taken later on that CPU come
+    /// before earlier ones.
+    fn pin_to_first_cpu() {
+        use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
+        let allowed = sched_getaffinity(None).unwrap();
+        let first = (0..CpuSet::MAX_CPU).find(|&i| allowed.is_set(i)).unwrap();
+        let mut set = CpuSet::new();
+        set.set(first);
+        sched_setaffinity(None, &set).unwrap();
+    }
+
+    /// A holder several pages into `/proc/locks`, with locks before it
+    /// taken and dropped all the time, is listed by every call however
+    /// little time the diagnostics have: a record that a page boundary of
+    /// the first pass skips lies inside a page of the second, which is
+    /// read whatever the budget.
+    #[test]
+    fn a_holder_skipped_at_a_page_boundary_is_listed_with_no_budget() {
+        use rustix::fs::{flock, FlockOperation};
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        const CALLS: usize = 2000;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("held.lock");
+        let held = std::fs::File::create(&path).unwrap();
+        let stop = AtomicBool::new(false);
+        let cycles = AtomicU64::new(0);
+        let me = std::process::id();
+        let missed = std::thread::scope(|s| {
+            let after = s
+                .spawn(|| {
+                    pin_to_first_cpu();
+                    flock(&held, FlockOperation::LockExclusive).unwrap();
+                    (0..300)
+                        .map(|i| {
+                            let f =
+                                std::fs::File::create(dir.path().join(format!("a{i}"))).unwrap();
+                            flock(&f, FlockOperation::LockShared).unwrap();
+                            f
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .join()
+                .unwrap();
+            for t in 0..2 {
+                let (dir, stop, cycles) = (&dir, &stop, &cycles);
+                s.spawn(move || {
+                    pin_to_first_cpu();
+                    let files: Vec<_> = (0..12)
+                        .map(|i| {
+                            std::fs::File::create(dir.path().join(format!("c{t}-{i}"))).unwrap()
+                        })
+                        .collect();
+                    while !stop.load(Ordering::Relaxed) {
+                        for f in &files {
+                            flock(f, FlockOperation::LockExclusive).unwrap();
+                        }
+                        std::thread::yield_now();
+                        for f in &files {
+                            flock(f, FlockOperation::Unlock).unwrap();
+                        }
+                        cycles.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            let id = sys::statx_path(&path).unwrap();
+            let mut missed = 0;
+            for _ in 0..CALLS {
+                let list = holders_within(id, &path, Duration::ZERO).unwrap();
+                if !list.iter().any(|h| h.pid == me && !h.waiting) {
+                    missed += 1;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            drop(after);
+            missed
+        });
+        let cycles = cycles.into_inner();
+        eprintln!("{missed} of {CALLS} calls missed the holder; {cycles} churn cycles");
+        assert!(cycles > 0);
+        assert_eq!(missed, 0, "{missed} of {CALLS} calls missed the holder");
     }
 
     #[test]

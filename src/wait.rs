@@ -160,7 +160,9 @@ impl<'a> Wait<'a> {
 
     /// How long the holder diagnostics of the notice and of the timeout
     /// error may take beyond the first page of `/proc/locks` (default 5 ms).
-    /// Holders not verified in time are
+    /// `/proc/locks` is read to its end whatever the budget (twice when it
+    /// is longer than a page), so that every holder it shows is listed;
+    /// holders not verified in time are
     /// [`PidStatus::Unverified`](crate::PidStatus::Unverified), without a
     /// command line. A command-line tool that prints who holds the lock
     /// can afford more.

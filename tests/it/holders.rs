@@ -1062,3 +1062,62 @@ fn two_forked_readers_whose_takers_exited_are_each_found() {
     }
     support::wait_free(&path);
 }
+
+/// A holder whose line lies beyond the first page of `/proc/locks` is named
+/// by a timeout error even when the diagnostics budget is spent at once:
+/// the whole of `/proc/locks` is read before the budget applies.
+#[test]
+fn a_holder_beyond_the_first_page_is_named_with_no_diagnostics_budget() {
+    const AFTER: usize = 300;
+    let (_dir, path) = support::lock_path();
+    let others = tempfile::tempdir().unwrap();
+    let (held, taken) = std::thread::scope(|s| {
+        s.spawn(|| {
+            // The kernel adds a lock at the head of the list of the CPU that
+            // takes it and prints the lists in CPU order: locks taken later
+            // on the same CPU come first.
+            use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
+            let allowed = sched_getaffinity(None).unwrap();
+            let first = (0..CpuSet::MAX_CPU).find(|&i| allowed.is_set(i)).unwrap();
+            let mut set = CpuSet::new();
+            set.set(first);
+            sched_setaffinity(None, &set).unwrap();
+            let held = LockFile::open(&path).unwrap().lock::<Exclusive>().unwrap();
+            let taken: Vec<_> = (0..AFTER)
+                .map(|i| {
+                    LockFile::open(others.path().join(format!("after{i}")))
+                        .unwrap()
+                        .lock::<Shared>()
+                        .unwrap()
+                })
+                .collect();
+            (held, taken)
+        })
+        .join()
+        .unwrap()
+    });
+    let text = std::fs::read_to_string("/proc/locks").unwrap();
+    let ino = std::fs::metadata(&path).unwrap().ino();
+    let line = text
+        .lines()
+        .position(|l| l.contains(&format!(":{ino} ")))
+        .expect("the held lock in /proc/locks");
+    let first_page = text[..4096.min(text.len())].lines().count();
+    assert!(
+        line > first_page,
+        "line {line} of /proc/locks, first page {first_page} lines"
+    );
+
+    let wait = flockguard::Wait::timeout(Duration::from_millis(40)).diagnostics(Duration::ZERO);
+    let err = LockFile::open(&path)
+        .unwrap()
+        .lock_with::<Exclusive>(wait)
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    let list = err.error.holders();
+    assert_eq!(list.len(), 1, "{err}");
+    assert_eq!(list[0].pid, std::process::id());
+    assert_eq!(list[0].mode, FlockMode::Exclusive);
+    drop(taken);
+    drop(held);
+}
