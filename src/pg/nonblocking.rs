@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
 
 use super::session::{
-    with_cancel, Conn, ConnectError, Failure, Grant, Op, CONNECT_TIMEOUT, HEARTBEAT, ROUND_TRIP,
+    settle, with_cancel, Conn, ConnectError, Failure, Grant, Op, CONNECT_TIMEOUT, HEARTBEAT,
+    ROUND_TRIP,
 };
 use super::{check_name, failure_error, lock_key, would_block, Error, ErrorKind, PgHolder, PgLoss};
 use crate::mode::{Exclusive, FlockMode, Mode, Shared};
@@ -129,21 +130,7 @@ impl AsyncSession {
             None => Ok(fut.await),
         };
         flight.done = true;
-        match answer {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(failure)) => {
-                match &failure {
-                    Failure::Lost(loss, _) => self.abandon(*loss),
-                    Failure::Pooler(_) => self.abandon(PgLoss::Closed),
-                    _ => {}
-                }
-                Err(failure)
-            }
-            Err(waited) => {
-                self.abandon(PgLoss::NoAnswer(waited));
-                Err(Failure::Lost(PgLoss::NoAnswer(waited), None))
-            }
-        }
+        settle(answer, |loss| self.abandon(loss))
     }
 
     async fn acquire(

@@ -136,6 +136,30 @@ pub(crate) enum Failure {
     Other(tokio_postgres::Error),
 }
 
+/// The outcome of a round trip that had `deadline`-style limits: `Err` is
+/// how long it went unanswered. A lost session, a pooler's and no answer
+/// mark the session lost through `abandon` before the failure is returned.
+pub(crate) fn settle<T>(
+    answer: Result<Result<T, Failure>, Duration>,
+    abandon: impl FnOnce(PgLoss),
+) -> Result<T, Failure> {
+    match answer {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(failure)) => {
+            match &failure {
+                Failure::Lost(loss, _) => abandon(*loss),
+                Failure::Pooler(_) => abandon(PgLoss::Closed),
+                _ => {}
+            }
+            Err(failure)
+        }
+        Err(waited) => {
+            abandon(PgLoss::NoAnswer(waited));
+            Err(Failure::Lost(PgLoss::NoAnswer(waited), None))
+        }
+    }
+}
+
 pub(crate) fn classify(err: tokio_postgres::Error) -> Failure {
     if err.is_closed() {
         return Failure::Lost(PgLoss::Closed, Some(err));
@@ -882,21 +906,7 @@ impl Session {
             token,
             &core.conn,
         ))?;
-        match answer {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(failure)) => {
-                match &failure {
-                    Failure::Lost(loss, _) => self.abandon(*loss),
-                    Failure::Pooler(_) => self.abandon(PgLoss::Closed),
-                    _ => {}
-                }
-                Err(failure)
-            }
-            Err(waited) => {
-                self.abandon(PgLoss::NoAnswer(waited));
-                Err(Failure::Lost(PgLoss::NoAnswer(waited), None))
-            }
-        }
+        settle(answer, |loss| self.abandon(loss))
     }
 
     /// Marks the session lost; its socket closes when it is dropped.
