@@ -35,9 +35,12 @@
 //! A forked child never touches its parent's hub (its events belong to the
 //! parent's description), nor the locks of it and of its waiters (a parent
 //! thread may have held one at the fork): it makes its own hub on first
-//! use. The mutex that finds the hub is only tried in a child, never
-//! waited for; a child forked while a parent thread held it waits with
-//! back-off retries only.
+//! use. The mutex that finds the hub, and each [`CancelToken`]'s list of
+//! waits, are only tried in a child, never waited for; a child forked
+//! while a parent thread held the hub's waits with back-off retries only,
+//! and one forked while a parent thread held a token's sees that token's
+//! cancel at its next retry instead of at once. A cancel in a child wakes
+//! only the child's waits.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -260,6 +263,16 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// wait that uses any clone, now and later; a cancelled token stays
 /// cancelled. A cancel wakes the waiters at once; it opens no descriptor.
 ///
+/// # Across `fork(2)`
+/// A forked child has its own copy of the token, in the state it had at
+/// the fork: a cancel in the child ends the child's waits and never wakes
+/// the parent's, and a cancel in the parent after the fork does not reach
+/// the child. Using the token in the child never blocks: if a parent
+/// thread was registering a wait with it or cancelling it at the moment of
+/// the fork, the child's waits with it are not woken by the child's cancel
+/// but see it at their next retry (at most about a second later), and end
+/// with [`Error::Cancelled`](crate::Error::Cancelled) as usual.
+///
 /// # Examples
 /// ```
 /// use flockguard::{CancelToken, Exclusive, LockFile, Wait};
@@ -286,9 +299,23 @@ pub struct CancelToken {
 #[derive(Default)]
 struct CancelInner {
     cancelled: AtomicBool,
-    /// The waits in progress, by registration number.
-    waiters: Mutex<Vec<(u64, Arc<Slot>)>>,
+    /// The waits in progress: registration number, registering process,
+    /// wake-up.
+    waiters: Mutex<Vec<(u64, u32, Arc<Slot>)>>,
+    /// The process that waits for `waiters`' lock (see
+    /// [`lock_unless_forked`]).
+    owner: AtomicU32,
     next_id: AtomicU64,
+}
+
+impl CancelInner {
+    /// The waits in progress; `None` in a forked child whose parent held
+    /// the lock at the fork. Entries of other processes (a parent's waits,
+    /// copied by the fork) stay: waking or dropping them in a child could
+    /// reach the parent's hub or runtime.
+    fn waiters(&self, pid: u32) -> Option<MutexGuard<'_, Vec<(u64, u32, Arc<Slot>)>>> {
+        lock_unless_forked(&self.waiters, &self.owner, pid)
+    }
 }
 
 impl CancelToken {
@@ -302,10 +329,18 @@ impl CancelToken {
         self.inner.cancelled.store(true, Ordering::SeqCst);
         // Woken after the lock is let go: a waker may poll its task inline,
         // and the task's wait then unregisters from this token.
-        let slots: Vec<Arc<Slot>> = lock(&self.inner.waiters)
+        let pid = sys::current_pid();
+        let Some(waiters) = self.inner.waiters(pid) else {
+            // A forked child that found the lock held: none of its waits
+            // could register; they see the flag at their next retry.
+            return;
+        };
+        let slots: Vec<Arc<Slot>> = waiters
             .iter()
-            .map(|(_, slot)| Arc::clone(slot))
+            .filter(|(_, p, _)| *p == pid)
+            .map(|(_, _, slot)| Arc::clone(slot))
             .collect();
+        drop(waiters);
         for slot in slots {
             slot.wake();
         }
@@ -316,14 +351,21 @@ impl CancelToken {
         self.inner.cancelled.load(Ordering::SeqCst)
     }
 
-    fn register(&self, slot: &Arc<Slot>) -> u64 {
+    /// Registers a wait to be woken by a cancel; `None` in a forked child
+    /// that found the lock held (the wait sees a cancel at its next retry).
+    fn register(&self, slot: &Arc<Slot>) -> Option<u64> {
+        let pid = sys::current_pid();
+        let mut waiters = self.inner.waiters(pid)?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&self.inner.waiters).push((id, Arc::clone(slot)));
-        id
+        waiters.push((id, pid, Arc::clone(slot)));
+        Some(id)
     }
 
     fn unregister(&self, id: u64) {
-        lock(&self.inner.waiters).retain(|(i, _)| *i != id);
+        let pid = sys::current_pid();
+        if let Some(mut waiters) = self.inner.waiters(pid) {
+            waiters.retain(|(i, p, _)| *i != id || *p != pid);
+        }
     }
 
     #[cfg(test)]
@@ -594,7 +636,7 @@ impl Registration {
         let wd = hub
             .as_ref()
             .and_then(|hub| hub.enqueue(&slot, file, path, mode));
-        let cancel = cancel.map(|token| (token.clone(), token.register(&slot)));
+        let cancel = cancel.and_then(|token| Some((token.clone(), token.register(&slot)?)));
         Registration {
             slot,
             wd,
@@ -1902,6 +1944,125 @@ pub(crate) mod tests {
         assert!(reg.is_reader());
         drop(reg);
         drop(held);
+    }
+
+    #[test]
+    fn a_child_forked_while_a_cancel_token_is_locked_neither_hangs_nor_wakes_the_parent() {
+        let _serial = lock(&SERIAL);
+        let (_dir, path) = lock_file();
+        let held = LockFile::open(&path)
+            .unwrap()
+            .try_lock::<crate::Exclusive>()
+            .unwrap();
+        let token = CancelToken::new();
+        let waiting = LockFile::open(&path).unwrap();
+        // A waiter of this process registered with the token at the fork:
+        // the reader, whose wake-up rings the hub's bell.
+        let reg = Registration::new(
+            waiting.as_fd(),
+            None,
+            FlockMode::Exclusive,
+            None,
+            Some(&token),
+        );
+        assert!(reg.is_reader());
+        let hub = reg.slot.hub.clone().expect("a hub");
+        assert_eq!(token.registered(), 1);
+        // As if another thread were registering or cancelling at the fork.
+        let other = token.clone();
+        let list = lock(&other.inner.waiters);
+        // SAFETY: the child waits on a lock with the crate, starts a thread
+        // that cancels, and leaves with _exit; it takes no lock that this
+        // test's other threads hold (the token's is exactly what it must
+        // not take).
+        #[allow(unsafe_code)]
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // Registers a wait with the token, and unregisters it.
+            let timed_out = LockFile::open(&path)
+                .unwrap()
+                .lock_with::<crate::Exclusive>(
+                    Wait::timeout(Duration::from_millis(30)).cancel(token.clone()),
+                )
+                .is_err_and(|e| e.error.is_timeout());
+            // A cancel from another thread ends a wait without a deadline.
+            let canceller = token.clone();
+            let cancelling = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                canceller.cancel();
+            });
+            let cancelled = LockFile::open(&path)
+                .unwrap()
+                .lock_with::<crate::Exclusive>(Wait::forever().cancel(token.clone()))
+                .is_err_and(|e| e.error.is_cancelled());
+            let joined = cancelling.join().is_ok();
+            token.cancel();
+            drop(reg);
+            drop(token);
+            // SAFETY: ends the child without running the parent's exit code.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::_exit(if timed_out && cancelled && joined {
+                    0
+                } else {
+                    1
+                })
+            };
+        }
+        drop(list);
+        assert_eq!(reap(pid), Some(0), "the child hung or failed");
+        // The child's cancel reached neither the token nor the waiter here.
+        assert!(!token.is_cancelled());
+        assert_eq!(token.registered(), 1);
+        let [_, rung] = sys::poll_readable(
+            hub.inotify.as_fd(),
+            Some(hub.bell.as_fd()),
+            Some(Duration::ZERO),
+        )
+        .unwrap();
+        assert!(!rung, "the child rang the parent's bell");
+        drop(reg);
+        assert_eq!(token.registered(), 0);
+        drop(held);
+    }
+
+    #[test]
+    fn a_cancel_in_a_forked_child_wakes_none_of_the_parents_waits() {
+        let _serial = lock(&SERIAL);
+        let (_dir, path) = lock_file();
+        let token = CancelToken::new();
+        let waiting = LockFile::open(&path).unwrap();
+        let reg = Registration::new(
+            waiting.as_fd(),
+            None,
+            FlockMode::Exclusive,
+            None,
+            Some(&token),
+        );
+        assert!(reg.is_reader());
+        let hub = reg.slot.hub.clone().expect("a hub");
+        // SAFETY: the child cancels the token and leaves with _exit; the
+        // token's lock is free at the fork.
+        #[allow(unsafe_code)]
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            token.cancel();
+            // SAFETY: ends the child without running the parent's exit code.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::_exit(0)
+            };
+        }
+        assert_eq!(reap(pid), Some(0), "the child hung or failed");
+        let [_, rung] = sys::poll_readable(
+            hub.inotify.as_fd(),
+            Some(hub.bell.as_fd()),
+            Some(Duration::ZERO),
+        )
+        .unwrap();
+        assert!(!rung, "the child rang the parent's bell");
+        assert!(!token.is_cancelled());
+        drop(reg);
     }
 
     #[test]
