@@ -299,21 +299,24 @@ pub struct CancelToken {
 #[derive(Default)]
 struct CancelInner {
     cancelled: AtomicBool,
-    /// The waits in progress: registration number, registering process,
-    /// wake-up.
-    waiters: Mutex<Vec<(u64, u32, Arc<Slot>)>>,
+    /// The waits in progress.
+    waiters: Mutex<Vec<CancelWaiter>>,
     /// The process that waits for `waiters`' lock (see
     /// [`lock_unless_forked`]).
     owner: AtomicU32,
     next_id: AtomicU64,
 }
 
+/// A wait registered with a token: registration number, registering
+/// process, wake-up.
+type CancelWaiter = (u64, u32, Arc<Slot>);
+
 impl CancelInner {
     /// The waits in progress; `None` in a forked child whose parent held
     /// the lock at the fork. Entries of other processes (a parent's waits,
     /// copied by the fork) stay: waking or dropping them in a child could
     /// reach the parent's hub or runtime.
-    fn waiters(&self, pid: u32) -> Option<MutexGuard<'_, Vec<(u64, u32, Arc<Slot>)>>> {
+    fn waiters(&self, pid: u32) -> Option<MutexGuard<'_, Vec<CancelWaiter>>> {
         lock_unless_forked(&self.waiters, &self.owner, pid)
     }
 }
