@@ -2,9 +2,11 @@
 
 use std::io;
 #[cfg(target_has_atomic = "64")]
+use std::sync::atomic::AtomicU32;
+#[cfg(target_has_atomic = "64")]
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 #[cfg(target_has_atomic = "64")]
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 /// A filesystem on which `flock(2)` does not reliably serialize processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,17 +166,30 @@ fn remembered(mount: u64) -> Option<u64> {
         .map(|slot| slot.magic.load(Ordering::Relaxed))
 }
 
+/// Taken by writers of [`MOUNT_MAGIC`].
+#[cfg(target_has_atomic = "64")]
+static WRITER: Mutex<()> = Mutex::new(());
+
+/// The process that waits for [`WRITER`]'s lock (see
+/// [`lock_unless_forked`](crate::wait::lock_unless_forked)).
+#[cfg(target_has_atomic = "64")]
+static WRITER_OWNER: AtomicU32 = AtomicU32::new(0);
+
 /// Stores `magic` for `mount` in the next free slot, if one is left.
-/// Writers take a lock, so a mount is stored once; readers take none.
+/// Writers take a lock, so a mount is stored once; readers take none. A
+/// forked child whose parent held the lock at the fork stores nothing (it
+/// looks the magic up again next time) rather than wait for it forever.
 #[cfg(target_has_atomic = "64")]
 #[cold]
 #[inline(never)]
 fn remember(mount: u64, magic: u64) -> u64 {
-    static WRITER: Mutex<()> = Mutex::new(());
     if mount == 0 {
         return magic;
     }
-    let _writer = WRITER.lock().unwrap_or_else(PoisonError::into_inner);
+    let pid = crate::sys::current_pid();
+    let Some(_writer) = crate::wait::lock_unless_forked(&WRITER, &WRITER_OWNER, pid) else {
+        return magic;
+    };
     let filled = MOUNTS_FILLED.load(Ordering::Relaxed);
     if remembered(mount).is_none() {
         if let Some(slot) = MOUNT_MAGIC.get(filled) {
@@ -297,6 +312,41 @@ mod tests {
             0xEF53
         );
         assert_eq!(calls, 3);
+    }
+
+    #[cfg(target_has_atomic = "64")]
+    #[test]
+    fn a_child_forked_while_the_mount_cache_is_written_neither_hangs_nor_stores() {
+        let id = u64::MAX - 3;
+        // As if another thread were storing a magic at the fork.
+        let pid = crate::sys::current_pid();
+        let writer = crate::wait::lock_unless_forked(&WRITER, &WRITER_OWNER, pid).unwrap();
+        // SAFETY: the child looks a magic up with the crate and leaves with
+        // _exit; it takes no lock that this test's other threads hold (the
+        // cache's is exactly what it must not take).
+        #[allow(unsafe_code)]
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let mut calls = 0;
+            let mut lookup = || {
+                calls += 1;
+                Ok(0x6969)
+            };
+            let first = magic_of_mount(id, &mut lookup).ok();
+            let second = magic_of_mount(id, &mut lookup).ok();
+            let ok = first == Some(0x6969) && second == Some(0x6969) && calls == 2;
+            // SAFETY: ends the child without running the parent's exit code.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::_exit(if ok { 0 } else { 1 })
+            };
+        }
+        drop(writer);
+        assert_eq!(
+            crate::wait::tests::reap(pid),
+            Some(0),
+            "the child hung or failed"
+        );
     }
 
     #[cfg(target_has_atomic = "64")]
