@@ -270,7 +270,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// the child. Using the token in the child never blocks: if a parent
 /// thread was registering a wait with it or cancelling it at the moment of
 /// the fork, the child's waits with it are not woken by the child's cancel
-/// but see it at their next retry (at most about a second later), and end
+/// but see it at their next retry (within 1.25 s), and end
 /// with [`Error::Cancelled`](crate::Error::Cancelled) as usual.
 ///
 /// # Examples
