@@ -316,6 +316,27 @@ impl LockOptions {
     }
 }
 
+/// A held upgrade ticket (see [`LockFile::upgrade_ticket`]). Dropping it
+/// releases the ticket with `LOCK_UN` before the close: a child forked
+/// while the ticket was held keeps a copy of its open file description,
+/// and a close alone would leave the ticket held, refusing every later
+/// upgrade of the file with [`Error::UpgradeDeadlock`] until the child
+/// exits. Dropped in such a child, it only closes.
+pub(crate) struct Ticket {
+    fd: OwnedFd,
+    /// The process that took the ticket.
+    owner: u32,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if sys::current_pid() == self.owner {
+            // Errors cannot be reported here; the close follows anyway.
+            let _ = sys::funlock(self.fd.as_fd());
+        }
+    }
+}
+
 /// An open lock file that holds no lock.
 ///
 /// Made from a path by [`LockFile::open`] or [`LockOptions::open`], or
@@ -770,9 +791,9 @@ impl LockFile {
 
     /// The upgrade ticket of an OFD file (see [`LockGuard::upgrade`]): an
     /// exclusive `flock(2)` lock on a new open file description of the same
-    /// file, held until the returned descriptor closes.
+    /// file, held until the returned [`Ticket`] drops.
     /// [`Error::UpgradeDeadlock`] when another upgrade holds it.
-    pub(crate) fn upgrade_ticket(&self) -> Result<OwnedFd, Error> {
+    pub(crate) fn upgrade_ticket(&self) -> Result<Ticket, Error> {
         let error = |source| Error::Flock {
             path: self.error_path(),
             mode: FlockMode::Exclusive,
@@ -780,7 +801,10 @@ impl LockFile {
         };
         let ticket = sys::reopen(self.file.as_fd()).map_err(error)?;
         match sys::flock(ticket.as_fd(), FlockMode::Exclusive, OnConflict::Fail) {
-            Ok(()) => Ok(ticket),
+            Ok(()) => Ok(Ticket {
+                fd: ticket,
+                owner: sys::current_pid(),
+            }),
             Err(err) if sys::is_contention(&err) => Err(Error::UpgradeDeadlock {
                 path: self.error_path(),
             }),

@@ -774,6 +774,63 @@ fn two_readers_that_both_upgrade_do_not_deadlock() {
     drop(again);
 }
 
+/// A child forked (without exec) from another thread while an OFD upgrade
+/// holds its ticket keeps a copy of the ticket's open file description;
+/// the finished upgrade must still release the ticket, or every later
+/// upgrade of the file would fail with `UpgradeDeadlock` until the child
+/// exits.
+#[test]
+fn a_child_forked_during_an_upgrade_does_not_keep_its_ticket() {
+    let (_dir, path) = support::lock_path();
+    let first = ofd(&path).try_lock::<Shared>().unwrap();
+    let other = ofd(&path).try_lock::<Shared>().unwrap();
+    let upgrader = std::thread::spawn(move || first.upgrade());
+    support::wait_until("the upgrade waits holding its ticket", || {
+        support::read_proc_locks()
+            .lines()
+            .any(|l| l.contains("->") && l.contains("OFDLCK") && l.contains("WRITE"))
+    });
+    // The fork runs on a thread other than the upgrading one.
+    let child = std::thread::spawn(|| {
+        // SAFETY: the forked process only sleeps and ends with _exit(2),
+        // calls that are async-signal-safe in a multi-threaded parent.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // SAFETY: as above; the parent kills this process.
+            unsafe {
+                libc::sleep(60);
+                libc::_exit(0);
+            }
+        }
+        pid
+    })
+    .join()
+    .unwrap();
+    drop(other);
+    let writer = upgrader.join().unwrap().unwrap();
+    drop(writer);
+    // A second upgrade that must wait, while the child is still alive.
+    let second = ofd(&path).try_lock::<Shared>().unwrap();
+    let reader = ofd(&path).try_lock::<Shared>().unwrap();
+    let upgrader = std::thread::spawn(move || second.upgrade());
+    support::wait_until("the second upgrade waits or ends", || {
+        upgrader.is_finished()
+            || support::read_proc_locks()
+                .lines()
+                .any(|l| l.contains("->") && l.contains("OFDLCK") && l.contains("WRITE"))
+    });
+    drop(reader);
+    let upgraded = upgrader.join().unwrap();
+    // SAFETY: `child` is this process's child, forked above.
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+        libc::waitpid(child, std::ptr::null_mut(), 0);
+    }
+    let writer = upgraded.expect("no ticket left held by the forked child");
+    drop(writer);
+}
+
 #[test]
 fn two_readers_in_two_processes_that_both_upgrade_do_not_deadlock() {
     let (_dir, path) = support::lock_path();
