@@ -225,7 +225,8 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// Removing the lock file with `unlink(2)` failed; the lock was released.
+    /// Removing the lock file with `unlink(2)` failed; the lock is still
+    /// held, by the guard that the [`LockError`](crate::LockError) hands back.
     #[error("cannot remove lock file `{}`", path.display())]
     Remove {
         /// The lock file.

@@ -252,16 +252,15 @@ impl LockOptions {
     /// opened.
     fn check_range(&self, path: &Path) -> Result<(), Error> {
         let whole = self.range == ByteRange::WHOLE;
-        // fcntl(2) takes offsets as off_t: a range must end by 2^63 - 1.
-        // A length whose end overflows a u64 does not fit either.
-        let fits = i64::try_from(self.range.start()).is_ok()
+        // fcntl(2) takes the start and the length as off_t, and its last
+        // byte must be at most 2^63 - 1: the first byte after the range at
+        // most 2^63.
+        const LAST: u64 = i64::MAX as u64;
+        let start = self.range.start();
+        let fits = start <= LAST
             && match self.range.len() {
                 None => true,
-                Some(len) => self
-                    .range
-                    .start()
-                    .checked_add(len)
-                    .is_some_and(|end| i64::try_from(end).is_ok()),
+                Some(len) => len <= LAST && start + len - 1 <= LAST,
             };
         if (whole || self.kind != LockKind::Flock) && fits {
             return Ok(());

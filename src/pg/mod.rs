@@ -180,7 +180,9 @@ impl PgLock {
     }
 
     /// Waits at most `timeout` for the lock in mode `M`; the server enforces
-    /// the deadline (`lock_timeout`, rounded up to a millisecond).
+    /// the deadline (`lock_timeout`, rounded up to a millisecond; a
+    /// `timeout` beyond the server's largest, `i32::MAX` milliseconds or
+    /// about 24.8 days, waits without a limit).
     ///
     /// # Errors
     /// [`ErrorKind::Timeout`] at the deadline, listing the holders; otherwise

@@ -136,6 +136,18 @@ pub(crate) enum Failure {
     Other(tokio_postgres::Error),
 }
 
+/// The server's `lock_timeout` setting for a wait of `timeout` (`None`:
+/// no limit), in milliseconds rounded up. 0 would mean "no limit", so a
+/// zero wait is one millisecond; beyond the server's largest value (about
+/// 24.8 days) there is no limit, as with `Duration::MAX` for files.
+fn server_lock_timeout(timeout: Option<Duration>) -> String {
+    match timeout.map(|d| d.as_nanos().div_ceil(1_000_000).max(1)) {
+        None => "0".to_owned(),
+        Some(ms) if ms > i32::MAX as u128 => "0".to_owned(),
+        Some(ms) => ms.to_string(),
+    }
+}
+
 /// The outcome of a round trip that had `deadline`-style limits: `Err` is
 /// how long it went unanswered. A lost session, a pooler's and no answer
 /// mark the session lost through `abandon` before the failure is returned.
@@ -662,11 +674,7 @@ impl Conn {
         timeout: Option<Duration>,
     ) -> Result<Grant, Failure> {
         let (prefix, suffix) = &self.stamp;
-        let lock_timeout = match timeout {
-            None => "0".to_owned(),
-            // 0 would mean "no limit"; a zero wait is one millisecond.
-            Some(d) => d.as_millis().clamp(1, i32::MAX as u128).to_string(),
-        };
+        let lock_timeout = server_lock_timeout(timeout);
         let nonce = &self.nonce;
         let s = &self.statements;
         let statement = match op {
@@ -1080,4 +1088,24 @@ pub(crate) fn holders_once(url: &str, key: i64) -> Result<Vec<PgHolder>, Connect
     );
     rt.shutdown_background();
     rows.map_err(|_| ConnectError::Connect("no answer from the server within 15s".into()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_timeout_is_rounded_up_and_unlimited_beyond_its_range() {
+        let ms = |d| server_lock_timeout(Some(d));
+        assert_eq!(server_lock_timeout(None), "0");
+        assert_eq!(ms(Duration::ZERO), "1");
+        assert_eq!(ms(Duration::from_micros(2_900)), "3");
+        assert_eq!(ms(Duration::from_millis(250)), "250");
+        assert_eq!(
+            ms(Duration::from_millis(i32::MAX as u64)),
+            i32::MAX.to_string()
+        );
+        assert_eq!(ms(Duration::from_millis(i32::MAX as u64 + 1)), "0");
+        assert_eq!(ms(Duration::MAX), "0");
+    }
 }

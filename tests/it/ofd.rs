@@ -1121,6 +1121,24 @@ fn a_part_of_a_file_needs_the_ofd_kind_and_nothing_is_created_otherwise() {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidRange { .. }), "{err:?}");
     assert!(!path.exists());
+    // The last byte fcntl(2) can lock is 2^63 - 1; one past it is refused.
+    let last = i64::MAX as u64;
+    let err = LockOptions::new()
+        .kind(LockKind::Ofd)
+        .range(ByteRange::new(2, last))
+        .open(&path)
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidRange { .. }), "{err:?}");
+    assert!(!path.exists());
+    let to_the_last = LockOptions::new()
+        .kind(LockKind::Ofd)
+        .range(ByteRange::new(1, last))
+        .open(&path)
+        .unwrap()
+        .try_lock::<Exclusive>()
+        .unwrap();
+    drop(to_the_last);
+    std::fs::remove_file(&path).unwrap();
     // The whole file is every kind's range.
     let guard = LockOptions::new()
         .range(ByteRange::WHOLE)
