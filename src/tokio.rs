@@ -241,7 +241,8 @@ pub async fn lock_any(
 /// when others hold the lock, and the wait holds nothing: re-read what the
 /// lock protects afterwards. An OFD file keeps its shared lock while it
 /// waits, with the upgrade ticket [`LockGuard::upgrade`] describes.
-/// Dropping the future during the wait closes the file.
+/// Dropping the future during the wait lets go of the lock (and the
+/// ticket) and closes the file; in a forked child it only closes.
 ///
 /// # Errors
 /// [`Error::NotOwner`] in a forked child (the lock untouched),
@@ -289,7 +290,10 @@ pub async fn upgrade(
             return Err(LockError::new(error, file));
         }
     };
-    let writer = lock_with(file, Wait::forever()).await.map_err(|err| {
+    let mut wait = Acquire::new(file, FlockMode::Exclusive, Wait::forever());
+    // Dropped before it completes, the wait lets go of the shared lock.
+    wait.holding = true;
+    let writer = wait.await.map(LockGuard::new_locked).map_err(|err| {
         err.handle.let_go();
         err
     });
@@ -320,6 +324,22 @@ struct Acquire<'a> {
     context: Option<String>,
     diagnostics: Duration,
     attempts: u32,
+    /// The file holds a lock that the caller gives up with the future: an
+    /// OFD upgrade waiting with its shared lock. Dropping the future before
+    /// it completes lets go of that lock.
+    holding: bool,
+}
+
+impl Drop for Acquire<'_> {
+    fn drop(&mut self) {
+        if let Some(file) = &self.file {
+            if self.holding && file.check_owner().is_ok() {
+                // Closing alone would leave the lock to any other copy of
+                // the open file description (a dup, a forked child).
+                file.let_go();
+            }
+        }
+    }
 }
 
 /// The hub's descriptor registered with a runtime's reactor, and the
@@ -376,6 +396,7 @@ impl<'a> Acquire<'a> {
             context,
             diagnostics,
             attempts: 0,
+            holding: false,
         }
     }
 

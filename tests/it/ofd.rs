@@ -407,6 +407,46 @@ fn the_async_front_end_takes_and_waits_for_ofd_locks() {
     });
 }
 
+/// Dropping an async OFD upgrade while it waits holding its shared lock
+/// lets go of that lock: closing the file alone would leave it to another
+/// copy of the open file description.
+#[cfg(feature = "tokio")]
+#[test]
+fn a_dropped_async_upgrade_lets_go_of_the_shared_lock() {
+    let (_dir, path) = support::lock_path();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .unwrap();
+    let dup = file.try_clone().unwrap();
+    let mine = LockOptions::new()
+        .kind(LockKind::Ofd)
+        .adopt(file)
+        .unwrap()
+        .try_lock::<Shared>()
+        .unwrap();
+    let other = ofd(&path).try_lock::<Shared>().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let upgrade = flockguard::tokio::upgrade(mine);
+        let gave_up = tokio::time::timeout(Duration::from_millis(50), upgrade).await;
+        assert!(gave_up.is_err(), "the upgrade did not wait");
+    });
+    drop(other);
+    // The dup of the adopted file is still open, and holds nothing.
+    assert!(
+        ofd_free(&path, FlockMode::Exclusive),
+        "the dup keeps a lock"
+    );
+    drop(dup);
+}
+
 // ---- other kinds of lock, taken by real programs -------------------------
 
 /// A program of another kind holding a lock on a file until released.
