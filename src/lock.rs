@@ -199,6 +199,13 @@ impl LockOptions {
     /// to remove the file is to hold its lock. Verification refuses
     /// [`follow_symlinks`](Self::follow_symlinks) with
     /// [`Error::InvalidPath`].
+    ///
+    /// A path whose file keeps being replaced is retried within the wait's
+    /// limits: a non-blocking attempt gives up with [`Error::PathChanged`],
+    /// a timed wait ends at its deadline with [`Error::Timeout`], an
+    /// unbounded one keeps retrying. After a few reopenings in a row, each
+    /// waits a millisecond first, so a path replaced in a loop is not
+    /// retried in a busy loop.
     pub fn verify_path(&mut self, verify: bool) -> &mut Self {
         self.verify = verify;
         self

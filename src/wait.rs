@@ -214,6 +214,15 @@ impl fmt::Debug for Wait<'_> {
     }
 }
 
+/// Reopenings of a path replaced again and again (each new file found
+/// unlocked, and replaced before the check) retried at once; later ones
+/// wait [`REOPEN_PAUSE`] first.
+const REOPENS_AT_ONCE: u32 = 2;
+
+/// The pause before locking a path replaced more than [`REOPENS_AT_ONCE`]
+/// times in a row.
+const REOPEN_PAUSE: Duration = Duration::from_millis(1);
+
 /// First back-off interval.
 const BACKOFF_FIRST: Duration = Duration::from_millis(2);
 /// Longest back-off interval before jitter. A release by `LOCK_UN` without
@@ -1146,6 +1155,11 @@ pub(crate) struct Core {
     notice: bool,
     /// Registered with the hub since the last (re)open.
     registered: bool,
+    /// Reopenings since an attempt last found the lock held: the path
+    /// keeps being replaced while the new files stand unlocked.
+    reopens: u32,
+    /// The file was opened again and no attempt was made on it yet.
+    reopened: bool,
     /// When the holders for a timeout error are to be read; `None`: read,
     /// or not to be read (no deadline, or too short a wait).
     holders_at: Option<Instant>,
@@ -1182,6 +1196,8 @@ impl Core {
             verify: plan.verify,
             notice: plan.notice,
             registered: false,
+            reopens: 0,
+            reopened: false,
             holders_at,
             schedule,
         }
@@ -1204,6 +1220,18 @@ impl Core {
         }
         if cancelled {
             return Step::Stop(Stop::Cancelled);
+        }
+        if std::mem::take(&mut self.reopened) && !self.once {
+            // The file was replaced after it was locked: the deadline holds
+            // for the new file too, and a path replaced again and again is
+            // retried at a pace, not in a loop.
+            if self.until.is_some_and(|u| now >= u) {
+                return Step::Stop(Stop::TimedOut);
+            }
+            if self.reopens > REOPENS_AT_ONCE {
+                let at = now + REOPEN_PAUSE;
+                return Step::Sleep(self.until.map_or(at, |u| at.min(u)));
+            }
         }
         if self.phase != Phase::Contended {
             self.phase = Phase::Attempting;
@@ -1252,6 +1280,7 @@ impl Core {
         self.phase = if taken {
             Phase::Taken
         } else {
+            self.reopens = 0;
             Phase::Contended
         };
     }
@@ -1286,6 +1315,8 @@ impl Core {
         } else {
             self.phase = Phase::Due;
             self.registered = false;
+            self.reopens = self.reopens.saturating_add(1);
+            self.reopened = true;
         }
     }
 }
@@ -1867,6 +1898,60 @@ pub(crate) mod tests {
         assert_eq!(core.next(t0, false), Step::Verify);
         core.verified(true);
         assert_eq!(core.next(t0, false), Step::Done);
+    }
+
+    #[test]
+    fn core_keeps_the_deadline_and_paces_a_path_replaced_again_and_again() {
+        let t0 = Instant::now();
+        let mut p = plan(Deadline::After(ms(200)));
+        p.verify = true;
+        let mut core = Core::new(p, t0);
+        // Each new file is found unlocked and replaced before the check.
+        for _ in 0..REOPENS_AT_ONCE {
+            assert_eq!(core.next(t0, false), Step::Attempt);
+            core.attempted(true);
+            assert_eq!(core.next(t0, false), Step::Verify);
+            core.verified(false);
+        }
+        assert_eq!(core.next(t0, false), Step::Attempt);
+        core.attempted(true);
+        assert_eq!(core.next(t0, false), Step::Verify);
+        core.verified(false);
+        assert_eq!(core.next(t0, false), Step::Sleep(t0 + REOPEN_PAUSE));
+        assert_eq!(core.next(t0 + REOPEN_PAUSE, false), Step::Attempt);
+        core.attempted(true);
+        assert_eq!(core.next(t0 + REOPEN_PAUSE, false), Step::Verify);
+        core.verified(false);
+        // The pause ends at the deadline, and past it the wait ends.
+        let t1 = t0 + ms(200) - Duration::from_micros(100);
+        assert_eq!(core.next(t1, false), Step::Sleep(t0 + ms(200)));
+        assert_eq!(core.next(t0 + ms(200), false), Step::Attempt);
+        core.attempted(true);
+        assert_eq!(core.next(t0 + ms(200), false), Step::Verify);
+        core.verified(false);
+        assert_eq!(core.next(t0 + ms(201), false), Step::Stop(Stop::TimedOut));
+        // Without a deadline the retries go on, paced.
+        let mut p = plan(Deadline::Forever);
+        p.verify = true;
+        p.may_block = false;
+        let mut core = Core::new(p, t0);
+        for _ in 0..=REOPENS_AT_ONCE {
+            assert_eq!(core.next(t0, false), Step::Attempt);
+            core.attempted(true);
+            assert_eq!(core.next(t0, false), Step::Verify);
+            core.verified(false);
+        }
+        assert_eq!(core.next(t0, false), Step::Sleep(t0 + REOPEN_PAUSE));
+        // A new file found held ends the run of reopenings.
+        assert_eq!(core.next(t0 + REOPEN_PAUSE, false), Step::Attempt);
+        core.attempted(false);
+        assert_eq!(core.next(t0 + REOPEN_PAUSE, false), Step::Register);
+        core.registered(true);
+        assert_eq!(core.next(t0 + REOPEN_PAUSE, false), Step::Attempt);
+        core.attempted(true);
+        assert_eq!(core.next(t0 + REOPEN_PAUSE, false), Step::Verify);
+        core.verified(false);
+        assert_eq!(core.next(t0 + REOPEN_PAUSE, false), Step::Attempt);
     }
 
     #[test]

@@ -653,3 +653,94 @@ fn crowd(path: &Path, n: usize) {
     assert!(support::open_fds() <= base + 2);
     support::tell("ok");
 }
+
+/// Runs `wait` on `path` while another thread keeps replacing the file:
+/// each new file is created and locked before it is renamed over the path,
+/// and the one it replaced is let go only then, so the file the path names
+/// is always held and every file the waiter takes is one already replaced.
+/// Returns the outcome of `wait` and how many files were renamed in.
+fn wait_during_replacements<T: Send>(
+    path: &Path,
+    wait: impl FnOnce(LockFile) -> Result<T, LockError<LockFile>> + Send,
+) -> (Result<T, LockError<LockFile>>, u64) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = path.parent().unwrap();
+    let first = dir.join("replacement.first");
+    let mut held = flockguard::try_flock::<Exclusive>(&first).unwrap();
+    std::fs::rename(&first, path).unwrap();
+    let done = AtomicBool::new(false);
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        let replacer = s.spawn(|| {
+            let mut renamed = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                let next = dir.join(format!("replacement.{renamed}"));
+                let guard = flockguard::try_flock::<Exclusive>(&next).unwrap();
+                std::fs::rename(&next, path).unwrap();
+                held = guard;
+                renamed += 1;
+            }
+            drop(held);
+            renamed
+        });
+        let file = {
+            let mut o = LockOptions::new();
+            o.verify_path(true);
+            o.open(path).unwrap()
+        };
+        s.spawn(move || {
+            let _ = tx.send(wait(file));
+        });
+        // A wait that ignores its deadline spins here until the bound.
+        let outcome = rx.recv_timeout(LIVENESS);
+        done.store(true, Ordering::Relaxed);
+        let renamed = replacer.join().unwrap();
+        let outcome = outcome.unwrap_or_else(|_| {
+            panic!("a 200 ms wait still runs after {LIVENESS:?} ({renamed} replacements)")
+        });
+        (outcome, renamed)
+    })
+}
+
+/// How long a 200 ms wait may take on a loaded machine before it counts as
+/// not ending.
+const LIVENESS: Duration = Duration::from_secs(10);
+
+fn assert_timed_out<T>(outcome: Result<T, LockError<LockFile>>, renamed: u64, path: &Path) {
+    let Err(err) = outcome else {
+        panic!("took the lock on a path whose file is always held by another");
+    };
+    let Error::Timeout { path: ref p, .. } = err.error else {
+        panic!("expected a timeout, got {:?}", err.error);
+    };
+    assert_eq!(p, path);
+    assert!(renamed > 0, "the path was never replaced");
+    // The waiter holds nothing: whatever the path names now is free.
+    drop(flockguard::try_flock::<Exclusive>(path).unwrap());
+}
+
+#[test]
+fn a_verified_timed_wait_ends_at_its_deadline_while_the_path_keeps_being_replaced() {
+    let (_dir, path) = support::lock_path();
+    let (outcome, renamed) = wait_during_replacements(&path, |file| {
+        file.lock_timeout::<Exclusive>(Duration::from_millis(200))
+    });
+    assert_timed_out(outcome, renamed, &path);
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn a_verified_async_wait_ends_at_its_deadline_while_the_path_keeps_being_replaced() {
+    let (_dir, path) = support::lock_path();
+    let (outcome, renamed) = wait_during_replacements(&path, |file| {
+        ::tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(flockguard::tokio::lock_timeout::<Exclusive>(
+                file,
+                Duration::from_millis(200),
+            ))
+    });
+    assert_timed_out(outcome, renamed, &path);
+}
