@@ -284,7 +284,9 @@ impl LockOptions {
     ///
     /// A lock taken through it belongs to the file's open file description,
     /// which the caller's duplicates share; the guard releases it on drop
-    /// for all of them.
+    /// for all of them. A lock the descriptor arrived with (a shell's
+    /// `9>` descriptor under `flock 9`) stays held when an acquisition
+    /// fails; see [`LockFile`].
     ///
     /// The descriptor keeps its access mode; under
     /// [`Access::ReadWrite`] a read-only one is refused with
@@ -351,7 +353,11 @@ impl Drop for Ticket {
 /// Each `LockFile` is its own open file description, so two of them contend
 /// even within one process. Every acquisition consumes it and returns a
 /// [`LockGuard`]; a failure hands it back in a [`LockError`], open and
-/// holding no lock.
+/// holding no lock it took. A failed acquisition (blocking or async)
+/// leaves a lock an adopted descriptor arrived with as it was, except
+/// that `flock(2)` itself drops a lock of the other mode when the
+/// conversion to the requested one is refused;
+/// [`unlock_inherited`](Self::unlock_inherited) releases it.
 ///
 /// | method | waits | mode |
 /// |---|---|---|

@@ -293,10 +293,8 @@ pub async fn upgrade(
     let mut wait = Acquire::new(file, FlockMode::Exclusive, Wait::forever());
     // Dropped before it completes, the wait lets go of the shared lock.
     wait.holding = true;
-    let writer = wait.await.map(LockGuard::new_locked).map_err(|err| {
-        err.handle.let_go();
-        err
-    });
+    // A failure has let go of the lock (see Acquire::fail).
+    let writer = wait.await.map(LockGuard::new_locked);
     drop(ticket);
     writer
 }
@@ -416,14 +414,15 @@ impl<'a> Acquire<'a> {
         }
     }
 
-    /// Ends the wait with `error`, the file handed back holding nothing.
+    /// Ends the wait with `error`. A failed acquisition took nothing and
+    /// hands the file back with whatever lock it arrived with, as the
+    /// blocking driver does; a failed upgrade ([`holding`](Self::holding))
+    /// lets go of the shared lock it waited with.
     fn fail(&mut self, error: impl FnOnce(&LockFile) -> Error) -> Poll<<Self as Future>::Output> {
         self.leave(false);
         let file = self.file.take().expect("polled after completion");
         let error = error(&file);
-        if !matches!(error, Error::NotOwner { .. }) {
-            // Whatever a failed attempt left (NFS and OFD locks keep a
-            // refused conversion's shared lock), the caller gave up.
+        if self.holding && !matches!(error, Error::NotOwner { .. }) {
             file.let_go();
         }
         Poll::Ready(Err(LockError::new(error, file)))

@@ -447,6 +447,62 @@ fn a_dropped_async_upgrade_lets_go_of_the_shared_lock() {
     drop(dup);
 }
 
+/// Takes a shared OFD lock on the whole file through `fd`, outside the
+/// crate: a descriptor that arrives holding a lock.
+fn ofd_read_lock(fd: &impl std::os::fd::AsRawFd) {
+    // SAFETY: a zeroed `struct flock` is valid; the fields are set below.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_RDLCK as _;
+    lock.l_whence = libc::SEEK_SET as _;
+    // SAFETY: `fd` is an open descriptor and `lock` a live struct flock.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// A failed acquisition took nothing: on both drivers it hands back an
+/// adopted descriptor still holding the lock it arrived with.
+#[cfg(feature = "tokio")]
+#[test]
+fn a_failed_acquisition_leaves_an_adopted_descriptors_lock_on_both_drivers() {
+    let (_dir, path) = support::lock_path();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for driver in ["blocking", "async"] {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
+        ofd_read_lock(&file);
+        let adopted = LockOptions::new().kind(LockKind::Ofd).adopt(file).unwrap();
+        let other = ofd(&path).try_lock::<Shared>().unwrap();
+        let timeout = Duration::from_millis(30);
+        let err = match driver {
+            "blocking" => adopted.lock_timeout::<Exclusive>(timeout).unwrap_err(),
+            _ => rt
+                .block_on(flockguard::tokio::lock_timeout::<Exclusive>(
+                    adopted, timeout,
+                ))
+                .unwrap_err(),
+        };
+        assert!(err.is_timeout(), "{driver}: {err:?}");
+        drop(other);
+        // The adopted descriptor still holds its shared lock.
+        assert!(ofd_free(&path, FlockMode::Shared), "{driver}");
+        assert!(
+            !ofd_free(&path, FlockMode::Exclusive),
+            "{driver}: the failed acquisition released the caller's lock"
+        );
+        let file = err.into_inner();
+        file.unlock_inherited().unwrap();
+        assert!(ofd_free(&path, FlockMode::Exclusive), "{driver}");
+    }
+}
+
 // ---- other kinds of lock, taken by real programs -------------------------
 
 /// A program of another kind holding a lock on a file until released.
