@@ -261,7 +261,9 @@ pub enum Error {
         /// after its deadline.
         /// Empty if none was visible, `/proc` could not be read, or the wait
         /// was shorter than 20 ms (too short to read `/proc/locks`, which
-        /// can take milliseconds, by its deadline).
+        /// can take milliseconds, by its deadline). A wait that the
+        /// scheduler runs only after its deadline reads them before it
+        /// returns.
         holders: Box<[Holder]>,
         /// The caller's description of what the lock protects, from
         /// [`Wait::context`](crate::Wait::context).

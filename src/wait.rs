@@ -1241,6 +1241,13 @@ impl Core {
             return Step::Stop(Stop::WouldBlock);
         }
         if self.until.is_some_and(|u| now >= u) {
+            // A waiter the scheduler woke after the deadline instead of when
+            // the holders were due (20 ms before it) still reads them: the
+            // deadline is already missed by that delay, and the read adds
+            // what one pass over /proc/locks takes.
+            if self.holders_at.take().is_some() {
+                return Step::ReadHolders;
+            }
             return Step::Stop(Stop::TimedOut);
         }
         if std::mem::take(&mut self.notice) {
@@ -1815,6 +1822,23 @@ pub(crate) mod tests {
         assert_eq!(core.next(end, false), Step::Attempt);
         core.attempted(false);
         assert_eq!(core.next(end, false), Step::Stop(Stop::TimedOut));
+    }
+
+    #[test]
+    fn core_woken_after_the_deadline_reads_the_holders_before_it_stops() {
+        let t0 = Instant::now();
+        let mut core = Core::new(plan(Deadline::After(ms(90))), t0);
+        contended_and_registered(&mut core, t0, true);
+        let Step::Sleep(at) = core.next(t0, false) else {
+            panic!("sleep expected")
+        };
+        assert_eq!(at, t0 + ms(90) - DIAGNOSTICS_LEAD);
+        // The scheduler ran the waiter 30 ms late: past the deadline.
+        let late = at + ms(30);
+        assert_eq!(core.next(late, false), Step::Attempt);
+        core.attempted(false);
+        assert_eq!(core.next(late, false), Step::ReadHolders);
+        assert_eq!(core.next(late, false), Step::Stop(Stop::TimedOut));
     }
 
     #[test]
