@@ -22,7 +22,9 @@
 //! `FLOCKGUARD_BENCH_USERS_ONLY=ROUNDS` only the users' scenario (a fresh
 //! holder process per handoff, waiters that waited 5–75 ms; about 2 s per
 //! round); `FLOCKGUARD_BENCH_COSTS_ONLY=1` only the costs while waiting and
-//! the wake-ups (about 2 minutes); `FLOCKGUARD_BENCH_CROWD_ONLY=ROUNDS`
+//! the wake-ups (about 2 minutes); `FLOCKGUARD_BENCH_WAKEUPS_ONLY=SECONDS`
+//! only the wake-ups, over the first second and `SECONDS` after;
+//! `FLOCKGUARD_BENCH_CROWD_ONLY=ROUNDS`
 //! only the many-waiter tables.
 
 use std::io::{BufRead, BufReader, Write};
@@ -1468,6 +1470,13 @@ fn main() {
         many_waiters(dir.path(), rounds);
         #[cfg(feature = "tokio")]
         async_many_waiters(dir.path(), rounds);
+        return;
+    }
+    if let Some(steady) = std::env::var("FLOCKGUARD_BENCH_WAKEUPS_ONLY")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        wakeups_table(dir.path(), steady);
         return;
     }
     if std::env::var_os(COSTS_ONLY_ENV).is_some() {

@@ -2,8 +2,13 @@
 //! never block an executor thread.
 //!
 //! A waiting future sleeps until a holder closes the lock file, woken
-//! through tokio's reactor, and retries on tokio's timer: no blocking
-//! `flock(2)` and no thread of its own. It follows the same waiting rules
+//! through tokio's reactor, and retries on a `timerfd(2)` of its own
+//! registered with the reactor: no blocking `flock(2)` and no thread of
+//! its own. The kernel's timer wakes the runtime once per retry, where
+//! tokio's timer wheel would wake it twice for a sleep that crosses a
+//! 64 ms slot; a process has at most 64 such timers at once (waiting
+//! tasks beyond them, or whose runtime has no I/O driver, retry on tokio's
+//! timer). It follows the same waiting rules
 //! as a blocked thread (the crate's waiting core decides each step; the
 //! future performs it). Every waiter in the process,
 //! async or not, shares one inotify instance; one of them at a time reads
@@ -67,9 +72,10 @@
 
 use std::future::Future;
 use std::os::fd::AsFd;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -308,7 +314,11 @@ pub async fn upgrade(
 struct Acquire<'a> {
     reader: Option<Reader>,
     reg: Option<Registration>,
-    /// The timer, and the runtime it belongs to.
+    /// The retry timer outside tokio's timer wheel, if one was free.
+    timer: Option<Timer>,
+    /// No timer could be made: tokio's timers only.
+    no_timer: bool,
+    /// tokio's timer, and the runtime it belongs to.
     sleep: Option<(Pin<Box<Sleep>>, RuntimeId)>,
     /// The holder list for a timeout error, read on the blocking pool.
     holders: Option<JoinHandle<Vec<Holder>>>,
@@ -383,6 +393,8 @@ impl<'a> Acquire<'a> {
         Acquire {
             reader: None,
             reg: None,
+            timer: None,
+            no_timer: false,
             sleep: None,
             holders: None,
             file: Some(file),
@@ -411,6 +423,9 @@ impl<'a> Acquire<'a> {
         }
         if let Some(task) = self.holders.take() {
             task.abort();
+        }
+        if let Some(timer) = self.timer.take() {
+            timer.park();
         }
     }
 
@@ -527,6 +542,23 @@ impl<'a> Acquire<'a> {
                     return Poll::Pending;
                 }
                 Step::Sleep(until) => {
+                    if self.timer.as_ref().is_some_and(|t| t.runtime != runtime) {
+                        self.timer = None;
+                    }
+                    if self.timer.is_none() && !self.no_timer {
+                        self.timer = Timer::take(runtime);
+                        self.no_timer = self.timer.is_none();
+                    }
+                    if let Some(timer) = &mut self.timer {
+                        match timer.poll_until(until, cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(Ok(())) => continue,
+                            Poll::Ready(Err(())) => {
+                                self.timer = None;
+                                self.no_timer = true;
+                            }
+                        }
+                    }
                     let at = ::tokio::time::Instant::from_std(until);
                     let sleep = match &mut self.sleep {
                         Some((sleep, id)) if *id == runtime => {
@@ -608,6 +640,190 @@ impl<'a> Acquire<'a> {
             None => {}
         }
     }
+}
+
+/// How many [`Timer`]s this process may have at once: the descriptors of
+/// a thousand waiting tasks stay bounded, and the tasks beyond these use
+/// tokio's timers.
+const MAX_TIMERS: usize = 64;
+
+/// The [`Timer`]s of this process.
+static TIMERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Timers of finished waits, disarmed, kept so that a wait that ends costs
+/// no `epoll_ctl(2)` and `close(2)` before it returns; the next wait on
+/// the same runtime reuses one.
+static IDLE_TIMERS: Mutex<Vec<Timer>> = Mutex::new(Vec::new());
+
+/// The process that waits for [`IDLE_TIMERS`]'s lock (see
+/// [`wait::lock_unless_forked`]).
+static IDLE_TIMERS_OWNER: AtomicU32 = AtomicU32::new(0);
+
+/// A waiting task's timer: a `timerfd(2)` registered with its runtime's
+/// reactor.
+///
+/// tokio's timer wheel wakes its driver twice for a deadline in a later
+/// 64 ms slot (once to move the entry to the finer level, once at the
+/// deadline), so every retry of a waiter would cost two wake-ups; the
+/// kernel's timer costs one.
+struct Timer {
+    fd: Option<AsyncFd<OwnedFd>>,
+    pid: u32,
+    runtime: RuntimeId,
+    /// The instant the timer is set for, until its expiry is read.
+    armed: Option<Instant>,
+}
+
+impl Timer {
+    /// A timer registered with the current runtime; `None` if the
+    /// process has [`MAX_TIMERS`], or the kernel or reactor refused.
+    fn new(runtime: RuntimeId) -> Option<Timer> {
+        let taken = TIMERS.fetch_add(1, Ordering::Relaxed);
+        let pid = sys::current_pid();
+        let fd = (taken < MAX_TIMERS)
+            .then(|| {
+                rustix::time::timerfd_create(
+                    rustix::time::TimerfdClockId::Monotonic,
+                    rustix::time::TimerfdFlags::CLOEXEC | rustix::time::TimerfdFlags::NONBLOCK,
+                )
+                .ok()
+            })
+            .flatten()
+            .and_then(|fd| register_timer(fd).ok());
+        let Some(fd) = fd else {
+            TIMERS.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        };
+        Some(Timer {
+            fd: Some(fd),
+            pid,
+            runtime,
+            armed: None,
+        })
+    }
+
+    /// An idle timer of this process and runtime, else a new one. An idle
+    /// timer of another runtime is closed first, so that timers left by
+    /// runtimes that are gone do not hold the slots.
+    fn take(runtime: RuntimeId) -> Option<Timer> {
+        let pid = sys::current_pid();
+        let mut evicted = None;
+        if let Some(mut idle) = wait::lock_unless_forked(&IDLE_TIMERS, &IDLE_TIMERS_OWNER, pid) {
+            if let Some(i) = idle
+                .iter()
+                .position(|t| t.pid == pid && t.runtime == runtime)
+            {
+                return Some(idle.swap_remove(i));
+            }
+            evicted = idle.pop();
+        }
+        // Its registration is removed outside the lock.
+        drop(evicted);
+        Timer::new(runtime)
+    }
+
+    /// Keeps the timer, disarmed, for the next wait; closes it if that
+    /// fails (or drops it as [`Drop`] does in a forked child).
+    fn park(mut self) {
+        let pid = sys::current_pid();
+        if self.pid != pid {
+            return;
+        }
+        if self.armed.take().is_some() {
+            let zero = rustix::time::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            let off = rustix::time::Itimerspec {
+                it_interval: zero,
+                it_value: zero,
+            };
+            let flags = rustix::time::TimerfdTimerFlags::empty();
+            match &self.fd {
+                Some(fd) if rustix::time::timerfd_settime(fd.get_ref(), flags, &off).is_ok() => {}
+                _ => return,
+            }
+        }
+        if let Some(mut idle) = wait::lock_unless_forked(&IDLE_TIMERS, &IDLE_TIMERS_OWNER, pid) {
+            // Idle and busy timers together stay within MAX_TIMERS.
+            idle.push(self);
+        }
+    }
+
+    /// Ready once `until` has passed (`Instant` reads `CLOCK_MONOTONIC`,
+    /// the timer's clock); `Err` if the timer failed.
+    fn poll_until(&mut self, until: Instant, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        let Some(fd) = &self.fd else {
+            return Poll::Ready(Err(()));
+        };
+        if self.armed != Some(until) {
+            // A zero value would disarm the timer.
+            let left = until
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_nanos(1));
+            let zero = rustix::time::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            let value = rustix::time::Itimerspec {
+                it_interval: zero,
+                it_value: rustix::time::Timespec {
+                    tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX),
+                    tv_nsec: left.subsec_nanos().into(),
+                },
+            };
+            // Setting it also forgets an expiry not yet read.
+            let flags = rustix::time::TimerfdTimerFlags::empty();
+            if rustix::time::timerfd_settime(fd.get_ref(), flags, &value).is_err() {
+                return Poll::Ready(Err(()));
+            }
+            self.armed = Some(until);
+        }
+        loop {
+            let mut ready = match fd.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(ready)) => ready,
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+            };
+            let mut expiries = [0u8; 8];
+            match rustix::io::read(fd.get_ref(), &mut expiries) {
+                Ok(_) => {
+                    ready.clear_ready();
+                    self.armed = None;
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness left from before the timer was set again.
+                Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return Poll::Ready(Err(())),
+            }
+        }
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        if self.pid == sys::current_pid() {
+            drop(self.fd.take());
+            TIMERS.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            // A forked child: removing the registration from the epoll
+            // instance it shares with its parent would remove the
+            // parent's.
+            std::mem::forget(self.fd.take());
+        }
+    }
+}
+
+/// Registers a timer's descriptor with the current runtime's reactor.
+///
+/// The safe constructor is deprecated because it cannot check that the
+/// descriptor outlives the registration (I/O safety). Here the `AsyncFd`
+/// owns the `OwnedFd`, which is closed only when the `AsyncFd` is dropped
+/// (after deregistering it) and is never replaced.
+#[allow(deprecated)]
+fn register_timer(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    AsyncFd::with_interest(fd, Interest::READABLE)
 }
 
 /// One read of a file's holders for timeout errors, shared by the waits
@@ -764,6 +980,7 @@ impl std::fmt::Debug for Acquire<'_> {
             .field("deadline", &self.deadline)
             .field("reader", &self.reader.is_some())
             .field("registered", &self.reg.is_some())
+            .field("timer", &self.timer.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -802,6 +1019,68 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
+    }
+
+    /// A runtime without tokio's timers: only the waiter's own timer can
+    /// end a retry's sleep (a `sleep` of tokio would panic there).
+    fn runtime_without_timers() -> ::tokio::runtime::Runtime {
+        ::tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_release_without_a_close_is_found_by_the_kernel_timed_retry() {
+        // Other tests here look at the parked reactor registration.
+        let _serial = wait::lock(&SERIAL);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.lock");
+        let holder = LockFile::open(&path).unwrap();
+        let holder = holder.try_lock::<Exclusive>().unwrap();
+        let waiter = LockFile::open(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            // flock(LOCK_UN) raises no inotify event: a retry finds it.
+            let file = holder.unlock().unwrap();
+            // Kept open until the waiter has the lock.
+            rx.recv().unwrap();
+            drop(file);
+        });
+        let rt = runtime_without_timers();
+        let got = rt.block_on(lock_timeout::<Exclusive>(waiter, Duration::from_secs(20)));
+        tx.send(()).unwrap();
+        releaser.join().unwrap();
+        assert!(got.is_ok(), "{got:?}");
+        drop(got);
+        // And the timer's descriptor is closed with the wait.
+        let timers = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|l| l.to_string_lossy() == "anon_inode:[timerfd]")
+            .count();
+        assert!(timers < MAX_TIMERS, "{timers} timerfds open");
+    }
+
+    #[test]
+    fn a_wait_times_out_by_the_kernel_timer() {
+        // Other tests here look at the parked reactor registration.
+        let _serial = wait::lock(&SERIAL);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.lock");
+        let holder = LockFile::open(&path).unwrap();
+        let _holder = holder.try_lock::<Exclusive>().unwrap();
+        let waiter = LockFile::open(&path).unwrap();
+        let rt = runtime_without_timers();
+        let started = Instant::now();
+        let got = rt.block_on(lock_timeout::<Exclusive>(
+            waiter,
+            Duration::from_millis(250),
+        ));
+        let err = got.expect_err("the lock stays held");
+        assert!(matches!(err.error, Error::Timeout { .. }), "{err:?}");
+        assert!(started.elapsed() >= Duration::from_millis(250));
     }
 
     #[test]
