@@ -703,11 +703,13 @@ mod cancellation {
 
     fn property(rt: Runtime) {
         let mut fx = fixture();
-        // Warm up the shared instance so the baseline includes it.
+        // Warm up the shared instance and the retry timer kept for the
+        // next wait, so the baseline includes them (a wait long enough to
+        // sleep at least once, whatever the load).
         fx.holder.lock();
         rt.block_on(async {
             let err =
-                flockguard::tokio::flock_timeout::<Exclusive>(&fx.path, Duration::from_millis(5))
+                flockguard::tokio::flock_timeout::<Exclusive>(&fx.path, Duration::from_millis(200))
                     .await
                     .unwrap_err();
             assert!(err.is_timeout());
