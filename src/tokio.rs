@@ -348,6 +348,10 @@ impl Drop for Acquire<'_> {
                 file.let_go();
             }
         }
+        // A wait dropped before it ended leaves its timer for the next.
+        if let Some(timer) = self.timer.take() {
+            timer.park();
+        }
     }
 }
 
@@ -963,15 +967,6 @@ fn reactor_registration(fd: HubFd, runtime: RuntimeId) -> Option<Reader> {
 #[allow(deprecated)]
 fn register(fd: HubFd) -> std::io::Result<AsyncFd<HubFd>> {
     AsyncFd::with_interest(fd, Interest::READABLE)
-}
-
-impl Drop for Acquire<'_> {
-    fn drop(&mut self) {
-        // A wait dropped before it ended leaves its timer for the next.
-        if let Some(timer) = self.timer.take() {
-            timer.park();
-        }
-    }
 }
 
 impl Future for Acquire<'_> {
