@@ -469,6 +469,17 @@ pub(crate) fn inotify_watch_close(inotify: BorrowedFd<'_>, path: &Path) -> io::R
     .map_err(Into::into)
 }
 
+/// [`inotify_watch_close`] on the inode that `file` has open, named through
+/// `/proc/self/fd/N` (so a path replaced since the open does not matter).
+pub(crate) fn inotify_watch_fd_close(
+    inotify: BorrowedFd<'_>,
+    file: BorrowedFd<'_>,
+) -> io::Result<i32> {
+    use std::os::fd::AsRawFd;
+    let link = format!("/proc/self/fd/{}", file.as_raw_fd());
+    inotify_watch_close(inotify, Path::new(&link))
+}
+
 /// `inotify_rm_watch(inotify, wd)`.
 pub(crate) fn inotify_unwatch(inotify: BorrowedFd<'_>, wd: i32) -> io::Result<()> {
     rustix::fs::inotify::remove_watch(inotify, wd).map_err(Into::into)

@@ -45,9 +45,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 #[cfg(feature = "tokio")]
-use std::os::fd::RawFd;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -817,8 +817,7 @@ impl Hub {
     }
 
     fn watch(&self, file: BorrowedFd<'_>, path: Option<&Path>) -> Option<i32> {
-        let link = format!("/proc/self/fd/{}", file.as_raw_fd());
-        match sys::inotify_watch_close(self.inotify.as_fd(), Path::new(&link)) {
+        match sys::inotify_watch_fd_close(self.inotify.as_fd(), file) {
             Ok(wd) => Some(wd),
             Err(_) => {
                 // Without /proc, the path is the next best thing: it names
