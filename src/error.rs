@@ -252,7 +252,10 @@ pub enum Error {
         /// How long the call waited.
         waited: Duration,
         /// Who held or waited for the lock 20 ms before the deadline, read
-        /// then so that the wait ends at its deadline; entries not verified
+        /// then so that the wait ends at its deadline. On a local
+        /// filesystem only locks that can conflict are listed: `flock(2)`
+        /// and record locks (OFD, POSIX) ignore each other there, and record
+        /// locks conflict only where their bytes overlap. Entries not verified
         /// within the [`Wait::diagnostics`](crate::Wait::diagnostics) budget
         /// are [`PidStatus::Unverified`](crate::PidStatus::Unverified).
         /// The budget does not cut short the reads of `/proc/locks` that

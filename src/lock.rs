@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, LockError, PathProblem};
-use crate::holder::Holder;
+use crate::fs_policy::classify;
+use crate::holder::{Holder, HolderKind};
 use crate::holders;
 use crate::kind::{ByteRange, LockKind};
 use crate::mode::{Exclusive, FlockMode, Mode, Shared};
@@ -718,12 +719,35 @@ impl LockFile {
 
     /// [`holders`](Self::holders) within `budget`, for messages: an empty
     /// list when the file cannot be examined.
+    /// On a local filesystem, only the holders whose locks can conflict
+    /// with this file's: `flock(2)` locks and record locks (OFD, POSIX)
+    /// ignore each other there, and a record lock only conflicts where the
+    /// ranges overlap. Elsewhere (NFS emulates `flock` with record locks)
+    /// every holder is kept.
     pub(crate) fn holders_within(&self, budget: Duration) -> Vec<Holder> {
         let path = self.error_path();
-        sys::statx_fd(self.as_fd())
+        let mut holders = sys::statx_fd(self.as_fd())
             .ok()
             .and_then(|id| holders::holders_within(id, &path, budget).ok())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let local = sys::fs_magic(self.as_fd()).is_ok_and(|magic| classify(magic).is_none());
+        if local {
+            holders.retain(|holder| self.may_conflict_with(holder));
+        }
+        holders
+    }
+
+    /// Whether `holder`'s lock can keep this file's from being granted on
+    /// a local filesystem.
+    fn may_conflict_with(&self, holder: &Holder) -> bool {
+        let flock = self.kind == LockKind::Flock;
+        if flock || holder.kind == HolderKind::Flock {
+            return flock && holder.kind == HolderKind::Flock;
+        }
+        holder
+            .range
+            .unwrap_or(ByteRange::WHOLE)
+            .overlaps(&self.range())
     }
 
     /// The path the file was opened from; `None` for an adopted file.

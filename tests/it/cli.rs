@@ -2259,3 +2259,39 @@ fn a_length_past_2_63_counts_back_from_the_start() {
         assert_eq!(code(&out), 65, "{args:?}: {}", stderr(&out));
     }
 }
+
+/// A conflict names only the holders whose locks can be in the way: a
+/// `lockf(3)` lock does not keep a flock(2) lock out on a local
+/// filesystem, and one on other bytes does not keep an `--fcntl` range out.
+#[test]
+fn a_conflict_names_only_holders_that_can_be_in_the_way() {
+    if !have("python3") {
+        return support::skip(
+            "a_conflict_names_only_holders_that_can_be_in_the_way",
+            "python3 not installed",
+        );
+    }
+    let (_dir, path) = support::lock_path();
+    let posix = Holder::start(&mut lockf(&path, "ex", 40, 10, false));
+    let flocked =
+        Holder::start(
+            fg().arg("-s")
+                .arg(&path)
+                .args(["sh", "-c", "echo locked; read x || :"]),
+        );
+    let out = output(fg().arg("-n").arg(&path).arg("true"));
+    let err = stderr(&out);
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(err.contains(&format!(": pid {} (", flocked.pid())), "{err}");
+    assert!(!err.contains(&format!(": pid {} (", posix.pid())), "{err}");
+    let near = Holder::start(&mut lockf(&path, "ex", 5, 10, false));
+    let args = ["--fcntl", "--start", "0", "--length", "10", "-n"];
+    let out = output(fg().args(args).arg(&path).arg("true"));
+    let err = stderr(&out);
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(err.contains(&format!(": pid {} (", near.pid())), "{err}");
+    assert!(!err.contains(&format!(": pid {} (", posix.pid())), "{err}");
+    for holder in [near, posix, flocked] {
+        assert!(holder.finish().status.success());
+    }
+}

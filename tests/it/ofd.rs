@@ -1587,3 +1587,44 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_timeout_names_only_the_holders_whose_locks_can_conflict() {
+    let (_dir, path) = support::lock_path();
+    std::fs::write(&path, vec![0u8; 64]).unwrap();
+    let posix = python_lockf(&path, true, 0, 0);
+    let flocked = LockFile::open(&path).unwrap().lock::<Exclusive>().unwrap();
+    let wait = || Wait::timeout(Duration::from_millis(100)).diagnostics(Duration::from_secs(10));
+    // A flock(2) waiter is kept out by the flock(2) holder only: on a local
+    // filesystem the POSIX lock does not concern it.
+    let err = LockFile::open(&path)
+        .unwrap()
+        .lock_with::<Exclusive>(wait())
+        .unwrap_err();
+    let kinds: Vec<_> = err
+        .error
+        .holders()
+        .iter()
+        .map(|h| (h.pid, h.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [(std::process::id(), flockguard::HolderKind::Flock)],
+        "{err}"
+    );
+    drop(flocked);
+    posix.release();
+    // An OFD waiter on bytes 0..10 is kept out by a POSIX lock on 5..15,
+    // not by one on 40..50 nor by a flock(2) lock.
+    let near = python_lockf(&path, true, 5, 10);
+    let far = python_lockf(&path, true, 40, 10);
+    let flocked = LockFile::open(&path).unwrap().lock::<Exclusive>().unwrap();
+    let err = ofd_range(&path, ByteRange::new(0, 10))
+        .lock_with::<Exclusive>(wait())
+        .unwrap_err();
+    let named: Vec<_> = err.error.holders().iter().map(|h| h.pid).collect();
+    assert_eq!(named, [near.pid()], "{err}");
+    drop(flocked);
+    near.release();
+    far.release();
+}

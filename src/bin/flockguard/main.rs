@@ -33,7 +33,10 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use flockguard::{Access, Error, FlockMode, Holder, LockFile, LockKind, LockOptions, Wait};
+use flockguard::{
+    Access, ByteRange, Error, FlockMode, Holder, HolderKind, LockFile, LockKind, LockOptions,
+    RemoteFs, Wait,
+};
 use rustix::io::Errno;
 
 use args::{Action, Opts, Timeout, Usage};
@@ -219,7 +222,21 @@ fn lock(name: &str, opts: &Opts, file: LockFile) -> Result<OwnedFd, i32> {
         // A wait shorter than 20 ms names no holders (it ends at its
         // deadline instead): read them now.
         let holders = match err.holders() {
-            [] => file.holders().unwrap_or_default(),
+            [] => {
+                let mut all = file.holders().unwrap_or_default();
+                // Record locks that can be in the way overlap the bytes
+                // asked for. A flock(2) lock without --allow-remote-fs is on
+                // a local filesystem, where record locks ignore it; an OFD
+                // lock may be on NFS, where the client's flock is a record
+                // lock at the server, so flock holders stay listed for it.
+                let range = file.range();
+                let local_flock = !opts.fcntl && opts.remote_fs == RemoteFs::Reject;
+                all.retain(|h| match h.kind {
+                    HolderKind::Flock => true,
+                    _ => !local_flock && h.range.unwrap_or(ByteRange::WHOLE).overlaps(&range),
+                });
+                all
+            }
             named => named.to_vec(),
         };
         print_holders(name, &holders);
