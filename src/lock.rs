@@ -474,13 +474,7 @@ impl LockFile {
     pub fn try_lock<M: Mode>(self) -> Result<LockGuard<M>, LockError<LockFile>> {
         if self.is_owner() && !self.verifies() && !self.needs_write(M::MODE) {
             // The common case, kept in the caller's frame.
-            return match sys::lock(
-                self.file.as_fd(),
-                self.kind,
-                self.range(),
-                M::MODE,
-                OnConflict::Fail,
-            ) {
+            return match self.lock_kernel(M::MODE, OnConflict::Fail) {
                 Ok(()) => Ok(LockGuard::new(self)),
                 Err(err) => Err(self.flock_refused(M::MODE, err)),
             };
@@ -683,7 +677,7 @@ impl LockFile {
     #[doc(alias = "LOCK_UN")]
     pub fn unlock_inherited(&self) -> Result<(), Error> {
         self.check_owner()?;
-        sys::unlock(self.as_fd(), self.kind, self.range()).map_err(|source| Error::Unlock {
+        self.unlock_kernel().map_err(|source| Error::Unlock {
             path: self.error_path(),
             mode: None,
             source,
@@ -822,7 +816,7 @@ impl LockFile {
     /// Releases whatever lock this file holds, ignoring errors: for a
     /// failure path that hands the file back holding nothing.
     pub(crate) fn let_go(&self) {
-        let _ = sys::unlock(self.file.as_fd(), self.kind, self.range());
+        let _ = self.unlock_kernel();
     }
 
     /// The upgrade ticket of an OFD file (see [`LockGuard::upgrade`]): an
@@ -898,17 +892,30 @@ impl LockFile {
         LockError::new(error, self)
     }
 
-    /// One non-blocking attempt in this file's kind of lock (`flock(2)` or
-    /// an OFD lock): the call the waiting core's drivers make.
-    #[inline]
-    pub(crate) fn attempt(&self, mode: FlockMode) -> io::Result<()> {
+    /// Takes or converts this file's kernel lock (its kind, its bytes).
+    #[inline(always)]
+    fn lock_kernel(&self, mode: FlockMode, on_conflict: OnConflict) -> io::Result<()> {
         sys::lock(
             self.file.as_fd(),
             self.kind,
             self.range(),
             mode,
-            OnConflict::Fail,
+            on_conflict,
         )
+    }
+
+    /// Releases this file's kernel lock (`LOCK_UN`, or `F_UNLCK` on its
+    /// bytes).
+    #[inline(always)]
+    fn unlock_kernel(&self) -> io::Result<()> {
+        sys::unlock(self.file.as_fd(), self.kind, self.range())
+    }
+
+    /// One non-blocking attempt in this file's kind of lock (`flock(2)` or
+    /// an OFD lock).
+    #[inline]
+    pub(crate) fn attempt(&self, mode: FlockMode) -> io::Result<()> {
+        self.lock_kernel(mode, OnConflict::Fail)
     }
 
     /// [`attempt`](Self::attempt) after the check that the descriptor
@@ -928,13 +935,7 @@ impl LockFile {
         }
         if wait.deadline == Deadline::None && wait.cancel.is_none() && !self.verifies() {
             // One attempt, nothing to time, cancel or verify.
-            return match sys::lock(
-                self.file.as_fd(),
-                self.kind,
-                self.range(),
-                mode,
-                OnConflict::Fail,
-            ) {
+            return match self.lock_kernel(mode, OnConflict::Fail) {
                 Ok(()) => Ok(self),
                 Err(err) => Err(self.flock_refused(mode, err)),
             };
@@ -1016,13 +1017,13 @@ impl LockFile {
             Ok(true) => return Ok(true),
             Ok(false) => {}
             Err(error) => {
-                let _ = sys::unlock(self.file.as_fd(), self.kind, self.range());
+                let _ = self.unlock_kernel();
                 return Err(error);
             }
         }
         // Removed between open and lock: the lock is on a file nobody
         // else will open. Let go and lock what the path names now.
-        let _ = sys::unlock(self.file.as_fd(), self.kind, self.range());
+        let _ = self.unlock_kernel();
         *attempts = attempts.saturating_add(1);
         if deadline == Deadline::None && *attempts >= TRY_VERIFY_RETRIES {
             return Err(Error::PathChanged {
@@ -1074,14 +1075,9 @@ impl wait::Lockable for Waiting<'_> {
     }
 
     fn block(&self, mode: FlockMode) -> Result<(), Error> {
-        sys::lock(
-            self.file.file.as_fd(),
-            self.file.kind,
-            self.file.range(),
-            mode,
-            OnConflict::Block,
-        )
-        .map_err(|err| self.file.flock_error(mode, err))
+        self.file
+            .lock_kernel(mode, OnConflict::Block)
+            .map_err(|err| self.file.flock_error(mode, err))
     }
 
     fn holders(&self, budget: Duration) -> Vec<Holder> {
@@ -1247,7 +1243,7 @@ impl<M: Mode> LockGuard<M> {
         if !file.is_owner() {
             return Err(self.unlock_error(None));
         }
-        match sys::unlock(file.as_fd(), file.kind, file.range()) {
+        match file.unlock_kernel() {
             Ok(()) => Ok(self.into_file()),
             Err(source) => Err(self.unlock_error(Some(source))),
         }
@@ -1348,10 +1344,10 @@ impl<M: Mode> LockGuard<M> {
             return Err(LockError::new(error, file));
         }
         if let Err(error) = file.check_write(N::MODE) {
-            let _ = sys::unlock(file.as_fd(), file.kind, file.range());
+            let _ = file.unlock_kernel();
             return Err(LockError::new(error, file));
         }
-        match sys::lock(file.as_fd(), file.kind, file.range(), N::MODE, on_conflict) {
+        match file.lock_kernel(N::MODE, on_conflict) {
             Ok(()) => Ok(LockGuard::new(file)),
             Err(source) => Err(Self::convert_error(file, N::MODE, source)),
         }
@@ -1368,7 +1364,7 @@ impl<M: Mode> LockGuard<M> {
             // both.
             *shared_lost = M::MODE == FlockMode::Shared;
         }
-        let _ = sys::unlock(file.as_fd(), file.kind, file.range());
+        let _ = file.unlock_kernel();
         LockError::new(error, file)
     }
 }
@@ -1627,13 +1623,7 @@ impl LockGuard<Shared> {
         if let Err(error) = refused {
             return Err(LockError::new(error, self));
         }
-        match sys::lock(
-            file.as_fd(),
-            file.kind,
-            file.range(),
-            FlockMode::Exclusive,
-            OnConflict::Fail,
-        ) {
+        match file.lock_kernel(FlockMode::Exclusive, OnConflict::Fail) {
             Ok(()) => Ok(LockGuard::new(self.into_file())),
             Err(source) => {
                 // The kernel left the shared lock in place.
@@ -1705,7 +1695,7 @@ impl<M: Mode> Drop for LockGuard<M> {
             if file.is_owner() {
                 // Errors cannot be reported here; the close releases anyway
                 // once no copy of the descriptor is left.
-                let _ = sys::unlock(file.as_fd(), file.kind, file.range());
+                let _ = file.unlock_kernel();
             }
         }
     }
