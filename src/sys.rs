@@ -7,7 +7,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode as Perms, OFlags, StatxFlags};
 use rustix::io::{Errno, FdFlags};
@@ -270,72 +270,122 @@ pub(crate) fn getpid() -> u32 {
 /// This process's ID without a system call on the hot path: cached in a
 /// word that the kernel zeroes in every child created by `fork(2)` or
 /// `clone(2)` without `CLONE_VM`, however it was made (see
-/// [`wipe_on_fork_word`]). Where that word is unavailable, `getpid(2)`.
-/// A child that shares this memory (`vfork(2)`, `clone(2)` with
-/// `CLONE_VM`) reads the parent's ID.
+/// [`wipe_on_fork`]). Where the kernel refuses that, `getpid(2)`. A child
+/// that shares this memory (`vfork(2)`, `clone(2)` with `CLONE_VM`) reads
+/// the parent's ID.
+///
+/// Nothing here waits for another thread: a child forked while a parent
+/// thread was in the middle of the first call finds the word zero and
+/// caches its own ID.
 #[inline(always)]
 pub(crate) fn current_pid() -> u32 {
-    if let Some(Some(word)) = PID_WORD.get() {
-        let pid = word.load(Ordering::Relaxed);
-        if pid != 0 {
-            return pid;
-        }
-    }
-    current_pid_slow()
+    pid_from(&PID_PAGE, &PID_STATE, wipe_on_fork)
 }
 
-/// [`current_pid`] on first use, in a new child, or without the word.
+/// [`current_pid`] over a given page and state, and a given way to mark the
+/// page (the tests pause in it).
+#[inline(always)]
+fn pid_from(
+    page: &'static WipedPage,
+    state: &AtomicU8,
+    wipe: fn(&'static WipedPage) -> bool,
+) -> u32 {
+    // Nonzero only once the page is marked: see `pid_slow`.
+    let pid = page.word.load(Ordering::Relaxed);
+    if pid != 0 {
+        return pid;
+    }
+    pid_slow(page, state, wipe)
+}
+
+/// [`pid_from`] on first use, in a new child, or where the kernel refused
+/// to mark the page.
 #[cold]
 #[inline(never)]
-fn current_pid_slow() -> u32 {
+fn pid_slow(
+    page: &'static WipedPage,
+    state: &AtomicU8,
+    wipe: fn(&'static WipedPage) -> bool,
+) -> u32 {
     let pid = getpid();
-    if let Some(word) = PID_WORD.get_or_init(wipe_on_fork_word) {
-        word.store(pid, Ordering::Relaxed);
+    let marked = match state.load(Ordering::Acquire) {
+        PAGE_MARKED => true,
+        PAGE_REFUSED => false,
+        _ => {
+            // Threads that race here all mark the page, which changes
+            // nothing after the first; none waits for another.
+            let marked = wipe(page);
+            let now = if marked { PAGE_MARKED } else { PAGE_REFUSED };
+            state.store(now, Ordering::Release);
+            marked
+        }
+    };
+    // The ID is stored only after the page is marked, so a child made
+    // after the store was copied with the mark and finds zero.
+    if marked {
+        page.word.store(pid, Ordering::Relaxed);
     }
     pid
 }
 
-/// The word behind [`current_pid`], mapped on first use.
-static PID_WORD: std::sync::OnceLock<Option<&'static AtomicU32>> = std::sync::OnceLock::new();
+/// A page of its own, marked `MADV_WIPEONFORK` on first use; its first word
+/// is [`current_pid`]'s cache.
+#[repr(C, align(4096))]
+struct WipedPage {
+    word: AtomicU32,
+    /// Fills the page, so that the advice covers no other object.
+    _rest: [u8; 4092],
+}
+
+impl WipedPage {
+    const fn new() -> WipedPage {
+        WipedPage {
+            word: AtomicU32::new(0),
+            _rest: [0; 4092],
+        }
+    }
+}
+
+/// The page behind [`current_pid`].
+static PID_PAGE: WipedPage = WipedPage::new();
+/// Whether [`PID_PAGE`] is marked: [`PAGE_UNTRIED`], [`PAGE_MARKED`] or
+/// [`PAGE_REFUSED`].
+static PID_STATE: AtomicU8 = AtomicU8::new(PAGE_UNTRIED);
+const PAGE_UNTRIED: u8 = 0;
+const PAGE_MARKED: u8 = 1;
+const PAGE_REFUSED: u8 = 2;
 
 /// Whether [`current_pid`] answers from the wiped-on-fork page rather than
 /// calling `getpid(2)` each time.
 #[cfg(test)]
 pub(crate) fn pid_is_cached() -> bool {
     current_pid();
-    PID_WORD.get().is_some_and(Option::is_some)
+    PID_STATE.load(Ordering::Acquire) == PAGE_MARKED
 }
 
-/// Maps one private anonymous page, marks it `MADV_WIPEONFORK` (Linux
-/// 4.14+) and returns its first word, zero until written; `None` if the
-/// kernel refuses either step. The page is never unmapped.
+/// Marks `page` `MADV_WIPEONFORK` (Linux 4.14+): a child made by `fork(2)`
+/// or `clone(2)` without `CLONE_VM` sees it zero-filled. `false` if the
+/// kernel refuses (an older kernel, or a mapping that is not private and
+/// anonymous).
 ///
 /// # References
 /// - [madvise(2)](https://man7.org/linux/man-pages/man2/madvise.2.html)
-#[allow(unsafe_code)] // the crate's one unsafe function: fork detection needs a raw mapping
-fn wipe_on_fork_word() -> Option<&'static AtomicU32> {
-    use rustix::mm::{madvise, mmap_anonymous, munmap, Advice, MapFlags, ProtFlags};
-    // Rounded up to the page size by the kernel.
-    const LEN: usize = 4096;
-    // SAFETY: mmap_anonymous with a null hint creates a fresh mapping that
-    // aliases no Rust object. madvise and munmap touch only that mapping.
-    // On success the mapping is readable and writable, page-aligned (so
-    // aligned for AtomicU32), zero-filled (a valid AtomicU32), never
-    // unmapped (so `'static`), and only ever accessed through the atomic;
-    // the kernel's zeroing in a child happens before the child runs.
+#[allow(unsafe_code)] // the crate's one unsafe function: fork detection needs a raw madvise
+fn wipe_on_fork(page: &'static WipedPage) -> bool {
+    use rustix::mm::{madvise, Advice};
+    // SAFETY: the range is exactly one static, page-aligned and a page long
+    // (`WipedPage`'s layout), so it covers no other Rust object. The
+    // advice changes only what a child made by fork(2) sees there: zeros,
+    // in place before the child runs. Zero is a valid value of every
+    // field, the word is read only through its atomic, and the filler is
+    // never read.
     unsafe {
-        let ptr = mmap_anonymous(
-            std::ptr::null_mut(),
-            LEN,
-            ProtFlags::READ | ProtFlags::WRITE,
-            MapFlags::PRIVATE,
+        madvise(
+            (page as *const WipedPage).cast_mut().cast(),
+            std::mem::size_of::<WipedPage>(),
+            Advice::LinuxWipeOnFork,
         )
-        .ok()?;
-        if madvise(ptr, LEN, Advice::LinuxWipeOnFork).is_err() {
-            let _ = munmap(ptr, LEN);
-            return None;
-        }
-        Some(&*ptr.cast::<AtomicU32>())
+        .is_ok()
     }
 }
 
@@ -764,35 +814,96 @@ pub(crate) fn hostname() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
 
-    /// The audited function's own test: the word it maps starts at zero,
-    /// keeps what is stored in this process, and reads zero in a child made
-    /// by `fork(2)`, which is what makes a cached pid safe to trust.
-    #[test]
-    #[allow(unsafe_code)] // fork(2), waitpid(2) and _exit(2) to read the child's copy of the page
-    fn the_wipe_on_fork_word_reads_zero_in_a_forked_child() {
-        let word = wipe_on_fork_word().expect("MADV_WIPEONFORK needs Linux 4.14 or later");
-        assert_eq!(word.load(Ordering::Relaxed), 0);
-        word.store(0xdead_beef, Ordering::Relaxed);
-        // SAFETY: the child only loads an atomic and calls _exit(2), both
-        // async-signal-safe, so locks held by other threads at the fork
-        // cannot be touched in it.
+    /// Forks; the child runs `child` and exits with its result. The result,
+    /// or `None` if the child was still running after 10 s (then killed).
+    #[allow(unsafe_code)] // fork(2), waitpid(2), kill(2) and _exit(2)
+    fn in_child(child: impl FnOnce() -> bool) -> Option<bool> {
+        // SAFETY: the children of these tests only use atomics, make system
+        // calls and call _exit(2), so locks held by other threads at the
+        // fork are never touched in them.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
-            let wiped = word.load(Ordering::Relaxed) == 0;
-            // SAFETY: ends the child without unwinding into the test harness.
-            unsafe { libc::_exit(if wiped { 0 } else { 1 }) };
+            let ok = child();
+            // SAFETY: ends the child without unwinding into the harness.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
         }
+        let start = std::time::Instant::now();
         let mut status = 0;
-        // SAFETY: `pid` is this process's child; `status` is a live i32.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-        assert!(libc::WIFEXITED(status), "child died: {status:#x}");
-        assert_eq!(
-            libc::WEXITSTATUS(status),
-            0,
-            "the child saw the parent's value"
+        loop {
+            // SAFETY: `pid` is this process's child; `status` is a live i32.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if r == pid {
+                assert!(libc::WIFEXITED(status), "child died: {status:#x}");
+                return Some(libc::WEXITSTATUS(status) == 0);
+            }
+            if start.elapsed() > std::time::Duration::from_secs(10) {
+                // SAFETY: kills and reaps the child forked above.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// The audited function's own test: a page it marks keeps what is
+    /// stored in this process and reads zero in a child made by `fork(2)`,
+    /// which is what makes a cached pid safe to trust.
+    #[test]
+    fn a_marked_page_reads_zero_in_a_forked_child() {
+        static PAGE: WipedPage = WipedPage::new();
+        assert!(
+            wipe_on_fork(&PAGE),
+            "MADV_WIPEONFORK needs Linux 4.14 or later"
         );
-        assert_eq!(word.load(Ordering::Relaxed), 0xdead_beef);
+        PAGE.word.store(0xdead_beef, Ordering::Relaxed);
+        let wiped = in_child(|| PAGE.word.load(Ordering::Relaxed) == 0);
+        assert_eq!(wiped, Some(true), "the child saw the parent's values");
+        assert_eq!(PAGE.word.load(Ordering::Relaxed), 0xdead_beef);
+    }
+
+    /// A child forked while a parent thread is inside the very first
+    /// [`pid_from`] (between marking the page and storing its ID) caches
+    /// and answers its own ID instead of waiting for that thread, which
+    /// does not exist in the child.
+    #[test]
+    fn a_fork_during_the_first_call_on_another_thread_does_not_hang_the_child() {
+        static PAGE: WipedPage = WipedPage::new();
+        static STATE: AtomicU8 = AtomicU8::new(PAGE_UNTRIED);
+        static INSIDE: AtomicBool = AtomicBool::new(false);
+        static FORKED: AtomicBool = AtomicBool::new(false);
+        fn pausing(page: &'static WipedPage) -> bool {
+            let marked = wipe_on_fork(page);
+            if !INSIDE.swap(true, Ordering::SeqCst) {
+                while !FORKED.load(Ordering::SeqCst) {
+                    std::thread::yield_now();
+                }
+            }
+            marked
+        }
+        let first = std::thread::spawn(|| pid_from(&PAGE, &STATE, pausing));
+        while !INSIDE.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        let answered = in_child(|| {
+            let own = getpid();
+            // Twice: the second answer comes from the child's cache.
+            pid_from(&PAGE, &STATE, pausing) == own
+                && pid_from(&PAGE, &STATE, pausing) == own
+                && PAGE.word.load(Ordering::Relaxed) == own
+        });
+        FORKED.store(true, Ordering::SeqCst);
+        assert_eq!(first.join().unwrap(), std::process::id());
+        assert_eq!(
+            answered,
+            Some(true),
+            "None: the child hung; Some(false): it answered another ID"
+        );
+        assert_eq!(pid_from(&PAGE, &STATE, pausing), std::process::id());
     }
 }

@@ -16,7 +16,7 @@
 //! it (for an async waiter, by registering it with its runtime's reactor)
 //! and wakes the waiters of the file that was closed. A release by
 //! `flock(LOCK_UN)` without a close raises no event and is noticed by a
-//! jittered back-off retry, within about 125 ms. While a task holds the
+//! jittered back-off retry, within about 120 ms. While a task holds the
 //! reader role, the other waiters of the process depend on its runtime
 //! being driven. If it is not (a current-thread runtime between
 //! `block_on` calls), a waiting thread takes the role over at its next

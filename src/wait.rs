@@ -226,12 +226,12 @@ const REOPEN_PAUSE: Duration = Duration::from_millis(1);
 /// First back-off interval.
 const BACKOFF_FIRST: Duration = Duration::from_millis(2);
 /// Longest back-off interval before jitter. A release by `LOCK_UN` without
-/// a close (or any release, without a watch) is noticed within 1.25× this,
-/// and a waiter wakes about 1 / this often while the lock stays held.
+/// a close (or any release, without a watch) is noticed within 1.2× this,
+/// and a waiter wakes at most 1 / this often while the lock stays held.
 const BACKOFF_CAP: Duration = Duration::from_millis(100);
 /// The back-off of a watched waiter behind the first in line on its file
 /// in this process: that one retries (and notices a release by `LOCK_UN`
-/// within 1.25 × [`BACKOFF_CAP`]); the release it gets is then passed on by
+/// within 1.2 × [`BACKOFF_CAP`]); the release it gets is then passed on by
 /// its close, or by the wake-up a waiter gets when it becomes first.
 const BACKOFF_BEHIND: Duration = Duration::from_secs(1);
 /// How long a reading thread pauses after events that concern no waiter
@@ -279,7 +279,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// the child. Using the token in the child never blocks: if a parent
 /// thread was registering a wait with it or cancelling it at the moment of
 /// the fork, the child's waits with it are not woken by the child's cancel
-/// but see it at their next retry (within 1.25 s), and end
+/// but see it at their next retry (within 1.2 s), and end
 /// with [`Error::Cancelled`](crate::Error::Cancelled) as usual.
 ///
 /// # Examples
@@ -1040,16 +1040,19 @@ impl Schedule {
         self.closed_at.is_some_and(|t| now < t + AFTER_CLOSE_HOT)
     }
 
-    /// A factor in [0.75, 1.25), so that waiters that started together do
-    /// not retry in lockstep.
+    /// `step` times a factor in [1, 1.2), so that waiters that started
+    /// together do not retry in lockstep. Never shorter than `step`: a
+    /// waiter retrying every [`BACKOFF_CAP`] wakes fewer than 10 times a
+    /// second, with room for the wake-ups that are not retries.
     fn jitter(&mut self, step: Duration) -> Duration {
         // xorshift64
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        let quarter = step / 4;
-        let nanos = u64::try_from(quarter.as_nanos()).unwrap_or(u64::MAX).max(1);
-        step - quarter + Duration::from_nanos(self.rng % (2 * nanos))
+        let fifth = u64::try_from((step / 5).as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        step + Duration::from_nanos(self.rng % fifth)
     }
 
     /// How long to sleep before the next attempt unless woken first;
@@ -1494,7 +1497,7 @@ pub(crate) mod tests {
         let now = Instant::now();
         let mut s = Schedule::new(None);
         let steps: Vec<Duration> = (0..12).map(|_| s.next(now)).collect();
-        let within = |d: Duration, base: Duration| d >= base * 3 / 4 && d < base * 5 / 4;
+        let within = |d: Duration, base: Duration| d >= base && d < base * 6 / 5;
         assert!(within(steps[0], BACKOFF_FIRST), "{steps:?}");
         assert!(within(steps[1], BACKOFF_FIRST * 2), "{steps:?}");
         assert!(
@@ -1529,7 +1532,7 @@ pub(crate) mod tests {
         assert_eq!(s.next(later), AFTER_CLOSE[0]);
         assert_eq!(s.next(later), AFTER_CLOSE[1]);
         assert_eq!(s.next(later), AFTER_CLOSE[2]);
-        assert!(s.next(later) < BACKOFF_FIRST * 5 / 4);
+        assert!(s.next(later) < BACKOFF_FIRST * 6 / 5);
     }
 
     fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -1735,7 +1738,7 @@ pub(crate) mod tests {
         };
         let first = until - t0;
         assert!(
-            first >= BACKOFF_CAP * 3 / 4 && first < BACKOFF_CAP * 5 / 4,
+            first >= BACKOFF_CAP && first < BACKOFF_CAP * 6 / 5,
             "{first:?}"
         );
         // A close 30 ms in: attempt at once; while the holder finishes
@@ -1761,7 +1764,7 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(sleeps[..3], AFTER_CLOSE);
-        assert!(sleeps[3] >= BACKOFF_CAP * 3 / 4, "{sleeps:?}");
+        assert!(sleeps[3] >= BACKOFF_CAP, "{sleeps:?}");
         assert_eq!(core.next(t3, false), Step::Attempt);
         core.attempted(true);
         assert_eq!(core.next(t3, false), Step::Done);
@@ -1791,7 +1794,7 @@ pub(crate) mod tests {
         };
         let a: Vec<Duration> = sleeps(0);
         let b: Vec<Duration> = sleeps(1);
-        let within = |d: Duration, base: Duration| d >= base * 3 / 4 && d < base * 5 / 4;
+        let within = |d: Duration, base: Duration| d >= base && d < base * 6 / 5;
         assert!(within(a[0], BACKOFF_FIRST), "{a:?}");
         assert!(within(a[1], BACKOFF_FIRST * 2), "{a:?}");
         assert!(a[7..].iter().all(|d| within(*d, BACKOFF_CAP)), "{a:?}");
@@ -1802,7 +1805,7 @@ pub(crate) mod tests {
     fn core_stops_at_the_deadline_and_reads_the_holders_before_it() {
         let t0 = Instant::now();
         // 90 ms: the holders are due at 70 ms, before the earliest jittered
-        // first retry of a watched wait (3/4 of BACKOFF_CAP, 75 ms).
+        // first retry of a watched wait (BACKOFF_CAP, 100 ms).
         let mut core = Core::new(plan(Deadline::After(ms(90))), t0);
         contended_and_registered(&mut core, t0, true);
         // The sleep ends when the holders are due, 20 ms before the deadline.
@@ -2186,10 +2189,7 @@ pub(crate) mod tests {
             panic!("sleep expected")
         };
         let d = at - t0;
-        assert!(
-            d >= BACKOFF_BEHIND * 3 / 4 && d < BACKOFF_BEHIND * 5 / 4,
-            "{d:?}"
-        );
+        assert!(d >= BACKOFF_BEHIND && d < BACKOFF_BEHIND * 6 / 5, "{d:?}");
         // First in line: the short back-off again.
         assert_eq!(core.next(at, false), Step::Attempt);
         core.attempted(false);
@@ -2197,7 +2197,7 @@ pub(crate) mod tests {
         let Step::Sleep(next) = core.next(at, false) else {
             panic!("sleep expected")
         };
-        assert!(next - at < BACKOFF_CAP * 5 / 4, "{:?}", next - at);
+        assert!(next - at < BACKOFF_CAP * 6 / 5, "{:?}", next - at);
     }
 
     #[test]

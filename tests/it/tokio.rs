@@ -404,7 +404,7 @@ fn killing_the_holder_wakes_every_waiter() {
         });
         let latest = guards.iter().map(|(t, _)| *t - killed).max().unwrap();
         // Woken by the close event, not the back-off (which would take up
-        // to 125 ms); generous for a loaded machine.
+        // to 120 ms); generous for a loaded machine.
         assert!(latest < Duration::from_secs(5), "{latest:?}");
         eprintln!("20 shared waiters in after the holder's SIGKILL within {latest:?}");
     }
