@@ -20,7 +20,8 @@
 //! printed at the end. `FLOCKGUARD_BENCH_MATRIX_ONLY=ROUNDS` runs only the
 //! holder × waiter matrix (about 1 s per 7 rounds);
 //! `FLOCKGUARD_BENCH_USERS_ONLY=ROUNDS` only the users' scenario (a fresh
-//! holder process per handoff, waiters that waited 5–75 ms; about 2 s per
+//! holder process per handoff, waiters that waited 5–75 ms), on a quiet
+//! machine and then beside a busy loop on half the CPUs (about 5 s per
 //! round); `FLOCKGUARD_BENCH_COSTS_ONLY=1` only the costs while waiting and
 //! the wake-ups (about 2 minutes); `FLOCKGUARD_BENCH_WAKEUPS_ONLY=SECONDS`
 //! only the wake-ups, over the first second and `SECONDS` after;
@@ -888,8 +889,9 @@ fn fresh_handoff(
 /// each waiter having waited 5–75 ms (drawn per handoff), round-robin so
 /// that load from elsewhere hits all alike; medians and ratios to a thread
 /// blocked in `flock(2)`.
-fn users_matrix(dir: &std::path::Path, rounds: usize) {
+fn users_matrix(dir: &std::path::Path, rounds: usize, busy: usize) {
     let path = dir.join("users.lock");
+    let mut burners = burn(busy);
     flockguard::materialize(&path).unwrap();
     let mut waiters = vec![
         Waiter::Flock,
@@ -923,9 +925,17 @@ fn users_matrix(dir: &std::path::Path, rounds: usize) {
             }
         }
     }
+    for b in &mut burners {
+        let _ = b.kill();
+        let _ = b.wait();
+    }
+    let beside = match busy {
+        0 => String::new(),
+        n => format!(", {n} busy loop(s) beside"),
+    };
     println!(
         "\n== users' scenario: {rounds} rounds, a fresh holder process per handoff, the waiter \
-         waited 5–75 ms (median; × a thread blocked in flock(2))"
+         waited 5–75 ms{beside} (median; × a thread blocked in flock(2))"
     );
     let names: Vec<&str> = waiters.iter().map(|w| w.name()).collect();
     println!("| holder lets go by | {} |", names.join(" | "));
@@ -1351,13 +1361,10 @@ fn async_many_waiters(dir: &std::path::Path, rounds: usize) {
 
 const BURN_ENV: &str = "FLOCKGUARD_BENCH_BURN";
 
-/// How late `lock_timeout(50 ms)` returns its timeout while one busy loop
-/// per CPU runs beside it.
-fn deadline_overshoot(dir: &std::path::Path, waits: usize) {
-    let path = dir.join("deadline.lock");
-    let held = LockFile::open(&path).unwrap().lock::<Exclusive>().unwrap();
-    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut burners: Vec<Child> = (0..cpus)
+/// Starts `n` busy loops (each ends by itself after 120 s) and lets them
+/// get going.
+fn burn(n: usize) -> Vec<Child> {
+    let burners = (0..n)
         .map(|_| {
             Command::new(std::env::current_exe().unwrap())
                 .env(BURN_ENV, "1")
@@ -1365,7 +1372,19 @@ fn deadline_overshoot(dir: &std::path::Path, waits: usize) {
                 .unwrap()
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    if n > 0 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    burners
+}
+
+/// How late `lock_timeout(50 ms)` returns its timeout while one busy loop
+/// per CPU runs beside it.
+fn deadline_overshoot(dir: &std::path::Path, waits: usize) {
+    let path = dir.join("deadline.lock");
+    let held = LockFile::open(&path).unwrap().lock::<Exclusive>().unwrap();
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut burners = burn(cpus);
     let timeout = Duration::from_millis(50);
     // (when the wait noticed the deadline, when the call returned), both
     // past the deadline; the gap is the holder list of the error, read
@@ -1488,7 +1507,10 @@ fn main() {
         .ok()
         .and_then(|n| n.parse().ok())
     {
-        users_matrix(dir.path(), rounds);
+        users_matrix(dir.path(), rounds, 0);
+        // A machine doing other work: a busy loop on half the CPUs.
+        let half = std::thread::available_parallelism().map_or(1, |n| n.get() / 2);
+        users_matrix(dir.path(), rounds, half.max(1));
         return;
     }
     let mut c = Criterion::default()
@@ -1561,7 +1583,7 @@ fn main() {
     // The machine's load changes between criterion's groups; taking turns
     // handoff by handoff exposes every waiter to the same load.
     handoff_matrix(dir.path(), if smoke { 2 } else { 151 });
-    users_matrix(dir.path(), if smoke { 1 } else { 21 });
+    users_matrix(dir.path(), if smoke { 1 } else { 21 }, 0);
     many_waiters(dir.path(), if smoke { 3 } else { 300 });
     #[cfg(feature = "tokio")]
     async_many_waiters(dir.path(), if smoke { 3 } else { 300 });
