@@ -25,7 +25,8 @@
 //! round); `FLOCKGUARD_BENCH_COSTS_ONLY=1` only the costs while waiting and
 //! the wake-ups (about 2 minutes); `FLOCKGUARD_BENCH_WAKEUPS_ONLY=SECONDS`
 //! only the wake-ups, over the first second and `SECONDS` after;
-//! `FLOCKGUARD_BENCH_CROWD_ONLY=ROUNDS`
+//! `FLOCKGUARD_BENCH_DEADLINES_ONLY=WAITS` only how late timeouts return,
+//! by the wait's length; `FLOCKGUARD_BENCH_CROWD_ONLY=ROUNDS`
 //! only the many-waiter tables.
 
 use std::io::{BufRead, BufReader, Write};
@@ -1361,6 +1362,76 @@ fn async_many_waiters(dir: &std::path::Path, rounds: usize) {
 
 const BURN_ENV: &str = "FLOCKGUARD_BENCH_BURN";
 
+/// Set to a number of waits per length to run only the deadline lateness.
+const DEADLINES_ONLY_ENV: &str = "FLOCKGUARD_BENCH_DEADLINES_ONLY";
+
+/// How late a timed wait returns its timeout, by the wait's length, on a
+/// machine doing nothing else: a fresh holder process keeps the lock;
+/// `lock_timeout` from a thread and from a task on a current-thread
+/// runtime, interleaved; the call's return (holder list included) minus
+/// the deadline. Also the share of errors that name the holder.
+fn deadline_lateness(dir: &std::path::Path, waits: usize) {
+    let path = dir.join("lateness.lock");
+    flockguard::materialize(&path).unwrap();
+    let held = FreshHolder::Close.spawn(&path);
+    let lengths = [1u64, 5, 10, 19, 20, 25, 50, 200];
+    let mut kinds = vec!["lock_timeout"];
+    if cfg!(feature = "tokio") {
+        kinds.push("tokio lock_timeout");
+    }
+    // (late, named the holder) per kind and length.
+    let mut samples = vec![vec![Vec::new(); lengths.len()]; kinds.len()];
+    for _ in 0..waits {
+        for (l, &ms) in lengths.iter().enumerate() {
+            for (k, per_kind) in samples.iter_mut().enumerate() {
+                let limit = Duration::from_millis(ms);
+                let file = LockFile::open(&path).unwrap();
+                let start = std::time::Instant::now();
+                let err = if k == 0 {
+                    file.lock_timeout::<Exclusive>(limit).unwrap_err()
+                } else {
+                    async_timeout(file, limit)
+                };
+                let late = start.elapsed().saturating_sub(limit);
+                let flockguard::Error::Timeout { holders, .. } = err.error else {
+                    panic!("{err:?}")
+                };
+                per_kind[l].push((late, !holders.is_empty()));
+            }
+        }
+    }
+    drop(held);
+    println!("\n== deadline lateness by wait length, idle machine, {waits} waits each");
+    println!("| wait | waiter | median late | max late | errors naming the holder |");
+    println!("|---|---|---:|---:|---:|");
+    for (l, ms) in lengths.iter().enumerate() {
+        for (k, kind) in kinds.iter().enumerate() {
+            let v = &mut samples[k][l];
+            let named = v.iter().filter(|(_, n)| *n).count();
+            let mut late: Vec<Duration> = v.iter().map(|(d, _)| *d).collect();
+            late.sort();
+            let ms_of = |d: Duration| d.as_secs_f64() * 1e3;
+            println!(
+                "| {ms} ms | {kind} | {:.2} ms | {:.2} ms | {named} of {} |",
+                ms_of(late[late.len() / 2]),
+                ms_of(late[late.len() - 1]),
+                late.len()
+            );
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+fn async_timeout(file: LockFile, limit: Duration) -> flockguard::LockError<LockFile> {
+    RT.with(|rt| rt.block_on(flockguard::tokio::lock_timeout::<Exclusive>(file, limit)))
+        .unwrap_err()
+}
+
+#[cfg(not(feature = "tokio"))]
+fn async_timeout(_: LockFile, _: Duration) -> flockguard::LockError<LockFile> {
+    unreachable!("the async waiter runs only with the tokio feature")
+}
+
 /// Starts `n` busy loops (each ends by itself after 120 s) and lets them
 /// get going.
 fn burn(n: usize) -> Vec<Child> {
@@ -1503,6 +1574,13 @@ fn main() {
         wakeups_table(dir.path(), 4);
         return;
     }
+    if let Some(waits) = std::env::var(DEADLINES_ONLY_ENV)
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        deadline_lateness(dir.path(), waits);
+        return;
+    }
     if let Some(rounds) = std::env::var(USERS_ONLY_ENV)
         .ok()
         .and_then(|n| n.parse().ok())
@@ -1588,6 +1666,7 @@ fn main() {
     #[cfg(feature = "tokio")]
     async_many_waiters(dir.path(), if smoke { 3 } else { 300 });
     deadline_overshoot(dir.path(), if smoke { 3 } else { 60 });
+    deadline_lateness(dir.path(), if smoke { 1 } else { 21 });
     costs(dir.path(), if smoke { 1 } else { 5 });
 
     wakeups_table(dir.path(), if smoke { 0 } else { 4 });

@@ -242,7 +242,7 @@ pub enum Error {
         DisplayDuration(*waited),
         path.display(),
         context_suffix(context.as_deref()),
-        holders_suffix(holders)
+        timeout_holders_suffix(holders, *waited)
     )]
     Timeout {
         /// The lock file.
@@ -264,7 +264,8 @@ pub enum Error {
         /// after its deadline.
         /// Empty if none was visible, `/proc` could not be read, or the wait
         /// was shorter than 20 ms (too short to read `/proc/locks`, which
-        /// can take milliseconds, by its deadline). A wait that the
+        /// can take milliseconds, by its deadline; the message then says
+        /// that the holders were not read). A wait that the
         /// scheduler runs only after its deadline reads them before it
         /// returns.
         holders: Box<[Holder]>,
@@ -390,12 +391,21 @@ fn context_suffix(context: Option<&str>) -> String {
     context.map_or_else(String::new, |c| format!(" ({c})"))
 }
 
-fn holders_suffix(holders: &[Holder]) -> String {
-    if holders.is_empty() {
-        return "; no holder visible in /proc/locks".to_owned();
+/// The holders a timeout names, for a wait that lasted `waited`: a wait
+/// shorter than [`DIAGNOSTICS_LEAD`](crate::wait::DIAGNOSTICS_LEAD) read
+/// none, and says so.
+fn timeout_holders_suffix(holders: &[Holder], waited: Duration) -> String {
+    if !holders.is_empty() {
+        let list: Vec<String> = holders.iter().map(ToString::to_string).collect();
+        return format!("; {}", list.join(", "));
     }
-    let list: Vec<String> = holders.iter().map(ToString::to_string).collect();
-    format!("; {}", list.join(", "))
+    if waited < crate::wait::DIAGNOSTICS_LEAD {
+        "; holders not read: a wait shorter than 20ms does not read /proc/locks \
+         (flockguard::holders lists them)"
+            .to_owned()
+    } else {
+        "; no holder visible in /proc/locks".to_owned()
+    }
 }
 
 fn open_hint(path: &Path, source: &io::Error) -> &'static str {
@@ -796,6 +806,24 @@ mod tests {
             assert!(!first.is_uppercase(), "{msg}");
             assert_eq!(err.path(), std::path::Path::new("/run/app.lock"));
         }
+    }
+
+    #[test]
+    fn a_timeout_without_holders_says_whether_they_were_read() {
+        let timeout = |waited| Error::Timeout {
+            path: PathBuf::from("/run/app.lock"),
+            mode: FlockMode::Exclusive,
+            waited,
+            holders: Box::new([]),
+            context: None,
+        };
+        let short = timeout(Duration::from_millis(5)).to_string();
+        assert!(short.ends_with("; holders not read: a wait shorter than 20ms does not read /proc/locks (flockguard::holders lists them)"), "{short}");
+        let long = timeout(Duration::from_millis(250)).to_string();
+        assert!(
+            long.ends_with("; no holder visible in /proc/locks"),
+            "{long}"
+        );
     }
 
     #[test]
