@@ -317,6 +317,8 @@ struct Acquire<'a> {
     reg: Option<Registration>,
     /// The retry timer outside tokio's timer wheel, if one was free.
     timer: Option<Timer>,
+    /// Else the place on the runtime's shared timer.
+    shared: Option<SharedSleep>,
     /// No timer could be made: tokio's timers only.
     no_timer: bool,
     /// tokio's timer, and the runtime it belongs to.
@@ -399,6 +401,7 @@ impl<'a> Acquire<'a> {
             reader: None,
             reg: None,
             timer: None,
+            shared: None,
             no_timer: false,
             sleep: None,
             holders: None,
@@ -432,6 +435,7 @@ impl<'a> Acquire<'a> {
         if let Some(timer) = self.timer.take() {
             timer.park();
         }
+        self.shared = None;
     }
 
     /// Ends the wait with `error`. A failed acquisition took nothing and
@@ -547,22 +551,10 @@ impl<'a> Acquire<'a> {
                     return Poll::Pending;
                 }
                 Step::Sleep(until) => {
-                    if self.timer.as_ref().is_some_and(|t| t.runtime != runtime) {
-                        self.timer = None;
-                    }
-                    if self.timer.is_none() && !self.no_timer {
-                        self.timer = Timer::take(runtime);
-                        self.no_timer = self.timer.is_none();
-                    }
-                    if let Some(timer) = &mut self.timer {
-                        match timer.poll_until(until, cx) {
-                            Poll::Pending => return Poll::Pending,
-                            Poll::Ready(Ok(())) => continue,
-                            Poll::Ready(Err(())) => {
-                                self.timer = None;
-                                self.no_timer = true;
-                            }
-                        }
+                    match self.kernel_sleep(until, cx, runtime) {
+                        Some(Poll::Pending) => return Poll::Pending,
+                        Some(Poll::Ready(())) => continue,
+                        None => {}
                     }
                     let at = ::tokio::time::Instant::from_std(until);
                     let sleep = match &mut self.sleep {
@@ -596,6 +588,45 @@ impl<'a> Acquire<'a> {
                     return self
                         .fail(|f| f.stop_error(mode, stop, start, context.as_deref(), holders));
                 }
+            }
+        }
+    }
+
+    /// Sleeps until `until` on the task's own timer, else on the runtime's
+    /// shared one; `None` if neither can be had (tokio's timer, then).
+    fn kernel_sleep(
+        &mut self,
+        until: Instant,
+        cx: &mut Context<'_>,
+        runtime: RuntimeId,
+    ) -> Option<Poll<()>> {
+        // Moved to another runtime: a timer of the first may never fire.
+        if self.timer.as_ref().is_some_and(|t| t.runtime != runtime) {
+            self.timer = None;
+        }
+        if self.shared.as_ref().is_some_and(|s| s.timer.runtime != runtime) {
+            self.shared = None;
+        }
+        if self.timer.is_none() && self.shared.is_none() && !self.no_timer {
+            self.timer = Timer::take(runtime);
+            if self.timer.is_none() {
+                self.shared = SharedSleep::new(runtime);
+            }
+            self.no_timer = self.timer.is_none() && self.shared.is_none();
+        }
+        let slept = match (&mut self.timer, &mut self.shared) {
+            (Some(timer), _) => timer.poll_until(until, cx),
+            (None, Some(shared)) => shared.poll_until(until, cx),
+            (None, None) => return None,
+        };
+        match slept {
+            Poll::Pending => Some(Poll::Pending),
+            Poll::Ready(Ok(())) => Some(Poll::Ready(())),
+            Poll::Ready(Err(())) => {
+                self.timer = None;
+                self.shared = None;
+                self.no_timer = true;
+                None
             }
         }
     }
@@ -685,16 +716,7 @@ impl Timer {
     fn new(runtime: RuntimeId) -> Option<Timer> {
         let taken = TIMERS.fetch_add(1, Ordering::Relaxed);
         let pid = sys::current_pid();
-        let fd = (taken < MAX_TIMERS)
-            .then(|| {
-                rustix::time::timerfd_create(
-                    rustix::time::TimerfdClockId::Monotonic,
-                    rustix::time::TimerfdFlags::CLOEXEC | rustix::time::TimerfdFlags::NONBLOCK,
-                )
-                .ok()
-            })
-            .flatten()
-            .and_then(|fd| register_timer(fd).ok());
+        let fd = (taken < MAX_TIMERS).then(new_timer).flatten();
         let Some(fd) = fd else {
             TIMERS.fetch_sub(1, Ordering::Relaxed);
             return None;
@@ -735,17 +757,8 @@ impl Timer {
             return;
         }
         if self.armed.take().is_some() {
-            let zero = rustix::time::Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            let off = rustix::time::Itimerspec {
-                it_interval: zero,
-                it_value: zero,
-            };
-            let flags = rustix::time::TimerfdTimerFlags::empty();
             match &self.fd {
-                Some(fd) if rustix::time::timerfd_settime(fd.get_ref(), flags, &off).is_ok() => {}
+                Some(fd) if set_timer(fd.get_ref(), None).is_ok() => {}
                 _ => return,
             }
         }
@@ -762,24 +775,7 @@ impl Timer {
             return Poll::Ready(Err(()));
         };
         if self.armed != Some(until) {
-            // A zero value would disarm the timer.
-            let left = until
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_nanos(1));
-            let zero = rustix::time::Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            let value = rustix::time::Itimerspec {
-                it_interval: zero,
-                it_value: rustix::time::Timespec {
-                    tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX),
-                    tv_nsec: left.subsec_nanos().into(),
-                },
-            };
-            // Setting it also forgets an expiry not yet read.
-            let flags = rustix::time::TimerfdTimerFlags::empty();
-            if rustix::time::timerfd_settime(fd.get_ref(), flags, &value).is_err() {
+            if set_timer(fd.get_ref(), Some(until)).is_err() {
                 return Poll::Ready(Err(()));
             }
             self.armed = Some(until);
@@ -790,9 +786,8 @@ impl Timer {
                 Poll::Ready(Ok(ready)) => ready,
                 Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
             };
-            let mut expiries = [0u8; 8];
-            match rustix::io::read(fd.get_ref(), &mut expiries) {
-                Ok(_) => {
+            match read_expiry(fd.get_ref()) {
+                Ok(()) => {
                     ready.clear_ready();
                     self.armed = None;
                     return Poll::Ready(Ok(()));
@@ -829,6 +824,318 @@ impl Drop for Timer {
 #[allow(deprecated)]
 fn register_timer(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
     AsyncFd::with_interest(fd, Interest::READABLE)
+}
+
+/// Sets a timerfd to expire at `until` (`Instant` reads `CLOCK_MONOTONIC`,
+/// the timer's clock), or disarms it. Setting it also forgets an expiry
+/// not yet read.
+fn set_timer(fd: &OwnedFd, until: Option<Instant>) -> rustix::io::Result<()> {
+    // A zero value would disarm the timer.
+    let left = until.map_or(Duration::ZERO, |until| {
+        until
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_nanos(1))
+    });
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let value = rustix::time::Itimerspec {
+        it_interval: zero,
+        it_value: rustix::time::Timespec {
+            tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX),
+            tv_nsec: left.subsec_nanos().into(),
+        },
+    };
+    let flags = rustix::time::TimerfdTimerFlags::empty();
+    rustix::time::timerfd_settime(fd, flags, &value).map(drop)
+}
+
+/// Reads a timerfd's expiry count; `EAGAIN` if it has not expired.
+fn read_expiry(fd: &OwnedFd) -> rustix::io::Result<()> {
+    let mut expiries = [0u8; 8];
+    rustix::io::read(fd, &mut expiries).map(drop)
+}
+
+/// A new non-blocking timerfd on `CLOCK_MONOTONIC`, registered with the
+/// current runtime's reactor.
+fn new_timer() -> Option<AsyncFd<OwnedFd>> {
+    let fd = rustix::time::timerfd_create(
+        rustix::time::TimerfdClockId::Monotonic,
+        rustix::time::TimerfdFlags::CLOEXEC | rustix::time::TimerfdFlags::NONBLOCK,
+    )
+    .ok()?;
+    register_timer(fd).ok()
+}
+
+/// The timer that the waiting tasks of a runtime beyond the [`MAX_TIMERS`]
+/// per-task timers share: one `timerfd(2)` set for the earliest of their
+/// instants.
+///
+/// No task polls its descriptor (the reactor keeps one waker per
+/// descriptor, the last poller's, so a polling task would have to hand the
+/// role on when it leaves, and its runtime would sleep through the others'
+/// instants whenever that task is not polled). The waker registered is the
+/// timer's own ([`Pump`]): the reactor's wake-up reads the expiry, wakes the
+/// tasks whose instants have passed and sets the timer for the next, on the
+/// thread that drives the reactor. An expiry costs the runtime one wake-up,
+/// as a per-task timer does.
+struct SharedTimer {
+    fd: Option<AsyncFd<OwnedFd>>,
+    pid: u32,
+    runtime: RuntimeId,
+    /// Wakes [`SharedTimer::pump`]; holds the timer weakly, as the reactor
+    /// holds it.
+    pump: std::task::Waker,
+    state: Mutex<SharedState>,
+}
+
+#[derive(Default)]
+struct SharedState {
+    /// The sleeping tasks' instants (with the entry's number, which tells
+    /// equal instants apart) and wakers, earliest first.
+    queue: std::collections::BTreeMap<(Instant, u64), std::task::Waker>,
+    /// The instant the timerfd is set for, if any; never later than the
+    /// queue's first.
+    armed: Option<Instant>,
+    next_id: u64,
+    /// The reactor refused or shut down, or the timer failed: no task
+    /// sleeps on it any more.
+    failed: bool,
+}
+
+/// The waker the reactor wakes when a [`SharedTimer`] expires.
+struct Pump(std::sync::Weak<SharedTimer>);
+
+impl std::task::Wake for Pump {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(timer) = self.0.upgrade() {
+            timer.pump();
+        }
+    }
+}
+
+/// The [`SharedTimer`]s of this process: one per runtime whose tasks use
+/// one, and those left by runtimes until another runtime makes one.
+static SHARED_TIMERS: Mutex<Vec<Arc<SharedTimer>>> = Mutex::new(Vec::new());
+
+/// The process that waits for [`SHARED_TIMERS`]'s lock (see
+/// [`wait::lock_unless_forked`]).
+static SHARED_TIMERS_OWNER: AtomicU32 = AtomicU32::new(0);
+
+impl SharedTimer {
+    /// The current runtime's shared timer, made on first use; `None` if the
+    /// kernel or the reactor refuses one.
+    fn of(runtime: RuntimeId) -> Option<Arc<SharedTimer>> {
+        let pid = sys::current_pid();
+        let mut timers = wait::lock_unless_forked(&SHARED_TIMERS, &SHARED_TIMERS_OWNER, pid)?;
+        if timers.iter().any(|t| t.pid != pid) {
+            // A forked child: its parent's timers, their wakers and
+            // registrations are not its own to drop.
+            for parents in std::mem::take(&mut *timers) {
+                std::mem::forget(parents);
+            }
+        }
+        let usable = |t: &SharedTimer| t.runtime == runtime && !wait::lock(&t.state).failed;
+        if let Some(timer) = timers.iter().find(|t| usable(t)) {
+            return Some(Arc::clone(timer));
+        }
+        // Timers no task sleeps on of other runtimes (which may be gone),
+        // and failed ones, are closed, outside the lock.
+        let (closed, kept) = std::mem::take(&mut *timers)
+            .into_iter()
+            .partition(|t| Arc::strong_count(t) == 1 || wait::lock(&t.state).failed);
+        *timers = kept;
+        let timer = SharedTimer::new(pid, runtime);
+        if let Some(timer) = &timer {
+            timers.push(Arc::clone(timer));
+        }
+        drop(timers);
+        drop::<Vec<_>>(closed);
+        timer
+    }
+
+    fn new(pid: u32, runtime: RuntimeId) -> Option<Arc<SharedTimer>> {
+        let fd = new_timer()?;
+        let timer = Arc::new_cyclic(|weak| SharedTimer {
+            fd: Some(fd),
+            pid,
+            runtime,
+            pump: std::task::Waker::from(Arc::new(Pump(weak.clone()))),
+            state: Mutex::new(SharedState::default()),
+        });
+        // Registers the pump's waker with the reactor.
+        timer.pump();
+        Some(timer)
+    }
+
+    /// Reads the expiry, wakes the tasks whose instants have passed (after
+    /// letting go of the lock) and sets the timer for the next instant;
+    /// registers the pump's waker for the next expiry. If the reactor or
+    /// the timer fails, wakes every task: they sleep on tokio's timer
+    /// instead.
+    fn pump(&self) {
+        let Some(fd) = self.fd.as_ref().filter(|_| self.pid == sys::current_pid()) else {
+            return;
+        };
+        let mut woken = Vec::new();
+        let mut st = wait::lock(&self.state);
+        if st.failed {
+            return;
+        }
+        let mut cx = Context::from_waker(&self.pump);
+        let mut ok = true;
+        loop {
+            // Outside any task's budget: an exhausted budget would wake the
+            // pump at once instead of registering it.
+            let ready = std::pin::pin!(::tokio::task::unconstrained(std::future::poll_fn(
+                |cx| fd.poll_read_ready(cx)
+            )))
+            .poll(&mut cx);
+            match ready {
+                Poll::Pending => break,
+                Poll::Ready(Ok(mut ready)) => match read_expiry(fd.get_ref()) {
+                    Ok(()) => {
+                        ready.clear_ready();
+                        st.armed = None;
+                    }
+                    // Readiness left from before the timer was set again.
+                    Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(_) => {
+                        ok = false;
+                        break;
+                    }
+                },
+                // The runtime shuts down.
+                Poll::Ready(Err(_)) => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        let now = Instant::now();
+        while let Some(entry) = st.queue.first_entry() {
+            if ok && entry.key().0 > now {
+                break;
+            }
+            woken.push(entry.remove());
+        }
+        if let Some(&(next, _)) = st.queue.keys().next() {
+            if st.armed != Some(next) {
+                ok = set_timer(fd.get_ref(), Some(next)).is_ok();
+                st.armed = Some(next);
+            }
+        }
+        if !ok {
+            st.failed = true;
+            woken.extend(std::mem::take(&mut st.queue).into_values());
+        }
+        drop(st);
+        for waker in woken {
+            waker.wake();
+        }
+    }
+}
+
+impl Drop for SharedTimer {
+    fn drop(&mut self) {
+        if self.pid != sys::current_pid() {
+            // A forked child: see Timer's Drop.
+            std::mem::forget(self.fd.take());
+        }
+    }
+}
+
+/// A task's place on its runtime's [`SharedTimer`]; dropping it takes the
+/// task's instant off the queue.
+struct SharedSleep {
+    timer: Arc<SharedTimer>,
+    id: u64,
+    /// The instant queued, until the task finds it passed.
+    at: Option<Instant>,
+}
+
+impl SharedSleep {
+    fn new(runtime: RuntimeId) -> Option<SharedSleep> {
+        let timer = SharedTimer::of(runtime)?;
+        let id = {
+            let mut st = wait::lock(&timer.state);
+            st.next_id += 1;
+            st.next_id
+        };
+        Some(SharedSleep {
+            timer,
+            id,
+            at: None,
+        })
+    }
+
+    /// Ready once `until` has passed; `Err` if the timer failed.
+    fn poll_until(&mut self, until: Instant, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        let Some(fd) = &self.timer.fd else {
+            return Poll::Ready(Err(()));
+        };
+        let mut st = wait::lock(&self.timer.state);
+        if st.failed {
+            self.at = None;
+            return Poll::Ready(Err(()));
+        }
+        let now = Instant::now();
+        if let Some(at) = self.at.take() {
+            if at == until {
+                match st.queue.get_mut(&(at, self.id)) {
+                    // The pump took it off: passed.
+                    None => return Poll::Ready(Ok(())),
+                    Some(_) if at <= now => {
+                        st.queue.remove(&(at, self.id));
+                        return Poll::Ready(Ok(()));
+                    }
+                    Some(waker) => {
+                        if !waker.will_wake(cx.waker()) {
+                            waker.clone_from(cx.waker());
+                        }
+                        self.at = Some(at);
+                        return Poll::Pending;
+                    }
+                }
+            }
+            st.queue.remove(&(at, self.id));
+        }
+        if until <= now {
+            return Poll::Ready(Ok(()));
+        }
+        if st.armed.map_or(true, |armed| until < armed) {
+            if set_timer(fd.get_ref(), Some(until)).is_err() {
+                return Poll::Ready(Err(()));
+            }
+            st.armed = Some(until);
+        }
+        st.queue.insert((until, self.id), cx.waker().clone());
+        self.at = Some(until);
+        Poll::Pending
+    }
+}
+
+impl Drop for SharedSleep {
+    fn drop(&mut self) {
+        if self.timer.pid != sys::current_pid() {
+            // A forked child: the parent's lock may have been held at the
+            // fork, and its queue is the parent's.
+            std::mem::forget(Arc::clone(&self.timer));
+            return;
+        }
+        if let Some(at) = self.at.take() {
+            // An instant left queued would only cost a wake-up, not a
+            // missed one; set for it, the timer stays set.
+            let waker = wait::lock(&self.timer.state).queue.remove(&(at, self.id));
+            drop(waker);
+        }
+    }
 }
 
 /// One read of a file's holders for timeout errors, shared by the waits
@@ -1084,6 +1391,105 @@ mod tests {
         let err = got.expect_err("the lock stays held");
         assert!(matches!(err.error, Error::Timeout { .. }), "{err:?}");
         assert!(started.elapsed() >= Duration::from_millis(250));
+    }
+
+    /// How many of this process's descriptors are timerfds.
+    fn timerfds() -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|l| l.to_string_lossy() == "anon_inode:[timerfd]")
+            })
+            .count()
+    }
+
+    #[test]
+    fn tasks_beyond_the_per_task_timers_sleep_on_a_shared_kernel_timer() {
+        // The per-task timers are counted process-wide.
+        let _serial = wait::lock(&SERIAL);
+        let dir = tempfile::tempdir().unwrap();
+        let lock = |name: &str| {
+            let path = dir.path().join(name);
+            let guard = LockFile::open(&path)
+                .unwrap()
+                .try_lock::<Exclusive>()
+                .unwrap();
+            (path, guard)
+        };
+        let (busy, _busy) = lock("busy.lock");
+        let (late, _late) = lock("late.lock");
+        let (freed, holder) = lock("freed.lock");
+        // tokio's timer would panic here: every sleep is on a timerfd.
+        let rt = runtime_without_timers();
+        // Tasks that take every per-task timer and then some.
+        let crowd: Vec<_> = (0..MAX_TIMERS + 36)
+            .map(|_| {
+                let file = LockFile::open(&busy).unwrap();
+                rt.spawn(lock_timeout::<Exclusive>(file, Duration::from_secs(60)))
+            })
+            .collect();
+        rt.block_on(async {
+            for _ in 0..100 {
+                ::tokio::task::yield_now().await;
+            }
+        });
+        assert_eq!(TIMERS.load(Ordering::Relaxed), MAX_TIMERS);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            // flock(LOCK_UN) raises no inotify event: a retry finds it.
+            let file = holder.unlock().unwrap();
+            rx.recv().unwrap();
+            drop(file);
+        });
+        let started = Instant::now();
+        let (timed_out, got, fds) = rt.block_on(async {
+            let timed_out = ::tokio::spawn(lock_timeout::<Exclusive>(
+                LockFile::open(&late).unwrap(),
+                Duration::from_millis(250),
+            ));
+            let got = ::tokio::spawn(lock_timeout::<Exclusive>(
+                LockFile::open(&freed).unwrap(),
+                Duration::from_secs(20),
+            ));
+            for _ in 0..10 {
+                ::tokio::task::yield_now().await;
+            }
+            let fds = timerfds();
+            (timed_out.await, got.await, fds)
+        });
+        let id = rt.handle().id();
+        // The tasks on the shared timer, and the instants queued on it.
+        let shared = || {
+            let timers = wait::lock(&SHARED_TIMERS);
+            let mine: Vec<_> = timers.iter().filter(|t| t.runtime == id).collect();
+            assert_eq!(mine.len(), 1, "one shared timer per runtime");
+            let st = wait::lock(&mine[0].state);
+            assert!(!st.failed);
+            (Arc::strong_count(mine[0]) - 1, st.queue.len())
+        };
+        // The crowd beyond the per-task timers sleeps on the shared one.
+        assert_eq!(shared().0, 36);
+        tx.send(()).unwrap();
+        releaser.join().unwrap();
+        let err = timed_out.unwrap().expect_err("the lock stays held");
+        assert!(matches!(err.error, Error::Timeout { .. }), "{err:?}");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        assert!(got.unwrap().is_ok());
+        // 102 waiting tasks: the per-task timers and one shared.
+        assert!(fds <= MAX_TIMERS + 1, "{fds} timerfds");
+        for task in &crowd {
+            task.abort();
+        }
+        rt.block_on(async {
+            for task in crowd {
+                assert!(task.await.unwrap_err().is_cancelled());
+            }
+        });
+        // Dropped futures leave nothing queued.
+        assert_eq!(shared(), (0, 0));
     }
 
     #[test]
