@@ -1500,6 +1500,136 @@ fn deadline_overshoot(dir: &std::path::Path, waits: usize) {
     }
 }
 
+/// A process whose tasks wait for locks it holds itself (see
+/// [`crowd_wakeups`]).
+const CROWD_WAKE_CHILD_ENV: &str = "FLOCKGUARD_BENCH_CROWD_WAKE_CHILD";
+
+/// Voluntary context switches of every thread of process `pid`.
+fn process_switches(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// The crowd child: a current-thread runtime driven by a thread of its
+/// own; `background` tasks wait (`flockguard::tokio::lock_timeout`, 600 s)
+/// on one file this process holds, then, on `go`, `added` tasks wait on a
+/// file each, also held here. Prints `ready` and `waiting` when they have
+/// started; `quit` ends it.
+#[cfg(feature = "tokio")]
+fn crowd_wake_child_main(args: &str) {
+    let mut args = args.split('\t');
+    let mut next = || args.next().expect("background, added, directory");
+    let background: usize = next().parse().unwrap();
+    let added: usize = next().parse().unwrap();
+    let dir = std::path::PathBuf::from(next());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = rt.handle().clone();
+    std::thread::spawn(move || rt.block_on(std::future::pending::<()>()));
+    let held = |name: String| {
+        let path = dir.join(name);
+        let guard = LockFile::open(&path).unwrap().lock::<Exclusive>().unwrap();
+        (path, guard)
+    };
+    let wait = |path: &std::path::Path| {
+        let file = LockFile::open(path).unwrap();
+        handle.spawn(flockguard::tokio::lock_timeout::<Exclusive>(
+            file,
+            Duration::from_secs(600),
+        ));
+    };
+    let (path, _background) = held("crowd-background.lock".to_owned());
+    for _ in 0..background {
+        wait(&path);
+    }
+    let mut guards = Vec::new();
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    let mut say = |line: &str| {
+        // Time for every task to reach its first sleep.
+        std::thread::sleep(Duration::from_millis(300));
+        writeln!(out, "{line}").unwrap();
+        out.flush().unwrap();
+    };
+    say("ready");
+    for line in stdin.lock().lines() {
+        if line.expect("stdin") != "go" {
+            break;
+        }
+        for i in 0..added {
+            let (path, guard) = held(format!("crowd-added-{i}.lock"));
+            wait(&path);
+            guards.push(guard);
+        }
+        say("waiting");
+    }
+    // The tasks are left waiting: the runtime thread ends with the process.
+    std::process::exit(0);
+}
+
+#[cfg(not(feature = "tokio"))]
+fn crowd_wake_child_main(_: &str) {
+    unreachable!("the crowd child runs only with the tokio feature")
+}
+
+/// The voluntary context switches per second of a process whose
+/// current-thread runtime has `background` tasks waiting on one held file
+/// (the first in line retries about ten times a second, those behind it
+/// once a second), over `steady` seconds before and after `added` tasks
+/// start waiting on a held file each.
+fn crowd_wakeups(
+    dir: &std::path::Path,
+    steady: u64,
+    background: usize,
+    added: usize,
+) -> (f64, f64) {
+    let sub = dir.join(format!("crowd-{background}-{added}"));
+    std::fs::create_dir_all(&sub).unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(
+            CROWD_WAKE_CHILD_ENV,
+            format!("{background}\t{added}\t{}", sub.to_str().unwrap()),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn crowd child");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut expect = |want: &str| {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "crowd child died");
+        assert_eq!(line.trim_end(), want);
+    };
+    let pid = child.id();
+    let per_second = || {
+        let c0 = process_switches(pid);
+        std::thread::sleep(Duration::from_secs(steady.max(1)));
+        process_switches(pid).saturating_sub(c0) as f64 / steady.max(1) as f64
+    };
+    expect("ready");
+    let before = per_second();
+    writeln!(stdin, "go").unwrap();
+    stdin.flush().unwrap();
+    expect("waiting");
+    let after = per_second();
+    writeln!(stdin, "quit").unwrap();
+    drop(stdin);
+    let _ = child.wait();
+    (before, after)
+}
+
 /// Wake-ups per second of each waiter while the holder keeps the lock,
 /// over the first second and the `steady` seconds after.
 fn wakeups_table(dir: &std::path::Path, steady: u64) {
@@ -1521,6 +1651,26 @@ fn wakeups_table(dir: &std::path::Path, steady: u64) {
         let (first, steady) = s.wakeups(steady);
         println!("| {} | {first:.0} | {steady:.1} |", kind.name());
     }
+    if !cfg!(feature = "tokio") {
+        return;
+    }
+    // A process has 64 per-task retry timers; the tasks beyond them share
+    // one. Counted: the waiting process's voluntary context switches (all
+    // its threads) per second, before and after the added tasks start
+    // waiting; the last column is the difference per added task.
+    println!("\n== wake-ups of tasks beyond the 64 per-task timers (voluntary context switches of the process, per second)");
+    println!("| waiter | tasks already waiting | added tasks | before | after | per added task |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, background, added) in [
+        ("tokio_lock_timeout past 64 timers", 64, 1),
+        ("tokio_lock_timeout, 200 tasks", 0, 200),
+    ] {
+        let (before, after) = crowd_wakeups(dir, steady, background, added);
+        println!(
+            "| {name} | {background} | {added} | {before:.1} | {after:.1} | {:.1} |",
+            (after - before) / added as f64
+        );
+    }
 }
 
 fn main() {
@@ -1534,6 +1684,10 @@ fn main() {
     }
     if let Ok(args) = std::env::var(FRESH_HOLDER_ENV) {
         fresh_holder_main(&args);
+        return;
+    }
+    if let Ok(args) = std::env::var(CROWD_WAKE_CHILD_ENV) {
+        crowd_wake_child_main(&args);
         return;
     }
     if std::env::var_os(BURN_ENV).is_some() {

@@ -321,6 +321,9 @@ struct Acquire<'a> {
     shared: Option<SharedSleep>,
     /// No timer could be made: tokio's timers only.
     no_timer: bool,
+    /// The instant the core last asked to sleep until, and the one the
+    /// timer is set for (see [`aligned`]).
+    sleep_until: Option<(Instant, Instant)>,
     /// tokio's timer, and the runtime it belongs to.
     sleep: Option<(Pin<Box<Sleep>>, RuntimeId)>,
     /// The holder list for a timeout error, read on the blocking pool.
@@ -403,6 +406,7 @@ impl<'a> Acquire<'a> {
             timer: None,
             shared: None,
             no_timer: false,
+            sleep_until: None,
             sleep: None,
             holders: None,
             file: Some(file),
@@ -600,11 +604,35 @@ impl<'a> Acquire<'a> {
         cx: &mut Context<'_>,
         runtime: RuntimeId,
     ) -> Option<Poll<()>> {
+        // A retry, not the deadline, far enough away that a millisecond
+        // more does not matter: aligned, so that it shares its wake-up.
+        // Decided once per instant: a later poll finds it nearer.
+        let until = match self.sleep_until {
+            Some((asked, at)) if asked == until => at,
+            _ => {
+                let deadline = self
+                    .core
+                    .as_ref()
+                    .and_then(|(_, start)| self.deadline.resolve(*start));
+                let far = until.saturating_duration_since(Instant::now()) >= ALIGN_FROM;
+                let at = if far && deadline != Some(until) {
+                    aligned(until)
+                } else {
+                    until
+                };
+                self.sleep_until = Some((until, at));
+                at
+            }
+        };
         // Moved to another runtime: a timer of the first may never fire.
         if self.timer.as_ref().is_some_and(|t| t.runtime != runtime) {
             self.timer = None;
         }
-        if self.shared.as_ref().is_some_and(|s| s.timer.runtime != runtime) {
+        if self
+            .shared
+            .as_ref()
+            .is_some_and(|s| s.timer.runtime != runtime)
+        {
             self.shared = None;
         }
         if self.timer.is_none() && self.shared.is_none() && !self.no_timer {
@@ -676,6 +704,25 @@ impl<'a> Acquire<'a> {
             None => {}
         }
     }
+}
+
+/// A retry at least this far away ends at the end of its millisecond
+/// (see [`aligned`]).
+const ALIGN_FROM: Duration = Duration::from_millis(10);
+
+/// The end of the millisecond (counted from a process-wide origin) that
+/// holds `at`: the retry timers of many tasks, per-task and shared, then
+/// expire at the same instants and wake their runtime together. A retry
+/// 10 ms or more away (jittered by a quarter) ends at most 1 ms later.
+fn aligned(at: Instant) -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    let since = at.saturating_duration_since(origin).as_nanos();
+    let step = Duration::from_millis(1).as_nanos();
+    let end = u64::try_from(since.div_ceil(step) * step).unwrap_or(u64::MAX);
+    origin
+        .checked_add(Duration::from_nanos(end))
+        .map_or(at, |end| end.max(at))
 }
 
 /// How many [`Timer`]s this process may have at once: the descriptors of
