@@ -7,7 +7,8 @@
 //! `tokio`, an `AsyncFd`-woken task);
 //! 500 threads and 1 000 tasks waiting in one process; deadline lateness
 //! beside busy loops; and the waiter's wake-ups per second while the holder
-//! keeps the lock.
+//! keeps the lock, alone and as tasks beyond the 64 per-task retry timers
+//! of a process.
 //!
 //! The benchmark process is the holder; each waiter is this binary
 //! re-executed as a child. Both sides read `CLOCK_MONOTONIC`, so the

@@ -2,14 +2,22 @@
 //! never block an executor thread.
 //!
 //! A waiting future sleeps until a holder closes the lock file, woken
-//! through tokio's reactor, and retries on a `timerfd(2)` of its own
-//! registered with the reactor: no blocking `flock(2)` and no thread of
-//! its own. The kernel's timer wakes the runtime once per retry, where
-//! tokio's timer wheel would wake it twice for a sleep that crosses a
-//! 64 ms slot. A process has at most 64 such timers (waiting tasks beyond
-//! them, or whose runtime has no I/O driver, retry on tokio's timer); a
-//! wait that ends keeps its timer open, disarmed, for the next wait on the
-//! same runtime, so ending a wait costs no system call for it. It follows the same waiting rules
+//! through tokio's reactor, and retries on a `timerfd(2)` registered with
+//! the reactor: no blocking `flock(2)` and no thread of its own. The
+//! kernel's timer wakes the runtime once per retry, where tokio's timer
+//! wheel would wake it twice for a sleep that crosses a 64 ms slot. The
+//! first 64 waiting tasks of a process have a timer each; a wait that ends
+//! keeps its timer open, disarmed, for the next wait on the same runtime,
+//! so ending a wait costs no system call for it. The tasks beyond them
+//! share one timer per runtime, set for the earliest of their instants;
+//! the reactor's wake-up reads it and wakes the tasks whose instants have
+//! passed, so every waiting task, however many, costs one wake-up per
+//! retry, and the descriptors stay bounded (one shared timer per runtime
+//! whose tasks use one, closed when another runtime needs one). A retry
+//! 10 ms or more away ends at the end of its millisecond, so that the
+//! timers of many tasks expire together; a deadline is kept exactly.
+//! Tasks whose timer the kernel or the reactor refuses retry on tokio's
+//! timer. It follows the same waiting rules
 //! as a blocked thread (the crate's waiting core decides each step; the
 //! future performs it). Every waiter in the process,
 //! async or not, shares one inotify instance; one of them at a time reads
@@ -726,8 +734,8 @@ fn aligned(at: Instant) -> Instant {
 }
 
 /// How many [`Timer`]s this process may have at once: the descriptors of
-/// a thousand waiting tasks stay bounded, and the tasks beyond these use
-/// tokio's timers.
+/// a thousand waiting tasks stay bounded, and the tasks beyond these share
+/// their runtime's [`SharedTimer`].
 const MAX_TIMERS: usize = 64;
 
 /// The [`Timer`]s of this process.
@@ -1519,6 +1527,50 @@ mod tests {
         };
         // The crowd beyond the per-task timers sleeps on the shared one.
         assert_eq!(shared().0, 36);
+        // A future moved to another runtime sleeps on that one's timer.
+        let mut moved = Box::pin(lock_timeout::<Exclusive>(
+            LockFile::open(&late).unwrap(),
+            Duration::from_millis(300),
+        ));
+        rt.block_on(std::future::poll_fn(|cx| {
+            assert!(moved.as_mut().poll(cx).is_pending());
+            Poll::Ready(())
+        }));
+        assert_eq!(shared().0, 37);
+        let err = runtime_without_timers()
+            .block_on(moved)
+            .expect_err("the lock stays held");
+        assert!(matches!(err.error, Error::Timeout { .. }), "{err:?}");
+        assert_eq!(shared().0, 36);
+        // A forked child's wait (beyond the 64 timers there too) makes its
+        // own shared timer and leaves the parent's registered.
+        let fd = {
+            let timers = wait::lock(&SHARED_TIMERS);
+            let mine = timers.iter().find(|t| t.runtime == id).unwrap();
+            mine.fd.as_ref().unwrap().as_raw_fd()
+        };
+        assert!(epoll_watches(fd));
+        // SAFETY: the child waits once on a runtime of its own and leaves
+        // with _exit; it takes no lock that this test's other threads hold.
+        #[allow(unsafe_code)]
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let wait = lock_timeout::<Exclusive>(
+                LockFile::open(&late).unwrap(),
+                Duration::from_millis(50),
+            );
+            let ok = runtime_without_timers()
+                .block_on(wait)
+                .is_err_and(|e| e.is_timeout());
+            // SAFETY: ends the child without running the parent's exit code.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::_exit(if ok { 0 } else { 1 })
+            };
+        }
+        assert_eq!(reap(pid), Some(0), "the child hung or failed");
+        assert!(epoll_watches(fd), "the child removed the parent's timer");
+        assert_eq!(shared().0, 36);
         tx.send(()).unwrap();
         releaser.join().unwrap();
         let err = timed_out.unwrap().expect_err("the lock stays held");
@@ -1537,6 +1589,21 @@ mod tests {
         });
         // Dropped futures leave nothing queued.
         assert_eq!(shared(), (0, 0));
+    }
+
+    #[test]
+    fn retries_end_at_the_end_of_their_millisecond() {
+        let now = Instant::now();
+        let ms = Duration::from_millis(1);
+        for offset in [0, 1, 999_999, 1_000_000, 1_000_001, 123_456_789] {
+            let at = now + Duration::from_nanos(offset);
+            let end = aligned(at);
+            assert!(end >= at && end - at < ms, "{offset}: {:?}", end - at);
+            // Instants in one millisecond share its end; it is its own end.
+            assert_eq!(aligned(end), end);
+            assert_eq!(aligned(end - Duration::from_nanos(1)), end);
+            assert_eq!(aligned(end + Duration::from_nanos(1)), end + ms);
+        }
     }
 
     #[test]
