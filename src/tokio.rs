@@ -721,7 +721,7 @@ const ALIGN_FROM: Duration = Duration::from_millis(10);
 /// The end of the millisecond (counted from a process-wide origin) that
 /// holds `at`: the retry timers of many tasks, per-task and shared, then
 /// expire at the same instants and wake their runtime together. A retry
-/// 10 ms or more away (jittered by a quarter) ends at most 1 ms later.
+/// 10 ms or more away ends at most 1 ms later.
 fn aligned(at: Instant) -> Instant {
     static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let origin = *ORIGIN.get_or_init(Instant::now);
