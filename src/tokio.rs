@@ -721,10 +721,15 @@ const ALIGN_FROM: Duration = Duration::from_millis(10);
 /// The end of the millisecond (counted from a process-wide origin) that
 /// holds `at`: the retry timers of many tasks, per-task and shared, then
 /// expire at the same instants and wake their runtime together. A retry
-/// 10 ms or more away ends at most 1 ms later.
+/// 10 ms or more away ends at most 1 ms later. `at` itself in a forked
+/// child that finds the origin's lock held (a parent thread held it at
+/// the fork).
 fn aligned(at: Instant) -> Instant {
-    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let origin = *ORIGIN.get_or_init(Instant::now);
+    let pid = sys::current_pid();
+    let Some(mut origin) = wait::lock_unless_forked(&ORIGIN, &ORIGIN_OWNER, pid) else {
+        return at;
+    };
+    let origin = *origin.get_or_insert_with(Instant::now);
     let since = at.saturating_duration_since(origin).as_nanos();
     let step = Duration::from_millis(1).as_nanos();
     let end = u64::try_from(since.div_ceil(step) * step).unwrap_or(u64::MAX);
@@ -732,6 +737,13 @@ fn aligned(at: Instant) -> Instant {
         .checked_add(Duration::from_nanos(end))
         .map_or(at, |end| end.max(at))
 }
+
+/// The origin of [`aligned`]'s milliseconds, set on first use.
+static ORIGIN: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// The process that waits for [`ORIGIN`]'s lock (see
+/// [`wait::lock_unless_forked`]).
+static ORIGIN_OWNER: AtomicU32 = AtomicU32::new(0);
 
 /// How many [`Timer`]s this process may have at once: the descriptors of
 /// a thousand waiting tasks stay bounded, and the tasks beyond these share
@@ -1604,6 +1616,34 @@ mod tests {
             assert_eq!(aligned(end - Duration::from_nanos(1)), end);
             assert_eq!(aligned(end + Duration::from_nanos(1)), end + ms);
         }
+    }
+
+    #[test]
+    fn a_child_forked_while_the_alignment_origin_is_locked_does_not_wait_for_it() {
+        let _serial = wait::lock(&SERIAL);
+        let at = Instant::now() + Duration::from_millis(50);
+        let here = aligned(at);
+        assert!(
+            here >= at && here - at <= Duration::from_millis(1),
+            "{here:?} {at:?}"
+        );
+        // As if another thread were aligning a retry at the fork.
+        let held = wait::lock(&ORIGIN);
+        // SAFETY: the child only calls `aligned`, which only tries the lock
+        // this thread holds, and leaves with _exit.
+        #[allow(unsafe_code)]
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let unaligned = aligned(at) == at;
+            // SAFETY: ends the child without running the parent's exit code.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::_exit(if unaligned { 0 } else { 1 })
+            };
+        }
+        drop(held);
+        assert_eq!(reap(pid), Some(0), "None: the child waited for the lock");
+        assert_eq!(aligned(at), here);
     }
 
     #[test]
