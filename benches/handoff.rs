@@ -1523,8 +1523,8 @@ fn process_switches(pid: u32) -> u64 {
 /// The crowd child: a current-thread runtime driven by a thread of its
 /// own; `background` tasks wait (`flockguard::tokio::lock_timeout`, 600 s)
 /// on one file this process holds, then, on `go`, `added` tasks wait on a
-/// file each, also held here. Prints `ready` and `waiting` when they have
-/// started; `quit` ends it.
+/// file each, also held here; each group starts spread over 1.2 s. Prints
+/// `ready` and `waiting` when they have started; `quit` ends it.
 #[cfg(feature = "tokio")]
 fn crowd_wake_child_main(args: &str) {
     let mut args = args.split('\t');
@@ -1543,16 +1543,20 @@ fn crowd_wake_child_main(args: &str) {
         let guard = LockFile::open(&path).unwrap().lock::<Exclusive>().unwrap();
         (path, guard)
     };
-    let wait = |path: &std::path::Path| {
+    // Starts spread over 1.2 s: tasks that start together retry together
+    // at first (the timers expire at the same instants and share
+    // wake-ups), and drift apart over the seconds measured.
+    let wait = |path: &std::path::Path, tasks: usize| {
         let file = LockFile::open(path).unwrap();
         handle.spawn(flockguard::tokio::lock_timeout::<Exclusive>(
             file,
             Duration::from_secs(600),
         ));
+        std::thread::sleep(Duration::from_millis(1200) / tasks.max(1) as u32);
     };
     let (path, _background) = held("crowd-background.lock".to_owned());
     for _ in 0..background {
-        wait(&path);
+        wait(&path, background);
     }
     let mut guards = Vec::new();
     let stdin = std::io::stdin();
@@ -1570,7 +1574,7 @@ fn crowd_wake_child_main(args: &str) {
         }
         for i in 0..added {
             let (path, guard) = held(format!("crowd-added-{i}.lock"));
-            wait(&path);
+            wait(&path, added);
             guards.push(guard);
         }
         say("waiting");
