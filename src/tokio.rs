@@ -494,9 +494,7 @@ impl<'a> Acquire<'a> {
                 reader.release();
             }
         }
-        if self.read_events(cx, runtime) {
-            self.core().attempted(true);
-        }
+        self.read_events(cx, runtime);
         loop {
             let now = Instant::now();
             let cancelled = self.cancel.as_ref().is_some_and(CancelToken::is_cancelled);
@@ -546,9 +544,7 @@ impl<'a> Acquire<'a> {
                     );
                     self.core().registered(reg.is_watched());
                     self.reg = Some(reg);
-                    if self.read_events(cx, runtime) {
-                        self.core().attempted(true);
-                    }
+                    self.read_events(cx, runtime);
                 }
                 Step::Verify => {
                     if let Some(reg) = &mut self.reg {
@@ -683,14 +679,10 @@ impl<'a> Acquire<'a> {
     }
 
     /// Keeps the waker current and, as the reader, reads the hub's events.
-    /// As the process's only waiter, it first tries the lock when events
-    /// are ready (see [`Registration::is_alone`]); returns whether that
-    /// took it.
-    fn read_events(&mut self, cx: &mut Context<'_>, runtime: RuntimeId) -> bool {
+    fn read_events(&mut self, cx: &mut Context<'_>, runtime: RuntimeId) {
         let Some(reg) = &self.reg else {
-            return false;
+            return;
         };
-        let (file, mode, tried) = (self.file.as_ref(), self.mode, &mut false);
         reg.set_waker(cx.waker());
         if reg.is_reader() && self.reader.is_none() {
             self.reader = reg
@@ -701,14 +693,6 @@ impl<'a> Acquire<'a> {
             Some(reader) => loop {
                 match reader.fd.poll_read_ready(cx) {
                     Poll::Ready(Ok(mut ready)) => {
-                        // The only waiter tries the lock before it reads;
-                        // the events stay unread and the readiness set.
-                        if !*tried && reg.is_alone() {
-                            *tried = true;
-                            if file.is_some_and(|f| f.attempt_checked(mode).is_ok()) {
-                                return true;
-                            }
-                        }
                         // Read to EAGAIN, so readiness may be cleared.
                         let _ = reg.dispatch();
                         ready.clear_ready();
@@ -727,7 +711,6 @@ impl<'a> Acquire<'a> {
             }
             None => {}
         }
-        false
     }
 }
 
@@ -1384,7 +1367,7 @@ impl std::fmt::Debug for Acquire<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wait::tests::{hub_has_unread_events, reap, SERIAL};
+    use crate::wait::tests::{reap, SERIAL};
     use std::os::fd::{AsRawFd, RawFd};
 
     /// Whether an epoll instance of this process watches descriptor `fd`.
@@ -1633,32 +1616,6 @@ mod tests {
             assert_eq!(aligned(end - Duration::from_nanos(1)), end);
             assert_eq!(aligned(end + Duration::from_nanos(1)), end + ms);
         }
-    }
-
-    #[test]
-    fn a_sole_task_takes_the_lock_before_it_reads_the_close_event() {
-        let _serial = wait::lock(&SERIAL);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sole.lock");
-        let held = LockFile::open(&path)
-            .unwrap()
-            .try_lock::<Exclusive>()
-            .unwrap();
-        let rt = runtime();
-        let guard = rt.block_on(async {
-            let wait = ::tokio::spawn(lock_timeout::<Exclusive>(
-                LockFile::open(&path).unwrap(),
-                Duration::from_secs(10),
-            ));
-            ::tokio::time::sleep(Duration::from_millis(50)).await;
-            drop(held);
-            wait.await.unwrap().unwrap()
-        });
-        // The only waiter tried the lock before it read the close event,
-        // which the next registration drops as stale.
-        assert!(hub_has_unread_events());
-        drop(guard);
-        drop(rt);
     }
 
     #[test]

@@ -49,7 +49,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 #[cfg(feature = "tokio")]
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::thread::Thread;
@@ -457,9 +457,6 @@ pub(crate) struct Hub {
     /// An eventfd that interrupts the reader thread's `ppoll(2)`.
     bell: OwnedFd,
     state: Mutex<HubState>,
-    /// How many waiters are queued, on every inode; changed under
-    /// `state`'s lock, read without it.
-    queued: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -571,7 +568,6 @@ fn hub() -> Option<Arc<Hub>> {
                 inotify,
                 bell,
                 state: Mutex::new(HubState::default()),
-                queued: AtomicUsize::new(0),
             });
             cell.hub = Some(Arc::clone(&hub));
             cell.failed = None;
@@ -678,17 +674,6 @@ impl Registration {
         self.slot.notified.swap(false, Ordering::SeqCst)
     }
 
-    /// Whether this is the process's only waiter: an event of the hub can
-    /// then only be about its file, and it may try the lock before it
-    /// reads the events (those it leaves unread are dropped as stale by
-    /// the next registration).
-    pub(crate) fn is_alone(&self) -> bool {
-        self.slot
-            .hub
-            .as_ref()
-            .is_some_and(|hub| hub.queued.load(Ordering::SeqCst) == 1)
-    }
-
     /// Whether this waiter holds the reader role: it must read the hub's
     /// events (see [`dispatch`](Self::dispatch)) for every waiter.
     pub(crate) fn is_reader(&self) -> bool {
@@ -742,53 +727,32 @@ impl Registration {
     }
 
     /// Sleeps the calling thread for at most `timeout`, until a wake-up.
-    ///
-    /// A reader that is the process's only waiter ([`is_alone`](Self::is_alone))
-    /// calls `attempt` as soon as an event comes, before it reads the
-    /// events. Returns whether `attempt` took the lock.
-    fn sleep(&self, timeout: Duration, attempt: &mut dyn FnMut() -> bool) -> bool {
+    fn sleep(&self, timeout: Duration) {
         let hub = match &self.slot.hub {
             Some(hub) if self.take_over_idle_reader() => hub,
-            _ => {
-                std::thread::park_timeout(timeout);
-                return false;
-            }
+            _ => return std::thread::park_timeout(timeout),
         };
         let until = Instant::now() + timeout;
         loop {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return false;
+                return;
             }
             match sys::poll_readable(hub.inotify.as_fd(), Some(hub.bell.as_fd()), Some(left)) {
-                Ok([_, true]) => {
-                    sys::eventfd_clear(hub.bell.as_fd());
-                    return false;
-                }
-                Ok([true, false]) => {
-                    if self.is_alone() && attempt() {
-                        return true;
-                    }
-                    match hub.dispatch(&self.slot) {
-                        Ok(true) => return false,
-                        // Events that concern no waiter (files created and
-                        // closed in a watched directory): keep sleeping, and
-                        // read again only after a pause, so that a busy
-                        // directory costs a bounded number of wake-ups.
-                        Ok(false) => std::thread::sleep(IRRELEVANT_PAUSE.min(left)),
-                        // Unreadable instance: back-off retries remain.
-                        Err(_) => {
-                            std::thread::sleep(left);
-                            return false;
-                        }
-                    }
-                }
-                Ok([false, false]) => return false,
+                Ok([_, true]) => return sys::eventfd_clear(hub.bell.as_fd()),
+                Ok([true, false]) => match hub.dispatch(&self.slot) {
+                    Ok(true) => return,
+                    // Events that concern no waiter (files created and
+                    // closed in a watched directory): keep sleeping, and
+                    // read again only after a pause, so that a busy
+                    // directory costs a bounded number of wake-ups.
+                    Ok(false) => std::thread::sleep(IRRELEVANT_PAUSE.min(left)),
+                    // Unreadable instance: back-off retries remain.
+                    Err(_) => return std::thread::sleep(left),
+                },
+                Ok([false, false]) => return,
                 // ppoll(2) fails only for lack of memory: keep the schedule.
-                Err(_) => {
-                    std::thread::sleep(left);
-                    return false;
-                }
+                Err(_) => return std::thread::sleep(left),
             }
         }
     }
@@ -842,7 +806,6 @@ impl Hub {
         let inode = st.inodes.entry(wd).or_default();
         inode.idle_since = None;
         inode.queue.push_back((Arc::clone(slot), mode));
-        self.queued.fetch_add(1, Ordering::SeqCst);
         slot.behind.store(inode.queue.len() > 1, Ordering::SeqCst);
         if st.reader.is_none() {
             // Nobody waited: whatever is queued is stale.
@@ -906,7 +869,6 @@ impl Hub {
         if let Some(inode) = wd.and_then(|wd| st.inodes.get_mut(&wd)) {
             if let Some(i) = inode.queue.iter().position(|(s, _)| Arc::ptr_eq(s, slot)) {
                 inode.queue.remove(i);
-                self.queued.fetch_sub(1, Ordering::SeqCst);
                 // A waiter that leaves without the lock may have been the
                 // one a release woke: the next in line tries instead.
                 if pass_on && i == 0 {
@@ -1000,7 +962,6 @@ impl Hub {
             // The inode was evicted or its filesystem unmounted: its
             // waiters fall back to retries.
             if let Some(inode) = st.inodes.remove(&wd) {
-                self.queued.fetch_sub(inode.queue.len(), Ordering::SeqCst);
                 for (slot, _) in inode.queue {
                     slot.notified.store(true, Ordering::SeqCst);
                     woken.push(slot);
@@ -1464,13 +1425,7 @@ pub(crate) fn block_on<L: Lockable>(
             Step::Sleep(until) => {
                 let timeout = until.saturating_duration_since(now);
                 match &reg {
-                    Some(r) => {
-                        // An error shows again at the core's next attempt.
-                        let mut attempt = || file.attempt(mode).unwrap_or(false);
-                        if r.sleep(timeout, &mut attempt) {
-                            core.attempted(true);
-                        }
-                    }
+                    Some(r) => r.sleep(timeout),
                     None => std::thread::park_timeout(timeout),
                 }
             }
@@ -1694,46 +1649,6 @@ pub(crate) mod tests {
             r.dispatch().unwrap();
             r.take_notified()
         });
-    }
-
-    /// Whether this process's hub has events nobody has read.
-    pub(crate) fn hub_has_unread_events() -> bool {
-        let hub = hub().expect("a hub");
-        sys::poll_readable(hub.inotify.as_fd(), None, Some(Duration::ZERO)).unwrap()[0]
-    }
-
-    #[test]
-    fn a_sole_waiter_takes_the_lock_before_it_reads_and_the_next_drops_the_stale_events() {
-        let _serial = lock(&SERIAL);
-        let (_dir, path) = lock_file();
-        let held = LockFile::open(&path)
-            .unwrap()
-            .lock::<crate::Exclusive>()
-            .unwrap();
-        let waiter = {
-            let path = path.clone();
-            std::thread::spawn(move || {
-                LockFile::open(&path)
-                    .unwrap()
-                    .lock_timeout::<crate::Exclusive>(Duration::from_secs(10))
-            })
-        };
-        wait_for("the waiter to queue", || hub_census().0 == 1);
-        std::thread::sleep(Duration::from_millis(20));
-        drop(held);
-        let guard = waiter.join().unwrap().unwrap();
-        // The only waiter tried the lock before it read the close event.
-        assert!(hub_has_unread_events());
-        assert_eq!(hub_census().0, 0);
-        // The next waiter of the process drops the stale event: it is not
-        // told of a close that happened before it waited.
-        let next = LockFile::open(&path).unwrap();
-        let r = Registration::new(next.as_fd(), None, FlockMode::Exclusive, None, None);
-        assert!(!hub_has_unread_events());
-        r.dispatch().unwrap();
-        assert!(!r.take_notified());
-        drop(r);
-        drop(guard);
     }
 
     #[test]
