@@ -1402,6 +1402,23 @@ mod tests {
 
     /// A runtime without tokio's timers: only the waiter's own timer can
     /// end a retry's sleep (a `sleep` of tokio would panic there).
+    /// Releases `holder` by `flock(LOCK_UN)` after `after`, which raises no
+    /// inotify event (a waiter's retry finds it), and keeps the file open
+    /// until told through the returned sender.
+    fn unlock_without_close_after(
+        holder: crate::LockGuard<Exclusive>,
+        after: Duration,
+    ) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(after);
+            let file = holder.unlock().unwrap();
+            rx.recv().unwrap();
+            drop(file);
+        });
+        (tx, releaser)
+    }
+
     fn runtime_without_timers() -> ::tokio::runtime::Runtime {
         ::tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -1418,15 +1435,7 @@ mod tests {
         let holder = LockFile::open(&path).unwrap();
         let holder = holder.try_lock::<Exclusive>().unwrap();
         let waiter = LockFile::open(&path).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let releaser = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            // flock(LOCK_UN) raises no inotify event: a retry finds it.
-            let file = holder.unlock().unwrap();
-            // Kept open until the waiter has the lock.
-            rx.recv().unwrap();
-            drop(file);
-        });
+        let (tx, releaser) = unlock_without_close_after(holder, Duration::from_millis(300));
         let rt = runtime_without_timers();
         let got = rt.block_on(lock_timeout::<Exclusive>(waiter, Duration::from_secs(20)));
         tx.send(()).unwrap();
@@ -1503,14 +1512,7 @@ mod tests {
             }
         });
         assert_eq!(TIMERS.load(Ordering::Relaxed), MAX_TIMERS);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let releaser = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
-            // flock(LOCK_UN) raises no inotify event: a retry finds it.
-            let file = holder.unlock().unwrap();
-            rx.recv().unwrap();
-            drop(file);
-        });
+        let (tx, releaser) = unlock_without_close_after(holder, Duration::from_millis(300));
         let started = Instant::now();
         let (timed_out, got, fds) = rt.block_on(async {
             let timed_out = ::tokio::spawn(lock_timeout::<Exclusive>(
