@@ -720,22 +720,35 @@ fn handoff_matrix(dir: &std::path::Path, rounds: usize) {
         }
     }
     println!("\n== handoff matrix: {rounds} rounds, every holder to every waiter in turn (median; × flock(2))");
+    let rows: Vec<&str> = holders.iter().map(|h| h.name()).collect();
+    ratio_table("holder releases by", &waiters, &rows, &mut samples, 1);
+}
+
+/// Prints a matrix of medians, each with its ratio to the row's first
+/// column (the waiter blocked in `flock(2)`), to `decimals` of a µs.
+fn ratio_table(
+    corner: &str,
+    waiters: &[Waiter],
+    rows: &[&str],
+    samples: &mut [Vec<Vec<Duration>>],
+    decimals: usize,
+) {
     let names: Vec<&str> = waiters.iter().map(|w| w.name()).collect();
-    println!("| holder releases by | {} |", names.join(" | "));
+    println!("| {corner} | {} |", names.join(" | "));
     println!("|---|{}", "---:|".repeat(names.len()));
-    for (h, holder) in holders.iter().enumerate() {
-        let m: Vec<Duration> = samples[h].iter_mut().map(|v| median(v)).collect();
+    for (row, cells) in rows.iter().zip(samples.iter_mut()) {
+        let m: Vec<Duration> = cells.iter_mut().map(|v| median(v)).collect();
         let cells: Vec<String> = m
             .iter()
             .map(|d| {
                 format!(
-                    "{:.1} µs ({:.2}×)",
+                    "{:.decimals$} µs ({:.2}×)",
                     d.as_nanos() as f64 / 1e3,
                     d.as_nanos() as f64 / m[0].as_nanos().max(1) as f64
                 )
             })
             .collect();
-        println!("| {} | {} |", holder.name(), cells.join(" | "));
+        println!("| {row} | {} |", cells.join(" | "));
     }
 }
 
@@ -939,23 +952,8 @@ fn users_matrix(dir: &std::path::Path, rounds: usize, busy: usize) {
         "\n== users' scenario: {rounds} rounds, a fresh holder process per handoff, the waiter \
          waited 5–75 ms{beside} (median; × a thread blocked in flock(2))"
     );
-    let names: Vec<&str> = waiters.iter().map(|w| w.name()).collect();
-    println!("| holder lets go by | {} |", names.join(" | "));
-    println!("|---|{}", "---:|".repeat(names.len()));
-    for (h, holder) in holders.iter().enumerate() {
-        let m: Vec<Duration> = samples[h].iter_mut().map(|v| median(v)).collect();
-        let cells: Vec<String> = m
-            .iter()
-            .map(|d| {
-                format!(
-                    "{:.0} µs ({:.2}×)",
-                    d.as_nanos() as f64 / 1e3,
-                    d.as_nanos() as f64 / m[0].as_nanos().max(1) as f64
-                )
-            })
-            .collect();
-        println!("| {} | {} |", holder.name(), cells.join(" | "));
-    }
+    let rows: Vec<&str> = holders.iter().map(|h| h.name()).collect();
+    ratio_table("holder lets go by", &waiters, &rows, &mut samples, 0);
 }
 
 // ---- costs while waiting ---------------------------------------------------
